@@ -1,0 +1,29 @@
+"""Exceptions whose message is shown to the user as is.
+
+Every message says what went wrong and what to do about it. Nodes and the command line let
+these propagate unchanged; anything else is a bug.
+"""
+
+
+class FlashFaceError(Exception):
+    """Base class of every user-facing FlashFace failure."""
+
+
+class ModelFileError(FlashFaceError):
+    """A model file is missing, unreadable, corrupt or not the model that was expected."""
+
+
+class DownloadError(ModelFileError):
+    """A model file could not be downloaded (offline, HTTP error, checksum mismatch, disk full)."""
+
+
+class FaceDetectionError(FlashFaceError):
+    """No face, or more faces than allowed, in a reference photo."""
+
+
+class InvalidInputError(FlashFaceError, ValueError):
+    """A parameter is out of range or inconsistent (size not a multiple of 8, no references...)."""
+
+
+class GenerationCancelled(FlashFaceError):
+    """The caller asked to stop between two sampling steps."""

@@ -1,0 +1,298 @@
+"""Reading checkpoint files and loading them into modules: the one loader of every FlashFace model.
+
+A model module describes how its parameters come out of a file as a *plan*: for every key of
+the module's state dict, the file keys to read and how to combine them (take one, check two
+aliases are equal, concatenate q/k/v...). `load_module` then
+
+* builds the module on the meta device (no random weights are ever allocated),
+* checks that the file holds exactly the planned keys (plus keys the caller chose to ignore),
+  and fails with a message naming the expected model otherwise — never a half-loaded model,
+* reads each tensor once, converts it straight to the requested dtype and device, and assigns
+  it into the module (``load_state_dict(strict=True, assign=True)``).
+
+Files are read lazily: ``.safetensors`` through ``safe_open`` (memory-mapped), pickles
+(``.pth``/``.ckpt``/``.pt``/``.bin``) through ``torch.load(weights_only=True, mmap=True)``,
+so tensors the plan does not use (``ref_middle.*``, CLIP's vision tower) are never read.
+`ManifestCheckpoint` stands in for a real file from a key/shape manifest, on the meta device,
+so tests can prove the loader accepts the real published files without having them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zipfile
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ModelFileError
+
+logger = logging.getLogger(__name__)
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".pth", ".ckpt", ".pt", ".bin")
+MODEL_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+
+_DTYPES_BY_NAME = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+    "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+
+
+class Checkpoint:
+    """Lazy read access to the tensors of one checkpoint file."""
+
+    path: str = "<memory>"
+
+    def keys(self) -> list[str]:
+        raise NotImplementedError
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """The tensor stored under `key`, on the CPU (or the meta device for manifests)."""
+        raise NotImplementedError
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._key_set()
+
+    def _key_set(self) -> frozenset[str]:
+        if not hasattr(self, "_keys_cache"):
+            self._keys_cache = frozenset(self.keys())
+        return self._keys_cache
+
+    def close(self) -> None:
+        """Release the file; tensors already returned stay valid."""
+
+
+class SafetensorsCheckpoint(Checkpoint):
+    def __init__(self, path: str):
+        from safetensors import safe_open
+
+        self.path = path
+        try:
+            self._file = safe_open(path, framework="pt", device="cpu")
+        except Exception as exc:  # safetensors raises its own error types for bad headers
+            raise _corrupt(path, exc) from exc
+        self._keys = list(self._file.keys())
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._file.get_slice(key).get_shape())
+
+    def tensor(self, key: str) -> torch.Tensor:
+        try:
+            return self._file.get_tensor(key)
+        except Exception as exc:
+            raise _corrupt(self.path, exc) from exc
+
+    def close(self) -> None:
+        self._file = None
+
+
+class StateDictCheckpoint(Checkpoint):
+    """A checkpoint already in memory as a dict of tensors (pickles, or tensors built in code)."""
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor], path: str = "<memory>"):
+        self.path = path
+        self._sd = dict(state_dict)
+
+    def keys(self) -> list[str]:
+        return list(self._sd)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._sd[key].shape)
+
+    def tensor(self, key: str) -> torch.Tensor:
+        return self._sd[key]
+
+    def close(self) -> None:
+        self._sd = {}
+
+
+class ManifestCheckpoint(StateDictCheckpoint):
+    """Meta-device tensors with the keys, shapes and dtypes listed in a manifest JSON."""
+
+    def __init__(self, manifest_path: str):
+        with open(manifest_path, encoding="utf-8") as f:
+            manifest = json.load(f)
+        tensors = {
+            entry["name"]: torch.empty(entry["shape"], dtype=_DTYPES_BY_NAME[entry.get("dtype", "float32")],
+                                       device="meta")
+            for entry in manifest["keys"]
+        }
+        super().__init__(tensors, path=manifest_path)
+
+
+def _corrupt(path: str, exc: BaseException) -> ModelFileError:
+    return ModelFileError(
+        f"The model file {path} could not be read ({type(exc).__name__}: {exc}). It is probably "
+        "corrupt or incompletely downloaded: delete it and download it again."
+    )
+
+
+def _unwrap_pickle(obj: object, path: str) -> Mapping[str, torch.Tensor]:
+    # Some trainers save {"state_dict": {...}} or {"params": ...}; the published files are flat.
+    for wrapper in ("state_dict", "model", "params"):
+        if isinstance(obj, Mapping) and set(obj) == {wrapper} and isinstance(obj[wrapper], Mapping):
+            obj = obj[wrapper]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelFileError(
+            f"The model file {path} does not hold a plain dictionary of tensors, so it is not a "
+            "model checkpoint FlashFace can use. Check that you picked the right file."
+        )
+    return obj
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Open a checkpoint file for lazy reading; never executes code from a pickle."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFileError(f"The model file {path} does not exist. Download it or select another file.")
+    lower = path.lower()
+    if lower.endswith(SAFETENSORS_SUFFIXES):
+        return SafetensorsCheckpoint(path)
+    if not lower.endswith(PICKLE_SUFFIXES):
+        raise ModelFileError(
+            f"{path}: unknown model file type; expected one of {', '.join(MODEL_SUFFIXES)}."
+        )
+    # Zip-format pickles (torch.save since 1.6) can be memory-mapped; legacy ones cannot.
+    mmap = zipfile.is_zipfile(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise ModelFileError(
+                f"The model file {path} contains Python objects other than tensors and was not "
+                f"loaded, for safety ({exc}). Use the published checkpoint or a .safetensors file."
+            ) from exc
+        raise _corrupt(path, exc) from exc
+    return StateDictCheckpoint(_unwrap_pickle(obj, path), path=path)
+
+
+def _take_first(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return tensors[0]
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """How one module tensor is made from file tensors."""
+
+    file_keys: tuple[str, ...]
+    combine: Callable[[Sequence[torch.Tensor]], torch.Tensor] = _take_first
+
+    @classmethod
+    def copy(cls, key: str) -> "TensorPlan":
+        return cls((key,))
+
+    @classmethod
+    def aliased(cls, *keys: str) -> "TensorPlan":
+        """The same tensor stored under several names: read all, check equal, keep one."""
+        return cls(tuple(keys), _check_aliases_equal)
+
+    @classmethod
+    def concat(cls, *keys: str, dim: int = 0) -> "TensorPlan":
+        return cls(tuple(keys), lambda ts: torch.cat(list(ts), dim=dim))
+
+
+class _AliasMismatch(Exception):
+    pass
+
+
+def _check_aliases_equal(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    first = tensors[0]
+    for other in tensors[1:]:
+        if first.is_meta or other.is_meta:
+            if first.shape != other.shape:
+                raise _AliasMismatch()
+            continue
+        if first.shape != other.shape or not torch.equal(first, other):
+            raise _AliasMismatch()
+    return first
+
+
+Plan = Mapping[str, TensorPlan]
+
+
+def check_plan(checkpoint: Checkpoint, plan: Plan, what: str,
+               ignore: Callable[[str], bool] = lambda key: False) -> None:
+    """Fail unless the file holds exactly the planned keys plus ignored ones."""
+    wanted = {k for p in plan.values() for k in p.file_keys}
+    present = set(checkpoint.keys())
+    missing = sorted(wanted - present)
+    unexpected = sorted(k for k in present - wanted if not ignore(k))
+    if missing or unexpected:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} expected tensors are missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            details.append(f"{len(unexpected)} tensors are not part of it (e.g. {', '.join(unexpected[:3])})")
+        raise ModelFileError(
+            f"{checkpoint.path} is not a {what} checkpoint: {'; '.join(details)}. "
+            f"Select the {what} file in that slot."
+        )
+
+
+def load_module(
+    factory: Callable[[], nn.Module],
+    checkpoint: Checkpoint,
+    plan: Plan,
+    *,
+    what: str,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    keep_fp32: Callable[[str], bool] = lambda name: False,
+    ignore: Callable[[str], bool] = lambda key: False,
+) -> nn.Module:
+    """Build `factory()` on the meta device and fill it from `checkpoint` following `plan`.
+
+    `what` names the model in error messages ("FlashFace UNet"). Floating-point tensors are
+    converted to `dtype`, except those for which `keep_fp32(name)` is true. Integer buffers keep
+    their dtype. The returned module is in eval mode with gradients disabled.
+    """
+    check_plan(checkpoint, plan, what, ignore)
+    with torch.device("meta"):
+        module = factory()
+    expected = module.state_dict()
+    if set(expected) != set(plan):
+        extra, lacking = sorted(set(plan) - set(expected)), sorted(set(expected) - set(plan))
+        raise RuntimeError(f"{what}: plan and module disagree (plan only: {extra[:5]}, module only: {lacking[:5]})")
+
+    device = torch.device(device)
+    state: dict[str, torch.Tensor] = {}
+    for name, reference in expected.items():
+        tensor_plan = plan[name]
+        try:
+            tensor = tensor_plan.combine([checkpoint.tensor(k) for k in tensor_plan.file_keys])
+        except _AliasMismatch:
+            raise ModelFileError(
+                f"{checkpoint.path}: the tensors {', '.join(tensor_plan.file_keys)} should be identical "
+                f"copies but differ, so this is not an unmodified {what} file. Download it again."
+            ) from None
+        if tuple(tensor.shape) != tuple(reference.shape):
+            raise ModelFileError(
+                f"{checkpoint.path}: tensor {tensor_plan.file_keys[0]} has shape {tuple(tensor.shape)} where a "
+                f"{what} has {tuple(reference.shape)}. The file is for a different model; select the {what} file."
+            )
+        if tensor.is_floating_point():
+            target = torch.float32 if keep_fp32(name) else dtype
+        else:
+            target = reference.dtype
+        state[name] = tensor.to(device=device, dtype=target)
+    module.load_state_dict(state, strict=True, assign=True)
+    module.requires_grad_(False).eval()
+    logger.debug("loaded %s from %s (%d tensors, %s, %s)", what, checkpoint.path, len(state), device, dtype)
+    return module
+
+
+def prefixed_plan(keys: Iterable[str], file_prefix: str = "", module_prefix: str = "") -> dict[str, TensorPlan]:
+    """Plan copying `file_prefix + k` into `module_prefix + k` for every k in `keys`."""
+    return {module_prefix + k: TensorPlan.copy(file_prefix + k) for k in keys}

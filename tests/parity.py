@@ -1,0 +1,81 @@
+"""Discovery of the parity fixtures computed with the official FlashFace code.
+
+The fixture folder comes from the environment variable FLASHFACE_FIXTURES (default
+``../shared/fixtures`` next to the repository). Cases are found by listing ``cases/`` and
+selected by the ``kind`` in each ``case.json``; every parameter is read from that file. Where the
+folder is absent (a user's checkout) the parity tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def fixtures_dir() -> Path:
+    configured = os.environ.get("FLASHFACE_FIXTURES")
+    return Path(configured).resolve() if configured else (REPO_ROOT.parent / "shared" / "fixtures").resolve()
+
+
+def _missing_reason() -> str:
+    return (f"parity fixtures not found at {fixtures_dir()} "
+            "(set FLASHFACE_FIXTURES to the folder holding cases/ and manifests/)")
+
+
+@dataclass
+class Case:
+    name: str
+    path: Path
+    config: dict
+
+    @property
+    def inputs(self) -> dict:
+        return load_file(self.path / "inputs.safetensors")
+
+    @property
+    def expected(self) -> dict:
+        return load_file(self.path / "expected.safetensors")
+
+    def weights_dir(self) -> Path:
+        """Folder holding this case's weight files (itself, or the one named by weights_from)."""
+        source = self.config.get("weights_from")
+        return self.path.parent / source if source else self.path
+
+    @property
+    def atol(self) -> float:
+        return float(self.config["tolerance"]["atol"])
+
+    @property
+    def rtol(self) -> float:
+        return float(self.config["tolerance"]["rtol"])
+
+
+def cases(*kinds: str) -> list:
+    """pytest params for every fixture case of the given kinds (one skipping param if none)."""
+    root = fixtures_dir() / "cases"
+    if not root.is_dir():
+        return [pytest.param(None, marks=pytest.mark.skip(reason=_missing_reason()), id="no-fixtures")]
+    found = []
+    for case_dir in sorted(p for p in root.iterdir() if (p / "case.json").is_file()):
+        config = json.loads((case_dir / "case.json").read_text(encoding="utf-8"))
+        if config.get("kind") in kinds:
+            found.append(pytest.param(Case(case_dir.name, case_dir, config), id=case_dir.name))
+    if not found:
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no fixture case of kind {kinds} in {root}"),
+                             id="no-cases")]
+    return found
+
+
+def manifest(name: str) -> Path:
+    """Path of a manifest JSON; skips the calling test when the fixtures are absent."""
+    path = fixtures_dir() / "manifests" / name
+    if not path.is_file():
+        pytest.skip(_missing_reason())
+    return path
