@@ -124,10 +124,10 @@ class ManifestCheckpoint(StateDictCheckpoint):
     def __init__(self, manifest_path: str):
         with open(manifest_path, encoding="utf-8") as f:
             manifest = json.load(f)
+        # Each entry is [name, shape, dtype] in state-dict order.
         tensors = {
-            entry["name"]: torch.empty(entry["shape"], dtype=_DTYPES_BY_NAME[entry.get("dtype", "float32")],
-                                       device="meta")
-            for entry in manifest["keys"]
+            name: torch.empty(shape, dtype=_DTYPES_BY_NAME[dtype], device="meta")
+            for name, shape, dtype in manifest["keys"]
         }
         super().__init__(tensors, path=manifest_path)
 
