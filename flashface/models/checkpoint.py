@@ -59,6 +59,10 @@ class Checkpoint:
         """The tensor stored under `key`, on the CPU (or the meta device for manifests)."""
         raise NotImplementedError
 
+    def metadata(self) -> dict[str, str]:
+        """Free-form string metadata stored with the tensors (only safetensors files have any)."""
+        return {}
+
     def __contains__(self, key: str) -> bool:
         return key in self._key_set()
 
@@ -93,6 +97,9 @@ class SafetensorsCheckpoint(Checkpoint):
             return self._file.get_tensor(key)
         except Exception as exc:
             raise _corrupt(self.path, exc) from exc
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._file.metadata() or {})
 
     def close(self) -> None:
         self._file = None
