@@ -1,0 +1,591 @@
+"""FlashFace reference UNet: the SD1.5 UNet plus FlashFace's reference network.
+
+The published ``flashface.ckpt`` holds the main UNet (5-channel input conv: latent + face-position
+mask; an extra self-attention ``self_attn_first`` (SA1) in every decoder and middle transformer
+block), reference copies of the encoder and decoder, and a never-executed ``ref_middle``. The
+main encoder/middle/decoder are stored twice (``encoder.*`` and ``ori_encoder.*`` ...). This
+module keeps one copy of each and drops ``ref_middle``.
+
+One model evaluation is two explicit steps, with no state kept between calls:
+
+* `FlashFaceUNet.encode_references` runs the reference pass (reference encoder, the *main*
+  middle block -- an official quirk --, reference decoder) on the reference latents and returns
+  the LayerNorm-ed self-attention input tokens of every middle and decoder transformer block;
+* `FlashFaceUNet.forward` runs the main pass, where each of those blocks adds, per row r with
+  weight w_r, ``w_r * SA1(y, [y; references]) + (1 - w_r) * SA1(y)`` after its own self-attention.
+
+Precision follows the official fp16 autocast run: GroupNorm and LayerNorm compute in fp32 (their
+parameters stay fp32), convolutions, linears and attention in the compute dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidInputError, ModelFileError
+from .checkpoint import Checkpoint, TensorPlan, load_module, open_checkpoint
+
+logger = logging.getLogger(__name__)
+
+WHAT = "FlashFace UNet"
+DEFAULT_NUM_HEADS = 8
+# Lists stored twice in the published file (the module and its `ori_` alias).
+ALIASED_LISTS = ("encoder", "middle", "decoder")
+UNUSED_PREFIX = "ref_middle."
+
+TORCH_OPERATIONS = SimpleNamespace(
+    Linear=nn.Linear, Conv2d=nn.Conv2d, GroupNorm=nn.GroupNorm, LayerNorm=nn.LayerNorm
+)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture; the defaults are FlashFace SD1.5 (`flashface.ckpt`)."""
+
+    dim: int = 320
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_scales: tuple[float, ...] = (1.0, 0.5, 0.25)
+    num_attn_blocks: int = 1
+    num_heads: int = 8
+    context_dim: int = 768
+    in_channels: int = 5  # latent + face-position mask
+    ref_in_channels: int = 4
+    out_channels: int = 4
+
+    @property
+    def embed_dim(self) -> int:
+        return 4 * self.dim
+
+
+@dataclass
+class UNetSpeedOptions:
+    """Switches of the reference-attention optimizations; all on by default, same numbers off.
+
+    Each can be turned off to measure it (bench/bench_sampling_step.py) or to check it.
+    """
+
+    # Rows with weight exactly 0 get SA1(y) only: w*A + (1-w)*B0 = B0.
+    skip_unweighted_rows: bool = True
+    # Project the reference tokens through SA1's k/v once per call, not once per row, and share
+    # the q/k/v projections of the row tokens between the two SA1 terms.
+    project_references_once: bool = True
+    # torch's scaled_dot_product_attention instead of an explicit softmax(q k^T / sqrt(d)) v.
+    fused_attention: bool = True
+
+
+@dataclass(frozen=True)
+class ReferenceFeatures:
+    """Result of the reference pass: per transformer block key, tokens [N, L_ref, C]."""
+
+    tokens: Mapping[str, torch.Tensor]
+
+    @property
+    def num_references(self) -> int:
+        return next(iter(self.tokens.values())).shape[0]
+
+
+@dataclass
+class _Pass:
+    """What one pass through the blocks does with reference tokens (built per call)."""
+
+    speed: UNetSpeedOptions
+    recorded: dict | None = None  # reference pass: collects the tokens
+    references: ReferenceFeatures | None = None  # main pass: the tokens to attend to
+    row_weights: torch.Tensor | None = None  # main pass: [R] similarity weights
+    active_rows: torch.Tensor | None = None  # indices of rows with nonzero weight
+    reading: bool = False
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding [cos | sin] of integer timesteps, fp32 (official layout)."""
+    half = dim // 2
+    freqs = torch.pow(10000, -torch.arange(half, dtype=torch.float32, device=t.device).div(half))
+    angles = torch.outer(t.float(), freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+def _group_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return norm(x.float()).to(x.dtype)
+
+
+def _layer_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # Under the official autocast LayerNorm returns fp32; the next linear casts it down.
+    return norm(x.float()).to(x.dtype)
+
+
+def _multihead_attention(q, k, v, num_heads: int, fused: bool) -> torch.Tensor:
+    """Softmax attention with scale 1/sqrt(head_dim); q [B,Lq,C], k/v [B,Lk,C] -> [B,Lq,C]."""
+    b, lq, c = q.shape
+    head_dim = c // num_heads
+    q, k, v = (t.reshape(b, -1, num_heads, head_dim).transpose(1, 2) for t in (q, k, v))
+    if fused:
+        out = F.scaled_dot_product_attention(q, k, v)
+    else:
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * head_dim ** -0.5
+        out = torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
+    return out.transpose(1, 2).reshape(b, lq, c)
+
+
+class Attention(nn.Module):
+    """Multi-head attention; q/k/v without bias, output projection with bias."""
+
+    def __init__(self, ops, dim: int, context_dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ModelFileError(
+                f"{WHAT}: {num_heads} attention heads do not divide the width {dim}; "
+                "pass the right num_heads for this checkpoint."
+            )
+        self.num_heads = num_heads
+        self.q = ops.Linear(dim, dim, bias=False)
+        self.k = ops.Linear(context_dim, dim, bias=False)
+        self.v = ops.Linear(context_dim, dim, bias=False)
+        self.o = ops.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *, fused: bool = True):
+        context = x if context is None else context
+        out = _multihead_attention(self.q(x), self.k(context), self.v(context), self.num_heads, fused)
+        return self.o(out)
+
+    def attend(self, q, k, v, fused: bool) -> torch.Tensor:
+        """Attention on already projected q/k/v, then the output projection."""
+        return self.o(_multihead_attention(q, k, v, self.num_heads, fused))
+
+
+def _reference_attention(sa1: Attention, y: torch.Tensor, references: torch.Tensor,
+                         weights: torch.Tensor, active_rows: torch.Tensor | None,
+                         speed: UNetSpeedOptions) -> torch.Tensor:
+    """Per row r: w_r * SA1(y_r, [y_r; all references]) + (1 - w_r) * SA1(y_r).
+
+    `references` [N, L_ref, C] are shared by every row (flattened along the tokens, reference 1
+    first). `active_rows` indexes the rows whose term includes the reference attention
+    (None = all rows).
+    """
+    rows = y.shape[0]
+    fused = speed.fused_attention
+    ref_tokens = references.reshape(1, -1, references.shape[-1])
+    active_y = y if active_rows is None else y[active_rows]
+    n_active = active_y.shape[0]
+    if speed.project_references_once:
+        q, k, v = sa1.q(y), sa1.k(y), sa1.v(y)
+        plain = sa1.attend(q, k, v, fused)
+        if n_active:
+            if active_rows is not None:
+                q, k, v = q[active_rows], k[active_rows], v[active_rows]
+            ref_k = sa1.k(ref_tokens).expand(n_active, -1, -1)
+            ref_v = sa1.v(ref_tokens).expand(n_active, -1, -1)
+            with_refs = sa1.attend(q, torch.cat([k, ref_k], 1), torch.cat([v, ref_v], 1), fused)
+    else:
+        plain = sa1(y, fused=fused)
+        if n_active:
+            context = torch.cat([active_y, ref_tokens.expand(n_active, -1, -1)], 1)
+            with_refs = sa1(active_y, context, fused=fused)
+    if not n_active:
+        return plain
+    if active_rows is None:
+        w = weights.to(y.dtype).view(rows, 1, 1)
+        return with_refs * w + (1 - w) * plain
+    w = weights[active_rows].to(y.dtype).view(n_active, 1, 1)
+    term = plain.clone()
+    term[active_rows] = with_refs * w + (1 - w) * plain[active_rows]
+    return term
+
+
+class GEGLU(nn.Module):
+    def __init__(self, ops, dim: int, inner_dim: int):
+        super().__init__()
+        self.proj = ops.Linear(dim, inner_dim * 2)
+
+    def forward(self, x):
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)
+
+
+class TransformerBlock(nn.Module):
+    """LN-SA, LN-CA, LN-GEGLU FFN; decoder/middle blocks also write or read reference tokens.
+
+    `feature_key` is the block's path inside its list ("decoder.3.1.blocks.0"), shared by a
+    reference-decoder block and its main-decoder twin; None for encoder blocks.
+    """
+
+    def __init__(self, ops, dim: int, context_dim: int, num_heads: int, reads_references: bool):
+        super().__init__()
+        self.feature_key: str | None = None
+        self.norm1 = ops.LayerNorm(dim)
+        self.self_attn = Attention(ops, dim, dim, num_heads)
+        if reads_references:
+            self.self_attn.self_attn_first = Attention(ops, dim, dim, num_heads)
+        self.norm2 = ops.LayerNorm(dim)
+        self.cross_attn = Attention(ops, dim, context_dim, num_heads)
+        self.norm3 = ops.LayerNorm(dim)
+        # Index 1 is the (inference no-op) dropout slot of the published layout.
+        self.ffn = nn.ModuleList([GEGLU(ops, dim, 4 * dim), nn.Identity(), ops.Linear(4 * dim, dim)])
+
+    def forward(self, x, context, run: _Pass):
+        fused = run.speed.fused_attention
+        y = _layer_norm(self.norm1, x)
+        x = x + self.self_attn(y, fused=fused)
+        if self.feature_key is not None:
+            if run.recorded is not None:
+                run.recorded[self.feature_key] = y
+            elif run.reading:
+                sa1 = self.self_attn.self_attn_first
+                if run.references is None:
+                    x = x + sa1(y, fused=fused)
+                else:
+                    x = x + _reference_attention(
+                        sa1, y, run.references.tokens[self.feature_key], run.row_weights,
+                        run.active_rows, run.speed)
+        x = x + self.cross_attn(_layer_norm(self.norm2, x), context, fused=fused)
+        return x + self.ffn[2](self.ffn[0](_layer_norm(self.norm3, x)))
+
+
+class TransformerSite(nn.Module):
+    """GroupNorm, 1x1 conv to tokens, transformer blocks, 1x1 conv back, plus the input."""
+
+    def __init__(self, ops, dim: int, config: UNetConfig, reads_references: bool):
+        super().__init__()
+        self.norm1 = ops.GroupNorm(32, dim, eps=1e-6)
+        self.conv1 = ops.Conv2d(dim, dim, 1)
+        self.blocks = nn.ModuleList([
+            TransformerBlock(ops, dim, config.context_dim, config.num_heads, reads_references)
+            for _ in range(config.num_attn_blocks)
+        ])
+        self.conv2 = ops.Conv2d(dim, dim, 1)
+
+    def forward(self, x, context, run: _Pass):
+        b, c, h, w = x.shape
+        tokens = self.conv1(_group_norm(self.norm1, x)).flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            tokens = block(tokens, context, run)
+        return self.conv2(tokens.transpose(1, 2).reshape(b, c, h, w)) + x
+
+
+class ResBlock(nn.Module):
+    """GN-SiLU-conv, plus the projected time embedding, GN-SiLU-conv, plus the shortcut.
+
+    The activation and dropout slots of the published nn.Sequential layout stay as
+    parameter-free entries so the state-dict indices match the checkpoint.
+    """
+
+    def __init__(self, ops, in_dim: int, embed_dim: int, out_dim: int):
+        super().__init__()
+        self.layer1 = nn.ModuleList([ops.GroupNorm(32, in_dim, eps=1e-6), nn.SiLU(),
+                                     ops.Conv2d(in_dim, out_dim, 3, padding=1)])
+        self.embedding = nn.ModuleList([nn.SiLU(), ops.Linear(embed_dim, out_dim)])
+        self.layer2 = nn.ModuleList([ops.GroupNorm(32, out_dim, eps=1e-6), nn.SiLU(), nn.Identity(),
+                                     ops.Conv2d(out_dim, out_dim, 3, padding=1)])
+        self.shortcut = nn.Identity() if in_dim == out_dim else ops.Conv2d(in_dim, out_dim, 1)
+
+    def forward(self, x, emb):
+        h = self.layer1[2](F.silu(_group_norm(self.layer1[0], x)))
+        h = h + self.embedding[1](F.silu(emb)).to(h.dtype)[:, :, None, None]
+        h = self.layer2[3](F.silu(_group_norm(self.layer2[0], h)))
+        return h + self.shortcut(x)
+
+
+class Upsample(nn.Module):
+    """Nearest resize to the size of the next skip tensor, then a 3x3 conv (stored at index 1)."""
+
+    def __init__(self, ops, dim: int):
+        super().__init__()
+        self.add_module("1", ops.Conv2d(dim, dim, 3, padding=1))
+
+    def forward(self, x, size):
+        return self.get_submodule("1")(F.interpolate(x, size=size, mode="nearest"))
+
+
+class UNetBlock(nn.ModuleList):
+    """A residual block, optionally a transformer site, and (decoder) optionally an upsampler."""
+
+    def forward(self, x, emb, context, run: _Pass, upsample_size=None):
+        x = self[0](x, emb)
+        for layer in self[1:]:
+            x = layer(x, context, run) if isinstance(layer, TransformerSite) else layer(x, upsample_size)
+        return x
+
+
+def _attention_levels(config: UNetConfig) -> list[bool]:
+    return [2.0 ** -level in config.attn_scales for level in range(len(config.dim_mult))]
+
+
+def build_encoder(ops, config: UNetConfig, in_channels: int) -> nn.ModuleList:
+    dim, levels = config.dim, len(config.dim_mult)
+    layers = nn.ModuleList([ops.Conv2d(in_channels, dim, 3, padding=1)])
+    width = dim
+    for level, (mult, has_attention) in enumerate(zip(config.dim_mult, _attention_levels(config))):
+        for _ in range(config.num_res_blocks):
+            block = [ResBlock(ops, width, config.embed_dim, dim * mult)]
+            width = dim * mult
+            if has_attention:
+                block.append(TransformerSite(ops, width, config, reads_references=False))
+            layers.append(UNetBlock(block))
+        if level != levels - 1:
+            layers.append(ops.Conv2d(width, width, 3, stride=2, padding=1))
+    return layers
+
+
+def _skip_widths(config: UNetConfig) -> list[int]:
+    """Channels of every encoder output in order (conv_in, blocks, downsamplers)."""
+    widths = [config.dim]
+    for level, mult in enumerate(config.dim_mult):
+        widths += [config.dim * mult] * config.num_res_blocks
+        if level != len(config.dim_mult) - 1:
+            widths.append(config.dim * mult)
+    return widths
+
+
+def build_middle(ops, config: UNetConfig, reads_references: bool) -> nn.ModuleList:
+    width = config.dim * config.dim_mult[-1]
+    return nn.ModuleList([
+        ResBlock(ops, width, config.embed_dim, width),
+        TransformerSite(ops, width, config, reads_references),
+        ResBlock(ops, width, config.embed_dim, width),
+    ])
+
+
+def build_decoder(ops, config: UNetConfig, reads_references: bool) -> nn.ModuleList:
+    skips = _skip_widths(config)
+    layers = nn.ModuleList()
+    width = config.dim * config.dim_mult[-1]
+    attention = _attention_levels(config)
+    for level in reversed(range(len(config.dim_mult))):
+        out_width = config.dim * config.dim_mult[level]
+        for j in range(config.num_res_blocks + 1):
+            block = [ResBlock(ops, width + skips.pop(), config.embed_dim, out_width)]
+            width = out_width
+            if attention[level]:
+                block.append(TransformerSite(ops, width, config, reads_references))
+            if level != 0 and j == config.num_res_blocks:
+                block.append(Upsample(ops, width))
+            layers.append(UNetBlock(block))
+    return layers
+
+
+def _name_feature_blocks(layers: nn.ModuleList, list_name: str) -> None:
+    for path, module in layers.named_modules():
+        if isinstance(module, TransformerBlock):
+            module.feature_key = f"{list_name}.{path}"
+
+
+class FlashFaceUNet(nn.Module):
+    """The FlashFace reference UNet (one copy of every aliased module, no `ref_middle`)."""
+
+    def __init__(self, config: UNetConfig, operations=None):
+        super().__init__()
+        ops = operations or TORCH_OPERATIONS
+        self.config = config
+        self.speed = UNetSpeedOptions()
+        self._compute_dtype: torch.dtype | None = None
+        self.time_embedding = nn.Sequential(
+            ops.Linear(config.dim, config.embed_dim), nn.SiLU(), ops.Linear(config.embed_dim, config.embed_dim))
+        self.encoder = build_encoder(ops, config, config.in_channels)
+        self.middle = build_middle(ops, config, reads_references=True)
+        self.decoder = build_decoder(ops, config, reads_references=True)
+        # Index 1 is the SiLU slot of the published layout.
+        head_width = config.dim * config.dim_mult[0]
+        self.head = nn.ModuleList([
+            ops.GroupNorm(32, head_width, eps=1e-6), nn.SiLU(),
+            ops.Conv2d(head_width, config.out_channels, 3, padding=1)])
+        self.ref_encoder = build_encoder(ops, config, config.ref_in_channels)
+        self.ref_decoder = build_decoder(ops, config, reads_references=False)
+        _name_feature_blocks(self.middle, "middle")
+        _name_feature_blocks(self.decoder, "decoder")
+        _name_feature_blocks(self.ref_decoder, "decoder")
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Dtype of activations: the weights' dtype unless set (e.g. for manual-cast layers)."""
+        return self._compute_dtype or self.head[2].weight.dtype
+
+    @compute_dtype.setter
+    def compute_dtype(self, dtype: torch.dtype | None) -> None:
+        self._compute_dtype = dtype
+
+    def _embed_time(self, t, rows: int, device) -> torch.Tensor:
+        t = torch.as_tensor(t, device=device)
+        if t.dim() == 0:
+            t = t.expand(rows)
+        if t.shape != (rows,):
+            raise InvalidInputError(f"{WHAT}: timesteps of shape {tuple(t.shape)} for {rows} rows; "
+                                    f"give one timestep per row or a single one.")
+        return self.time_embedding(timestep_embedding(t, self.config.dim).to(self.compute_dtype))
+
+    def _run(self, x, emb, context, encoder, decoder, run: _Pass, with_head: bool):
+        skips = []
+        for layer in encoder:
+            x = layer(x, emb, context, run) if isinstance(layer, UNetBlock) else layer(x)
+            skips.append(x)
+        x = self.middle[0](x, emb)
+        x = self.middle[1](x, context, run)
+        x = self.middle[2](x, emb)
+        for block in decoder:
+            x = torch.cat([x, skips.pop()], dim=1)
+            x = block(x, emb, context, run, skips[-1].shape[-2:] if skips else None)
+        if not with_head:
+            return None
+        return self.head[2](F.silu(_group_norm(self.head[0], x)))
+
+    @torch.no_grad()
+    def encode_references(self, reference_latents: torch.Tensor, t, reference_context: torch.Tensor
+                          ) -> ReferenceFeatures:
+        """The reference pass on latents [N,4,r,r] at timestep t (a scalar, or [N]).
+
+        `reference_context` [N,77,C] is its cross-attention context (officially the negative
+        prompt). Runs the reference encoder, the main middle block and the reference decoder.
+        """
+        n = reference_latents.shape[0]
+        if reference_latents.dim() != 4 or reference_latents.shape[1] != self.config.ref_in_channels:
+            raise InvalidInputError(f"{WHAT}: reference latents must be [N,{self.config.ref_in_channels},r,r], "
+                                    f"got {tuple(reference_latents.shape)}.")
+        if reference_context.shape[0] != n:
+            raise InvalidInputError(f"{WHAT}: {reference_context.shape[0]} reference contexts for {n} references.")
+        dtype = self.compute_dtype
+        run = _Pass(self.speed, recorded={})
+        emb = self._embed_time(t, n, reference_latents.device)
+        self._run(reference_latents.to(dtype), emb, reference_context.to(dtype),
+                  self.ref_encoder, self.ref_decoder, run, with_head=False)
+        return ReferenceFeatures(tokens=run.recorded)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, t, context: torch.Tensor, mask: torch.Tensor | None,
+                references: ReferenceFeatures | None, similarity) -> torch.Tensor:
+        """Predicted noise [R,4,h,w] for latents x [R,4,h,w] (returned in x's dtype).
+
+        t: [R] or scalar; context [R,77,C]; mask [R,h,w] face-position channel (None = zeros);
+        similarity: [R] per-row weight of the reference attention, or a scalar for all rows.
+        Rows with weight 0 still get SA1(y): they are not plain SD. With `references` None
+        every weight must be 0.
+        """
+        rows, dtype = x.shape[0], self.compute_dtype
+        if x.dim() != 4 or x.shape[1] != self.config.in_channels - 1:
+            raise InvalidInputError(f"{WHAT}: latents must be [R,{self.config.in_channels - 1},h,w], got {tuple(x.shape)}.")
+        if context.shape[0] != rows:
+            raise InvalidInputError(f"{WHAT}: {context.shape[0]} text contexts for {rows} latent rows.")
+        if mask is None:
+            mask = x.new_zeros((rows, *x.shape[2:]))
+        if tuple(mask.shape) != (rows, *x.shape[2:]):
+            raise InvalidInputError(f"{WHAT}: mask of shape {tuple(mask.shape)} for latents {tuple(x.shape)}; "
+                                    "give one [h,w] mask per row.")
+        weights = torch.as_tensor(0.0 if similarity is None else similarity, dtype=torch.float32, device=x.device)
+        weights = weights.expand(rows) if weights.dim() == 0 else weights
+        if weights.shape != (rows,):
+            raise InvalidInputError(f"{WHAT}: {tuple(weights.shape)} similarity weights for {rows} rows.")
+        if references is None and bool((weights != 0).any()):
+            raise InvalidInputError(f"{WHAT}: nonzero similarity weights need reference features.")
+        run = _Pass(self.speed, references=references, row_weights=weights, reading=True)
+        if references is not None and self.speed.skip_unweighted_rows:
+            active = (weights != 0).nonzero().flatten()
+            run.active_rows = None if len(active) == rows else active
+        out = self._run(torch.cat([x, mask[:, None].to(x.dtype)], 1).to(dtype), self._embed_time(t, rows, x.device),
+                        context.to(dtype), self.encoder, self.decoder, run, with_head=True)
+        return out.to(x.dtype)
+
+
+def _require(checkpoint: Checkpoint, key: str) -> tuple[int, ...]:
+    if key not in checkpoint:
+        raise ModelFileError(
+            f"{checkpoint.path} is not a {WHAT} checkpoint: it has no tensor {key}. "
+            f"Select the FlashFace UNet file (flashface.ckpt or flashface.safetensors) in that slot."
+        )
+    return checkpoint.shape(key)
+
+
+def infer_config(checkpoint: Checkpoint, num_heads: int | None = None) -> UNetConfig:
+    """Architecture from key names and shapes; num_heads: argument > metadata > 8."""
+    dim = _require(checkpoint, "time_embedding.0.weight")[1]
+    levels: list[list[tuple[int, bool]]] = [[]]
+    index = 1
+    while True:
+        if f"encoder.{index}.weight" in checkpoint:  # downsampling conv ends a level
+            levels.append([])
+        elif f"encoder.{index}.0.layer1.2.weight" in checkpoint:
+            width = checkpoint.shape(f"encoder.{index}.0.layer1.2.weight")[0]
+            levels[-1].append((width, f"encoder.{index}.1.norm1.weight" in checkpoint))
+        else:
+            break
+        index += 1
+    layouts = {(len(blocks), len({w for w, _ in blocks}), len({a for _, a in blocks})) for blocks in levels}
+    if not levels[0] or len(layouts) != 1 or next(iter(layouts))[1:] != (1, 1):
+        raise ModelFileError(f"{checkpoint.path}: the encoder layout is not one a {WHAT} has; "
+                             f"select the FlashFace UNet file.")
+    attn_blocks = 0
+    while f"middle.1.blocks.{attn_blocks}.norm1.weight" in checkpoint:
+        attn_blocks += 1
+    if num_heads is None:
+        stored = checkpoint.metadata().get("num_heads")
+        num_heads = int(stored) if stored else DEFAULT_NUM_HEADS
+    return UNetConfig(
+        dim=dim,
+        dim_mult=tuple(blocks[0][0] // dim for blocks in levels),
+        num_res_blocks=len(levels[0]),
+        attn_scales=tuple(2.0 ** -level for level, blocks in enumerate(levels) if blocks[0][1]),
+        num_attn_blocks=attn_blocks,
+        num_heads=num_heads,
+        context_dim=_require(checkpoint, "middle.1.blocks.0.cross_attn.k.weight")[1],
+        in_channels=_require(checkpoint, "encoder.0.weight")[1],
+        ref_in_channels=_require(checkpoint, "ref_encoder.0.weight")[1],
+        out_channels=_require(checkpoint, "head.2.weight")[0],
+    )
+
+
+def _file_keys(module_key: str) -> tuple[str, ...]:
+    if module_key.split(".", 1)[0] in ALIASED_LISTS:
+        return (module_key, "ori_" + module_key)
+    return (module_key,)
+
+
+def checkpoint_plan(module_keys: Sequence[str]) -> dict[str, TensorPlan]:
+    """Module key -> file keys: aliased lists read both copies (checked equal), others one."""
+    return {key: TensorPlan.aliased(*_file_keys(key)) if len(_file_keys(key)) > 1 else TensorPlan.copy(key)
+            for key in module_keys}
+
+
+def checkpoint_key_shapes(config: UNetConfig) -> dict[str, torch.Size]:
+    """Keys and shapes of a file in the published layout (aliases and `ref_middle` included)."""
+    with torch.device("meta"):
+        model = FlashFaceUNet(config)
+        unused_middle = build_middle(TORCH_OPERATIONS, config, reads_references=False)
+    shapes = {file_key: tensor.shape for key, tensor in model.state_dict().items() for file_key in _file_keys(key)}
+    shapes.update({UNUSED_PREFIX + key: t.shape for key, t in unused_middle.state_dict().items()})
+    return shapes
+
+
+def _norm_parameter_names(model: nn.Module, ops) -> set[str]:
+    return {f"{name}.{param}" for name, module in model.named_modules()
+            if isinstance(module, (ops.GroupNorm, ops.LayerNorm)) for param, _ in module.named_parameters()}
+
+
+def load_unet(source: str | os.PathLike | Checkpoint, *, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32, operations=None, num_heads: int | None = None) -> FlashFaceUNet:
+    """Load the FlashFace UNet from a path or an open `Checkpoint` into `dtype` on `device`.
+
+    Norm parameters stay fp32. Each aliased tensor pair is checked equal and kept once;
+    `ref_middle.*` is never read.
+    """
+    checkpoint = source if isinstance(source, Checkpoint) else open_checkpoint(source)
+    try:
+        config = infer_config(checkpoint, num_heads)
+        ops = operations or TORCH_OPERATIONS
+        with torch.device("meta"):
+            probe = FlashFaceUNet(config, ops)
+        keep_fp32 = _norm_parameter_names(probe, ops)
+        model = load_module(
+            lambda: FlashFaceUNet(config, ops), checkpoint, checkpoint_plan(list(probe.state_dict())),
+            what=WHAT, device=device, dtype=dtype, keep_fp32=keep_fp32.__contains__,
+            ignore=lambda key: key.startswith(UNUSED_PREFIX),
+        )
+    finally:
+        if not isinstance(source, Checkpoint):
+            checkpoint.close()
+    logger.info("loaded %s %s from %s", WHAT, config, checkpoint.path)
+    return model

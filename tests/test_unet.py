@@ -1,0 +1,271 @@
+"""FlashFace reference UNet: parity with the official code, strict loading, dtypes, optimizations."""
+
+import json
+from dataclasses import fields
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from flashface.errors import InvalidInputError, ModelFileError
+from flashface.models.checkpoint import ManifestCheckpoint, StateDictCheckpoint
+from flashface.models.unet import (
+    TORCH_OPERATIONS,
+    FlashFaceUNet,
+    UNetConfig,
+    UNetSpeedOptions,
+    checkpoint_plan,
+    load_unet,
+)
+from tests.parity import cases, manifest
+from tests.tiny_unet import tiny_unet_state_dict, write_tiny_unet
+
+WEIGHT_FILES = ("weights.safetensors", "weights.ckpt")
+
+
+def row_similarity(branches: int, batch: int, weight: float) -> torch.Tensor:
+    """Per-row weights of the official layouts: 3 branches [w]*B + [0]*2B, 2 branches w everywhere."""
+    if branches == 3:
+        return torch.tensor([weight] * batch + [0.0] * (2 * batch))
+    return torch.full((branches * batch,), weight)
+
+
+def run_case_inputs(model: FlashFaceUNet, inputs: dict, branches: int, weight: float) -> torch.Tensor:
+    """One official model call: t and mask per sample are repeated per branch row (interleaved)."""
+    batch = inputs["t"].shape[0]
+    t = inputs["t"].repeat_interleave(branches)
+    references = model.encode_references(inputs["reference_latents"], t[0], inputs["reference_context"])
+    return model(inputs["x"], t, inputs["context"], inputs["mask"].repeat_interleave(branches, 0),
+                 references, row_similarity(branches, batch, weight))
+
+
+@pytest.mark.parametrize("weights_file", WEIGHT_FILES)
+@pytest.mark.parametrize("case", cases("unet"))
+def test_parity_with_official_unet(case, weights_file):
+    config = case.config
+    model = load_unet(case.weights_dir() / weights_file, num_heads=config["architecture"]["num_heads"])
+    assert model.config.context_dim == config["architecture"]["context_dim"]
+    assert list(model.config.dim_mult) == config["architecture"]["dim_mult"]
+    output = run_case_inputs(model, case.inputs, config["branches"], config["similarity"])
+    torch.testing.assert_close(output, case.expected["output"], atol=case.atol, rtol=case.rtol)
+
+
+@pytest.mark.parametrize("case", cases("unet"))
+def test_tiny_writer_uses_the_fixture_key_format(tmp_path, case):
+    arch = case.config["architecture"]
+    fixture = load_unet(case.weights_dir() / "weights.safetensors", num_heads=arch["num_heads"])
+    path = write_tiny_unet(tmp_path / "unet.safetensors", context_dim=arch["context_dim"], dim=arch["dim"],
+                           dim_mult=arch["dim_mult"], num_res_blocks=arch["num_res_blocks"],
+                           attn_scales=arch["attn_scales"], num_heads=arch["num_heads"])
+    with safe_open(case.weights_dir() / "weights.safetensors", "pt") as official, safe_open(path, "pt") as ours:
+        assert {k: official.get_slice(k).get_shape() for k in official.keys()} == \
+               {k: ours.get_slice(k).get_shape() for k in ours.keys()}
+    assert load_unet(path).config == fixture.config
+
+
+# ---- the real file, on the meta device ------------------------------------------------------------
+
+def manifest_data():
+    path = manifest("flashface_unet.json")
+    return path, json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_loads_the_real_key_set_on_meta():
+    path, data = manifest_data()
+    model = load_unet(ManifestCheckpoint(path), device="meta")
+    assert model.config == UNetConfig()  # SD1.5 FlashFace, inferred from the shapes
+    assert not any(name.startswith("ref_middle") for name, _ in model.named_modules())
+    ref_middle = sum(torch.Size(shape).numel() for name, shape, _ in data["keys"] if name.startswith("ref_middle."))
+    assert sum(p.numel() for p in model.parameters()) == data["unique_parameters"] - ref_middle
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_plan_aliases_exactly_the_manifest_alias_groups():
+    path, data = manifest_data()
+    model = load_unet(ManifestCheckpoint(path), device="meta")
+    plan = checkpoint_plan(list(model.state_dict()))
+    planned = {frozenset(p.file_keys) for p in plan.values() if len(p.file_keys) > 1}
+    assert planned == {frozenset(group) for group in data["alias_groups"]}
+    read = {k for p in plan.values() for k in p.file_keys}
+    assert read == {name for name, _, _ in data["keys"] if not name.startswith("ref_middle.")}
+
+
+def manifest_tensors():
+    checkpoint = ManifestCheckpoint(manifest_data()[0])
+    return {key: checkpoint.tensor(key) for key in checkpoint.keys()}
+
+
+@pytest.mark.parametrize("change", ["missing", "extra", "shape", "no_time_embedding"])
+def test_wrong_key_sets_are_rejected(change):
+    tensors = manifest_tensors()
+    if change == "missing":
+        del tensors["ref_decoder.3.1.blocks.0.ffn.2.bias"]
+    elif change == "extra":
+        tensors["decoder.3.1.blocks.0.self_attn.extra.weight"] = torch.empty(4, device="meta")
+    elif change == "shape":
+        tensors["ref_encoder.1.0.layer1.2.weight"] = torch.empty(320, 320, 1, 1, device="meta")
+    else:
+        del tensors["time_embedding.0.weight"]
+    with pytest.raises(ModelFileError, match="FlashFace UNet"):
+        load_unet(StateDictCheckpoint(tensors, path="broken.ckpt"), device="meta")
+
+
+def test_truncated_file_is_rejected(tmp_path):
+    path = write_tiny_unet(tmp_path / "unet.ckpt")
+    state = torch.load(path, weights_only=True)
+    keep = dict(list(state.items())[: len(state) // 2])
+    with pytest.raises(ModelFileError, match="FlashFace UNet"):
+        load_unet(StateDictCheckpoint(keep, path="half.ckpt"))
+
+
+def test_another_model_is_rejected():
+    vae = manifest("sd_v1_vae.json")
+    with pytest.raises(ModelFileError, match="FlashFace UNet"):
+        load_unet(ManifestCheckpoint(vae), device="meta")
+
+
+def test_differing_aliases_are_rejected():
+    state = tiny_unet_state_dict(seed=1)
+    state["ori_decoder.1.1.blocks.0.self_attn.self_attn_first.q.weight"] += 1e-3
+    with pytest.raises(ModelFileError, match="decoder.1.1.blocks.0.self_attn.self_attn_first.q.weight"):
+        load_unet(StateDictCheckpoint(state, path="tampered.ckpt"))
+
+
+def test_ref_middle_is_not_needed_and_not_read():
+    state = tiny_unet_state_dict(seed=2)
+    full = load_unet(StateDictCheckpoint(state))
+    without = load_unet(StateDictCheckpoint({k: v for k, v in state.items() if not k.startswith("ref_middle.")}))
+    for (name, a), (_, b) in zip(full.state_dict().items(), without.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_num_heads_argument_then_metadata_then_default(tmp_path):
+    safetensors_file = write_tiny_unet(tmp_path / "unet.safetensors", num_heads=2)
+    pickle_file = write_tiny_unet(tmp_path / "unet.ckpt", num_heads=2)
+    assert load_unet(safetensors_file).config.num_heads == 2
+    assert load_unet(safetensors_file, num_heads=4).config.num_heads == 4
+    assert load_unet(pickle_file).config.num_heads == 8
+    with pytest.raises(ModelFileError, match="heads"):
+        load_unet(pickle_file, num_heads=3)
+
+
+# ---- numerics of the tiny model --------------------------------------------------------------------
+
+def random_call(branches, batch=2, references=3, size=8, ref_size=7, context_dim=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = branches * batch
+    return dict(
+        x=torch.randn(rows, 4, size, size, generator=g),
+        t=torch.full((rows,), 500),
+        context=torch.randn(rows, 77, context_dim, generator=g),
+        mask=(torch.rand(rows, size, size, generator=g) > 0.5).float(),
+        reference_latents=torch.randn(references, 4, ref_size, ref_size, generator=g),
+        reference_context=torch.randn(references, 77, context_dim, generator=g),
+        similarity=row_similarity(branches, batch, 1.2),
+    )
+
+
+def call_model(model, call, references=None):
+    references = references or model.encode_references(call["reference_latents"], call["t"][0],
+                                                        call["reference_context"])
+    return model(call["x"], call["t"], call["context"], call["mask"], references, call["similarity"])
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return load_unet(StateDictCheckpoint(tiny_unet_state_dict(seed=3)))
+
+
+def test_reference_features_cover_middle_and_decoder_blocks(tiny_model):
+    call = random_call(2)
+    features = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"])
+    shapes = {k: tuple(v.shape) for k, v in features.tokens.items()}
+    # levels 7x7 (32 ch) and 4x4 (64 ch); the middle runs at 4x4
+    assert shapes == {"middle.1.blocks.0": (3, 16, 64),
+                      "decoder.0.1.blocks.0": (3, 16, 64), "decoder.1.1.blocks.0": (3, 16, 64),
+                      "decoder.2.1.blocks.0": (3, 49, 32), "decoder.3.1.blocks.0": (3, 49, 32)}
+    assert features.num_references == 3
+
+
+def test_references_change_only_weighted_rows(tiny_model):
+    call = random_call(3)
+    with_refs = call_model(tiny_model, call)
+    no_refs = tiny_model(call["x"], call["t"], call["context"], call["mask"], None, None)
+    batch = 2
+    assert not torch.allclose(with_refs[:batch], no_refs[:batch], atol=1e-3)
+    torch.testing.assert_close(with_refs[batch:], no_refs[batch:], atol=1e-5, rtol=1e-5)
+    with pytest.raises(InvalidInputError):
+        tiny_model(call["x"], call["t"], call["context"], call["mask"], None, call["similarity"])
+
+
+def test_calls_are_independent(tiny_model):
+    first, second = random_call(2, seed=1), random_call(2, seed=2)
+    out_first = call_model(tiny_model, first)
+    call_model(tiny_model, second)
+    torch.testing.assert_close(call_model(tiny_model, first), out_first, atol=0, rtol=0)
+
+
+SWITCHES = [f.name for f in fields(UNetSpeedOptions)]
+
+
+@pytest.mark.parametrize("branches", [2, 3])
+@pytest.mark.parametrize("switched_off", SWITCHES + ["all"])
+def test_optimized_equals_straightforward(tiny_model, branches, switched_off):
+    call = random_call(branches, references=3, seed=branches)
+    optimized = call_model(tiny_model, call)
+    try:
+        for name in SWITCHES:
+            if switched_off in (name, "all"):
+                setattr(tiny_model.speed, name, False)
+        straightforward = call_model(tiny_model, call)
+    finally:
+        tiny_model.speed = UNetSpeedOptions()
+    torch.testing.assert_close(optimized, straightforward, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("branches", [2, 3])
+def test_one_reference_pass_equals_one_per_branch(tiny_model, branches):
+    call = random_call(branches, references=2, seed=5)
+    shared = call_model(tiny_model, call)
+    rows = call["x"].shape[0] // branches
+    per_branch = []
+    for b in range(branches):
+        part = {k: (v[b * rows:(b + 1) * rows] if k in ("x", "t", "context", "mask", "similarity") else v)
+                for k, v in call.items()}
+        per_branch.append(call_model(tiny_model, part))
+    torch.testing.assert_close(torch.cat(per_branch), shared, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 2e-2), (torch.bfloat16, 8e-2)])
+def test_half_precision_runs_on_cpu_close_to_fp32(tmp_path, dtype, tolerance):
+    path = write_tiny_unet(tmp_path / "unet.safetensors", seed=4)
+    call = random_call(3)
+    reference = call_model(load_unet(path), call)
+    model = load_unet(path, dtype=dtype)
+    norms = [p for m in model.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) for p in m.parameters()]
+    assert norms and all(p.dtype == torch.float32 for p in norms)
+    assert model.encoder[0].weight.dtype == dtype
+    features = model.encode_references(call["reference_latents"], 500, call["reference_context"])
+    assert all(t.dtype == dtype for t in features.tokens.values())
+    output = call_model(model, call, features)
+    assert output.dtype == torch.float32 and torch.isfinite(output).all()
+    error = (output - reference).abs().max() / reference.abs().max()
+    assert error < tolerance
+
+
+class CountingLinear(nn.Linear):
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        return super().forward(x)
+
+
+def test_operations_namespace_is_used():
+    ops = type(TORCH_OPERATIONS)(**{**vars(TORCH_OPERATIONS), "Linear": CountingLinear})
+    model = load_unet(StateDictCheckpoint(tiny_unet_state_dict(seed=3)), operations=ops)
+    assert isinstance(model.time_embedding[0], CountingLinear)
+    CountingLinear.calls = 0
+    call_model(model, random_call(2))
+    assert CountingLinear.calls > 0
