@@ -102,7 +102,6 @@ class _Pass:
     references: ReferenceFeatures | None = None  # main pass: the tokens to attend to
     row_weights: torch.Tensor | None = None  # main pass: [R] similarity weights
     active_rows: torch.Tensor | None = None  # indices of rows with nonzero weight
-    reading: bool = False
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -237,7 +236,7 @@ class TransformerBlock(nn.Module):
         if self.feature_key is not None:
             if run.recorded is not None:
                 run.recorded[self.feature_key] = y
-            elif run.reading:
+            else:
                 sa1 = self.self_attn.self_attn_first
                 if run.references is None:
                     x = x + sa1(y, fused=fused)
@@ -482,7 +481,7 @@ class FlashFaceUNet(nn.Module):
             raise InvalidInputError(f"{WHAT}: {tuple(weights.shape)} similarity weights for {rows} rows.")
         if references is None and bool((weights != 0).any()):
             raise InvalidInputError(f"{WHAT}: nonzero similarity weights need reference features.")
-        run = _Pass(self.speed, references=references, row_weights=weights, reading=True)
+        run = _Pass(self.speed, references=references, row_weights=weights)
         if references is not None and self.speed.skip_unweighted_rows:
             active = (weights != 0).nonzero().flatten()
             run.active_rows = None if len(active) == rows else active
