@@ -1,0 +1,179 @@
+"""Load time and peak memory of `load_unet` versus a naive load, on a full-size UNet file.
+
+Writes a random checkpoint in the published `flashface.ckpt` layout (2142 keys, every alias
+stored separately, `ref_middle` included, fp32, ~10.5 GB) as .safetensors and as a torch.save
+pickle into a temporary folder under /tmp, then measures in a fresh subprocess each:
+
+  load_unet fp32 / fp16   our loader (lazy/mmap read, each alias pair compared and kept once,
+                          ref_middle never read)
+  naive                   the official way: build the full model (aliases registered, ref_middle,
+                          default random init), read every tensor (torch.load without mmap /
+                          safetensors load_file),
+                          load_state_dict(strict=True)
+
+The file is evicted from the page cache before each run (cold read). Peak RSS is the kernel's
+ru_maxrss (anonymous memory plus resident file pages of memory-mapped files); peak anon is the
+anonymous part alone, sampled from /proc. The folder is deleted at the end.
+
+    python bench/bench_load.py [--dim 320] [--keep-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from memory import PeakSampler, rss_anon  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from flashface.models.unet import (  # noqa: E402
+    ALIASED_LISTS,
+    TORCH_OPERATIONS,
+    FlashFaceUNet,
+    UNetConfig,
+    build_middle,
+    checkpoint_key_shapes,
+    load_unet,
+)
+
+PATTERN_VALUES = 1 << 24  # 64 MiB of fp32 values, repeated to fill every tensor
+
+
+def write_safetensors(path: str, shapes: dict, metadata: dict) -> None:
+    """Stream the file tensor by tensor; each tensor is the start of one fixed random pattern,
+    so aliased tensors (same shape) are byte-identical, as in the real file."""
+    pattern = (torch.randn(PATTERN_VALUES, generator=torch.Generator().manual_seed(0)) * 0.02).numpy().tobytes()
+    header, offset = {"__metadata__": metadata}, 0
+    for key, shape in shapes.items():
+        size = 4 * shape.numel()
+        header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for shape in shapes.values():
+            remaining = 4 * shape.numel()
+            while remaining:
+                chunk = min(remaining, len(pattern))
+                f.write(memoryview(pattern)[:chunk])
+                remaining -= chunk
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_pickle_from(safetensors_path: str, path: str) -> None:
+    """torch.save the same tensors, each with its own storage, read through a private mmap."""
+    with open(safetensors_path, "rb") as f:
+        header_len = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(header_len))
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    header.pop("__metadata__")
+    start = 8 + header_len
+    tensors = {
+        key: torch.frombuffer(mapped, dtype=torch.float32, count=(end - begin) // 4,
+                              offset=start + begin).view(info["shape"])
+        for key, info in header.items() for begin, end in [info["data_offsets"]]
+    }
+    torch.save(tensors, path)
+    del tensors
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def evict_from_page_cache(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def naive_load(path: str, config: UNetConfig) -> torch.nn.Module:
+    """What the official code does: full model with aliases and ref_middle, whole file in RAM."""
+    model = FlashFaceUNet(config)
+    model.ref_middle = build_middle(TORCH_OPERATIONS, config, reads_references=False)
+    for name in ALIASED_LISTS:
+        setattr(model, "ori_" + name, getattr(model, name))
+    if path.endswith(".safetensors"):
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def child(method: str, path: str, dtype: str, dim: str) -> None:
+    torch.set_grad_enabled(False)
+    with PeakSampler(rss_anon) as anon:
+        start = time.perf_counter()
+        if method == "naive":
+            model = naive_load(path, UNetConfig(dim=int(dim)))
+        else:
+            model = load_unet(path, dtype=getattr(torch, dtype))
+        seconds = time.perf_counter() - start
+    params = sum(p.numel() for p in model.parameters())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "peak_rss": peak, "peak_anon": anon.peak, "parameters": params}))
+
+
+def measure(method: str, path: str, dtype: str, dim: int) -> dict:
+    evict_from_page_cache(path)
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", method, path, dtype, str(dim)],
+                            capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{method} {path} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dim", type=int, default=320, help="UNet base width (320 = SD1.5 / flashface.ckpt)")
+    parser.add_argument("--keep-dir", help="write the files here and keep them (default: temp dir, deleted)")
+    parser.add_argument("--child", nargs=4, metavar=("METHOD", "PATH", "DTYPE", "DIM"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+
+    folder = args.keep_dir or tempfile.mkdtemp(prefix="flashface-bench-load-", dir="/tmp")
+    os.makedirs(folder, exist_ok=True)
+    try:
+        shapes = checkpoint_key_shapes(UNetConfig(dim=args.dim))
+        safetensors_path = os.path.join(folder, "flashface.safetensors")
+        pickle_path = os.path.join(folder, "flashface.ckpt")
+        start = time.perf_counter()
+        write_safetensors(safetensors_path, shapes, {"num_heads": "8"})
+        write_pickle_from(safetensors_path, pickle_path)
+        print(f"wrote {len(shapes)} keys: {os.path.getsize(safetensors_path) / 1e9:.2f} GB .safetensors, "
+              f"{os.path.getsize(pickle_path) / 1e9:.2f} GB .ckpt in {time.perf_counter() - start:.0f} s; "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads; cold page cache per run")
+        print(f"{'file':<14} {'method':<16} {'seconds':>8} {'peak RSS GiB':>13} {'peak anon GiB':>14} {'params G':>9}")
+        for path in (safetensors_path, pickle_path):
+            for method, dtype in (("load_unet", "float32"), ("load_unet", "float16"), ("naive", "float32")):
+                r = measure(method, path, dtype, args.dim)
+                label = f"{method} {dtype.replace('float', 'fp')}"
+                print(f"{os.path.splitext(path)[1]:<14} {label:<16} {r['seconds']:8.1f} "
+                      f"{r['peak_rss'] / 2**30:13.2f} {r['peak_anon'] / 2**30:14.2f} {r['parameters'] / 1e9:9.3f}",
+                      flush=True)
+    finally:
+        if not args.keep_dir:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
