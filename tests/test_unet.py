@@ -269,3 +269,31 @@ def test_operations_namespace_is_used():
     CountingLinear.calls = 0
     call_model(model, random_call(2))
     assert CountingLinear.calls > 0
+
+
+class CastingLinear(nn.Linear):
+    """Like ComfyUI's manual-cast layers: weights stored in one dtype, cast to the input's."""
+
+    def forward(self, x):
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return nn.functional.linear(x, self.weight.to(x.dtype), bias)
+
+
+class CastingConv2d(nn.Conv2d):
+    def forward(self, x):
+        return self._conv_forward(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+
+def test_manual_cast_layers_compute_in_the_chosen_dtype(tmp_path):
+    path = write_tiny_unet(tmp_path / "unet.safetensors", seed=6)
+    call = random_call(3)
+    reference = call_model(load_unet(path), call)
+    ops = type(TORCH_OPERATIONS)(**{**vars(TORCH_OPERATIONS), "Linear": CastingLinear, "Conv2d": CastingConv2d})
+    model = load_unet(path, dtype=torch.float16, operations=ops)
+    model.compute_dtype = torch.float32  # fp16 storage, fp32 arithmetic
+    features = model.encode_references(call["reference_latents"], 500, call["reference_context"])
+    assert all(t.dtype == torch.float32 for t in features.tokens.values())
+    output = call_model(model, call, features)
+    assert model.encoder[0].weight.dtype == torch.float16
+    error = (output - reference).abs().max() / reference.abs().max()
+    assert 0 < error < 5e-3  # only the fp16 rounding of the stored weights

@@ -112,12 +112,9 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
-def _group_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return norm(x.float()).to(x.dtype)
-
-
-def _layer_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    # Under the official autocast LayerNorm returns fp32; the next linear casts it down.
+def _norm_fp32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """GroupNorm/LayerNorm computed in fp32, as under the official autocast; result in x's dtype
+    (the official LayerNorm returns fp32, which the next linear casts down: the same numbers)."""
     return norm(x.float()).to(x.dtype)
 
 
@@ -152,8 +149,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *, fused: bool = True):
         context = x if context is None else context
-        out = _multihead_attention(self.q(x), self.k(context), self.v(context), self.num_heads, fused)
-        return self.o(out)
+        return self.attend(self.q(x), self.k(context), self.v(context), fused)
 
     def attend(self, q, k, v, fused: bool) -> torch.Tensor:
         """Attention on already projected q/k/v, then the output projection."""
@@ -231,7 +227,7 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x, context, run: _Pass):
         fused = run.speed.fused_attention
-        y = _layer_norm(self.norm1, x)
+        y = _norm_fp32(self.norm1, x)
         x = x + self.self_attn(y, fused=fused)
         if self.feature_key is not None:
             if run.recorded is not None:
@@ -244,8 +240,8 @@ class TransformerBlock(nn.Module):
                     x = x + _reference_attention(
                         sa1, y, run.references.tokens[self.feature_key], run.row_weights,
                         run.active_rows, run.speed)
-        x = x + self.cross_attn(_layer_norm(self.norm2, x), context, fused=fused)
-        return x + self.ffn[2](self.ffn[0](_layer_norm(self.norm3, x)))
+        x = x + self.cross_attn(_norm_fp32(self.norm2, x), context, fused=fused)
+        return x + self.ffn[2](self.ffn[0](_norm_fp32(self.norm3, x)))
 
 
 class TransformerSite(nn.Module):
@@ -263,7 +259,7 @@ class TransformerSite(nn.Module):
 
     def forward(self, x, context, run: _Pass):
         b, c, h, w = x.shape
-        tokens = self.conv1(_group_norm(self.norm1, x)).flatten(2).transpose(1, 2)
+        tokens = self.conv1(_norm_fp32(self.norm1, x)).flatten(2).transpose(1, 2)
         for block in self.blocks:
             tokens = block(tokens, context, run)
         return self.conv2(tokens.transpose(1, 2).reshape(b, c, h, w)) + x
@@ -286,9 +282,9 @@ class ResBlock(nn.Module):
         self.shortcut = nn.Identity() if in_dim == out_dim else ops.Conv2d(in_dim, out_dim, 1)
 
     def forward(self, x, emb):
-        h = self.layer1[2](F.silu(_group_norm(self.layer1[0], x)))
+        h = self.layer1[2](F.silu(_norm_fp32(self.layer1[0], x)))
         h = h + self.embedding[1](F.silu(emb)).to(h.dtype)[:, :, None, None]
-        h = self.layer2[3](F.silu(_group_norm(self.layer2[0], h)))
+        h = self.layer2[3](F.silu(_norm_fp32(self.layer2[0], h)))
         return h + self.shortcut(x)
 
 
@@ -432,7 +428,7 @@ class FlashFaceUNet(nn.Module):
             x = block(x, emb, context, run, skips[-1].shape[-2:] if skips else None)
         if not with_head:
             return None
-        return self.head[2](F.silu(_group_norm(self.head[0], x)))
+        return self.head[2](F.silu(_norm_fp32(self.head[0], x)))
 
     @torch.no_grad()
     def encode_references(self, reference_latents: torch.Tensor, t, reference_context: torch.Tensor
