@@ -1,0 +1,119 @@
+"""Reference-photo preprocessing: face detection, the official face crop and PadToSquare.
+
+Reproduces the official FlashFace demo: the photo is padded to a 640x640 square for RetinaFace,
+the detections are mapped back to the photo's pixels, each face is cut out as its axis-aligned
+box and rotated so the eyes are level (no 5-point template, no margin), and the crop becomes a
+224x224 square in [-1, 1] for the VAE. All resampling is Pillow's, as in the official code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .models.retinaface import RetinaFace
+
+DETECTOR_SIZE = 640
+REFERENCE_SIZE = 224
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face in original-image pixel coordinates."""
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2
+    score: float
+    # [5, 2]: left eye, right eye, nose, left and right mouth corner (as the image shows them)
+    landmarks: tuple[tuple[float, float], ...]
+
+    @property
+    def area(self) -> float:
+        x1, y1, x2, y2 = self.box
+        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+
+def square_padding(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) black borders centring a width x height image in a size square;
+    the odd pixel goes right/bottom."""
+    if width > height:
+        pad = size - height
+        return 0, pad // 2, 0, pad - pad // 2
+    if height > width:
+        pad = size - width
+        return pad // 2, 0, pad - pad // 2, 0
+    return 0, 0, 0, 0
+
+
+def _scaled_size(image: Image.Image, size: int) -> tuple[float, int, int]:
+    scale = size / max(image.size)
+    return scale, round(image.width * scale), round(image.height * scale)
+
+
+def pad_to_square(image: Image.Image, size: int) -> Image.Image:
+    """The official PadToSquare: bicubic resize of the longer side to `size`, centred on black.
+
+    Non-RGB images are converted to RGB first (every official caller feeds RGB).
+    """
+    image = image.convert("RGB")
+    _, width, height = _scaled_size(image, size)
+    resized = image.resize((width, height), Image.Resampling.BICUBIC)
+    left, top, _, _ = square_padding(width, height, size)
+    square = Image.new("RGB", (size, size))
+    square.paste(resized, (left, top))
+    return square
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 [3,H,W] in [0,1] (torchvision's ToTensor)."""
+    pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8))
+    return pixels.permute(2, 0, 1).float().div(255)
+
+
+def detect_faces(detector: RetinaFace, image: Image.Image, threshold: float = 0.6) -> list[Face]:
+    """Faces whose score exceeds `threshold`, best first, in `image`'s pixel coordinates."""
+    detections = detector.detect(image_to_tensor(pad_to_square(image, DETECTOR_SIZE))[None], threshold)[0]
+    scale, width, height = _scaled_size(image, DETECTOR_SIZE)
+    left, top, _, _ = square_padding(width, height, DETECTOR_SIZE)
+    offset = torch.tensor([left, top], dtype=torch.float32)
+    boxes = detections.boxes.cpu()
+    corners = (boxes[:, :4].view(-1, 2, 2) - offset) / scale
+    landmarks = (detections.landmarks.cpu() - offset) / scale
+    return [Face(box=tuple(c.flatten().tolist()), score=float(s), landmarks=tuple(map(tuple, points.tolist())))
+            for c, s, points in zip(corners, boxes[:, 4], landmarks)]
+
+
+def largest_face(faces: list[Face]) -> Face:
+    """The face with the largest box (the first of equal ones, i.e. the better score)."""
+    return max(faces, key=lambda face: face.area)
+
+
+def eye_levelling_angle(face: Face) -> float:
+    """Counter-clockwise rotation in degrees that makes the eyes level (official law-of-cosines
+    construction, distances in fp32 like the official tensors); 0 when the eyes coincide."""
+    left_eye, right_eye = torch.tensor(face.landmarks[:2], dtype=torch.float32)
+    if left_eye[1] > right_eye[1]:
+        corner, direction = torch.stack([right_eye[0], left_eye[1]]), -1
+    else:
+        corner, direction = torch.stack([left_eye[0], right_eye[1]]), 1
+    opposite, adjacent, eye_distance = (
+        (a - b).square().sum().sqrt().item() for a, b in ((left_eye, corner), (right_eye, corner), (right_eye, left_eye)))
+    if adjacent == 0 or eye_distance == 0:
+        return 0.0
+    cosine = (adjacent ** 2 + eye_distance ** 2 - opposite ** 2) / (2 * adjacent * eye_distance)
+    angle = math.degrees(math.acos(min(1.0, max(-1.0, cosine))))
+    return direction * (90 - angle if direction == -1 else angle)
+
+
+def crop_face(image: Image.Image, face: Face) -> Image.Image:
+    """The official crop: the box (rounded; black outside the image), rotated about its centre
+    so the eyes are level (nearest neighbour, same canvas, black corners)."""
+    return image.crop(tuple(round(v) for v in face.box)).rotate(eye_levelling_angle(face))
+
+
+def prepare_reference(crop: Image.Image) -> torch.Tensor:
+    """A face crop -> [3,224,224] float32 in [-1,1], the VAE input of a reference."""
+    return (image_to_tensor(pad_to_square(crop, REFERENCE_SIZE)) - 0.5) / 0.5

@@ -1,0 +1,152 @@
+"""Face preprocessing: the official crop (parity), PadToSquare, detection mapped to photo pixels."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from flashface.face import (
+    DETECTOR_SIZE,
+    Face,
+    crop_face,
+    detect_faces,
+    eye_levelling_angle,
+    image_to_tensor,
+    largest_face,
+    pad_to_square,
+    prepare_reference,
+)
+from tests.parity import cases
+from tests.tiny_retinaface import post_nms_scores, session_detector, threshold_for_count
+
+
+def face_from_case(config) -> Face:
+    *box, score = config["box"]
+    return Face(box=tuple(box), score=score, landmarks=tuple(map(tuple, config["landmarks"])))
+
+
+def assert_pixels_match(image: Image.Image, expected: np.ndarray, max_abs: int):
+    actual = np.asarray(image)
+    assert actual.shape == expected.shape
+    assert np.abs(actual.astype(np.int16) - expected.astype(np.int16)).max() <= max_abs
+
+
+@pytest.mark.parametrize("case", cases("face_crop"))
+def test_parity_with_official_face_crop(case):
+    max_abs = case.config["tolerance"]["max_abs_uint8"]
+    photo = Image.open(case.path / "photo.png")
+    assert np.array_equal(np.asarray(photo), case.inputs["photo"].numpy())
+    crop = crop_face(photo, face_from_case(case.config))
+    square = pad_to_square(crop, 224)
+    for image, name in ((crop, "crop"), (square, "crop_224")):
+        assert_pixels_match(image, np.asarray(Image.open(case.path / f"{name}.png")), max_abs)
+        assert_pixels_match(image, case.expected[name].numpy(), max_abs)
+
+
+@pytest.mark.parametrize("width, height, left, top, right, bottom", [
+    (100, 45, 0, 17, 0, 18),  # scaled to 64x29: 35 rows of padding, the odd one at the bottom
+    (45, 100, 17, 0, 18, 0),
+    (30, 30, 0, 0, 0, 0),
+])
+def test_pad_to_square_centres_on_black(width, height, left, top, right, bottom):
+    square = np.asarray(pad_to_square(Image.new("RGB", (width, height), (255, 255, 255)), 64))
+    assert square.shape == (64, 64, 3)
+    content = square[top:64 - bottom, left:64 - right]
+    assert content.min() > 0
+    assert square.sum() == content.sum()  # black everywhere else
+
+
+def test_pad_to_square_resizes_with_pillow_bicubic():
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (50, 80, 3), dtype=np.uint8))
+    expected = np.asarray(photo.resize((224, 140), Image.Resampling.BICUBIC))
+    assert np.array_equal(np.asarray(pad_to_square(photo, 224))[42:182], expected)
+
+
+def test_prepare_reference_is_the_224_square_in_minus_one_to_one():
+    crop = Image.new("RGB", (50, 100), (255, 0, 255))
+    reference = prepare_reference(crop)
+    assert reference.shape == (3, 224, 224) and reference.dtype == torch.float32
+    assert reference[:, :, :56].eq(-1).all()  # black padding left
+    assert reference[:, 112, 112].tolist() == [1.0, -1.0, 1.0]
+
+
+def test_crop_outside_the_image_is_black_and_as_large_as_the_box():
+    photo = Image.new("RGB", (40, 30), (200, 100, 50))
+    face = Face(box=(-10.4, 20.0, 29.6, 49.5), score=1.0, landmarks=((0.0, 30.0), (20.0, 30.0), (10.0, 35.0),
+                                                                    (5.0, 40.0), (15.0, 40.0)))
+    crop = np.asarray(crop_face(photo, face))
+    assert crop.shape == (30, 40, 3)  # rounded box: x -10..30, y 20..50
+    assert crop[:10, 10:].min() == 50 and crop[10:].max() == 0 and crop[:, :10].max() == 0
+
+
+@pytest.mark.parametrize("left_eye, right_eye, angle", [
+    ((10.0, 20.0), (30.0, 0.0), -45.0),  # right eye higher in the picture: turn clockwise
+    ((10.0, 0.0), (30.0, 20.0), 45.0),
+    ((10.0, 5.0), (30.0, 5.0), 0.0),
+    ((10.0, 5.0), (10.0, 5.0), 0.0),  # coincident eyes: no rotation
+])
+def test_eye_levelling_angle(left_eye, right_eye, angle):
+    face = Face(box=(0.0, 0.0, 1.0, 1.0), score=1.0, landmarks=(left_eye, right_eye, (0.0, 0.0), (0.0, 0.0), (0.0, 0.0)))
+    assert eye_levelling_angle(face) == pytest.approx(angle, abs=1e-4)
+
+
+def test_crop_levels_the_eyes():
+    canvas = np.zeros((101, 101, 3), dtype=np.uint8)
+    eyes = ((30, 62), (70, 38))  # (x, y): the right eye 24 px higher
+    for x, y in eyes:
+        canvas[y - 1:y + 2, x - 1:x + 2] = 255
+    face = Face(box=(0.0, 0.0, 101.0, 101.0), score=1.0,
+                landmarks=tuple((float(x), float(y)) for x, y in eyes) + ((50.0, 60.0), (40.0, 80.0), (60.0, 80.0)))
+    crop = np.asarray(crop_face(Image.fromarray(canvas), face))[..., 0]
+    halves = crop[:, :50], crop[:, 51:]
+    rows = [np.nonzero(half)[0].mean() for half in halves]
+    assert abs(rows[0] - rows[1]) <= 1
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    return session_detector(tmp_path_factory)
+
+
+def photo(width, height, seed=0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_detections_are_mapped_back_to_photo_pixels(detector):
+    wide = photo(1280, 600)  # scale 0.5, resized to 640x300: 170 black rows above
+    scale, top = DETECTOR_SIZE / 1280, (DETECTOR_SIZE - 300) // 2
+    threshold = threshold_for_count(post_nms_scores(detector, wide), 3)
+    faces = detect_faces(detector, wide, threshold)
+    detections, = detector.detect(image_to_tensor(pad_to_square(wide, DETECTOR_SIZE))[None], threshold)
+    assert len(faces) == len(detections.boxes) == 3
+    for face, box, points in zip(faces, detections.boxes, detections.landmarks):
+        x1, y1, x2, y2 = face.box
+        torch.testing.assert_close(torch.tensor([x1, y1 + top * 2, x2, y2 + top * 2]) * scale, box[:4])
+        torch.testing.assert_close((torch.tensor(face.landmarks) + torch.tensor([0, top * 2])) * scale, points)
+        assert face.score == pytest.approx(box[4].item())
+    assert [f.score for f in faces] == sorted((f.score for f in faces), reverse=True)
+
+
+def test_detections_of_a_padded_photo_shift_by_the_padding(detector):
+    strip = photo(640, 320, seed=1)
+    canvas = Image.new("RGB", (640, 640))
+    canvas.paste(strip, (0, 160))
+    in_strip = detect_faces(detector, strip, 0.0)[:5]
+    in_canvas = detect_faces(detector, canvas, 0.0)[:5]
+    for a, b in zip(in_strip, in_canvas):
+        assert a.box[0] == b.box[0] and a.box[1] + 160 == pytest.approx(b.box[1])
+        assert a.landmarks[2][1] + 160 == pytest.approx(b.landmarks[2][1])
+
+
+def test_threshold_helper_yields_the_wanted_face_count(detector):
+    image = photo(300, 400, seed=2)
+    scores = post_nms_scores(detector, image)
+    for count in (0, 1, 2):
+        assert len(detect_faces(detector, image, threshold_for_count(scores, count))) == count
+
+
+def test_largest_face():
+    small = Face((0.0, 0.0, 10.0, 10.0), 0.9, ((0.0, 0.0),) * 5)
+    large = Face((0.0, 0.0, 30.0, 20.0), 0.7, ((0.0, 0.0),) * 5)
+    assert largest_face([small, large]) is large
