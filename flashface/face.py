@@ -27,7 +27,7 @@ class Face:
 
     box: tuple[float, float, float, float]  # x1, y1, x2, y2
     score: float
-    # [5, 2]: left eye, right eye, nose, left and right mouth corner (as the image shows them)
+    # [5, 2] (x, y): eyes, nose, mouth corners; each pair left then right as seen in the image
     landmarks: tuple[tuple[float, float], ...]
 
     @property

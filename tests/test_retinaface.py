@@ -33,14 +33,14 @@ def load_recipe(case):
     return module
 
 
-def facexlib_naming(state: dict) -> dict:
-    """Official keys -> facexlib's (`ClassHead`... heads) as saved from DataParallel (`module.`)."""
+def facexlib_naming(state: dict, prefix: str = "module.") -> dict:
+    """Official keys -> facexlib's (`ClassHead`... heads), by default as saved from DataParallel."""
     renamed = {}
     for key, tensor in state.items():
         for facexlib_name, official_name in FACEXLIB_HEAD_NAMES.items():
             if key.startswith(official_name):
                 key = facexlib_name + key[len(official_name):]
-        renamed["module." + key] = tensor
+        renamed[prefix + key] = tensor
     return renamed
 
 
@@ -89,7 +89,8 @@ def test_loader_accepts_exactly_the_published_key_set_and_shapes():
     assert set(loaded) == set(state)
     assert {k: tuple(t.shape) for k, t in loaded.items()} == {k: tuple(t.shape) for k, t in state.items()}
     # facexlib's naming of the same file, and an export without BatchNorm's training counters
-    load_face_detector(StateDictCheckpoint(facexlib_naming(state)), device="meta")
+    for prefix in ("", "module."):
+        load_face_detector(StateDictCheckpoint(facexlib_naming(state, prefix)), device="meta")
     load_face_detector(StateDictCheckpoint({k: t for k, t in state.items() if not k.endswith("num_batches_tracked")}),
                        device="meta")
 
