@@ -1,0 +1,56 @@
+"""install.py (run by ComfyUI-Manager) and the pack's dependency rules."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import install
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_torch_family_is_never_installed():
+    for line in ("torch", "torch>=2.0", "torchvision==0.1", "torchaudio", "torchsde"):
+        assert install.classify(line)[0] == "skip", line
+
+
+def test_satisfied_requirement_is_left_alone_and_unsatisfied_one_is_installed():
+    assert install.classify("pytest")[0] == "ok"
+    assert install.classify("pytest>=1")[0] == "ok"
+    action, reason = install.classify("pytest>=9999")
+    assert action == "install" and "does not satisfy" in reason
+    assert install.classify("surely-not-an-installed-package-xyz")[0] == "install"
+
+
+def test_platform_markers_and_options_are_respected(tmp_path):
+    assert install.classify('pytest>=9999 ; python_version < "3"')[0] == "skip"
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# comment\n\n-c constraints.txt\nnumpy  # trailing comment\n")
+    assert install.requirement_lines(requirements) == ["numpy"]
+
+
+def test_dry_run_after_setup_has_nothing_to_install():
+    result = subprocess.run([sys.executable, str(REPO / "install.py"), "--dry-run"], capture_output=True,
+                            text=True, check=True, cwd=REPO)
+    assert "would install" not in result.stdout, result.stdout
+    assert "OpenCV: not used by FlashFace" in result.stdout
+
+
+def test_requirements_pin_no_torch_and_no_opencv():
+    for line in install.requirement_lines(REPO / "requirements.txt"):
+        name = install.Requirement(line).name.lower()
+        assert not name.startswith("torch"), line
+        assert "opencv" not in name, line
+
+
+def test_no_pack_code_imports_opencv():
+    sources = [REPO / "__init__.py", REPO / "install.py", *(REPO / "flashface").rglob("*.py"),
+               *(REPO / "nodes").rglob("*.py")]
+    for path in sources:
+        if not path.exists():
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] == "cv2" for n in names), f"{path} imports cv2"
