@@ -1,0 +1,174 @@
+"""Reference guidance: branch layout and switch, one reference pass per call, and the optimized
+call (shared reference pass, skipped zero-weight rows, projections once, SDPA) against a
+straightforward per-branch evaluation on a random tiny UNet."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from flashface.models.checkpoint import StateDictCheckpoint
+from flashface.models.unet import UNetSpeedOptions, load_unet
+from flashface.sampling.guidance import GuidanceSettings, ReferenceGuidedDenoiser
+from flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
+from flashface.sampling.solvers import get_solver
+from tests.tiny_unet import tiny_unet_state_dict
+
+CONTEXT_DIM = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_unet():
+    return load_unet(StateDictCheckpoint(tiny_unet_state_dict(seed=11, context_dim=CONTEXT_DIM)), num_heads=2)
+
+
+def random_inputs(batch=2, references=3, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(batch, size, size)
+    for b in range(batch):
+        masks[b, b:b + 4, 2:6] = 1  # a different face square per sample
+    return SimpleNamespace(
+        x=torch.randn(batch, 4, size, size, generator=g),
+        positive=torch.randn(batch, 77, CONTEXT_DIM, generator=g),
+        negative=torch.randn(batch, 77, CONTEXT_DIM, generator=g),
+        references=torch.randn(references, 4, 7, 7, generator=g),
+        mask=masks,
+    )
+
+
+def straightforward_eps(unet, inputs, settings, timestep):
+    """Each branch its own reference pass and model call, no speed options, formulas spelled out."""
+    saved, unet.speed = unet.speed, UNetSpeedOptions(False, False, False)
+    try:
+        batch = inputs.x.shape[0]
+        reference_context = inputs.negative[:1].repeat(len(inputs.references), 1, 1)
+
+        def branch(context, weight):
+            features = unet.encode_references(inputs.references, timestep, reference_context)
+            return unet(inputs.x, torch.full((batch,), timestep), context, inputs.mask, features,
+                        torch.full((batch,), weight))
+
+        g, c, phi = settings.guidance_scale, settings.reference_guidance, settings.guide_rescale
+        if timestep > settings.launch_timestep:
+            cond = branch(inputs.positive, settings.strength_before_launch)
+            uncond = branch(inputs.negative, settings.strength_before_launch)
+            guided = uncond + g * (cond - uncond)
+        else:
+            with_refs = branch(inputs.positive, settings.reference_strength)
+            cond = branch(inputs.positive, 0.0)
+            uncond = branch(inputs.negative, 0.0)
+            guided = uncond + g * (cond - uncond) + c * (with_refs - cond)
+        std_cond = torch.stack([row.flatten().std(unbiased=True) for row in cond])
+        std_guided = torch.stack([row.flatten().std(unbiased=True) for row in guided])
+        return guided * (phi * std_cond / (std_guided + 1e-12) + 1 - phi)[:, None, None, None]
+    finally:
+        unet.speed = saved
+
+
+@pytest.mark.parametrize("timestep", [999, 751, 750, 400, 0])
+def test_optimized_guidance_equals_straightforward(tiny_unet, timestep):
+    schedule = NoiseSchedule()
+    settings = GuidanceSettings(guidance_scale=6.0, reference_guidance=2.5, reference_strength=1.1,
+                                strength_before_launch=0.85, launch_timestep=750)
+    inputs = random_inputs()
+    denoiser = ReferenceGuidedDenoiser(tiny_unet, schedule, inputs.positive, inputs.negative, inputs.references,
+                                       inputs.mask, settings)
+    x0 = denoiser(inputs.x, float(schedule.sigmas[timestep].float()))
+    assert denoiser.model_timesteps == [timestep]
+    eps = straightforward_eps(tiny_unet, inputs, settings, timestep)
+    # float32 rounding of differently batched matmuls, amplified by the guidance scales
+    torch.testing.assert_close(denoiser.eps(inputs.x, timestep), eps, atol=5e-5, rtol=1e-5)
+    sigma, alpha = schedule.sigmas[timestep], (1 - schedule.sigmas[timestep] ** 2).sqrt()
+    torch.testing.assert_close(x0, (inputs.x - float(sigma) * eps) / float(alpha), atol=5e-5 / float(alpha), rtol=1e-5)
+
+
+def test_samples_are_independent_rows(tiny_unet):
+    """A batch of 3 gives each sample what a batch of 1 gives it (row order of every input is right)."""
+    schedule = NoiseSchedule()
+    sigmas = sampling_sigmas(schedule, 4)
+    inputs = random_inputs(batch=3)
+    together = get_solver("ddim")(
+        ReferenceGuidedDenoiser(tiny_unet, schedule, inputs.positive, inputs.negative, inputs.references,
+                                inputs.mask, GuidanceSettings(launch_timestep=600)), inputs.x, sigmas)
+    for b in range(3):
+        # the reference context is the *first* negative embedding for every sample
+        alone = ReferenceGuidedDenoiser(tiny_unet, schedule, inputs.positive[b:b + 1], inputs.negative[b:b + 1],
+                                        inputs.references, inputs.mask[b:b + 1], GuidanceSettings(launch_timestep=600),
+                                        reference_context=inputs.negative[:1].expand(3, -1, -1))
+        # float32 rounding differs between batch shapes (x0 = (x − σε)/α amplifies it ~15× at t=999);
+        # a row mix-up would differ by O(1)
+        torch.testing.assert_close(get_solver("ddim")(alone, inputs.x[b:b + 1], sigmas), together[b:b + 1],
+                                   atol=1e-3, rtol=1e-3)
+
+
+class RecordingUNet:
+    """Stands in for the UNet: records every call, predicts zero noise."""
+
+    def __init__(self):
+        self.reference_passes, self.calls = [], []
+
+    def encode_references(self, latents, t, context):
+        self.reference_passes.append((t, latents.shape[0], context.clone()))
+        return "features"
+
+    def __call__(self, x, t, context, mask, references, similarity):
+        assert references == "features"
+        self.calls.append(SimpleNamespace(rows=x.shape[0], t=t.tolist(), context=context, mask=mask,
+                                          similarity=similarity.tolist()))
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("steps, two_branch, three_branch", [(35, 9, 26), (25, 7, 18)])
+def test_branch_switch_at_the_launch_timestep(steps, two_branch, three_branch):
+    schedule, unet, batch = NoiseSchedule(), RecordingUNet(), 2
+    inputs = random_inputs(batch=batch, references=4)
+    settings = GuidanceSettings(reference_strength=1.2, strength_before_launch=0.85, launch_timestep=750)
+    denoiser = ReferenceGuidedDenoiser(unet, schedule, inputs.positive, inputs.negative, inputs.references,
+                                       inputs.mask, settings)
+    get_solver("ddim")(denoiser, inputs.x, sampling_sigmas(schedule, steps))
+    assert len(unet.reference_passes) == len(unet.calls) == steps  # one reference pass per model call
+    rows = [call.rows for call in unet.calls]
+    assert rows == [2 * batch] * two_branch + [3 * batch] * three_branch
+    for call, timestep in zip(unet.calls, denoiser.model_timesteps):
+        assert call.t == [timestep] * call.rows
+        if call.rows == 2 * batch:
+            assert timestep > 750
+            assert call.similarity == pytest.approx([0.85] * 4)
+            assert torch.equal(call.context, torch.cat([inputs.positive, inputs.negative]))
+        else:
+            assert timestep <= 750
+            assert call.similarity == pytest.approx([1.2, 1.2, 0, 0, 0, 0])
+            assert torch.equal(call.context, torch.cat([inputs.positive, inputs.positive, inputs.negative]))
+        assert torch.equal(call.mask, inputs.mask.repeat(call.rows // batch, 1, 1))
+    for t, count, context in unet.reference_passes:
+        assert count == 4 and torch.equal(context, inputs.negative[:1].expand(4, -1, -1))
+
+
+def test_without_reference_guidance_every_call_has_two_branches():
+    schedule, unet = NoiseSchedule(), RecordingUNet()
+    inputs = random_inputs(batch=1)
+    settings = GuidanceSettings(reference_guidance=0.0, reference_strength=1.3, strength_before_launch=0.85)
+    denoiser = ReferenceGuidedDenoiser(unet, schedule, inputs.positive, inputs.negative, inputs.references,
+                                       None, settings)
+    get_solver("ddim")(denoiser, inputs.x, sampling_sigmas(schedule, 10))
+    assert all(call.rows == 2 and call.mask is None for call in unet.calls)
+    assert [call.similarity[0] for call in unet.calls] == pytest.approx(
+        [0.85 if t > 750 else 1.3 for t in denoiser.model_timesteps])
+
+
+def test_guidance_and_rescale_formula():
+    schedule = NoiseSchedule()
+
+    class ScalingUNet(RecordingUNet):
+        """Branch rows [with refs | cond | uncond] of one sample predict 3x, x and 0."""
+
+        def __call__(self, x, t, context, mask, references, similarity):
+            return x * torch.tensor([3.0, 1.0, 0.0]).view(3, 1, 1, 1)
+
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    x[0, 0] += 5  # the std is taken over C·H·W of the sample
+    settings = GuidanceSettings(guidance_scale=3.0, reference_guidance=2.0, launch_timestep=750, guide_rescale=0.5)
+    denoiser = ReferenceGuidedDenoiser(ScalingUNet(), schedule, torch.zeros(1, 77, 8), torch.zeros(1, 77, 8),
+                                       torch.zeros(1, 4, 7, 7), None, settings)
+    # guided = 0 + 3·(x − 0) + 2·(3x − x) = 7x; the rescale factor is 0.5·std(x)/std(7x) + 0.5 = 0.5/7 + 0.5
+    torch.testing.assert_close(denoiser.eps(x, 500), 7 * x * (0.5 / 7 + 0.5))
