@@ -257,9 +257,8 @@ def verify_file(path: Path, expected: ExpectedFile, progress: ProgressCallback |
     problems = _mismatches(expected, stat.st_size, md5, sha256)
     checks = _pinned_checks(expected)
     if record is not None and record.verified and not expected.has_checksum:
-        problems += [f"content changed since it was verified ({problem})"
-                     for problem in _mismatches(ExpectedFile(md5=record.md5, sha256=record.sha256),
-                                                stat.st_size, md5, sha256)]
+        if changes := _mismatches(ExpectedFile(md5=record.md5, sha256=record.sha256), stat.st_size, md5, sha256):
+            problems.append(f"content changed since it was verified ({'; '.join(changes)})")
         checks = list(record.checks)
     elif not expected.has_checksum:
         logger.warning("%s has no published checksum to compare with; accepted on its exact size", path)
@@ -305,9 +304,9 @@ class _UrlFailed(Exception):
 class _Download:
     """One file being downloaded into its .part file, with running hashes of what is on disk."""
 
-    def __init__(self, target: Path, expected: ExpectedFile, settings: DownloadSettings,
+    def __init__(self, target: Path, urls: Sequence[str], expected: ExpectedFile, settings: DownloadSettings,
                  progress: ProgressCallback | None):
-        self.target, self.expected, self.settings = target, expected, settings
+        self.target, self.urls, self.expected, self.settings = target, urls, expected, settings
         self.part = target.with_name(target.name + PART_SUFFIX)
         self.hashes = _Hashes()
         self.server_sha256: str | None = None
@@ -319,6 +318,8 @@ class _Download:
             self.hashes.add_file(self.part, settings.chunk_bytes)
             logger.info("Resuming %s from %d bytes already in %s", target.name, self.hashes.size, self.part)
         self.bar.set_total(self.total, self.hashes.size)
+        if self.total is not None:
+            _check_free_space(target, self.total - self.hashes.size, urls)
 
     def restart(self) -> None:
         self.part.unlink(missing_ok=True)
@@ -399,9 +400,10 @@ class _Download:
         if total is not None:
             if self.expected.size is not None and total != self.expected.size:
                 raise _UrlFailed(f"the server offers {total} bytes, expected {self.expected.size}")
+            if self.total is None:
+                _check_free_space(self.target, total - self.hashes.size, self.urls)
             self.total = total
             self.bar.set_total(total, self.hashes.size)
-            _check_free_space(self.target, total - self.hashes.size, response.url)
 
     def _stream_body(self, response: requests.Response) -> None:
         try:
@@ -415,9 +417,9 @@ class _Download:
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DownloadError(
-                    f"The disk is full while downloading {self.target.name} from {response.url} "
-                    f"({self.hashes.size} of {self.total or '?'} bytes saved in {self.part}). Free some space and "
-                    f"run again: the download resumes. {manual_install_hint([response.url], self.target)}.") from exc
+                    f"The disk is full while downloading {self.target.name} ({self.hashes.size} of "
+                    f"{self.total or '?'} bytes saved in {self.part}). Free some space and run again: the download "
+                    f"resumes. {manual_install_hint(self.urls, self.target)}.") from exc
             raise
 
     def verify(self) -> tuple[list[str], list[str]]:
@@ -443,13 +445,13 @@ class _Download:
         logger.info("Downloaded %s (MD5 %s, verified: %s)", self.target, self.hashes.md5.hexdigest(), ", ".join(checks))
 
 
-def _check_free_space(target: Path, needed: int, url: str) -> None:
+def _check_free_space(target: Path, needed: int, urls: Sequence[str]) -> None:
     free = shutil.disk_usage(target.parent).free
     if needed > free:
         raise DownloadError(
-            f"Not enough disk space to download {target.name} from {url}: it needs {needed / 1e9:.2f} GB more, "
-            f"but only {free / 1e9:.2f} GB are free in {target.parent}. Free some space (or point the model folder "
-            f"at another disk) and run again. {manual_install_hint([url], target)}.")
+            f"Not enough disk space to download {target.name}: it needs {needed / 1e9:.2f} GB more, but only "
+            f"{free / 1e9:.2f} GB are free in {target.parent}. Free some space (or point the model folder at "
+            f"another disk) and run again. {manual_install_hint(urls, target)}.")
 
 
 def _first_writable(directories: Sequence[Path], file_name: str, urls: Sequence[str]) -> Path:
@@ -467,11 +469,14 @@ def _first_writable(directories: Sequence[Path], file_name: str, urls: Sequence[
         f"FLASHFACE_MODELS_DIR outside ComfyUI). {manual_install_hint(urls, directories[0] / file_name)}.")
 
 
-def _move_aside(path: Path) -> Path:
-    aside = path.with_name(path.name + CORRUPT_SUFFIX)
+def _aside_path(path: Path) -> Path:
+    return path.with_name(path.name + CORRUPT_SUFFIX)
+
+
+def _move_aside(path: Path) -> None:
+    aside = _aside_path(path)
     os.replace(path, aside)
     logger.warning("Moved the bad copy of %s aside to %s until a good one is in place", path.name, aside)
-    return aside
 
 
 def _wait_for_lock(lock: FileLock, target: Path, timeout: float | None) -> None:
@@ -509,16 +514,14 @@ def download_file(urls: Sequence[str], directories: Sequence[Path], file_name: s
     lock = FileLock(str(target) + LOCK_SUFFIX)
     _wait_for_lock(lock, target, settings.lock_timeout)
     try:
-        aside = None
         if target.exists():
             problem = verify_file(target, expected, progress)
             if problem is None:
                 return target
             logger.warning("%s is not the expected file (%s); downloading it again", target, problem)
-            aside = _move_aside(target)
+            _move_aside(target)
         _download_verified(urls, target, expected, settings, progress)
-        if aside is not None:
-            aside.unlink()
+        _aside_path(target).unlink(missing_ok=True)
         return target
     finally:
         lock.release()
@@ -526,7 +529,7 @@ def download_file(urls: Sequence[str], directories: Sequence[Path], file_name: s
 
 def _download_verified(urls: list[str], target: Path, expected: ExpectedFile, settings: DownloadSettings,
                        progress: ProgressCallback | None) -> None:
-    download = _Download(target, expected, settings, progress)
+    download = _Download(target, urls, expected, settings, progress)
     failures = []
     try:
         with requests.Session() as session:
@@ -547,7 +550,7 @@ def _download_verified(urls: list[str], target: Path, expected: ExpectedFile, se
                     failures.append(f"{url}: download {attempt} failed its check ({'; '.join(problems)})")
     finally:
         download.bar.close()
-    aside = target.with_name(target.name + CORRUPT_SUFFIX)
+    aside = _aside_path(target)
     kept = f" The earlier, bad copy is kept as {aside}; delete it once you have a good one." if aside.exists() else ""
     raise DownloadError(
         f"Could not download {target.name}:\n  " + "\n  ".join(failures)
