@@ -374,6 +374,17 @@ def test_token_and_endpoint_override_apply_to_hugging_face_urls(server, tmp_path
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == data
 
 
+def test_token_is_not_sent_to_other_hosts_and_their_etags_are_not_taken_for_checksums(server, tmp_path, monkeypatch):
+    data = payload()
+    monkeypatch.setenv("HF_TOKEN", "secret")
+    with pytest.raises(DownloadError, match="HF_TOKEN"):
+        get_model_path(entry_for(server.add("/private.pth", data, token="secret"), data, md5=md5_of(data)),
+                       models_dir=tmp_path, settings=FAST)
+    with pytest.raises(DownloadError, match="cannot be verified"):
+        get_model_path(entry_for(server.add("/model.pth", data, hf="etag"), data), models_dir=tmp_path,
+                       settings=FAST)
+
+
 def test_two_processes_asking_for_the_same_file_make_one_download(server, tmp_path):
     data = payload()
     url = server.add("/model.pth", data, delay=0.1)  # about 1.3 s of transfer

@@ -318,8 +318,6 @@ class _Download:
             self.hashes.add_file(self.part, settings.chunk_bytes)
             logger.info("Resuming %s from %d bytes already in %s", target.name, self.hashes.size, self.part)
         self.bar.set_total(self.total, self.hashes.size)
-        if self.total is not None:
-            _check_free_space(target, self.total - self.hashes.size, urls)
 
     def restart(self) -> None:
         self.part.unlink(missing_ok=True)
@@ -532,6 +530,8 @@ def _download_verified(urls: list[str], target: Path, expected: ExpectedFile, se
     download = _Download(target, urls, expected, settings, progress)
     failures = []
     try:
+        if download.total is not None:
+            _check_free_space(target, download.total - download.hashes.size, urls)
         with requests.Session() as session:
             for url in urls:
                 for attempt in range(1, settings.checksum_attempts + 1):
