@@ -368,6 +368,16 @@ def test_transient_server_errors_are_retried(server, tmp_path):
     assert [r.status for r in server.requests] == [500, 500, 200]
 
 
+def test_a_stalled_server_times_out_and_is_given_up_after_the_retries(server, tmp_path):
+    data = payload()
+    entry = entry_for(server.add("/model.pth", data, delay=2.0), data, md5=md5_of(data))
+    impatient = DownloadSettings(read_timeout=0.2, attempts_per_url=2, backoff_seconds=0.01, chunk_bytes=4096)
+    with pytest.raises(DownloadError, match="timed out") as raised:
+        get_model_path(entry, models_dir=tmp_path, settings=impatient)
+    assert "2 attempts in a row" in str(raised.value) and len(server.requests) == 2
+    assert not (tmp_path / "model.pth").exists()
+
+
 def test_a_corrupt_transfer_is_downloaded_again(server, tmp_path):
     data = payload()
     entry = entry_for(server.add("/model.pth", data, corrupt_times=1), data, md5=md5_of(data))
