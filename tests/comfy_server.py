@@ -140,7 +140,7 @@ class ComfyServer:
     def input_dir(self) -> Path:
         return self.instance / "input"
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
         if not self.comfy_dir.exists():
             # Keep the installed bytecode (copy2 keeps mtimes, so the .pyc files stay valid).
             def skipped(folder, names):
@@ -162,7 +162,7 @@ class ComfyServer:
 
     def start(self, timeout: float = 180) -> float:
         """Start the server and wait until /system_stats answers; returns the seconds it took."""
-        self._prepare()
+        self.prepare()
         self.port = free_port()
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
         started = time.monotonic()

@@ -1,17 +1,25 @@
 """Shared fixtures. The ComfyUI server is started once per session, only by tests that ask for it."""
 
+import shutil
+
 import pytest
 
-from comfy_server import ComfyServer, unavailable_reason
+from comfy_server import REPO_ROOT, ComfyServer, unavailable_reason
+
+EXAMPLE_PHOTOS = REPO_ROOT / "workflows" / "input"
 
 
 @pytest.fixture(scope="session")
 def comfyui(tmp_path_factory):
-    """A running ComfyUI 0.3.75 (--cpu, 127.0.0.1, free port) with this pack in custom_nodes/."""
+    """A running ComfyUI 0.3.75 (--cpu, 127.0.0.1, free port) with this pack in custom_nodes/ and
+    the bundled workflows' example photos in its input/ folder."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
     server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
+    server.prepare()
+    for photo in EXAMPLE_PHOTOS.iterdir():
+        shutil.copy(photo, server.input_dir / photo.name)
     server.start()
     try:
         yield server

@@ -1,0 +1,24 @@
+"""The four ComfyUI nodes (V1 API). Thin: validate, convert, call `flashface`, report progress."""
+
+import folder_paths
+
+from ..flashface.models.model_registry import register_comfyui_folder
+from .detect_face import FlashFaceDetectFace
+from .generator import FlashFaceGenerator
+from .load_model import FlashFaceLoadModel
+from .text_encode import FlashFaceCLIPTextEncode
+
+register_comfyui_folder(folder_paths)
+
+NODE_CLASS_MAPPINGS = {
+    "FlashFace_LoadModel": FlashFaceLoadModel,
+    "FlashFace_DetectFace": FlashFaceDetectFace,
+    "FlashFace_CLIPTextEncode": FlashFaceCLIPTextEncode,
+    "FlashFace_Generator": FlashFaceGenerator,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FlashFace_LoadModel": "FlashFace Load Model",
+    "FlashFace_DetectFace": "FlashFace Detect Face",
+    "FlashFace_CLIPTextEncode": "FlashFace CLIP Text Encode",
+    "FlashFace_Generator": "FlashFace Generator",
+}

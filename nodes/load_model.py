@@ -1,0 +1,140 @@
+"""FlashFace Load Model: the four model files -> one FLASHFACE_MODEL, managed by ComfyUI.
+
+Every network is wrapped in a ``comfy.model_patcher.ModelPatcher`` so that ComfyUI's model
+manager moves it to the GPU when a FlashFace node needs it (``load_models_gpu``) and back to the
+offload device when other models need the memory. The UNet is built from ``comfy.ops`` layers,
+so ComfyUI can also load it partially on small GPUs and cast fp16/bf16 weights per layer.
+Loads are cached per file (path, size, mtime) and settings: running again, or changing one file,
+only loads what changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import torch
+
+from ..flashface.models.clip_text import load_text_encoder
+from ..flashface.models.retinaface import load_face_detector
+from ..flashface.models.unet import load_unet
+from ..flashface.models.vae import load_vae
+from . import model_files
+
+logger = logging.getLogger(__name__)
+
+FLASHFACE_MODEL = "FLASHFACE_MODEL"
+WEIGHT_DTYPES = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(eq=False)
+class FlashFaceModel:
+    """What flows on a FLASHFACE_MODEL link: the four networks, each under ComfyUI's control."""
+
+    unet: comfy.model_patcher.ModelPatcher
+    vae: comfy.model_patcher.ModelPatcher
+    text_encoder: comfy.model_patcher.ModelPatcher
+    detector: comfy.model_patcher.ModelPatcher
+
+    def ready(self, *parts: str):
+        """Load the named networks onto their device (ComfyUI evicts others if needed); return them."""
+        patchers = [getattr(self, part) for part in parts]
+        mm.load_models_gpu(patchers)
+        return [patcher.model for patcher in patchers]
+
+
+def _patcher(module: torch.nn.Module, load_device: torch.device) -> comfy.model_patcher.ModelPatcher:
+    return comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=mm.unet_offload_device(),
+                                            size=mm.module_size(module))
+
+
+def _load_unet(path: Path, weight_dtype: str) -> comfy.model_patcher.ModelPatcher:
+    device = mm.get_torch_device()
+    dtype = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(device)
+    compute_dtype = mm.unet_manual_cast(dtype, device)
+    operations = comfy.ops.manual_cast if compute_dtype is not None else comfy.ops.disable_weight_init
+    unet = load_unet(path, device=mm.unet_offload_device(), dtype=dtype, operations=operations)
+    unet.compute_dtype = compute_dtype
+    logger.info("FlashFace UNet %s: weights %s, compute %s on %s", path.name, dtype, compute_dtype or dtype, device)
+    return _patcher(unet, device)
+
+
+def _load_vae(path: Path) -> comfy.model_patcher.ModelPatcher:
+    return _patcher(load_vae(path, device=mm.unet_offload_device(), dtype=torch.float32), mm.vae_device())
+
+
+def _load_text_encoder(path: Path) -> comfy.model_patcher.ModelPatcher:
+    encoder = load_text_encoder(path, device=mm.unet_offload_device(), dtype=torch.float32)
+    return _patcher(encoder, mm.text_encoder_device())
+
+
+def _load_detector(path: Path) -> comfy.model_patcher.ModelPatcher:
+    detector = load_face_detector(path, device=mm.unet_offload_device(), dtype=torch.float32)
+    return _patcher(detector, mm.get_torch_device())
+
+
+class _LoadCache:
+    """The most recent load of each kind, reused while its file and settings are unchanged."""
+
+    def __init__(self):
+        self._entries: dict[str, tuple[tuple, comfy.model_patcher.ModelPatcher]] = {}
+
+    def get(self, kind: str, path: Path, settings: tuple, load) -> comfy.model_patcher.ModelPatcher:
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns, settings)
+        cached = self._entries.get(kind)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        self._entries.pop(kind, None)  # drop the old model before loading the new one
+        patcher = load()
+        self._entries[kind] = (key, patcher)
+        return patcher
+
+
+_cache = _LoadCache()
+
+
+class FlashFaceLoadModel:
+    DESCRIPTION = ("Loads the FlashFace networks. Files listed first are the official ones: if one is "
+                   "missing it is downloaded (verified) into models/flashface on first use, with progress "
+                   "shown here. Nothing is loaded when ComfyUI starts.")
+    CATEGORY = "FlashFace"
+    RETURN_TYPES = (FLASHFACE_MODEL,)
+    RETURN_NAMES = ("flashface_model",)
+    OUTPUT_TOOLTIPS = ("The FlashFace networks, for Detect Face, CLIP Text Encode and Generator.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "unet_name": (model_files.choices("unet"), {
+                "tooltip": "The FlashFace reference UNet (flashface.ckpt, 10.6 GB, from models/flashface)."}),
+            "vae_name": (model_files.choices("vae"), {
+                "tooltip": "The SD 1.x VAE in FlashFace's key naming (sd-v1-vae.pth, from models/flashface or models/vae)."}),
+            "clip_name": (model_files.choices("clip"), {
+                "tooltip": "OpenAI CLIP ViT-L/14 in FlashFace's key naming (openai-clip-vit-large-14.pth, "
+                           "from models/flashface or models/clip); only its text tower is loaded."}),
+            "detector_name": (model_files.choices("detector"), {
+                "tooltip": "RetinaFace ResNet-50 face detector (retinaface_resnet50.pth or facexlib's "
+                           "detection_Resnet50_Final.pth, from models/flashface or models/facedetection)."}),
+            "weight_dtype": (list(WEIGHT_DTYPES), {
+                "default": "auto",
+                "tooltip": "Precision of the UNet weights. auto: what ComfyUI picks for your device (fp16 on most "
+                           "GPUs, fp32 on CPU). fp16/bf16 halve the memory; layers then compute in a type your "
+                           "device supports. The VAE, CLIP and detector always run in fp32, as in the official code."}),
+        }}
+
+    def load(self, unet_name, vae_name, clip_name, detector_name, weight_dtype):
+        paths = {kind: model_files.resolve(kind, name) for kind, name in
+                 (("unet", unet_name), ("vae", vae_name), ("clip", clip_name), ("detector", detector_name))}
+        model = FlashFaceModel(
+            unet=_cache.get("unet", paths["unet"], (weight_dtype,), lambda: _load_unet(paths["unet"], weight_dtype)),
+            vae=_cache.get("vae", paths["vae"], (), lambda: _load_vae(paths["vae"])),
+            text_encoder=_cache.get("clip", paths["clip"], (), lambda: _load_text_encoder(paths["clip"])),
+            detector=_cache.get("detector", paths["detector"], (), lambda: _load_detector(paths["detector"])),
+        )
+        return (model,)

@@ -1,0 +1,232 @@
+"""Regenerate the bundled workflows in workflows/ from the specs below, with the real ComfyUI UI.
+
+    python tests/build_workflows.py
+
+Each graph is built node by node in the web UI of a ComfyUI test server (so the UI-format JSON is
+exactly what this frontend saves, widget order included), then written as
+
+* ``workflows/<name>.json``      UI format, what the template browser lists and a user opens;
+* ``workflows/<name>.jpg``       its thumbnail for the template browser (its photos and title);
+* ``workflows/api/<name>.json``  API format, exported by the frontend's own ``graphToPrompt``,
+                                 which the integration tests run.
+
+The example photos in ``workflows/input/`` are made here from scikit-image's astronaut photo
+(Eileen Collins, NASA: public domain). Copy them into ComfyUI's ``input/`` folder to run the
+workflows. The browser test checks that every committed UI workflow still exports to its
+committed API copy, so edit the specs and rerun this script rather than editing the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from comfy_browser import ComfyPage
+from comfy_server import REPO_ROOT, ComfyServer
+
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
+API_DIR = WORKFLOWS_DIR / "api"
+PHOTOS_DIR = WORKFLOWS_DIR / "input"
+PHOTO = "flashface_astronaut.jpg"
+PHOTO_MIRRORED = "flashface_astronaut_mirrored.jpg"
+PHOTO_CLOSEUP = "flashface_astronaut_closeup.jpg"
+# The official files. They are not declared in the nodes' `properties.models`: the frontend
+# (1.32) then lists them as missing on every open and refuses to download anything but
+# .safetensors; FlashFace Load Model downloads them itself, verified, with progress.
+MODEL_FILES = {"unet_name": "flashface.ckpt", "vae_name": "sd-v1-vae.pth",
+               "clip_name": "openai-clip-vit-large-14.pth", "detector_name": "retinaface_resnet50.pth"}
+NEGATIVE = ""
+NOTE = """## FlashFace: {title}
+
+{what}
+
+1. Put the four model files in `ComfyUI/models/flashface/` (or let **FlashFace Load Model** download
+   them, 12 GB, on the first run): `flashface.ckpt`, `sd-v1-vae.pth`, `openai-clip-vit-large-14.pth`,
+   `retinaface_resnet50.pth`.
+2. Copy the example photos from `custom_nodes/ComfyUI-FlashFace/workflows/input/` into `ComfyUI/input/`,
+   or load your own photos of one person.
+3. Queue. The green box in the face preview shows which face is used."""
+
+
+def make_example_photos(folder: Path = PHOTOS_DIR) -> None:
+    """Three photos of one person: the astronaut, mirrored, and a closer crop of another size."""
+    from skimage.data import astronaut
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = Image.fromarray(astronaut())
+    for name, image in ((PHOTO, photo), (PHOTO_MIRRORED, ImageOps.mirror(photo)),
+                        (PHOTO_CLOSEUP, photo.crop((96, 0, 416, 373)).resize((384, 448), Image.Resampling.LANCZOS))):
+        image.save(folder / name, quality=90)
+
+
+def _model_loader(pos):
+    return dict(key="model", type="FlashFace_LoadModel", pos=pos, widgets={**MODEL_FILES, "weight_dtype": "auto"})
+
+
+def _spec(title: str, what: str, prompt: str, generator_widgets: dict | None = None, one_photo: bool = True) -> dict:
+    """Load Model, the two prompts, Detect Face with its preview, Generator, Save Image, a note, and
+    (with `one_photo`) the example photo as the reference."""
+    nodes = [
+        dict(key="note", type="MarkdownNote", pos=[20, -330], size=[640, 300],
+             widgets={"text": NOTE.format(title=title, what=what)}),
+        _model_loader([20, 20]),
+        dict(key="detect", type="FlashFace_DetectFace", pos=[760, 20],
+             widgets={"threshold": 0.6, "several_faces": "largest"}),
+        dict(key="preview", type="PreviewImage", pos=[760, 260], size=[300, 300], title="Detected faces"),
+        dict(key="positive", type="FlashFace_CLIPTextEncode", pos=[380, 620], size=[360, 180],
+             title="Positive prompt", widgets={"text": prompt, "quality_postfix": "positive"}),
+        dict(key="negative", type="FlashFace_CLIPTextEncode", pos=[380, 840], size=[360, 150],
+             title="Negative prompt", widgets={"text": NEGATIVE, "quality_postfix": "negative"}),
+        dict(key="generator", type="FlashFace_Generator", pos=[1100, 20],
+             widgets={"seed": 42, "control_after_generate": "fixed", **(generator_widgets or {})}),
+        dict(key="save", type="SaveImage", pos=[1480, 20], size=[420, 460], widgets={"filename_prefix": "FlashFace"}),
+    ]
+    links = [
+        ("model", "flashface_model", "detect", "flashface_model"),
+        ("model", "flashface_model", "positive", "flashface_model"),
+        ("model", "flashface_model", "negative", "flashface_model"),
+        ("model", "flashface_model", "generator", "flashface_model"),
+        ("detect", "faces", "generator", "reference_faces"),
+        ("detect", "preview", "preview", "images"),
+        ("positive", "conditioning", "generator", "positive"),
+        ("negative", "conditioning", "generator", "negative"),
+        ("generator", "images", "save", "images"),
+    ]
+    if one_photo:
+        nodes.append(_photo("photo", PHOTO, [20, 240]))
+        links.append(("photo", "IMAGE", "detect", "images"))
+    return dict(title=title, nodes=nodes, links=links)
+
+
+def _photo(key: str, name: str, pos) -> dict:
+    return dict(key=key, type="LoadImage", pos=pos, size=[320, 360], widgets={"image": name})
+
+
+def workflow_specs() -> dict[str, dict]:
+    specs = {"flashface_one_photo": _spec(
+        "one reference photo", "The simplest graph: one photo of a person and a prompt.",
+        "A woman astronaut smiling, portrait, on the street in the night, soft light")}
+
+    several = specs["flashface_several_photos"] = _spec(
+        "several reference photos",
+        "More photos of the same person give a steadier likeness (the authors use four). Photos of one size can "
+        "be batched (Image Batch); photos of other sizes go to the extra inputs of Detect Face.",
+        "A woman with short brown hair in a red dress, sitting in a cafe, warm light", one_photo=False)
+    several["nodes"] += [_photo("photo_a", PHOTO, [20, 240]), _photo("photo_b", PHOTO_MIRRORED, [20, 640]),
+                         _photo("photo_c", PHOTO_CLOSEUP, [20, 1040]), dict(key="batch", type="ImageBatch", pos=[380, 380])]
+    several["links"] += [("photo_a", "IMAGE", "batch", "image1"), ("photo_b", "IMAGE", "batch", "image2"),
+                         ("batch", "IMAGE", "detect", "images"), ("photo_c", "IMAGE", "detect", "images_2")]
+
+    specs["flashface_age_change"] = _spec(
+        "age change preset",
+        "The age_change preset (text guidance 8.5, reference feature strength 0.9, reference guidance 2.5) "
+        "gives the prompt room to change the age while keeping the identity.",
+        "An old woman with grey hair and wrinkles, portrait, in a garden, soft light", {"preset": "age_change"})
+
+    masked = specs["flashface_face_mask"] = _spec(
+        "face position from a mask",
+        "A mask says where the face goes (white = face); it replaces the face box. Here a white square on the "
+        "right of a black 768x768 mask; a painted mask from Load Image works the same.",
+        "A woman astronaut standing on the left of a busy market, full body, daylight")
+    masked["nodes"] += [
+        dict(key="canvas", type="SolidMask", pos=[20, 1040], widgets={"value": 0.0, "width": 768, "height": 768}),
+        dict(key="square", type="SolidMask", pos=[20, 1200], widgets={"value": 1.0, "width": 224, "height": 224}),
+        dict(key="mask", type="MaskComposite", pos=[380, 1040], widgets={"x": 448, "y": 96, "operation": "add"}),
+    ]
+    masked["links"] += [("canvas", "MASK", "mask", "destination"), ("square", "MASK", "mask", "source"),
+                        ("mask", "MASK", "generator", "face_mask")]
+    return specs
+
+
+JS_BUILD = """async (spec) => {
+    const graph = window.app.graph;
+    graph.clear();
+    const byKey = {};
+    for (const n of spec.nodes) {
+        const node = LiteGraph.createNode(n.type);
+        if (!node) throw new Error('unknown node type ' + n.type);
+        node.pos = n.pos;
+        if (n.title) node.title = n.title;
+        graph.add(node);
+        for (const [name, value] of Object.entries(n.widgets || {})) {
+            const widget = (node.widgets || []).find(w => w.name === name);
+            if (!widget) throw new Error(n.type + ' has no widget ' + name);
+            widget.value = value;
+        }
+        if (n.size) node.size = n.size;
+        byKey[n.key] = node;
+    }
+    for (const [from, output, to, input] of spec.links) {
+        const a = byKey[from], b = byKey[to];
+        const out = a.findOutputSlot(output), inp = b.findInputSlot(input);
+        if (out < 0 || inp < 0) throw new Error(`no slot ${from}.${output} -> ${to}.${input}`);
+        a.connect(out, b, inp);
+    }
+    window.app.canvas.ds.offset = [40, 380];
+    window.app.canvas.ds.scale = 0.8;
+    window.app.graph.setDirtyCanvas(true, true);
+    return {ui: graph.serialize(), api: (await window.app.graphToPrompt()).output};
+}"""
+
+
+def make_thumbnail(spec: dict, size=(480, 300)) -> Image.Image:
+    """The workflow's reference photos side by side, its title below."""
+    thumbnail = Image.new("RGB", size, (32, 32, 36))
+    photos = [Image.open(PHOTOS_DIR / n["widgets"]["image"]) for n in spec["nodes"] if n["type"] == "LoadImage"]
+    slot = (size[0] - 20) // len(photos)
+    for index, photo in enumerate(photos):
+        photo = ImageOps.contain(photo, (slot - 10, size[1] - 80))
+        thumbnail.paste(photo, (10 + index * slot + (slot - photo.width) // 2, 12))
+    draw = ImageDraw.Draw(thumbnail)
+    draw.text((14, size[1] - 58), "FlashFace", fill=(255, 196, 0), font=ImageFont.load_default(22))
+    draw.text((14, size[1] - 30), spec["title"], fill=(235, 235, 235), font=ImageFont.load_default(18))
+    return thumbnail
+
+
+def without_nulls(value):
+    """The frontend serializes every unset slot property as null; drop them for readable files."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def main() -> int:
+    make_example_photos()
+    API_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="flashface-build-") as workdir:
+        server = ComfyServer(Path(workdir))
+        server.prepare()
+        for photo in PHOTOS_DIR.iterdir():
+            shutil.copy(photo, server.input_dir / photo.name)
+        server.start()
+        try:
+            with ComfyPage(server) as ui:
+                for name, spec in workflow_specs().items():
+                    built = ui.page.evaluate(JS_BUILD, spec)
+                    ui.page.wait_for_timeout(800)
+                    write_json(WORKFLOWS_DIR / f"{name}.json", without_nulls(built["ui"]))
+                    write_json(API_DIR / f"{name}.json", built["api"])
+                    make_thumbnail(spec).save(WORKFLOWS_DIR / f"{name}.jpg", quality=85)
+                    print(f"wrote {name}: {len(built['ui']['nodes'])} nodes, {len(built['api'])} API nodes")
+                errors = ui.errors()
+        finally:
+            server.stop()
+    for event in errors:
+        print(f"console error while building ({event.phase}): {event.text[:300]}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
