@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flashface.errors import InvalidInputError, ModelFileError
-from flashface.models.checkpoint import MODEL_SUFFIXES, ManifestCheckpoint, StateDictCheckpoint
+from flashface.models.checkpoint import MODEL_SUFFIXES, ManifestCheckpoint, StateDictCheckpoint, open_checkpoint
 from flashface.models.clip_text import (
     END_OF_TEXT,
     END_TOKEN,
@@ -147,6 +147,13 @@ def test_written_files_load_in_every_naming_and_format(tmp_path):
         path = write_tiny_clip_text(tmp_path / name, seed=5, width=32, heads=4, naming=naming)
         outputs.append(load_text_encoder(path, num_heads=4).encode(PROMPTS))
     assert all(torch.equal(outputs[0], other) for other in outputs[1:])
+
+
+def test_an_open_checkpoint_stays_open_for_its_owner(tmp_path):
+    checkpoint = open_checkpoint(write_tiny_clip_text(tmp_path / "clip.safetensors", seed=8))
+    first = load_text_encoder(checkpoint).encode(PROMPTS)
+    assert torch.equal(load_text_encoder(checkpoint).encode(PROMPTS), first)
+    checkpoint.close()
 
 
 def test_num_heads_argument_then_metadata_then_width_over_64(tmp_path):

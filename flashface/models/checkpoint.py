@@ -23,8 +23,9 @@ import json
 import logging
 import os
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -183,6 +184,20 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
             ) from exc
         raise _corrupt(path, exc) from exc
     return StateDictCheckpoint(_unwrap_pickle(obj, path), path=path)
+
+
+@contextmanager
+def checkpoint_source(source: str | os.PathLike | Checkpoint) -> Iterator[Checkpoint]:
+    """`source` itself if it is already a `Checkpoint` (the caller keeps it open), otherwise the
+    file at that path, opened for the block and closed after it."""
+    if isinstance(source, Checkpoint):
+        yield source
+        return
+    checkpoint = open_checkpoint(source)
+    try:
+        yield checkpoint
+    finally:
+        checkpoint.close()
 
 
 def _take_first(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -34,7 +34,7 @@ from open_clip.tokenizer import SimpleTokenizer, basic_clean, bytes_to_unicode, 
 from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
-from .checkpoint import Checkpoint, TensorPlan, load_module, open_checkpoint
+from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
 from .unet import TORCH_OPERATIONS
 
 logger = logging.getLogger(__name__)
@@ -318,17 +318,13 @@ def load_text_encoder(source: str | os.PathLike | Checkpoint, *, device: torch.d
 
     LayerNorm parameters stay fp32. The official pipeline runs this model in fp32 (the default).
     """
-    checkpoint = source if isinstance(source, Checkpoint) else open_checkpoint(source)
-    try:
+    ops = operations or TORCH_OPERATIONS
+    with checkpoint_source(source) as checkpoint:
         config, plan, unused = infer_layout(checkpoint, num_heads)
-        ops = operations or TORCH_OPERATIONS
         model = load_module(
             lambda: CLIPTextEncoder(config, ops), checkpoint, plan, what=WHAT, device=device, dtype=dtype,
             keep_fp32=lambda name: name.startswith("norm") or ".norm" in name,
             ignore=lambda key: key.startswith(unused),
         )
-    finally:
-        if not isinstance(source, Checkpoint):
-            checkpoint.close()
     logger.info("loaded %s %s from %s", WHAT, config, checkpoint.path)
     return model
