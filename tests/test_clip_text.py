@@ -95,7 +95,8 @@ def test_loads_the_real_text_tower_on_meta():
     data = json.loads(manifest(MANIFEST).read_text(encoding="utf-8"))
     model = load_text_encoder(ManifestCheckpoint(manifest(MANIFEST)), device="meta")
     assert model.config == TextEncoderConfig()  # ViT-L/14, inferred from the shapes
-    text_tower = [(name, shape) for name, shape, _ in data["keys"] if name.startswith("textual.") and name != "textual.head"]
+    text_tower = [(name, shape) for name, shape, _ in data["keys"]
+                  if name.startswith("textual.") and name != "textual.head"]
     assert {"textual." + key: list(t.shape) for key, t in model.state_dict().items()} == dict(text_tower)
     assert all(p.is_meta for p in model.parameters())
     embeddings = model.encode(["a photo"])

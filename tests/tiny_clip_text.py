@@ -68,7 +68,8 @@ def hf_clip_state_dict(seed=0, width=32, layers=2, heads=2, prefix="") -> dict[s
             state[file_key] = part.clone()
     context_length = tower["pos_embedding"].shape[1]
     state[prefix + "text_model.embeddings.position_ids"] = torch.arange(context_length)[None]
-    state[prefix + "text_projection.weight"] = torch.randn(width, width, generator=torch.Generator().manual_seed(seed + 1))
+    projection = torch.randn(width, width, generator=torch.Generator().manual_seed(seed + 1))
+    state[prefix + "text_projection.weight"] = projection
     state[prefix + "logit_scale"] = torch.tensor(4.6052)
     return state
 

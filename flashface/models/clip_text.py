@@ -13,10 +13,11 @@ Two file namings are read:
   ``transformer.`` or ``cond_stage_model.transformer.``); q/k/v are concatenated into the one
   ``to_qkv`` projection of the official layout.
 
-The transformer is our own small module rather than open_clip's ``TextTransformer``: open_clip's
-blocks hard-wire ``nn.MultiheadAttention`` and ``nn.Linear``, so the ``operations`` of ComfyUI
-(``comfy.ops.manual_cast``) could not be substituted, and its LayerNorm computes in the input
-dtype while the official one computes in fp32. The tokenizer reuses open_clip's BPE.
+The transformer is our own small module rather than open_clip's ``TextTransformer``: the
+architecture is the same, but open_clip's blocks hard-wire ``nn.MultiheadAttention`` and
+``nn.Linear``, so ComfyUI's ``operations`` (``comfy.ops.manual_cast``) could not be substituted,
+and its module names would need a second key mapping for the official file. The tokenizer reuses
+open_clip's BPE (see `Tokenizer`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ OFFICIAL_PREFIX = "textual."
 OFFICIAL_UNUSED = ("visual.", "log_scale", "textual.head")
 HF_TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
 HF_PREFIXES = ("", "transformer.", "cond_stage_model.transformer.")
+# Our (official) module names inside block N -> Hugging Face's inside text_model.encoder.layers.N.
+HF_MODULE_NAMES = (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("attn.proj", "self_attn.out_proj"),
+                   ("mlp.0", "mlp.fc1"), ("mlp.2", "mlp.fc2"))
 # Parts of a Hugging Face CLIPModel / clip_l file that the text encoder does not use.
 HF_UNUSED = ("text_model.embeddings.position_ids", "text_projection.weight", "logit_scale",
              "vision_model.", "visual_projection.weight")
@@ -225,8 +229,7 @@ def hf_plan(config: TextEncoderConfig, prefix: str = "") -> dict[str, TensorPlan
             ours, theirs = f"transformer.{i}.", f"{text_model}encoder.layers.{i}."
             plan[f"{ours}attn.to_qkv.{param}"] = TensorPlan.concat(
                 *(f"{theirs}self_attn.{p}_proj.{param}" for p in "qkv"))
-            for module, hf_module in (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("attn.proj", "self_attn.out_proj"),
-                                      ("mlp.0", "mlp.fc1"), ("mlp.2", "mlp.fc2")):
+            for module, hf_module in HF_MODULE_NAMES:
                 plan[f"{ours}{module}.{param}"] = TensorPlan.copy(f"{theirs}{hf_module}.{param}")
     return plan
 
