@@ -1,0 +1,326 @@
+"""The SD 1.x KL-f8 VAE in the structure and key naming of FlashFace's `sd-v1-vae.pth`.
+
+`encode` returns the posterior mean (FlashFace encodes deterministically) and `decode` takes an
+unscaled latent; the pipeline multiplies/divides by `LATENT_SCALE`.
+
+Mid-block attention: the official implementation, after attending, reshapes the ``[b, hw, c]``
+result straight to ``[b, c, h, w]`` (its two permutations cancel), which mixes pixels and
+channels before the output projection. The published weights were used with that behaviour, so
+`official_attention=True` (default) reproduces it; `official_attention=False` gives the standard
+attention (``[b, hw, c]`` transposed to ``[b, c, hw]``) that other SD 1.x VAE code computes.
+
+Files: the official naming (`encoder.conv1`, `encoder.downsamples.N.residual.K`,
+`encoder.middle.1.to_qkv`, `conv1`/`conv2` for the quant convs ...) or the standard CompVis /
+ComfyUI naming (`encoder.conv_in`, `encoder.down.I.block.J.norm1`, `encoder.mid.attn_1.q` ...,
+`quant_conv`), optionally under `first_stage_model.` (a whole SD 1.x checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelFileError
+from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
+
+logger = logging.getLogger(__name__)
+
+LATENT_SCALE = 0.18215
+WHAT = "SD 1.x VAE"
+EXPECTED_FILES = "sd-v1-vae.pth (FlashFace) or an SD 1.x VAE such as vae-ft-mse-840000-ema-pruned.safetensors"
+STANDARD_PREFIXES = ("", "first_stage_model.")
+GROUPS, EPS = 32, 1e-6
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    dim: int = 128
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    z_dim: int = 4
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in fp32 whatever the weight dtype (fp16 statistics overflow)."""
+
+    def __init__(self, channels: int):
+        super().__init__(GROUPS, channels, eps=EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.residual = nn.Sequential(
+            GroupNorm32(in_dim), nn.SiLU(), nn.Conv2d(in_dim, out_dim, 3, padding=1),
+            GroupNorm32(out_dim), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_dim, out_dim, 3, padding=1))
+        self.shortcut = nn.Conv2d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.residual(x) + self.shortcut(x)
+
+
+class Resample(nn.Module):
+    """Downsample: pad right/bottom by one, stride-2 conv. Upsample: nearest ×2, conv."""
+
+    def __init__(self, dim: int, down: bool):
+        super().__init__()
+        if down:
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
+        else:
+            self.resample = nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"),
+                                          nn.Conv2d(dim, dim, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resample(x)
+
+
+class MidAttention(nn.Module):
+    """Single-head spatial self-attention with a fused qkv 1×1 conv (see the module docstring)."""
+
+    def __init__(self, dim: int, official: bool):
+        super().__init__()
+        self.official = official
+        self.norm = GroupNorm32(dim)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.to_qkv(self.norm(x)).reshape(b, 3, 1, c, h * w).transpose(-1, -2).unbind(1)
+        attended = F.scaled_dot_product_attention(q, k, v)[:, 0]  # [b, hw, c]
+        if self.official:
+            attended = attended.reshape(b, c, h, w)
+        else:
+            attended = attended.transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj(attended)
+
+
+def _middle(dim: int, official_attention: bool) -> nn.Sequential:
+    return nn.Sequential(ResidualBlock(dim, dim), MidAttention(dim, official_attention), ResidualBlock(dim, dim))
+
+
+def _head(dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(GroupNorm32(dim), nn.SiLU(), nn.Conv2d(dim, out_dim, 3, padding=1))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: VAEConfig, official_attention: bool):
+        super().__init__()
+        dims = [config.dim * m for m in config.dim_mult]
+        self.conv1 = nn.Conv2d(3, config.dim, 3, padding=1)
+        blocks, in_dim = [], config.dim
+        for level, out_dim in enumerate(dims):
+            for _ in range(config.num_res_blocks):
+                blocks.append(ResidualBlock(in_dim, out_dim))
+                in_dim = out_dim
+            if level != len(dims) - 1:
+                blocks.append(Resample(out_dim, down=True))
+        self.downsamples = nn.Sequential(*blocks)
+        self.middle = _middle(dims[-1], official_attention)
+        self.head = _head(dims[-1], config.z_dim * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.middle(self.downsamples(self.conv1(x))))
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: VAEConfig, official_attention: bool):
+        super().__init__()
+        dims = [config.dim * m for m in reversed(config.dim_mult)]
+        self.conv1 = nn.Conv2d(config.z_dim, dims[0], 3, padding=1)
+        self.middle = _middle(dims[0], official_attention)
+        blocks, in_dim = [], dims[0]
+        for level, out_dim in enumerate(dims):
+            for _ in range(config.num_res_blocks + 1):
+                blocks.append(ResidualBlock(in_dim, out_dim))
+                in_dim = out_dim
+            if level != len(dims) - 1:
+                blocks.append(Resample(out_dim, down=False))
+        self.upsamples = nn.Sequential(*blocks)
+        self.head = _head(dims[-1], 3)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.upsamples(self.middle(self.conv1(z))))
+
+
+class AutoencoderKL(nn.Module):
+    def __init__(self, config: VAEConfig, official_attention: bool = True):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config, official_attention)
+        self.conv1 = nn.Conv2d(config.z_dim * 2, config.z_dim * 2, 1)  # quant conv
+        self.conv2 = nn.Conv2d(config.z_dim, config.z_dim, 1)  # post-quant conv
+        self.decoder = Decoder(config, official_attention)
+
+    def _dtype(self) -> torch.dtype:
+        return self.conv1.weight.dtype
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Posterior mean [B, z, H/f, W/f] (unscaled) of images [B, 3, H, W] in [-1, 1]."""
+        moments = self.conv1(self.encoder(images.to(self._dtype())))
+        return moments[:, :self.config.z_dim]
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images in about [-1, 1] from unscaled latents."""
+        return self.decoder(self.conv2(latents.to(self._dtype())))
+
+
+def module_keys(config: VAEConfig) -> list[str]:
+    with torch.device("meta"):
+        return list(AutoencoderKL(config).state_dict())
+
+
+# ------------------------------------------------------------------ the standard (CompVis) naming
+_RESIDUAL_NAMES = {"residual.0": "norm1", "residual.2": "conv1", "residual.3": "norm2", "residual.6": "conv2",
+                   "shortcut": "nin_shortcut"}
+_MIDDLE_NAMES = {"middle.0": "mid.block_1", "middle.2": "mid.block_2"}
+_TOP_NAMES = {"conv1": "quant_conv", "conv2": "post_quant_conv"}
+
+
+def _as_conv_1x1(tensors):
+    """q/k/v or proj_out stored as 1×1 conv [C, C, 1, 1] or linear [C, C] weights -> conv weights."""
+    joined = torch.cat([t.reshape(t.shape[0], -1) if t.dim() > 1 else t for t in tensors])
+    return joined[..., None, None] if joined.dim() == 2 else joined
+
+
+def _level_blocks(config: VAEConfig, per_level: int) -> list[tuple[int, str]]:
+    """(level, "block.J" or "resample") for each position of downsamples/upsamples in order."""
+    positions = []
+    for level in range(len(config.dim_mult)):
+        positions += [(level, f"block.{j}") for j in range(per_level)]
+        if level != len(config.dim_mult) - 1:
+            positions.append((level, "resample"))
+    return positions
+
+
+def standard_plan(config: VAEConfig, prefix: str = "") -> dict[str, TensorPlan]:
+    """Module key -> CompVis/ComfyUI key(s) under `prefix`."""
+    levels = len(config.dim_mult)
+    rename: dict[str, str] = {"encoder.conv1": "encoder.conv_in", "decoder.conv1": "decoder.conv_in",
+                              "encoder.head.0": "encoder.norm_out", "encoder.head.2": "encoder.conv_out",
+                              "decoder.head.0": "decoder.norm_out", "decoder.head.2": "decoder.conv_out",
+                              **_TOP_NAMES}
+    for part, sequence, per_level, theirs, resample in (
+            ("encoder", "downsamples", config.num_res_blocks, lambda lv: f"down.{lv}", "downsample"),
+            ("decoder", "upsamples", config.num_res_blocks + 1, lambda lv: f"up.{levels - 1 - lv}", "upsample")):
+        for middle, name in _MIDDLE_NAMES.items():
+            for ours, standard in _RESIDUAL_NAMES.items():
+                rename[f"{part}.{middle}.{ours}"] = f"{part}.{name}.{standard}"
+        rename[f"{part}.middle.1.norm"] = f"{part}.mid.attn_1.norm"
+        for index, (level, block) in enumerate(_level_blocks(config, per_level)):
+            base = f"{part}.{theirs(level)}"
+            if block == "resample":
+                rename[f"{part}.{sequence}.{index}.resample.1"] = f"{base}.{resample}.conv"
+                continue
+            for ours, standard in _RESIDUAL_NAMES.items():
+                rename[f"{part}.{sequence}.{index}.{ours}"] = f"{base}.{block}.{standard}"
+    plan = {}
+    for key in module_keys(config):
+        module, param = key.rsplit(".", 1)
+        if module.endswith("middle.1.to_qkv"):
+            attention = f"{prefix}{module.split('.')[0]}.mid.attn_1"
+            plan[key] = TensorPlan(tuple(f"{attention}.{p}.{param}" for p in "qkv"), _as_conv_1x1)
+        elif module.endswith("middle.1.proj"):
+            plan[key] = TensorPlan((f"{prefix}{module.split('.')[0]}.mid.attn_1.proj_out.{param}",), _as_conv_1x1)
+        else:
+            plan[key] = TensorPlan.copy(f"{prefix}{rename[module]}.{param}")
+    return plan
+
+
+def official_plan(config: VAEConfig) -> dict[str, TensorPlan]:
+    return {key: TensorPlan.copy(key) for key in module_keys(config)}
+
+
+# ------------------------------------------------------------------ architecture from the file
+def _shape(checkpoint: Checkpoint, key: str) -> tuple[int, ...]:
+    if key not in checkpoint:
+        raise ModelFileError(f"{checkpoint.path} is not a complete {WHAT}: tensor {key} is missing. "
+                             f"Select {EXPECTED_FILES}.")
+    return tuple(checkpoint.shape(key))
+
+
+def _check_latent_channels(checkpoint: Checkpoint, z_dim: int) -> None:
+    if z_dim != 4:
+        raise ModelFileError(f"{checkpoint.path} is a VAE with {z_dim} latent channels (SD3 / Flux family), but "
+                             f"FlashFace is SD 1.5-based and needs an {WHAT} with 4. Select {EXPECTED_FILES}.")
+
+
+def _config_from_levels(checkpoint: Checkpoint, dim: int, level_widths: list[int], res_blocks: int,
+                        z_dim: int) -> VAEConfig:
+    _check_latent_channels(checkpoint, z_dim)
+    if not level_widths or res_blocks == 0 or any(width % dim for width in level_widths):
+        raise ModelFileError(f"{checkpoint.path} has encoder levels {level_widths} of base width {dim}; it is not an "
+                             f"{WHAT}. Select {EXPECTED_FILES}.")
+    return VAEConfig(dim=dim, dim_mult=tuple(width // dim for width in level_widths), num_res_blocks=res_blocks,
+                     z_dim=z_dim)
+
+
+def _official_config(checkpoint: Checkpoint) -> VAEConfig:
+    """Levels = runs of residual blocks in encoder.downsamples, separated by resample blocks."""
+    levels: list[list[int]] = [[]]
+    index = 0
+    while True:
+        block = f"encoder.downsamples.{index}."
+        if block + "resample.1.weight" in checkpoint:
+            levels.append([])
+        elif block + "residual.2.weight" in checkpoint:
+            levels[-1].append(checkpoint.shape(block + "residual.2.weight")[0])
+        else:
+            break
+        index += 1
+    return _config_from_levels(checkpoint, _shape(checkpoint, "encoder.conv1.weight")[0],
+                               [level[-1] for level in levels if level], len(levels[0]),
+                               _shape(checkpoint, "conv2.weight")[0])
+
+
+def _standard_config(checkpoint: Checkpoint, prefix: str) -> VAEConfig:
+    res_blocks = 0
+    while f"{prefix}encoder.down.0.block.{res_blocks}.conv1.weight" in checkpoint:
+        res_blocks += 1
+    widths = []
+    while (key := f"{prefix}encoder.down.{len(widths)}.block.0.conv2.weight") in checkpoint:
+        widths.append(checkpoint.shape(key)[0])
+    return _config_from_levels(checkpoint, _shape(checkpoint, prefix + "encoder.conv_in.weight")[0], widths,
+                               res_blocks, _shape(checkpoint, prefix + "post_quant_conv.weight")[0])
+
+
+def infer_layout(checkpoint: Checkpoint):
+    """(config, plan, ignore) for the official or the standard naming."""
+    if "encoder.conv1.weight" in checkpoint:
+        config = _official_config(checkpoint)
+        return config, official_plan(config), lambda key: False
+    for prefix in STANDARD_PREFIXES:
+        if prefix + "encoder.conv_in.weight" in checkpoint:
+            config = _standard_config(checkpoint, prefix)
+            outside = (lambda key: not key.startswith(prefix)) if prefix else (lambda key: False)
+            return config, standard_plan(config, prefix), outside
+    sample = ", ".join(sorted(checkpoint.keys())[:3])
+    raise ModelFileError(f"{checkpoint.path} is not an {WHAT}: expected keys like encoder.conv1.weight (FlashFace) "
+                         f"or encoder.conv_in.weight (standard), found {sample or 'no tensors'}. "
+                         f"Select {EXPECTED_FILES}.")
+
+
+def load_vae(source: str | os.PathLike | Checkpoint, *, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.float32, official_attention: bool = True) -> AutoencoderKL:
+    """Load an SD 1.x VAE (either naming) from a path or an open `Checkpoint`.
+
+    GroupNorm parameters stay fp32. The official pipeline runs the VAE in fp32 (the default).
+    """
+    with checkpoint_source(source) as checkpoint:
+        config, plan, ignore = infer_layout(checkpoint)
+        model = load_module(lambda: AutoencoderKL(config, official_attention), checkpoint, plan, what=WHAT,
+                            device=device, dtype=dtype, keep_fp32=lambda name: _is_norm(name), ignore=ignore)
+    logger.info("loaded %s %s from %s", WHAT, config, checkpoint.path)
+    return model
+
+
+def _is_norm(name: str) -> bool:
+    return any(part in name for part in (".norm.", "residual.0.", "residual.3.", "head.0."))

@@ -1,0 +1,148 @@
+"""SD 1.x VAE: parity with the official implementation (fixtures), the real file's key set,
+the standard naming, the official/standard attention switch, dtypes and wrong files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from flashface.errors import ModelFileError
+from flashface.models.checkpoint import ManifestCheckpoint, StateDictCheckpoint
+from flashface.models.vae import LATENT_SCALE, load_vae
+from parity import cases, manifest
+from tiny_vae import tiny_vae_state_dict, write_tiny_vae
+
+VAE_CASES = cases("vae")
+
+
+@pytest.mark.parametrize("case", VAE_CASES, ids=lambda case: case.name)
+def test_parity_with_the_official_vae(case):
+    weights = [p for p in case.weights_dir().iterdir() if p.name.startswith("weights.")]
+    assert weights
+    architecture = case.config["architecture"]
+    for path in weights:
+        vae = load_vae(path)
+        assert list(vae.config.dim_mult) == architecture["dim_mult"] and vae.config.dim == architecture["dim"]
+        with torch.no_grad():
+            mean = vae.encode(case.inputs["image"])
+            decoded = vae.decode(case.inputs["latent"])
+        torch.testing.assert_close(mean, case.expected["encode_mean"], atol=case.atol, rtol=case.rtol)
+        torch.testing.assert_close(decoded, case.expected["decoded"], atol=case.atol, rtol=case.rtol)
+
+
+def test_latent_scale_is_sd1():
+    assert LATENT_SCALE == 0.18215
+
+
+def test_the_real_file_key_set_loads_strictly_on_meta():
+    path = manifest("sd_v1_vae.json")
+    vae = load_vae(ManifestCheckpoint(path), device="meta")
+    assert vae.config.dim == 128 and vae.config.dim_mult == (1, 2, 4, 4) and vae.config.num_res_blocks == 2
+    entries = json.loads(path.read_text())["keys"]
+    state = {name: torch.empty(shape, device="meta") for name, shape, _ in entries}
+    assert set(state) == set(vae.state_dict())
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863
+
+    missing = dict(state)
+    missing.pop("decoder.middle.1.proj.bias")
+    with pytest.raises(ModelFileError, match="missing"):
+        load_vae(StateDictCheckpoint(missing), device="meta")
+    extra = {**state, "decoder.extra.weight": torch.empty(3, device="meta")}
+    with pytest.raises(ModelFileError, match="not part of it"):
+        load_vae(StateDictCheckpoint(extra), device="meta")
+    wrong = {**state, "encoder.head.2.bias": torch.empty(9, device="meta")}
+    with pytest.raises(ModelFileError, match="shape"):
+        load_vae(StateDictCheckpoint(wrong), device="meta")
+
+
+def _round_trip_inputs():
+    generator = torch.Generator().manual_seed(3)
+    return torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1, torch.randn(2, 4, 4, 4, generator=generator)
+
+
+@pytest.mark.parametrize("prefix", ["", "first_stage_model."])
+def test_standard_naming_loads_the_same_weights(prefix):
+    official = load_vae(StateDictCheckpoint(tiny_vae_state_dict(seed=5)))
+    standard_state = {prefix + k: v for k, v in tiny_vae_state_dict(seed=5, naming="standard").items()}
+    if prefix:
+        standard_state["model.diffusion_model.out.0.weight"] = torch.ones(2)  # the rest of a whole checkpoint
+    standard = load_vae(StateDictCheckpoint(standard_state))
+    for key, value in official.state_dict().items():
+        assert torch.equal(value, standard.state_dict()[key]), key
+    images, latents = _round_trip_inputs()
+    with torch.no_grad():
+        assert torch.equal(official.encode(images), standard.encode(images))
+        assert torch.equal(official.decode(latents), standard.decode(latents))
+
+
+def test_standard_attention_weights_stored_as_linear_load_too():
+    state = tiny_vae_state_dict(seed=5, naming="standard")
+    linear = {k: (v[:, :, 0, 0] if ".attn_1." in k and v.dim() == 4 else v) for k, v in state.items()}
+    a, b = load_vae(StateDictCheckpoint(state)), load_vae(StateDictCheckpoint(linear))
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_files_on_disk_in_both_formats(tmp_path):
+    images, _ = _round_trip_inputs()
+    outputs = []
+    for name, naming in (("a.safetensors", "official"), ("b.pth", "official"), ("c.safetensors", "standard")):
+        vae = load_vae(write_tiny_vae(tmp_path / name, seed=2, naming=naming))
+        with torch.no_grad():
+            outputs.append(vae.encode(images))
+    assert outputs[0].shape == (2, 4, 4, 4)  # four levels: factor 8
+    assert all(torch.equal(outputs[0], other) for other in outputs[1:])
+
+
+def standard_attention(block, x):
+    """Textbook single-head attention of a mid block, written out."""
+    b, c, h, w = x.shape
+    qkv = block.to_qkv(block.norm(x)).reshape(b, 3, c, h * w)
+    q, k, v = qkv[:, 0].transpose(1, 2), qkv[:, 1], qkv[:, 2].transpose(1, 2)
+    weights = torch.softmax(q @ k / c ** 0.5, dim=-1)
+    out = (weights @ v).transpose(1, 2).reshape(b, c, h, w)
+    return x + block.proj(out)
+
+
+def test_attention_switch_selects_official_or_standard():
+    state = tiny_vae_state_dict(seed=8)
+    official = load_vae(StateDictCheckpoint(state))
+    standard = load_vae(StateDictCheckpoint(state), official_attention=False)
+    x = torch.randn(1, 32, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = standard_attention(standard.encoder.middle[1], x)
+        torch.testing.assert_close(standard.encoder.middle[1](x), expected, atol=1e-5, rtol=1e-5)
+        official_out = official.encoder.middle[1](x)
+        assert (official_out - expected).abs().max() > 1e-2
+        # the official output is the standard attention result read as [c, h, w] from [hw, c]
+        block = official.encoder.middle[1]
+        qkv = block.to_qkv(block.norm(x)).reshape(1, 3, 32, 16)
+        attended = torch.softmax(qkv[:, 0].transpose(1, 2) @ qkv[:, 1] / 32 ** 0.5, -1) @ qkv[:, 2].transpose(1, 2)
+        torch.testing.assert_close(official_out, x + block.proj(attended.reshape(1, 32, 4, 4)), atol=1e-5, rtol=1e-5)
+        images, _ = _round_trip_inputs()
+        assert not torch.allclose(official.encode(images), standard.encode(images))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+def test_half_precision_is_close_to_fp32(dtype, tolerance):
+    state = tiny_vae_state_dict(seed=4)
+    reference, half = load_vae(StateDictCheckpoint(state)), load_vae(StateDictCheckpoint(state), dtype=dtype)
+    assert half.conv1.weight.dtype == dtype and half.encoder.head[0].weight.dtype == torch.float32
+    images, latents = _round_trip_inputs()
+    with torch.no_grad():
+        for ours, theirs in ((half.encode(images), reference.encode(images)),
+                             (half.decode(latents), reference.decode(latents))):
+            assert ours.dtype == dtype
+            assert (ours.float() - theirs).abs().max() <= tolerance * theirs.abs().max()
+
+
+def test_wrong_files_are_refused_with_what_was_expected():
+    with pytest.raises(ModelFileError, match="encoder.conv_in.weight"):
+        load_vae(StateDictCheckpoint({"model.weight": torch.ones(2)}))
+    flux_like = {k: v for k, v in tiny_vae_state_dict(z_dim=16, naming="standard").items()}
+    with pytest.raises(ModelFileError, match="16 latent channels"):
+        load_vae(StateDictCheckpoint(flux_like))
+    with pytest.raises(ModelFileError, match="VAE"):
+        load_vae(ManifestCheckpoint(manifest("flashface_unet.json")), device="meta")
+
