@@ -25,3 +25,11 @@ def comfyui(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_files(tmp_path_factory):
+    """The tiny seeded model set (UNet, VAE, CLIP, RetinaFace) written once per session."""
+    from tiny_flashface_models import write_tiny_models
+
+    return write_tiny_models(tmp_path_factory.mktemp("tiny_models"))

@@ -1,0 +1,100 @@
+"""`python -m flashface generate` end to end with tiny seeded models: reference photos in, image
+file out; and the errors a user meets (unreadable photo, no face, bad size, missing model offline)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from flashface.__main__ import main
+from flashface.models.retinaface import load_face_detector
+from tiny_retinaface import post_nms_scores, threshold_for_count
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = [REPO_ROOT / "workflows" / "input" / name
+          for name in ("flashface_astronaut.jpg", "flashface_astronaut_closeup.jpg")]
+
+
+@pytest.fixture(scope="module")
+def model_arguments(tiny_model_files):
+    detector = load_face_detector(tiny_model_files["detector_name"])
+    thresholds = [threshold_for_count(post_nms_scores(detector, Image.open(p).convert("RGB")), 1) for p in PHOTOS]
+    return ["--unet", str(tiny_model_files["unet_name"]), "--vae", str(tiny_model_files["vae_name"]),
+            "--clip", str(tiny_model_files["clip_name"]), "--detector", str(tiny_model_files["detector_name"]),
+            # one threshold that gives each photo at least one face; extra faces: the largest is used
+            "--detection-threshold", f"{min(thresholds):.6f}"]
+
+
+def run_cli(*arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flashface", "generate", *arguments], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_reference_photos_to_an_image_file(model_arguments, tmp_path):
+    out = tmp_path / "portrait.png"
+    refs = [arg for photo in PHOTOS for arg in ("--ref", str(photo))]
+    done = run_cli(*refs, "--prompt", "an astronaut on the moon", "--out", str(out), "--steps", "2",
+                   "--width", "96", "--height", "64", "--seed", "3", *model_arguments)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    with Image.open(out) as image:
+        assert image.size == (96, 64) and image.mode == "RGB"
+        colours = image.getcolors(maxcolors=96 * 64)
+    assert colours is None or len(colours) > 10  # a picture, not a flat fill  # a picture, not a flat fill
+
+
+def test_same_seed_writes_the_same_image_and_several_samples_get_numbered_files(model_arguments, tmp_path):
+    common = ["--ref", str(PHOTOS[0]), "--prompt", "a portrait", "--steps", "2", "--width", "64", "--height", "64",
+              "--seed", "11", *model_arguments]
+    assert main(["generate", *common, "--out", str(tmp_path / "a.png")]) == 0
+    assert main(["generate", *common, "--out", str(tmp_path / "b.png")]) == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert main(["generate", *common, "--out", str(tmp_path / "many.png"), "--num-samples", "2", "--solver", "dpmpp_2m"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("many_*.png")) == ["many_1.png", "many_2.png"]
+
+
+def test_face_crops_can_be_given_without_detection(model_arguments, tmp_path):
+    crop = tmp_path / "crop.png"
+    Image.open(PHOTOS[1]).convert("RGB").resize((224, 224)).save(crop)
+    out = tmp_path / "out.png"
+    assert main(["generate", "--ref", str(crop), "--no-detect", "--prompt", "a portrait", "--out", str(out), "--steps", "1",
+                 "--width", "64", "--height", "64", *model_arguments]) == 0
+    assert Image.open(out).size == (64, 64)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("unreadable", "Cannot read the reference image"),
+    ("no_face", "No face found in reference photo 1"),
+    ("bad_size", "multiple of 8"),
+])
+def test_user_errors_are_one_clear_line(model_arguments, tmp_path, capsys, problem, message):
+    photo = PHOTOS[0]
+    size = ["--width", "64", "--height", "64"]
+    arguments = list(model_arguments)
+    if problem == "unreadable":
+        photo = tmp_path / "broken.jpg"
+        photo.write_bytes(b"this is not a JPEG")
+    elif problem == "no_face":
+        arguments[arguments.index("--detection-threshold") + 1] = "0.9999"
+    else:
+        size = ["--width", "100", "--height", "64"]
+    code = main(["generate", "--ref", str(photo), "--prompt", "x", "--out", str(tmp_path / "o.png"), "--steps", "1", *size,
+                 *arguments])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert error.startswith("flashface: error: ") and message in error and "Traceback" not in error
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_missing_model_while_offline_says_what_to_do(tmp_path):
+    env = {**os.environ, "FLASHFACE_OFFLINE": "1"}
+    done = run_cli("--ref", str(PHOTOS[0]), "--prompt", "x", "--out", str(tmp_path / "o.png"),
+                   "--models-dir", str(tmp_path / "models"), env=env)
+    assert done.returncode == 1
+    assert "flashface: error:" in done.stderr and "offline" in done.stderr.lower()
+    assert "flashface.ckpt" in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,192 @@
+"""FlashFacePipeline with tiny seeded models: shapes, seeds, presets, reference padding, encoded
+prompts, progress and cancellation, dtypes, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from flashface.errors import GenerationCancelled, InvalidInputError
+from flashface.models.clip_text import load_text_encoder
+from flashface.models.unet import load_unet
+from flashface.models.vae import LATENT_SCALE, load_vae
+from flashface.pipeline import (
+    PRESETS,
+    FlashFacePipeline,
+    padded_reference_indices,
+    resolve_settings,
+    with_official_postfixes,
+)
+
+SIZE = 64
+QUICK = dict(steps=2, width=SIZE, height=SIZE)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_model_files):
+    return FlashFacePipeline(load_unet(tiny_model_files["unet_name"]), load_vae(tiny_model_files["vae_name"]),
+                             load_text_encoder(tiny_model_files["clip_name"]))
+
+
+def random_faces(count: int, seed: int = 0) -> list[Image.Image]:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (count, 224, 224, 3), generator=generator, dtype=torch.uint8)
+    return [Image.fromarray(face.numpy()) for face in pixels]
+
+
+def test_generate_returns_images_and_latents_of_the_requested_size(pipeline):
+    result = pipeline.generate(random_faces(2), "a portrait", seed=1, num_samples=3, steps=2, width=80, height=64)
+    assert result.images.shape == (3, 64, 80, 3)
+    assert result.images.dtype == torch.float32 and 0 <= result.images.min() <= result.images.max() <= 1
+    assert result.latents.shape == (3, 4, 8, 10)
+    assert len(result.to_pil()) == 3 and result.to_pil()[0].size == (80, 64)
+    assert result.model_timesteps == [999, 499]  # trailing timesteps for 2 steps
+
+
+def test_images_are_the_decoded_latents(pipeline):
+    result = pipeline.generate(random_faces(1), "a portrait", seed=2, **QUICK)
+    with torch.no_grad():
+        decoded = pipeline.vae.decode(result.latents / LATENT_SCALE)
+    torch.testing.assert_close(result.images, ((decoded + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1))
+
+
+def test_same_seed_same_images_and_another_seed_differs(pipeline):
+    faces = random_faces(2)
+    first = pipeline.generate(faces, "a portrait", seed=5, **QUICK)
+    again = pipeline.generate(faces, "a portrait", seed=5, **QUICK)
+    other = pipeline.generate(faces, "a portrait", seed=6, **QUICK)
+    assert torch.equal(first.latents, again.latents)
+    assert not torch.allclose(first.latents, other.latents)
+
+
+@pytest.mark.parametrize("solver", ["euler_ancestral", "dpmpp_2m_sde"])
+def test_stochastic_solvers_are_reproducible_per_seed(pipeline, solver):
+    faces = random_faces(1)
+    runs = [pipeline.generate(faces, "a portrait", seed=9, solver=solver, **QUICK).latents for _ in range(2)]
+    assert torch.equal(*runs)
+
+
+def test_the_references_change_the_result(pipeline):
+    one = pipeline.generate(random_faces(1, seed=1), "a portrait", seed=3, **QUICK)
+    other = pipeline.generate(random_faces(1, seed=2), "a portrait", seed=3, **QUICK)
+    assert not torch.allclose(one.latents, other.latents)
+
+
+def test_faces_as_images_or_prepared_tensors_agree(pipeline):
+    from flashface.face import prepare_reference
+
+    faces = random_faces(2)
+    as_images = pipeline.generate(faces, "a portrait", seed=4, **QUICK)
+    as_tensor = pipeline.generate(torch.stack([prepare_reference(f) for f in faces]), "a portrait", seed=4, **QUICK)
+    assert torch.equal(as_images.latents, as_tensor.latents)
+
+
+def test_encoded_prompts_give_the_same_images_as_text(pipeline):
+    faces = random_faces(1)
+    from_text = pipeline.generate(faces, "a portrait", "blurry", seed=8, **QUICK)
+    with torch.no_grad():
+        positive, negative = pipeline.text_encoder.encode(["a portrait", "blurry"]).split(1)
+    encoded_only = FlashFacePipeline(pipeline.unet, pipeline.vae, text_encoder=None)
+    from_embeddings = encoded_only.generate(faces, positive, negative, seed=8, **QUICK)
+    torch.testing.assert_close(from_text.latents, from_embeddings.latents)
+    with pytest.raises(InvalidInputError, match="text encoder"):
+        encoded_only.generate(faces, "a portrait", negative, seed=8, **QUICK)
+
+
+def test_official_postfixes_are_joined_like_the_demo():
+    prompt, negative = with_official_postfixes("a man", "")
+    assert prompt.startswith("a man, best quality") and negative.startswith("blurry, ugly")
+    assert with_official_postfixes("a man", "hat")[1].startswith("hat, blurry, ugly")
+
+
+def test_padding_to_four_references_is_seeded_and_keeps_every_face():
+    indices = padded_reference_indices(2, seed=7)
+    assert indices[:2] == [0, 1] and len(indices) == 4 and set(indices) <= {0, 1}
+    assert padded_reference_indices(2, seed=7) == indices
+    assert padded_reference_indices(5, seed=7) == [0, 1, 2, 3, 4]
+
+
+def test_padding_is_an_option_that_changes_the_references(pipeline):
+    faces = random_faces(2)
+    plain = pipeline.generate(faces, "a portrait", seed=4, **QUICK)
+    padded = pipeline.generate(faces, "a portrait", seed=4, pad_references_to_four=True, **QUICK)
+    indices = padded_reference_indices(2, seed=4)
+    explicit = pipeline.generate([faces[i] for i in indices], "a portrait", seed=4, **QUICK)
+    assert torch.equal(padded.latents, explicit.latents)
+    if sorted(indices) != [0, 0, 1, 1]:  # a balanced duplication weighs both faces alike
+        assert not torch.allclose(plain.latents, padded.latents)
+
+
+def test_presets_fill_unset_values_and_explicit_values_win():
+    for name, values in PRESETS.items():
+        chosen = resolve_settings(name)
+        assert all(chosen[key] == value for key, value in values.items())
+    assert resolve_settings("age_change", guidance_scale=5.0)["guidance_scale"] == 5.0
+    assert resolve_settings(None) == resolve_settings(None, guidance_scale=None)
+    with pytest.raises(InvalidInputError, match="id_fidelity"):
+        resolve_settings("no_such_preset")
+
+
+def test_preset_changes_the_result(pipeline):
+    faces = random_faces(1)
+    plain = pipeline.generate(faces, "a portrait", seed=4, **QUICK)
+    aged = pipeline.generate(faces, "a portrait", seed=4, preset="age_change", **QUICK)
+    assert not torch.allclose(plain.latents, aged.latents)
+
+
+def test_progress_reports_every_step_and_cancel_stops_between_steps(pipeline):
+    seen = []
+    pipeline.generate(random_faces(1), "a portrait", seed=0, steps=3, width=SIZE, height=SIZE,
+                      progress=lambda step, total, x0: seen.append((step, total, tuple(x0.shape))))
+    assert seen == [(0, 3, (1, 4, 8, 8)), (1, 3, (1, 4, 8, 8)), (2, 3, (1, 4, 8, 8))]
+
+    calls = []
+
+    def cancel_after_two_checks():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(GenerationCancelled, match="step 3 of 5"):
+        pipeline.generate(random_faces(1), "a portrait", seed=0, steps=5, width=SIZE, height=SIZE,
+                          should_cancel=cancel_after_two_checks)
+
+
+def test_face_mask_replaces_the_box(pipeline):
+    faces = random_faces(1)
+    box = pipeline.generate(faces, "a portrait", seed=4, face_box=(0.25, 0.25, 0.75, 0.75), **QUICK)
+    mask = torch.zeros(32, 32)
+    mask[8:24, 8:24] = 1
+    masked = pipeline.generate(faces, "a portrait", seed=4, face_mask=mask, **QUICK)
+    torch.testing.assert_close(box.latents, masked.latents)
+    no_hint = pipeline.generate(faces, "a portrait", seed=4, face_box=(0, 0, 0, 0), **QUICK)
+    assert not torch.allclose(box.latents, no_hint.latents)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_unet_runs_close_to_fp32(tiny_model_files, pipeline, dtype):
+    half = FlashFacePipeline(load_unet(tiny_model_files["unet_name"], dtype=dtype), pipeline.vae,
+                             pipeline.text_encoder)
+    faces = random_faces(1)
+    reference = pipeline.generate(faces, "a portrait", seed=4, **QUICK)
+    result = half.generate(faces, "a portrait", seed=4, **QUICK)
+    assert result.latents.dtype == torch.float32 and torch.isfinite(result.latents).all()
+    assert (result.latents - reference.latents).abs().max() < 0.1 * reference.latents.abs().max()
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(width=100), "multiple of 8"),
+    (dict(num_samples=0), "num_samples"),
+    (dict(noise="gpu"), "noise source"),
+    (dict(solver="magic"), "magic"),
+    (dict(prompt_postfixes=True, negative_prompt=torch.zeros(1, 77, 32)), "as text"),
+])
+def test_bad_settings_are_explained(pipeline, settings, message):
+    arguments = {**QUICK, "seed": 0, **settings}
+    with pytest.raises(InvalidInputError, match=message):
+        pipeline.generate(random_faces(1), "a portrait", **arguments)
+
+
+def test_no_reference_face_is_explained(pipeline):
+    with pytest.raises(InvalidInputError, match="at least one reference face"):
+        pipeline.generate([], "a portrait", **QUICK)
