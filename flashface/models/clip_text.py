@@ -185,8 +185,8 @@ class CLIPTextEncoder(nn.Module):
         self.norm = ops.LayerNorm(config.width)
         self.tokenizer = Tokenizer(config.context_length)
 
-    @property
-    def device(self) -> torch.device:
+    def _device(self) -> torch.device:
+        """Not a `device` property: ComfyUI's ModelPatcher assigns `model.device`."""
         return self.pos_embedding.device
 
     @torch.no_grad()
@@ -202,7 +202,7 @@ class CLIPTextEncoder(nn.Module):
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Tokenize P texts and encode them: [P, 77, width] on the module's device."""
-        return self(self.tokenizer(texts).to(self.device))
+        return self(self.tokenizer(texts).to(self._device()))
 
 
 def _add_leading_dim(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
