@@ -1,0 +1,67 @@
+"""The pack in ComfyUI's real web UI (headless Debian Chromium): every bundled workflow opens with no
+missing node and no console error, exports to its committed API copy, and the nodes are found by
+the node search."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from comfy_browser import ComfyPage, browser_unavailable_reason, workflow_node_types
+from comfy_server import REPO_ROOT
+
+pytestmark = pytest.mark.browser
+
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
+UI_WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
+PACK_NODES = ["FlashFace Load Model", "FlashFace Detect Face", "FlashFace CLIP Text Encode", "FlashFace Generator"]
+
+
+@pytest.fixture(scope="module")
+def ui(comfyui):
+    reason = browser_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with ComfyPage(comfyui) as page:
+        yield page
+
+
+def test_workflows_folder_has_what_the_template_browser_needs():
+    assert len(UI_WORKFLOWS) == 4
+    for workflow in UI_WORKFLOWS:
+        assert workflow.with_suffix(".jpg").is_file(), f"{workflow.name} has no thumbnail"
+        assert (WORKFLOWS_DIR / "api" / workflow.name).is_file(), f"{workflow.name} has no API copy"
+        assert isinstance(json.loads(workflow.read_text()).get("nodes"), list), f"{workflow.name} is not UI format"
+
+
+def test_the_server_lists_the_pack_templates(comfyui):
+    templates = comfyui.get("/workflow_templates")
+    (listed,) = templates.values()
+    assert sorted(listed) == sorted(workflow.stem for workflow in UI_WORKFLOWS)
+
+
+@pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda path: path.stem)
+def test_bundled_workflow_opens_with_no_missing_node(ui, workflow, tmp_path_factory):
+    data = json.loads(workflow.read_text())
+    nodes = ui.load_workflow(data, workflow.name)
+    assert workflow_node_types(data) <= ui.registered_node_types()
+    assert len(nodes) == len(data["nodes"]) and all(node["known"] for node in nodes)
+    assert not [d for d in ui.dialogs() if "missing" in d.lower()], ui.dialogs()
+    shot = ui.screenshot(tmp_path_factory.mktemp("screenshots") / f"{workflow.stem}.png")
+    print(f"\nscreenshot: {shot}")
+    exported = ui.export_api()
+    committed = json.loads((WORKFLOWS_DIR / "api" / workflow.name).read_text())
+    assert exported == committed, "the UI workflow and its API copy differ: rerun tests/build_workflows.py"
+
+
+def test_node_search_finds_every_pack_node(ui):
+    ui.phase = "search"
+    found = ui.search_nodes("FlashFace")
+    assert set(PACK_NODES) <= set(found), found
+
+
+def test_no_console_errors_beyond_stock_comfyui_noise(ui):
+    """Runs last in this module: covers start-up, every workflow load and the search."""
+    errors = [f"[{e.phase}] {e.kind}: {e.text[:300]}" for e in ui.errors()]
+    assert not errors, "\n".join(errors)

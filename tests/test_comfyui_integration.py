@@ -1,0 +1,286 @@
+"""End to end inside a real ComfyUI server: node registration, the bundled workflows, progress,
+interrupt, user errors and memory over many runs. Tiny seeded models stand in for the real files
+(the workflows' Load Model node is pointed at them); everything else runs as shipped."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+
+import pytest
+from PIL import Image
+
+from comfy_server import PACK_FOLDER_NAME, REPO_ROOT, PromptRejected
+from tiny_flashface_models import TINY_MODELS, use_tiny_models, write_tiny_models
+from tiny_retinaface import post_nms_scores, threshold_for_count
+
+pytestmark = pytest.mark.comfyui
+
+API_WORKFLOWS = sorted((REPO_ROOT / "workflows" / "api").glob("*.json"))
+SMALLEST_WORKFLOW = "flashface_one_photo"
+PHOTO = "flashface_astronaut.jpg"
+BLANK_PHOTO = "flashface_test_blank.png"
+SECOND_DETECTOR = "tiny_retinaface_copy.pth"
+CORRUPT_MODEL = "corrupt_unet.safetensors"
+NODE_INPUTS = {
+    "FlashFace_LoadModel": {"unet_name", "vae_name", "clip_name", "detector_name", "weight_dtype"},
+    "FlashFace_DetectFace": {"flashface_model", "images", "threshold", "several_faces",
+                             "images_2", "images_3", "images_4"},
+    "FlashFace_CLIPTextEncode": {"flashface_model", "text", "quality_postfix"},
+    "FlashFace_Generator": {
+        "flashface_model", "positive", "negative", "reference_faces", "seed", "steps", "solver", "discretization",
+        "sigma_spacing", "text_guidance", "reference_feature_strength", "reference_guidance_strength",
+        "launch_timestep", "face_x1", "face_y1", "face_x2", "face_y2", "width", "height", "batch_size", "preset",
+        "face_mask"},
+}
+NODE_OUTPUTS = {
+    "FlashFace_LoadModel": ["FLASHFACE_MODEL"],
+    "FlashFace_DetectFace": ["IMAGE", "IMAGE", "INT"],
+    "FlashFace_CLIPTextEncode": ["FLASHFACE_CONDITIONING"],
+    "FlashFace_Generator": ["IMAGE", "LATENT"],
+}
+
+
+@pytest.fixture(scope="module")
+def server(comfyui):
+    """The session's ComfyUI with tiny models in models/flashface and a face-less photo in input/."""
+    folder = comfyui.models_dir / "flashface"
+    write_tiny_models(folder)
+    shutil.copy(folder / TINY_MODELS["detector_name"], folder / SECOND_DETECTOR)
+    (folder / CORRUPT_MODEL).write_bytes(b"\x00" * 64 + b"not a model")
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(comfyui.input_dir / BLANK_PHOTO)
+    return comfyui
+
+
+@pytest.fixture(scope="module")
+def detector_scores(server):
+    """Face scores the tiny detector gives the example photo (as the server computes them)."""
+    from flashface.models.retinaface import load_face_detector
+
+    detector = load_face_detector(server.models_dir / "flashface" / TINY_MODELS["detector_name"])
+    return post_nms_scores(detector, Image.open(server.input_dir / PHOTO).convert("RGB"))
+
+
+def api_workflow(name: str) -> dict:
+    return use_tiny_models(json.loads((REPO_ROOT / "workflows" / "api" / f"{name}.json").read_text()))
+
+
+def node_id(prompt: dict, class_type: str) -> str:
+    (found,) = [key for key, node in prompt.items() if node["class_type"] == class_type]
+    return found
+
+
+def set_inputs(prompt: dict, class_type: str, **values) -> dict:
+    prompt[node_id(prompt, class_type)]["inputs"].update(values)
+    return prompt
+
+
+def quick_prompt(seed: int = 0, **generator) -> dict:
+    """The smallest workflow at 64x64 with 2 steps, for error and memory tests."""
+    prompt = api_workflow(SMALLEST_WORKFLOW)
+    return set_inputs(prompt, "FlashFace_Generator", **{"steps": 2, "width": 64, "height": 64, "seed": seed,
+                                                       **generator})
+
+
+def assert_server_healthy(server) -> None:
+    assert server.alive(), server.log_tail()
+    assert server.get("/system_stats")["system"]["comfyui_version"]
+
+
+# ------------------------------------------------------------------ registration
+def test_pack_imported_without_errors(server):
+    assert server.pack_import_failure() is None
+    start_up = server.log_text().split("Starting server")[0]
+    tracebacks = re.findall(r"Traceback \(most recent call last\):\n(.*?)\n\n", start_up, re.S)  # stock: torchaudio
+    assert not [t for t in tracebacks if PACK_FOLDER_NAME in t or "flashface" in t], start_up
+
+
+@pytest.mark.parametrize("node_type", sorted(NODE_INPUTS))
+def test_object_info_lists_the_node_with_its_inputs(server, node_type):
+    info = server.object_info(node_type)[node_type]
+    inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
+    assert set(inputs) == NODE_INPUTS[node_type]
+    assert info["output"] == NODE_OUTPUTS[node_type]
+    assert info["category"] == "FlashFace"
+    assert info["display_name"].startswith("FlashFace ")
+    assert info["description"]
+    assert info["python_module"].startswith("custom_nodes.")
+    for name, spec in inputs.items():
+        assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_type}.{name} has no tooltip"
+
+
+def test_model_lists_offer_the_official_files_first_and_every_file_found(server):
+    inputs = server.object_info("FlashFace_LoadModel")["FlashFace_LoadModel"]["input"]["required"]
+    unet_choices = inputs["unet_name"][0]
+    assert unet_choices[:2] == ["flashface.ckpt", "flashface.safetensors"]
+    assert TINY_MODELS["unet_name"] in unet_choices and CORRUPT_MODEL in unet_choices
+    assert inputs["detector_name"][0][0] == "retinaface_resnet50.pth"
+    assert "sd-v1-vae.pth" not in unet_choices  # another kind's official file is not offered as a UNet
+
+
+# ------------------------------------------------------------------ the bundled workflows
+@pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=lambda path: path.stem)
+def test_bundled_workflow_runs_to_an_image(server, workflow):
+    prompt = api_workflow(workflow.stem)
+    run = server.run(prompt, timeout=600)
+    assert run.status == "success", run.error_text() or server.log_tail()
+
+    generator = prompt[node_id(prompt, "FlashFace_Generator")]["inputs"]
+    saved = run.outputs[node_id(prompt, "SaveImage")]["images"]
+    assert len(saved) == generator["batch_size"]
+    for image in saved:
+        picture = Image.open(io.BytesIO(server.view(image)))
+        assert picture.size == (generator["width"], generator["height"])
+    face_previews = run.outputs[node_id(prompt, "PreviewImage")]["images"]
+    assert len(face_previews) == sum(1 for node in prompt.values() if node["class_type"] == "LoadImage")
+    for image in face_previews:
+        Image.open(io.BytesIO(server.view(image))).verify()
+
+
+def test_progress_and_latent_previews_arrive_on_the_websocket(server):
+    prompt = quick_prompt(seed=7, steps=4)
+    run = server.run(prompt)
+    assert run.status == "success", run.error_text()
+    generator = node_id(prompt, "FlashFace_Generator")
+    steps = [m for m in run.of_type("progress") if m.get("node") == generator]
+    assert [m["value"] for m in steps] == [1, 2, 3, 4]
+    assert all(m["max"] == 4 for m in steps)
+    assert run.previews >= 4  # one latent preview per step (--preview-method latent2rgb)
+
+
+def test_loads_are_cached_between_runs(server):
+    first = server.run(quick_prompt(seed=11))
+    second = server.run(quick_prompt(seed=12))
+    assert first.status == second.status == "success"
+    cached = [node for m in second.of_type("execution_cached") for node in m["nodes"]]
+    assert node_id(quick_prompt(), "FlashFace_LoadModel") in cached
+
+
+def test_latent_output_decodes_to_the_image_as_stock_vae_decode_expects(server):
+    """LATENT carries unscaled latents (ComfyUI's convention): decoding them as they are gives the image."""
+    import torch
+    from safetensors.torch import load_file
+
+    from flashface.models.vae import load_vae
+
+    prompt = quick_prompt(seed=3)
+    generator = node_id(prompt, "FlashFace_Generator")
+    prompt["90"] = {"class_type": "LatentUpscaleBy",
+                    "inputs": {"samples": [generator, 1], "upscale_method": "nearest-exact", "scale_by": 1.0}}
+    prompt["91"] = {"class_type": "SaveLatent", "inputs": {"samples": ["90", 0], "filename_prefix": "flashface"}}
+    run = server.run(prompt)
+    assert run.status == "success", run.error_text()
+
+    (latent_file,) = run.outputs["91"]["latents"]
+    samples = load_file(server.instance / "output" / latent_file["subfolder"] / latent_file["filename"])["latent_tensor"]
+    assert samples.shape == (1, 4, 8, 8)
+    vae = load_vae(server.models_dir / "flashface" / TINY_MODELS["vae_name"], device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        decoded = ((vae.decode(samples) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0)
+    (saved,) = run.outputs[node_id(prompt, "SaveImage")]["images"]
+    image = torch.tensor(list(Image.open(io.BytesIO(server.view(saved))).getdata()), dtype=torch.float32)
+    assert (decoded.reshape(-1, 3) * 255 - image).abs().max() <= 1.0
+
+
+# ------------------------------------------------------------------ interrupt
+def test_interrupt_during_sampling_stops_the_run_and_the_next_run_succeeds(server):
+    prompt = quick_prompt(seed=21, steps=40, width=256, height=256)
+    generator = node_id(prompt, "FlashFace_Generator")
+    asked = []
+
+    def interrupt_after_first_step(message, srv):
+        if message["type"] == "progress" and message["data"].get("node") == generator and not asked:
+            asked.append(message["data"]["value"])
+            srv.interrupt()
+
+    run = server.run(prompt, on_message=interrupt_after_first_step)
+    assert asked, "no progress message arrived before the run ended"
+    assert run.status == "interrupted", run.error_text()
+    done = [m["value"] for m in run.of_type("progress") if m.get("node") == generator]
+    assert max(done) < 40
+    assert_server_healthy(server)
+    after = server.run(quick_prompt(seed=22))
+    assert after.status == "success", after.error_text()
+
+
+# ------------------------------------------------------------------ user errors
+def _expect_node_error(server, prompt, node_type, *phrases):
+    run = server.run(prompt)
+    assert run.status == "error", f"expected an error, got {run.status}"
+    assert run.error["node_type"] == node_type
+    message = run.error["exception_message"]
+    for phrase in phrases:
+        assert phrase in message, message
+    assert_server_healthy(server)
+    return run
+
+
+def test_photo_without_a_face_names_the_photo(server, detector_scores):
+    assert detector_scores[0] < 0.99
+    prompt = set_inputs(quick_prompt(), "LoadImage", image=BLANK_PHOTO)
+    set_inputs(prompt, "FlashFace_DetectFace", threshold=0.99)
+    run = _expect_node_error(server, prompt, "FlashFace_DetectFace", "No face found in reference photo 1 of 1",
+                             "320x240")
+    assert run.error["exception_type"].endswith("FaceDetectionError")
+
+
+def test_photo_with_two_faces_is_refused_when_asked(server, detector_scores):
+    prompt = set_inputs(quick_prompt(), "FlashFace_DetectFace", several_faces="error",
+                        threshold=threshold_for_count(detector_scores, 2))
+    _expect_node_error(server, prompt, "FlashFace_DetectFace", "2 faces found in reference photo 1 of 1",
+                       "several_faces")
+
+
+def test_size_not_multiple_of_eight_is_explained(server):
+    prompt = quick_prompt(width=100)
+    _expect_node_error(server, prompt, "FlashFace_Generator", "multiple of 8", "96 or 104")
+
+
+def test_zero_references_is_a_validation_error(server):
+    prompt = quick_prompt()
+    generator = node_id(prompt, "FlashFace_Generator")
+    del prompt[generator]["inputs"]["reference_faces"]
+    with pytest.raises(PromptRejected) as rejected:
+        server.run(prompt)
+    errors = rejected.value.node_errors[generator]["errors"]
+    assert errors[0]["type"] == "required_input_missing"
+    assert errors[0]["extra_info"]["input_name"] == "reference_faces"
+    assert_server_healthy(server)
+
+
+def test_missing_official_model_file_says_where_to_put_it(server):
+    # The server runs offline (HF_HUB_OFFLINE=1), so the missing official file cannot be downloaded.
+    prompt = set_inputs(quick_prompt(), "FlashFace_LoadModel", unet_name="flashface.ckpt")
+    run = _expect_node_error(server, prompt, "FlashFace_LoadModel", "flashface.ckpt")
+    assert str(server.models_dir / "flashface") in run.error["exception_message"]
+
+
+def test_corrupt_model_file_is_reported(server):
+    prompt = set_inputs(quick_prompt(), "FlashFace_LoadModel", unet_name=CORRUPT_MODEL)
+    run = _expect_node_error(server, prompt, "FlashFace_LoadModel", CORRUPT_MODEL)
+    assert run.error["exception_type"].endswith("ModelFileError")
+
+
+# ------------------------------------------------------------------ memory
+def test_twenty_runs_keep_server_memory_flat(server):
+    """Every run reloads the 110 MB detector (two files alternate) and samples with new references
+    features and masks; none of it may stay behind."""
+
+    def run(index):
+        prompt = quick_prompt(seed=1000 + index, width=128, height=128)
+        set_inputs(prompt, "FlashFace_LoadModel",
+                   detector_name=SECOND_DETECTOR if index % 2 else TINY_MODELS["detector_name"])
+        result = server.run(prompt)
+        assert result.status == "success", result.error_text()
+
+    for index in range(2):
+        run(index)
+    before = server.rss_bytes()
+    for index in range(2, 22):
+        run(index)
+    after = server.rss_bytes()
+    print(f"\nComfyUI server RSS before 20 runs: {before / 2**20:.0f} MiB, after: {after / 2**20:.0f} MiB "
+          f"({(after - before) / 2**20:+.0f} MiB)")
+    assert after - before < 200 * 2**20
