@@ -25,7 +25,7 @@ import os
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -313,8 +313,3 @@ def load_module(
     module.requires_grad_(False).eval()
     logger.debug("loaded %s from %s (%d tensors, %s, %s)", what, checkpoint.path, len(state), device, dtype)
     return module
-
-
-def prefixed_plan(keys: Iterable[str], file_prefix: str = "", module_prefix: str = "") -> dict[str, TensorPlan]:
-    """Plan copying `file_prefix + k` into `module_prefix + k` for every k in `keys`."""
-    return {module_prefix + k: TensorPlan.copy(file_prefix + k) for k in keys}

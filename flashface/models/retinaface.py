@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import Checkpoint, TensorPlan, load_module, open_checkpoint
+from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
 
 logger = logging.getLogger(__name__)
 
@@ -265,14 +265,10 @@ def load_face_detector(source: str | os.PathLike | Checkpoint, *, device: torch.
 
     The official pipeline runs the detector in fp32, the default; other dtypes work too.
     """
-    checkpoint = source if isinstance(source, Checkpoint) else open_checkpoint(source)
-    try:
+    with checkpoint_source(source) as checkpoint:
         with torch.device("meta"):
             module_keys = list(RetinaFace().state_dict())
         model = load_module(RetinaFace, checkpoint, checkpoint_plan(module_keys, checkpoint.keys()),
                             what=WHAT, device=device, dtype=dtype, ignore=_is_batch_norm_counter)
-    finally:
-        if not isinstance(source, Checkpoint):
-            checkpoint.close()
     logger.info("loaded %s from %s", WHAT, checkpoint.path)
     return model

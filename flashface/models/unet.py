@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Mapping, Sequence
 
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
-from .checkpoint import Checkpoint, TensorPlan, load_module, open_checkpoint
+from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
 
 logger = logging.getLogger(__name__)
 
@@ -567,8 +567,7 @@ def load_unet(source: str | os.PathLike | Checkpoint, *, device: torch.device | 
     Norm parameters stay fp32. Each aliased tensor pair is checked equal and kept once;
     `ref_middle.*` is never read.
     """
-    checkpoint = source if isinstance(source, Checkpoint) else open_checkpoint(source)
-    try:
+    with checkpoint_source(source) as checkpoint:
         config = infer_config(checkpoint, num_heads)
         ops = operations or TORCH_OPERATIONS
         with torch.device("meta"):
@@ -579,8 +578,5 @@ def load_unet(source: str | os.PathLike | Checkpoint, *, device: torch.device | 
             what=WHAT, device=device, dtype=dtype, keep_fp32=keep_fp32.__contains__,
             ignore=lambda key: key.startswith(UNUSED_PREFIX),
         )
-    finally:
-        if not isinstance(source, Checkpoint):
-            checkpoint.close()
     logger.info("loaded %s %s from %s", WHAT, config, checkpoint.path)
     return model
