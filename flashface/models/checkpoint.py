@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelFileError
+from .precision import at_least_fp32
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ def load_module(
     """Build `factory()` on the meta device and fill it from `checkpoint` following `plan`.
 
     `what` names the model in error messages ("FlashFace UNet"). Floating-point tensors are
-    converted to `dtype`, except those for which `keep_fp32(name)` is true. Integer buffers keep
+    converted to `dtype`, except those for which `keep_fp32(name)` is true (kept in at least fp32). Integer buffers keep
     their dtype. The returned module is in eval mode with gradients disabled.
     """
     check_plan(checkpoint, plan, what, ignore)
@@ -305,7 +306,7 @@ def load_module(
                 f"{what} has {tuple(reference.shape)}. The file is for a different model; select the {what} file."
             )
         if tensor.is_floating_point():
-            target = torch.float32 if keep_fp32(name) else dtype
+            target = at_least_fp32(dtype) if keep_fp32(name) else dtype
         else:
             target = reference.dtype
         state[name] = tensor.to(device=device, dtype=target)

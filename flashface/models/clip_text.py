@@ -36,6 +36,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
 from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
+from .precision import norm_at_least_fp32
 from .unet import TORCH_OPERATIONS
 
 logger = logging.getLogger(__name__)
@@ -132,11 +133,6 @@ class TextEncoderConfig:
     mlp_width: int = 3072
 
 
-def _norm_in_fp32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """LayerNorm computed in fp32 (parameters kept fp32), cast back, as the official one."""
-    return norm(x.float()).to(x.dtype)
-
-
 class QuickGELU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
@@ -168,8 +164,8 @@ class TextBlock(nn.Module):
                                  ops.Linear(config.mlp_width, config.width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(_norm_in_fp32(self.norm1, x))
-        return x + self.mlp(_norm_in_fp32(self.norm2, x))
+        x = x + self.attn(norm_at_least_fp32(self.norm1, x))
+        return x + self.mlp(norm_at_least_fp32(self.norm2, x))
 
 
 class CLIPTextEncoder(nn.Module):
@@ -198,7 +194,7 @@ class CLIPTextEncoder(nn.Module):
         x = self.token_embedding(token_ids) + self.pos_embedding
         for block in self.transformer:
             x = block(x)
-        return _norm_in_fp32(self.norm, x)
+        return norm_at_least_fp32(self.norm, x)
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Tokenize P texts and encode them: [P, 77, width] on the module's device."""

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
 from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
+from .precision import at_least_fp32, norm_at_least_fp32
 
 logger = logging.getLogger(__name__)
 
@@ -112,12 +113,6 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
-def _norm_fp32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """GroupNorm/LayerNorm computed in fp32, as under the official autocast; result in x's dtype
-    (the official LayerNorm returns fp32, which the next linear casts down: the same numbers)."""
-    return norm(x.float()).to(x.dtype)
-
-
 def _multihead_attention(q, k, v, num_heads: int, fused: bool) -> torch.Tensor:
     """Softmax attention with scale 1/sqrt(head_dim); q [B,Lq,C], k/v [B,Lk,C] -> [B,Lq,C]."""
     b, lq, c = q.shape
@@ -126,7 +121,7 @@ def _multihead_attention(q, k, v, num_heads: int, fused: bool) -> torch.Tensor:
     if fused:
         out = F.scaled_dot_product_attention(q, k, v)
     else:
-        scores = torch.matmul(q, k.transpose(-1, -2)).float() * head_dim ** -0.5
+        scores = torch.matmul(q, k.transpose(-1, -2)).to(at_least_fp32(q.dtype)) * head_dim ** -0.5
         out = torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
     return out.transpose(1, 2).reshape(b, lq, c)
 
@@ -227,7 +222,7 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x, context, run: _Pass):
         fused = run.speed.fused_attention
-        y = _norm_fp32(self.norm1, x)
+        y = norm_at_least_fp32(self.norm1, x)
         x = x + self.self_attn(y, fused=fused)
         if self.feature_key is not None:
             if run.recorded is not None:
@@ -240,8 +235,8 @@ class TransformerBlock(nn.Module):
                     x = x + _reference_attention(
                         sa1, y, run.references.tokens[self.feature_key], run.row_weights,
                         run.active_rows, run.speed)
-        x = x + self.cross_attn(_norm_fp32(self.norm2, x), context, fused=fused)
-        return x + self.ffn[2](self.ffn[0](_norm_fp32(self.norm3, x)))
+        x = x + self.cross_attn(norm_at_least_fp32(self.norm2, x), context, fused=fused)
+        return x + self.ffn[2](self.ffn[0](norm_at_least_fp32(self.norm3, x)))
 
 
 class TransformerSite(nn.Module):
@@ -259,7 +254,7 @@ class TransformerSite(nn.Module):
 
     def forward(self, x, context, run: _Pass):
         b, c, h, w = x.shape
-        tokens = self.conv1(_norm_fp32(self.norm1, x)).flatten(2).transpose(1, 2)
+        tokens = self.conv1(norm_at_least_fp32(self.norm1, x)).flatten(2).transpose(1, 2)
         for block in self.blocks:
             tokens = block(tokens, context, run)
         return self.conv2(tokens.transpose(1, 2).reshape(b, c, h, w)) + x
@@ -282,9 +277,9 @@ class ResBlock(nn.Module):
         self.shortcut = nn.Identity() if in_dim == out_dim else ops.Conv2d(in_dim, out_dim, 1)
 
     def forward(self, x, emb):
-        h = self.layer1[2](F.silu(_norm_fp32(self.layer1[0], x)))
+        h = self.layer1[2](F.silu(norm_at_least_fp32(self.layer1[0], x)))
         h = h + self.embedding[1](F.silu(emb)).to(h.dtype)[:, :, None, None]
-        h = self.layer2[3](F.silu(_norm_fp32(self.layer2[0], h)))
+        h = self.layer2[3](F.silu(norm_at_least_fp32(self.layer2[0], h)))
         return h + self.shortcut(x)
 
 
@@ -428,7 +423,7 @@ class FlashFaceUNet(nn.Module):
             x = block(x, emb, context, run, skips[-1].shape[-2:] if skips else None)
         if not with_head:
             return None
-        return self.head[2](F.silu(_norm_fp32(self.head[0], x)))
+        return self.head[2](F.silu(norm_at_least_fp32(self.head[0], x)))
 
     @torch.no_grad()
     def encode_references(self, reference_latents: torch.Tensor, t, reference_context: torch.Tensor

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import ModelFileError
 from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
+from .precision import at_least_fp32
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +47,15 @@ class VAEConfig:
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in fp32 whatever the weight dtype (fp16 statistics overflow)."""
+    """GroupNorm computed in at least fp32 whatever the weight dtype (fp16 statistics overflow)."""
 
     def __init__(self, channels: int):
         super().__init__(GROUPS, channels, eps=EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+        dtype = at_least_fp32(x.dtype)
+        return F.group_norm(x.to(dtype), self.num_groups, self.weight.to(dtype), self.bias.to(dtype),
+                            self.eps).to(x.dtype)
 
 
 class ResidualBlock(nn.Module):
