@@ -1,6 +1,7 @@
 """install.py (run by ComfyUI-Manager) and the pack's dependency rules."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,14 @@ def test_no_pack_code_imports_opencv():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.split(".")[0] == "cv2" for n in names), f"{path} imports cv2"
+
+
+def test_modules_the_nodes_import_leave_open_clip_unimported():
+    """ComfyUI imports the pack at every start; open_clip (with timm, 0.7 s) loads on first use."""
+    modules = sorted({f"flashface.{m.group(1)}" for path in (REPO / "nodes").glob("*.py")
+                      for m in re.finditer(r"from \.\.flashface\.([\w.]+) import", path.read_text())})
+    assert "flashface.models.clip_text" in modules
+    code = f"import sys; import {', '.join(modules)}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('open_clip', 'timm')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -31,7 +31,6 @@ from typing import Sequence
 import regex
 import torch
 import torch.nn.functional as F
-from open_clip.tokenizer import SimpleTokenizer, basic_clean, bytes_to_unicode, whitespace_clean
 from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
@@ -64,9 +63,18 @@ EXPECTED_FILES = ("the official openai-clip-vit-large-14.pth (keys textual.*) or
 
 
 @functools.lru_cache(maxsize=1)
-def _open_clip_bpe() -> SimpleTokenizer:
-    """open_clip's tokenizer, read once per process (its merge table and BPE cache are shared)."""
-    return SimpleTokenizer()
+def _open_clip_tokenizer_module():
+    """open_clip's tokenizer module, imported on first use: importing open_clip also imports its
+    model zoo and timm (0.7 s), which ComfyUI would otherwise pay at every start."""
+    from open_clip import tokenizer
+
+    return tokenizer
+
+
+@functools.lru_cache(maxsize=1)
+def _open_clip_bpe():
+    """open_clip's `SimpleTokenizer`, read once per process (its merge table and BPE cache are shared)."""
+    return _open_clip_tokenizer_module().SimpleTokenizer()
 
 
 class Tokenizer:
@@ -93,11 +101,12 @@ class Tokenizer:
     def __init__(self, context_length: int = CONTEXT_LENGTH):
         self.context_length = context_length
         self._bpe = _open_clip_bpe()
-        self._byte_chars = bytes_to_unicode()
+        self._byte_chars = _open_clip_tokenizer_module().bytes_to_unicode()
 
     @staticmethod
     def clean(text: str) -> str:
-        return whitespace_clean(basic_clean(text)).lower()
+        module = _open_clip_tokenizer_module()
+        return module.whitespace_clean(module.basic_clean(text)).lower()
 
     def encode(self, text: str) -> list[int]:
         """BPE token ids of one text, without start/end tokens or truncation."""
