@@ -278,8 +278,9 @@ def load_module(
     """Build `factory()` on the meta device and fill it from `checkpoint` following `plan`.
 
     `what` names the model in error messages ("FlashFace UNet"). Floating-point tensors are
-    converted to `dtype`, except those for which `keep_fp32(name)` is true (kept in at least fp32). Integer buffers keep
-    their dtype. The returned module is in eval mode with gradients disabled.
+    converted to `dtype`, except those for which `keep_fp32(name)` is true: they are kept in at
+    least fp32. Integer buffers keep their dtype. The returned module is in eval mode with
+    gradients disabled.
     """
     check_plan(checkpoint, plan, what, ignore)
     with torch.device("meta"):
