@@ -62,7 +62,8 @@ def test_modules_the_nodes_import_leave_open_clip_unimported():
     modules = sorted({f"flashface.{m.group(1)}" for path in (REPO / "nodes").glob("*.py")
                       for m in re.finditer(r"from \.\.flashface\.([\w.]+) import", path.read_text())})
     assert "flashface.models.clip_text" in modules
-    code = f"import sys; import {', '.join(modules)}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('open_clip', 'timm')))"
+    code = (f"import sys; import {', '.join(modules)}; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('open_clip', 'timm')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

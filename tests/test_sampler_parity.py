@@ -23,6 +23,10 @@ FP32_NOISE_FACTOR = 2.0  # our fp32 loop may stray from the exact answer at most
 
 def run_loop(case, dtype: torch.dtype):
     config, inputs = case.config, case.inputs
+    assert config["solver"] not in STOCHASTIC_SOLVERS, "parity is only defined for deterministic solvers"
+    assert config.get("eta", 0.0) == 0.0, "only DDIM with eta = 0 is implemented"
+    assert inputs["noise"].shape[0] == config["batch"]
+    assert inputs["reference_latents"].shape[0] == config["num_references"]
     unet = load_unet(case.weights_dir() / "weights.safetensors", num_heads=config["architecture"]["num_heads"],
                      dtype=dtype)
     schedule = NoiseSchedule()  # 'scaled_linear', 1000 steps, β 0.00085 … 0.012 (fixtures/README.md)
@@ -45,25 +49,25 @@ def run_loop(case, dtype: torch.dtype):
     return x0
 
 
-def check_case(case):
-    config = case.config
-    assert config["solver"] not in STOCHASTIC_SOLVERS, "parity is only defined for deterministic solvers"
-    assert config.get("eta", 0.0) == 0.0, "only DDIM with eta = 0 is implemented"
-    assert case.inputs["noise"].shape[0] == config["batch"]
-    assert case.inputs["reference_latents"].shape[0] == config["num_references"]
+_FLOAT64_LOOPS: dict = {}
+
+
+def float64_loop(case) -> torch.Tensor:
+    """The case's float64 loop, run once for both tests below."""
+    if case.path not in _FLOAT64_LOOPS:
+        _FLOAT64_LOOPS[case.path] = run_loop(case, torch.float64)
+    return _FLOAT64_LOOPS[case.path]
 
 
 @pytest.mark.parametrize("case", cases("sampler"))
 def test_sampling_loop_matches_official(case):
-    check_case(case)
-    x0 = run_loop(case, torch.float64)
+    x0 = float64_loop(case)
     torch.testing.assert_close(x0, case.expected["x0"].double(), atol=case.atol, rtol=case.rtol)
 
 
 @pytest.mark.parametrize("case", cases("sampler"))
 def test_fp32_sampling_loop_is_as_accurate_as_official(case):
-    check_case(case)
-    exact = run_loop(case, torch.float64)
+    exact = float64_loop(case)
     ours = (run_loop(case, torch.float32).double() - exact).abs().max().item()
     official = (case.expected["x0"].double() - exact).abs().max().item()
     assert ours <= FP32_NOISE_FACTOR * official, f"fp32 loop {ours:.2e} from exact, official fp32 {official:.2e}"
