@@ -47,11 +47,11 @@ def main() -> None:
 
     pixels = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
     photo = Image.fromarray(pixels)
-    detect_faces(detector, photo)  # warm-up
+    detect_faces(detector, photo, 0.6, "cpu")  # warm-up
     detect_times, crop_times, faces = [], [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        faces = detect_faces(detector, photo)
+        faces = detect_faces(detector, photo, 0.6, "cpu")
         detect_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         for face in faces[:1]:

@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 from .errors import FlashFaceError, InvalidInputError
 from .models.model_registry import get_model_path
+from .models.vae import VAE_ATTENTIONS
 from .pipeline import NOISE_SOURCES, PRESETS, FlashFacePipeline
+from .prompts import POSITIVE_POSTFIX
 from .sampling.mask import latent_size
 from .sampling.schedule import DISCRETIZATIONS, SPACINGS
 from .sampling.solvers import SOLVERS
@@ -45,22 +47,29 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance-scale", type=float, help="text guidance g (default 7.5)")
     gen.add_argument("--reference-guidance", type=float, help="reference guidance c (default 3.2)")
     gen.add_argument("--reference-strength", type=float, help="reference feature strength λ (default 1.2)")
+    gen.add_argument("--strength-before-launch", type=float, default=0.85,
+                     help="reference feature strength λ0 before the launch timestep (default 0.85)")
     gen.add_argument("--launch-timestep", type=int, help="3-branch guidance from this timestep down (default 750)")
     gen.add_argument("--face-box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"),
                      help="normalized face position (default 0.3 0.1 0.6 0.4; 0 0 0 0 = anywhere)")
     gen.add_argument("--width", type=int, default=768)
     gen.add_argument("--height", type=int, default=768)
     gen.add_argument("--num-samples", type=int, default=1)
-    gen.add_argument("--pad-references", action="store_true",
-                     help="pad the references to four by random duplication, as the official demo")
-    gen.add_argument("--prompt-postfixes", action="store_true",
-                     help="append the official quality / negative postfixes to the prompts")
+    gen.add_argument("--pad-references", action=argparse.BooleanOptionalAction, default=True,
+                     help="pad 1-3 reference faces to four by seeded random repetition, as the official demo "
+                          "always does (default: on; the model was only run with four)")
+    gen.add_argument("--prompt-postfixes", action=argparse.BooleanOptionalAction, default=True,
+                     help=f"add the official demo's quality words to the prompt ('{POSITIVE_POSTFIX}') and its "
+                          "negative list to the negative prompt, as the demo always does (default: on)")
     gen.add_argument("--noise", choices=NOISE_SOURCES, default="cpu",
                      help="cpu: the same image for a seed on every device; device: the official CUDA noise")
     gen.add_argument("--no-detect", action="store_true", help="the --ref images are already face crops")
     gen.add_argument("--detection-threshold", type=float, default=0.6)
     gen.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
     gen.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="UNet precision")
+    gen.add_argument("--vae-attention", choices=VAE_ATTENTIONS, default=VAE_ATTENTIONS[0],
+                     help="official: the VAE mid-block attention exactly as the official code computes it "
+                          "(default); standard: the usual SD attention, as ComfyUI's own VAE Decode")
     gen.add_argument("--models-dir", type=Path, help="where model files are found and downloaded to")
     for name, what in (("unet", "FlashFace UNet"), ("vae", "VAE"), ("clip", "CLIP text encoder"),
                        ("detector", "RetinaFace detector")):
@@ -90,14 +99,15 @@ def load_pipeline(args: argparse.Namespace) -> FlashFacePipeline:
 
     device = torch.device(args.device)
     unet = load_unet(_model_file(args.unet, "flashface", args.models_dir), device=device, dtype=DTYPES[args.dtype])
-    vae = load_vae(_model_file(args.vae, "vae", args.models_dir), device=device, dtype=torch.float32)
+    vae = load_vae(_model_file(args.vae, "vae", args.models_dir), device=device, dtype=torch.float32,
+                   attention=args.vae_attention)
     text_encoder = load_text_encoder(_model_file(args.clip, "clip", args.models_dir), device=device,
                                      dtype=torch.float32)
     detector = None
     if not args.no_detect:
         detector = load_face_detector(_model_file(args.detector, "retinaface", args.models_dir), device=device,
                                       dtype=torch.float32)
-    return FlashFacePipeline(unet, vae, text_encoder, detector)
+    return FlashFacePipeline(unet, vae, text_encoder, detector, device=device)
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -120,9 +130,10 @@ def generate(args: argparse.Namespace) -> list[Path]:
             faces, args.prompt, args.negative_prompt, seed=args.seed, steps=args.steps, solver=args.solver,
             discretization=args.discretization, sigma_spacing=args.sigma_spacing,
             guidance_scale=args.guidance_scale, reference_guidance=args.reference_guidance,
-            reference_strength=args.reference_strength, launch_timestep=args.launch_timestep,
+            reference_strength=args.reference_strength, strength_before_launch=args.strength_before_launch,
+            launch_timestep=args.launch_timestep,
             face_box=args.face_box, width=args.width, height=args.height, num_samples=args.num_samples,
-            pad_references_to_four=args.pad_references, prompt_postfixes=args.prompt_postfixes,
+            pad_references=args.pad_references, prompt_postfixes=args.prompt_postfixes,
             noise=args.noise, preset=args.preset, progress=progress)
     paths = output_paths(args.out, args.num_samples)
     for image, path in zip(result.to_pil(), paths):

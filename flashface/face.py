@@ -73,9 +73,12 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     return pixels.permute(2, 0, 1).float().div(255)
 
 
-def detect_faces(detector: RetinaFace, image: Image.Image, threshold: float = 0.6) -> list[Face]:
-    """Faces whose score exceeds `threshold`, best first, in `image`'s pixel coordinates."""
-    detections = detector.detect(image_to_tensor(pad_to_square(image, DETECTOR_SIZE))[None], threshold)[0]
+def detect_faces(detector: RetinaFace, image: Image.Image, threshold: float, device: torch.device | str
+                 ) -> list[Face]:
+    """Faces whose score exceeds `threshold`, best first, in `image`'s pixel coordinates; the
+    detector runs on `device`."""
+    padded = image_to_tensor(pad_to_square(image, DETECTOR_SIZE))[None].to(device)
+    detections = detector.detect(padded, threshold)[0]
     scale, width, height = _scaled_size(image, DETECTOR_SIZE)
     left, top, _, _ = square_padding(width, height, DETECTOR_SIZE)
     offset = torch.tensor([left, top], dtype=torch.float32)

@@ -1,12 +1,20 @@
-"""FlashFace generation: reference faces + prompt → images, holding the loaded networks.
+"""FlashFace generation: reference faces + prompt -> images, holding the loaded networks.
+
+Defaults are the official demo's: 1-3 reference faces are padded to four (`pad_references`)
+and the official quality words are added to the prompts (`prompt_postfixes`, see `prompts`).
+
+Devices. Every network runs on the device it is given (`device` for the UNet, and optionally
+one each for the VAE, text encoder and detector): nothing is inferred from where a network's
+parameters happen to be, since ComfyUI's partial loading leaves small modules on the CPU while
+the rest of the UNet computes on the GPU.
 
 Seeds and noise. A seed gives the same images on every device by default (``noise="cpu"``: the
 initial latent is drawn from a CPU ``torch.Generator`` seeded with it, then moved to the
-device, as ComfyUI does). ``noise="device"`` draws it on the model's device instead
+device, as ComfyUI does). ``noise="device"`` draws it on the UNet's device instead
 (``torch.empty(...).normal_()`` with a generator of that device), which on CUDA is the official
 code's noise for the same seed. Stochastic solvers keep drawing from the same generator. The
-optional padding of the references to four uses ``random.Random(seed)``, consumed as the
-official demo consumes the seeded global ``random``. No global RNG is ever seeded.
+padding of the references to four uses ``random.Random(seed)``, consumed as the official demo
+consumes the seeded global ``random``. No global RNG is ever seeded.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from PIL import Image
 from .errors import FaceDetectionError, InvalidInputError
 from .face import crop_face, detect_faces, largest_face, prepare_reference
 from .models.vae import LATENT_SCALE
+from .prompts import EncodedPrompt, prompt_text
 from .sampling.guidance import GuidanceSettings, ReferenceGuidedDenoiser
 from .sampling.mask import box_mask, latent_size, resize_mask
 from .sampling.schedule import NoiseSchedule, sampling_sigmas
@@ -30,12 +39,6 @@ from .sampling.solvers import get_solver
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_POSITIVE_POSTFIX = "best quality, masterpiece,ultra-detailed, UHD 4K, photographic"
-DEFAULT_NEGATIVE_POSTFIX = (
-    "blurry, ugly, tiling, poorly drawn hands, poorly drawn feet, poorly drawn face, out of frame, "
-    "extra limbs, disfigured, deformed, body out of frame, bad anatomy, watermark, signature, cut off, "
-    "low contrast, underexposed, overexposed, bad art, beginner, amateur, distorted face"
-)
 DEFAULT_FACE_BOX = (0.3, 0.1, 0.6, 0.4)
 OFFICIAL_REFERENCE_COUNT = 4
 NOISE_SOURCES = ("cpu", "device")
@@ -50,7 +53,7 @@ _FALLBACKS = dict(guidance_scale=7.5, reference_guidance=3.2, reference_strength
                   face_box=DEFAULT_FACE_BOX)
 
 Progress = Callable[[int, int, torch.Tensor], None]
-Prompt = str | torch.Tensor
+Prompt = str | EncodedPrompt | torch.Tensor
 
 
 def resolve_settings(preset: str | None, **explicit) -> dict:
@@ -61,13 +64,6 @@ def resolve_settings(preset: str | None, **explicit) -> dict:
     chosen = {**_FALLBACKS, **PRESETS.get(preset, {})}
     chosen.update((name, value) for name, value in explicit.items() if value is not None)
     return chosen
-
-
-def with_official_postfixes(prompt: str, negative_prompt: str) -> tuple[str, str]:
-    """The official demo's prompts: positive + ", " + quality postfix; negative + ", " + default
-    negative, or the default negative alone when the negative is empty."""
-    negative = f"{negative_prompt}, {DEFAULT_NEGATIVE_POSTFIX}" if negative_prompt else DEFAULT_NEGATIVE_POSTFIX
-    return f"{prompt}, {DEFAULT_POSITIVE_POSTFIX}", negative
 
 
 def padded_reference_indices(available: int, seed: int, count: int = OFFICIAL_REFERENCE_COUNT) -> list[int]:
@@ -91,29 +87,42 @@ def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device, sourc
     raise InvalidInputError(f"unknown noise source {source!r}; choose one of {', '.join(NOISE_SOURCES)}.")
 
 
+def official_levels(decoded: torch.Tensor) -> torch.Tensor:
+    """The official 8-bit output of decoded images [B,3,H,W] in about [-1,1]: x*127.5 + 127.5,
+    clipped to [0,255], truncated to uint8; as [B,H,W,3]."""
+    return (decoded.permute(0, 2, 3, 1) * 127.5 + 127.5).clamp(0, 255).to(torch.uint8)
+
+
 @dataclass
 class GenerationResult:
-    images: torch.Tensor  # [B,H,W,3] float32 in [0,1], on the CPU
-    latents: torch.Tensor  # [B,4,h,w] final latents (scaled by LATENT_SCALE), on the CPU
+    images: torch.Tensor  # [B,H,W,3] float32: the official 8-bit levels / 255, on the output device
+    latents: torch.Tensor  # [B,4,h,w] final latents (scaled by LATENT_SCALE), on the output device
     seed: int
     model_timesteps: list[int] = field(default_factory=list)
 
     def to_pil(self) -> list[Image.Image]:
-        """8-bit images, truncated like the official output (x·127.5 + 127.5 → uint8)."""
-        pixels = (self.images * 255).clamp(0, 255).to(torch.uint8).numpy()
+        """The 8-bit images, exactly the official output's levels."""
+        pixels = (self.images.cpu() * 255).round().to(torch.uint8).numpy()
         return [Image.fromarray(np.ascontiguousarray(p)) for p in pixels]
 
 
-def _module_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
-    parameter = next(module.parameters())
-    return parameter.device, parameter.dtype
-
-
 class FlashFacePipeline:
-    """The loaded networks and `generate`. `detector` is only needed by `crop_reference_faces`."""
+    """The loaded networks, the devices they run on, and `generate`.
 
-    def __init__(self, unet, vae, text_encoder, detector=None, schedule: NoiseSchedule | None = None):
+    `device` is where the UNet computes; the VAE, text encoder and detector compute on their own
+    device when one is given, else on `device`. `text_encoder` is only needed for prompts given
+    as text, `detector` only by `crop_reference_faces`.
+    """
+
+    def __init__(self, unet, vae, text_encoder=None, detector=None, *, device: torch.device | str,
+                 vae_device: torch.device | str | None = None,
+                 text_encoder_device: torch.device | str | None = None,
+                 detector_device: torch.device | str | None = None, schedule: NoiseSchedule | None = None):
         self.unet, self.vae, self.text_encoder, self.detector = unet, vae, text_encoder, detector
+        self.device = torch.device(device)
+        self.vae_device = torch.device(vae_device or device)
+        self.text_encoder_device = torch.device(text_encoder_device or device)
+        self.detector_device = torch.device(detector_device or device)
         self.schedule = schedule or NoiseSchedule()
 
     def crop_reference_faces(self, photos: Sequence[Image.Image], threshold: float = 0.6) -> list[Image.Image]:
@@ -122,7 +131,7 @@ class FlashFacePipeline:
             raise InvalidInputError("No face detector is loaded; load one or pass face crops directly.")
         crops = []
         for index, photo in enumerate(photos, 1):
-            faces = detect_faces(self.detector, photo, threshold)
+            faces = detect_faces(self.detector, photo, threshold, self.detector_device)
             if not faces:
                 raise FaceDetectionError(
                     f"No face found in reference photo {index} (detection threshold {threshold}). "
@@ -132,30 +141,48 @@ class FlashFacePipeline:
             crops.append(crop_face(photo, largest_face(faces)))
         return crops
 
-    def encode_prompts(self, prompt: Prompt, negative_prompt: Prompt, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """[batch,77,C] each. A prompt is text, or embeddings [1,77,C] encoded beforehand (ComfyUI
-        encodes in a node of its own, so no text encoder is needed while sampling)."""
-        texts = [p for p in (prompt, negative_prompt) if isinstance(p, str)]
+    def encode_prompts(self, prompt: Prompt, negative_prompt: Prompt, batch: int, prompt_postfixes: bool = True
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[batch,77,C] each, on the CPU. A prompt is text, an `EncodedPrompt` (ComfyUI encodes in a
+        node of its own, so no text encoder is needed while sampling), or embeddings [1,77,C] used
+        as they are (then `prompt_postfixes` must be off: the words cannot be added to them)."""
+        sides = (("positive", prompt), ("negative", negative_prompt))
+        texts = [prompt_text(p, side, prompt_postfixes) for side, p in sides if isinstance(p, str)]
         if texts and self.text_encoder is None:
             raise InvalidInputError("No text encoder is loaded; load one or pass encoded prompts.")
-        encoded = iter(self.text_encoder.encode(texts).float() if texts else ())
-        embeddings = [next(encoded)[None] if isinstance(p, str) else p.float() for p in (prompt, negative_prompt)]
-        for name, value in zip(("prompt", "negative prompt"), embeddings):
+        with torch.no_grad():
+            encoded = iter(self.text_encoder.encode(texts, self.text_encoder_device).float().cpu() if texts else ())
+        embeddings = []
+        for side, value in sides:
+            if isinstance(value, str):
+                value = next(encoded)[None]
+            elif isinstance(value, EncodedPrompt):
+                value = value.embeddings(side, prompt_postfixes)
+            elif isinstance(value, torch.Tensor):
+                if prompt_postfixes:
+                    raise InvalidInputError(
+                        f"The {side} prompt is given as embeddings, so the official prompt words cannot be added "
+                        "to it: give it as text or as an EncodedPrompt, or turn prompt_postfixes off.")
+            else:
+                raise InvalidInputError(f"The {side} prompt must be text or an encoded prompt, "
+                                        f"not {type(value).__name__}.")
             if value.dim() != 3 or value.shape[0] != 1:
-                raise InvalidInputError(f"The encoded {name} must have shape [1, tokens, width], got {list(value.shape)}.")
-        return embeddings[0].expand(batch, -1, -1), embeddings[1].expand(batch, -1, -1)
+                raise InvalidInputError(f"The encoded {side} prompt must have shape [1, tokens, width], "
+                                        f"got {list(value.shape)}.")
+            embeddings.append(value.float().cpu().expand(batch, -1, -1))
+        return embeddings[0], embeddings[1]
 
     def encode_references(self, faces: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
-        """Reference latents [N,4,28,28] (scaled) from face crops or prepared tensors [N,3,224,224]."""
+        """Reference latents [N,4,28,28] (scaled), on the VAE's device, from face crops or prepared
+        tensors [N,3,224,224] in [-1, 1]."""
         if isinstance(faces, torch.Tensor):
             images = faces
         else:
             images = torch.stack([prepare_reference(face) for face in faces]) if len(faces) else torch.empty(0)
         if images.dim() != 4 or images.shape[0] == 0 or images.shape[1] != 3:
             raise InvalidInputError("Give at least one reference face (a face crop, or a [N,3,224,224] tensor).")
-        device, dtype = _module_device_dtype(self.vae)
         with torch.no_grad():
-            return self.vae.encode(images.to(device, dtype)).float() * LATENT_SCALE
+            return self.vae.encode(images.to(self.vae_device)).float() * LATENT_SCALE
 
     @torch.no_grad()
     def generate(
@@ -179,21 +206,25 @@ class FlashFacePipeline:
         width: int = 768,
         height: int = 768,
         num_samples: int = 1,
-        pad_references_to_four: bool = False,
-        prompt_postfixes: bool = False,
+        pad_references: bool = True,
+        prompt_postfixes: bool = True,
         noise: str = "cpu",
         preset: str | None = None,
+        output_device: torch.device | str = "cpu",
         progress: Progress | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> GenerationResult:
         """Generate `num_samples` images of the reference person.
 
         Parameters left as None come from `preset` (see PRESETS), else from the official UI
-        defaults (g 7.5, c 3.2, λ 1.2, launch 750, box [0.3, 0.1, 0.6, 0.4]). Prompts are text
-        or embeddings [1,77,C] (see `encode_prompts`). `face_mask`
-        (a [H',W'] mask in [0,1]) replaces the box; an all-zero box means no position hint.
-        `progress(step, total, x0)` is called after every solver step, `should_cancel()` before
-        each (raising GenerationCancelled).
+        defaults (g 7.5, c 3.2, λ 1.2, launch 750, box [0.3, 0.1, 0.6, 0.4]). Prompts: see
+        `encode_prompts`. `pad_references`: 1-3 faces are padded to four by seeded random
+        repetition, as the official demo always does (the model was only run with four).
+        `prompt_postfixes`: the official quality words and negative list are added, as the demo
+        does. `face_mask` (a [H',W'] mask in [0,1]) replaces the box; an all-zero box means no
+        position hint. `progress(step, total, x0)` is called after every solver step,
+        `should_cancel()` before each (raising GenerationCancelled). The result is on
+        `output_device`.
         """
         chosen = resolve_settings(preset, guidance_scale=guidance_scale, reference_guidance=reference_guidance,
                                   reference_strength=reference_strength, launch_timestep=launch_timestep,
@@ -201,19 +232,15 @@ class FlashFacePipeline:
         if num_samples < 1:
             raise InvalidInputError(f"num_samples must be at least 1, got {num_samples}.")
         h, w = latent_size(width, height)
-        device, _ = _module_device_dtype(self.unet)
+        device = self.device
 
         faces = reference_faces
-        if pad_references_to_four and 0 < len(faces) < OFFICIAL_REFERENCE_COUNT:
+        if pad_references and 0 < len(faces) < OFFICIAL_REFERENCE_COUNT:
             indices = padded_reference_indices(len(faces), seed)
             faces = faces[indices] if isinstance(faces, torch.Tensor) else [faces[i] for i in indices]
         reference_latents = self.encode_references(faces).to(device)
 
-        if prompt_postfixes:
-            if not (isinstance(prompt, str) and isinstance(negative_prompt, str)):
-                raise InvalidInputError("prompt_postfixes needs the prompts as text, not encoded.")
-            prompt, negative_prompt = with_official_postfixes(prompt, negative_prompt)
-        positive, negative = self.encode_prompts(prompt, negative_prompt, num_samples)
+        positive, negative = self.encode_prompts(prompt, negative_prompt, num_samples, prompt_postfixes)
         mask = resize_mask(face_mask, width, height) if face_mask is not None else box_mask(chosen["face_box"], width, height)
 
         settings = GuidanceSettings(
@@ -225,12 +252,11 @@ class FlashFacePipeline:
         sigmas = sampling_sigmas(self.schedule, steps, discretization, sigma_spacing)
         run_solver = get_solver(solver)
         x, generator = initial_noise((num_samples, 4, h, w), seed, device, noise)
-        logger.info("sampling %d step(s) with %s, %d reference(s), %dx%d, seed %d", len(sigmas) - 1, solver,
-                    len(reference_latents), width, height, seed)
+        logger.info("sampling %d step(s) with %s, %d reference(s), %dx%d, seed %d on %s", len(sigmas) - 1, solver,
+                    len(reference_latents), width, height, seed, device)
         latents = run_solver(denoiser, x, sigmas, callback=progress, should_cancel=should_cancel, generator=generator)
 
-        vae_device, vae_dtype = _module_device_dtype(self.vae)
-        decoded = self.vae.decode((latents / LATENT_SCALE).to(vae_device, vae_dtype)).float()
-        images = ((decoded + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu()
-        return GenerationResult(images=images, latents=latents.float().cpu(), seed=seed,
+        decoded = self.vae.decode((latents / LATENT_SCALE).to(self.vae_device)).float()
+        images = official_levels(decoded).to(output_device).float() / 255
+        return GenerationResult(images=images, latents=latents.float().to(output_device), seed=seed,
                                 model_timesteps=denoiser.model_timesteps)

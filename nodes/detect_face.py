@@ -71,7 +71,7 @@ class FlashFaceDetectFace:
         crops, previews = [], []
         for number, photo in enumerate(photos, 1):
             where = f"reference photo {number} of {len(photos)} ({photo.width}x{photo.height})"
-            faces = detect_faces(detector, photo, threshold)
+            faces = detect_faces(detector, photo, threshold, model.device("detector"))
             if not faces:
                 raise FaceDetectionError(
                     f"No face found in {where} at threshold {threshold:.2f}. Use a photo where the face is clearly "

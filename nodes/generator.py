@@ -10,6 +10,7 @@ import latent_preview
 from ..flashface.errors import GenerationCancelled, InvalidInputError
 from ..flashface.models.vae import LATENT_SCALE
 from ..flashface.pipeline import DEFAULT_FACE_BOX, PRESETS, FlashFacePipeline
+from ..flashface.prompts import NEGATIVE_POSTFIX, POSITIVE_POSTFIX
 from ..flashface.sampling.schedule import DISCRETIZATIONS, SPACINGS
 from ..flashface.sampling.solvers import SOLVERS
 from .images import image_batches_to_pil
@@ -36,7 +37,9 @@ class FlashFaceGenerator:
     RETURN_TYPES = ("IMAGE", "LATENT")
     RETURN_NAMES = ("images", "latent")
     OUTPUT_TOOLTIPS = ("The generated images.",
-                       "The final latents in ComfyUI's convention (unscaled), for VAE Decode or latent upscaling.")
+                       "The final latents in ComfyUI's convention (unscaled), for latent upscaling or VAE Decode. "
+                       "ComfyUI's own VAE Decode gives the 'standard' VAE attention of Load Model, not the official "
+                       "one; the images output uses the attention chosen there.")
     FUNCTION = "generate"
 
     @classmethod
@@ -103,17 +106,35 @@ class FlashFaceGenerator:
                 "face_mask": ("MASK", {
                     "tooltip": "Where the face goes (white = face); replaces the face box. Any size: it is "
                                "resized to the image."}),
+                # Optional widgets, so that prompts saved before they existed still run (with the default).
+                "prompt_postfixes": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": f"Add the official quality words to the positive prompt ('{POSITIVE_POSTFIX}') and "
+                               f"the official negative list to the negative prompt ('{NEGATIVE_POSTFIX[:48]}...', "
+                               f"alone when the negative is empty), as the official FlashFace demo always does. "
+                               f"Off: both prompts are used as written."}),
+                "reference_feature_strength_before_launch": ("FLOAT", {
+                    "default": 0.85, "min": 0.0, "max": 3.0, "step": 0.05,
+                    "tooltip": "λ0: weight of the reference faces' features before the launch timestep, while "
+                               "reference guidance is not yet running (official 0.85)."}),
+                "pad_references": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "With 1 to 3 reference faces, repeat faces chosen at random (from the seed) until there "
+                               "are four, as the official FlashFace demo always does: the model was only run with four "
+                               "references. Off: each face is used once."}),
             },
         }
 
     def generate(self, flashface_model, positive, negative, reference_faces, seed, steps, solver, discretization,
                  sigma_spacing, text_guidance, reference_feature_strength, reference_guidance_strength,
                  launch_timestep, face_x1, face_y1, face_x2, face_y2, width, height, batch_size, preset,
-                 face_mask=None):
+                 face_mask=None, prompt_postfixes=True, reference_feature_strength_before_launch=0.85,
+                 pad_references=True):
         faces = image_batches_to_pil([reference_faces])
         if not faces:
             raise InvalidInputError("No reference face was given: connect the faces output of FlashFace Detect Face.")
         settings = dict(guidance_scale=text_guidance, reference_strength=reference_feature_strength,
+                        strength_before_launch=reference_feature_strength_before_launch,
                         reference_guidance=reference_guidance_strength, launch_timestep=launch_timestep,
                         face_box=(face_x1, face_y1, face_x2, face_y2))
         for name in PRESETS.get(preset, {}):
@@ -122,9 +143,10 @@ class FlashFaceGenerator:
             face_mask = face_mask[0]
 
         unet, vae = flashface_model.ready("unet", "vae")
-        pipeline = FlashFacePipeline(unet, vae, text_encoder=None)
+        pipeline = FlashFacePipeline(unet, vae, device=flashface_model.device("unet"),
+                                     vae_device=flashface_model.device("vae"))
         bar = comfy.utils.ProgressBar(steps)
-        previewer = latent_preview.get_previewer(mm.get_torch_device(), comfy.latent_formats.SD15())
+        previewer = latent_preview.get_previewer(flashface_model.device("unet"), comfy.latent_formats.SD15())
 
         def progress(step: int, total: int, x0) -> None:
             preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer is not None else None
@@ -132,11 +154,12 @@ class FlashFaceGenerator:
 
         try:
             result = pipeline.generate(
-                faces, positive.embeddings, negative.embeddings, seed=seed, steps=steps, solver=solver,
+                faces, positive, negative, seed=seed, steps=steps, solver=solver,
                 discretization=discretization, sigma_spacing=sigma_spacing, face_mask=face_mask, width=width,
                 height=height, num_samples=batch_size, preset=None if preset == NO_PRESET else preset,
-                progress=progress, should_cancel=mm.processing_interrupted, **settings)
+                pad_references=pad_references, prompt_postfixes=prompt_postfixes,
+                output_device=mm.intermediate_device(), progress=progress,
+                should_cancel=mm.processing_interrupted, **settings)
         except GenerationCancelled as cancelled:
             raise mm.InterruptProcessingException() from cancelled
-        images = result.images.to(mm.intermediate_device())
-        return (images, {"samples": result.latents / LATENT_SCALE})
+        return (result.images, {"samples": result.latents / LATENT_SCALE})

@@ -22,7 +22,7 @@ import torch
 from ..flashface.models.clip_text import load_text_encoder
 from ..flashface.models.retinaface import load_face_detector
 from ..flashface.models.unet import load_unet
-from ..flashface.models.vae import load_vae
+from ..flashface.models.vae import VAE_ATTENTIONS, load_vae
 from . import model_files
 
 logger = logging.getLogger(__name__)
@@ -40,11 +40,16 @@ class FlashFaceModel:
     text_encoder: comfy.model_patcher.ModelPatcher
     detector: comfy.model_patcher.ModelPatcher
 
-    def ready(self, *parts: str):
-        """Load the named networks onto their device (ComfyUI evicts others if needed); return them."""
+    def ready(self, *parts: str) -> list[torch.nn.Module]:
+        """Load the named networks for use (ComfyUI evicts others if needed, and may load a network
+        only partly on a small GPU); return them. They compute on `device(part)`."""
         patchers = [getattr(self, part) for part in parts]
         mm.load_models_gpu(patchers)
         return [patcher.model for patcher in patchers]
+
+    def device(self, part: str) -> torch.device:
+        """Where ComfyUI runs that network: its load device, whatever part of it is loaded there."""
+        return getattr(self, part).load_device
 
 
 def _patcher(module: torch.nn.Module, load_device: torch.device) -> comfy.model_patcher.ModelPatcher:
@@ -63,8 +68,9 @@ def _load_unet(path: Path, weight_dtype: str) -> comfy.model_patcher.ModelPatche
     return _patcher(unet, device)
 
 
-def _load_vae(path: Path) -> comfy.model_patcher.ModelPatcher:
-    return _patcher(load_vae(path, device=mm.unet_offload_device(), dtype=torch.float32), mm.vae_device())
+def _load_vae(path: Path, attention: str) -> comfy.model_patcher.ModelPatcher:
+    vae = load_vae(path, device=mm.unet_offload_device(), dtype=torch.float32, attention=attention)
+    return _patcher(vae, mm.vae_device())
 
 
 def _load_text_encoder(path: Path) -> comfy.model_patcher.ModelPatcher:
@@ -126,14 +132,20 @@ class FlashFaceLoadModel:
                 "tooltip": "Precision of the UNet weights. auto: what ComfyUI picks for your device (fp16 on most "
                            "GPUs, fp32 on CPU). fp16/bf16 halve the memory; layers then compute in a type your "
                            "device supports. The VAE, CLIP and detector always run in fp32, as in the official code."}),
+        }, "optional": {  # optional so that prompts saved before these inputs existed still run
+            "vae_attention": (list(VAE_ATTENTIONS), {
+                "default": VAE_ATTENTIONS[0],
+                "tooltip": "The VAE's mid-block attention. official: exactly as the official FlashFace code computes "
+                           "it (an unusual reshape the published weights were used with). standard: the usual SD "
+                           "attention, which is what ComfyUI's own VAE Decode gives on this pack's LATENT output."}),
         }}
 
-    def load(self, unet_name, vae_name, clip_name, detector_name, weight_dtype):
+    def load(self, unet_name, vae_name, clip_name, detector_name, weight_dtype, vae_attention=VAE_ATTENTIONS[0]):
         paths = {kind: model_files.resolve(kind, name) for kind, name in
                  (("unet", unet_name), ("vae", vae_name), ("clip", clip_name), ("detector", detector_name))}
         model = FlashFaceModel(
             unet=_cache.get("unet", paths["unet"], (weight_dtype,), lambda: _load_unet(paths["unet"], weight_dtype)),
-            vae=_cache.get("vae", paths["vae"], (), lambda: _load_vae(paths["vae"])),
+            vae=_cache.get("vae", paths["vae"], (vae_attention,), lambda: _load_vae(paths["vae"], vae_attention)),
             text_encoder=_cache.get("clip", paths["clip"], (), lambda: _load_text_encoder(paths["clip"])),
             detector=_cache.get("detector", paths["detector"], (), lambda: _load_detector(paths["detector"])),
         )

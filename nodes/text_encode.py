@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-
-from ..flashface.pipeline import DEFAULT_NEGATIVE_POSTFIX, DEFAULT_POSITIVE_POSTFIX, with_official_postfixes
+from ..flashface.prompts import encode_prompt
 from .load_model import FLASHFACE_MODEL
 
 FLASHFACE_CONDITIONING = "FLASHFACE_CONDITIONING"
-POSTFIXES = ("positive", "negative", "none")
-
-
-@dataclass(eq=False)
-class FlashFaceConditioning:
-    """What flows on a FLASHFACE_CONDITIONING link: the encoded prompt and the text it came from."""
-
-    embeddings: torch.Tensor  # [1, 77, C] float32 on the CPU
-    text: str
-
-
-def with_postfix(text: str, postfix: str) -> str:
-    """The prompt as the official demo builds it for that side (see `with_official_postfixes`)."""
-    if postfix == "positive":
-        return with_official_postfixes(text, "")[0]
-    if postfix == "negative":
-        return with_official_postfixes("", text)[1]
-    return text
+"""Carries a `flashface.prompts.EncodedPrompt`: the text encoded as written and with the official
+words of each side; the Generator takes the variant of the input it is connected to."""
 
 
 class FlashFaceCLIPTextEncode:
     DESCRIPTION = ("Encodes a prompt with FlashFace's CLIP text encoder (the final layer, as FlashFace was "
-                   "trained). Use one for the positive and one for the negative prompt. ComfyUI's "
-                   "(word:1.2) weighting syntax is not interpreted: the text is used as written.")
+                   "trained). Use one for the positive and one for the negative prompt: the Generator adds the "
+                   "official quality words to the positive and the official negative list to the negative (its "
+                   "prompt_postfixes input). ComfyUI's (word:1.2) weighting syntax is not interpreted: the text is "
+                   "used as written.")
     CATEGORY = "FlashFace"
     RETURN_TYPES = (FLASHFACE_CONDITIONING,)
     RETURN_NAMES = ("conditioning",)
@@ -48,17 +30,8 @@ class FlashFaceCLIPTextEncode:
                 "multiline": True, "dynamicPrompts": True,
                 "tooltip": "The prompt. Describe the scene and the person's look; the identity comes from the "
                            "reference faces. Longer prompts are cut after 75 tokens."}),
-            "quality_postfix": (list(POSTFIXES), {
-                "default": "positive",
-                "tooltip": f"Append the official quality text, joined with ', ' as the official demo does. "
-                           f"positive: '{DEFAULT_POSITIVE_POSTFIX}'. negative: the official negative list "
-                           f"('{DEFAULT_NEGATIVE_POSTFIX[:40]}...'; used alone when the text is empty). "
-                           f"none: the text as it is."}),
         }}
 
-    def encode(self, flashface_model, text, quality_postfix):
-        prompt = with_postfix(text, quality_postfix)
+    def encode(self, flashface_model, text):
         (text_encoder,) = flashface_model.ready("text_encoder")
-        with torch.no_grad():
-            embeddings = text_encoder.encode([prompt]).float().cpu()
-        return (FlashFaceConditioning(embeddings, prompt),)
+        return (encode_prompt(text_encoder, text, flashface_model.device("text_encoder")),)

@@ -79,9 +79,9 @@ def _spec(title: str, what: str, prompt: str, generator_widgets: dict | None = N
              widgets={"threshold": 0.6, "several_faces": "largest"}),
         dict(key="preview", type="PreviewImage", pos=[760, 260], size=[300, 300], title="Detected faces"),
         dict(key="positive", type="FlashFace_CLIPTextEncode", pos=[380, 620], size=[360, 180],
-             title="Positive prompt", widgets={"text": prompt, "quality_postfix": "positive"}),
+             title="Positive prompt", widgets={"text": prompt}),
         dict(key="negative", type="FlashFace_CLIPTextEncode", pos=[380, 840], size=[360, 150],
-             title="Negative prompt", widgets={"text": NEGATIVE, "quality_postfix": "negative"}),
+             title="Negative prompt", widgets={"text": NEGATIVE}),
         dict(key="generator", type="FlashFace_Generator", pos=[1100, 20],
              widgets={"seed": 42, "control_after_generate": "fixed", **(generator_widgets or {})}),
         dict(key="save", type="SaveImage", pos=[1480, 20], size=[420, 460], widgets={"filename_prefix": "FlashFace"}),
@@ -114,13 +114,13 @@ def workflow_specs() -> dict[str, dict]:
 
     several = specs["flashface_several_photos"] = _spec(
         "several reference photos",
-        "More photos of the same person give a steadier likeness (the authors use four). Photos of one size can "
-        "be batched (Image Batch); photos of other sizes go to the extra inputs of Detect Face.",
+        "More photos of the same person give a steadier likeness (the authors use four). Each photo goes to its "
+        "own input of Detect Face, whatever its size (an input also takes a batch or a list of photos).",
         "A woman with short brown hair in a red dress, sitting in a cafe, warm light", one_photo=False)
     several["nodes"] += [_photo("photo_a", PHOTO, [20, 240]), _photo("photo_b", PHOTO_MIRRORED, [20, 640]),
-                         _photo("photo_c", PHOTO_CLOSEUP, [20, 1040]), dict(key="batch", type="ImageBatch", pos=[380, 380])]
-    several["links"] += [("photo_a", "IMAGE", "batch", "image1"), ("photo_b", "IMAGE", "batch", "image2"),
-                         ("batch", "IMAGE", "detect", "images"), ("photo_c", "IMAGE", "detect", "images_2")]
+                         _photo("photo_c", PHOTO_CLOSEUP, [20, 1040])]
+    several["links"] += [("photo_a", "IMAGE", "detect", "images"), ("photo_b", "IMAGE", "detect", "images_2"),
+                         ("photo_c", "IMAGE", "detect", "images_3")]
 
     specs["flashface_age_change"] = _spec(
         "age change preset",

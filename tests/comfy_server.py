@@ -13,6 +13,7 @@ server's resident memory. Nothing here talks to anything but the server it start
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib.util
 import json
 import os
@@ -254,7 +255,9 @@ class ComfyServer:
         `on_message(message, server)` is called for every JSON message of this prompt (e.g. to
         interrupt after the first progress step). Raises PromptRejected on validation errors.
         """
-        return asyncio.run(self._run(prompt, timeout, on_message))
+        # In a thread of its own: the caller may already run an event loop (Playwright's sync API does).
+        with concurrent.futures.ThreadPoolExecutor(1) as worker:
+            return worker.submit(asyncio.run, self._run(prompt, timeout, on_message)).result()
 
     async def _run(self, prompt, timeout, on_message) -> Run:
         import aiohttp

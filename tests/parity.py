@@ -8,6 +8,7 @@ folder is absent (a user's checkout) the parity tests skip with the reason.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -79,3 +80,22 @@ def manifest(name: str) -> Path:
     if not path.is_file():
         pytest.skip(_missing_reason())
     return path
+
+
+def load_fixture_module(path: Path):
+    """A Python file shipped with the fixtures (a weight recipe), imported from where it is."""
+    spec = importlib.util.spec_from_file_location(f"fixture_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RETINAFACE_MANIFEST = "retinaface_resnet50.json"
+
+
+def recipe_detector_state(recipe: str, seed: int, weight_scale: float) -> dict:
+    """RetinaFace weights rebuilt by a fixture recipe named like "cases/retinaface/recipe.py
+    state_dict_from_manifest" (file relative to the fixtures folder, then the function)."""
+    file, function = recipe.split()
+    module = load_fixture_module(fixtures_dir() / file)
+    return getattr(module, function)(manifest(RETINAFACE_MANIFEST), seed, weight_scale)

@@ -57,7 +57,7 @@ def test_embeddings_match_the_official_text_tower(case):
             layers=arch["num_layers"], num_heads=arch["num_heads"], mlp_width=arch["dim"] * arch["mlp_ratio"])
         from_ids = model(case.inputs["token_ids"])
         torch.testing.assert_close(from_ids, case.expected["embeddings"], atol=case.atol, rtol=case.rtol)
-        assert torch.equal(model.encode(case.config["prompts"]), from_ids)
+        assert torch.equal(model.encode(case.config["prompts"], "cpu"), from_ids)
 
 
 @pytest.mark.parametrize("case", cases("clip_text"))
@@ -99,7 +99,7 @@ def test_loads_the_real_text_tower_on_meta():
                   if name.startswith("textual.") and name != "textual.head"]
     assert {"textual." + key: list(t.shape) for key, t in model.state_dict().items()} == dict(text_tower)
     assert all(p.is_meta for p in model.parameters())
-    embeddings = model.encode(["a photo"])
+    embeddings = model.encode(["a photo"], "meta")
     assert embeddings.is_meta and embeddings.shape == (1, 77, 768)
 
 
@@ -142,18 +142,18 @@ def test_hugging_face_naming_gives_the_official_outputs(tokenizer, prefix):
 
 def test_written_files_load_in_every_naming_and_format(tmp_path):
     safetensors_file = write_tiny_clip_text(tmp_path / "clip.safetensors", seed=5, width=32, heads=4)
-    outputs = [load_text_encoder(safetensors_file).encode(PROMPTS)]
+    outputs = [load_text_encoder(safetensors_file).encode(PROMPTS, "cpu")]
     assert load_text_encoder(safetensors_file).config.num_heads == 4  # from the metadata
     for name, naming in (("clip.pth", "official"), ("clip_l.safetensors", "hf"), ("clip_l.pth", "hf")):
         path = write_tiny_clip_text(tmp_path / name, seed=5, width=32, heads=4, naming=naming)
-        outputs.append(load_text_encoder(path, num_heads=4).encode(PROMPTS))
+        outputs.append(load_text_encoder(path, num_heads=4).encode(PROMPTS, "cpu"))
     assert all(torch.equal(outputs[0], other) for other in outputs[1:])
 
 
 def test_an_open_checkpoint_stays_open_for_its_owner(tmp_path):
     checkpoint = open_checkpoint(write_tiny_clip_text(tmp_path / "clip.safetensors", seed=8))
-    first = load_text_encoder(checkpoint).encode(PROMPTS)
-    assert torch.equal(load_text_encoder(checkpoint).encode(PROMPTS), first)
+    first = load_text_encoder(checkpoint).encode(PROMPTS, "cpu")
+    assert torch.equal(load_text_encoder(checkpoint).encode(PROMPTS, "cpu"), first)
     checkpoint.close()
 
 

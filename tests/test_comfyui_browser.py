@@ -10,11 +10,14 @@ import pytest
 
 from comfy_browser import ComfyPage, browser_unavailable_reason, workflow_node_types
 from comfy_server import REPO_ROOT
+from tiny_flashface_models import use_tiny_models
 
 pytestmark = pytest.mark.browser
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 UI_WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
+# UI workflows as an earlier version of the pack saved them (v0.1: bundled on 2026-11-30).
+SAVED_WORKFLOWS = sorted((REPO_ROOT / "tests" / "data" / "saved_workflows").glob("*.json"))
 PACK_NODES = ["FlashFace Load Model", "FlashFace Detect Face", "FlashFace CLIP Text Encode", "FlashFace Generator"]
 
 
@@ -39,6 +42,30 @@ def test_the_server_lists_the_pack_templates(comfyui):
     templates = comfyui.get("/workflow_templates")
     (listed,) = templates.values()
     assert sorted(listed) == sorted(workflow.stem for workflow in UI_WORKFLOWS)
+
+
+@pytest.mark.parametrize("workflow", SAVED_WORKFLOWS, ids=lambda path: path.stem)
+def test_workflow_saved_by_an_earlier_version_loads_and_runs(ui, comfyui, workflow, tiny_model_files):
+    """ComfyUI stores widget values by position: inputs added since then take their defaults, an
+    input removed since then (CLIP Text Encode's quality_postfix) is dropped, the graph runs."""
+    data = json.loads(workflow.read_text())
+    nodes = ui.load_workflow(data, workflow.name)
+    assert all(node["known"] for node in nodes)
+    exported = ui.export_api()
+    current = WORKFLOWS_DIR / "api" / workflow.name.split("_", 1)[1]
+    if workflow.stem.endswith("one_photo"):  # the graph itself did not change since
+        assert exported == json.loads(current.read_text())
+    generator = next(node["inputs"] for node in exported.values() if node["class_type"] == "FlashFace_Generator")
+    assert generator["seed"] == 42 and generator["steps"] == 35 and generator["preset"] == "none"
+    assert generator["prompt_postfixes"] is True and generator["pad_references"] is True
+    folder = comfyui.models_dir / "flashface"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in tiny_model_files.values():
+        if not (folder / path.name).exists():
+            (folder / path.name).symlink_to(path)
+    generator.update(steps=2, width=64, height=64)
+    run = comfyui.run(use_tiny_models(exported), timeout=600)
+    assert run.status == "success", run.error_text() or comfyui.log_tail()
 
 
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda path: path.stem)

@@ -5,36 +5,38 @@ interrupt, user errors and memory over many runs. Tiny seeded models stand in fo
 from __future__ import annotations
 
 import io
-import json
 import re
 import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from comfy_server import PACK_FOLDER_NAME, REPO_ROOT, PromptRejected
+from comfy_workflows import API_DIR, load_api_workflow, node_id, saved_levels, set_inputs
 from tiny_flashface_models import TINY_MODELS, use_tiny_models, write_tiny_models
 from tiny_retinaface import post_nms_scores, threshold_for_count
 
 pytestmark = pytest.mark.comfyui
 
-API_WORKFLOWS = sorted((REPO_ROOT / "workflows" / "api").glob("*.json"))
+API_WORKFLOWS = sorted(API_DIR.glob("*.json"))
 SMALLEST_WORKFLOW = "flashface_one_photo"
 PHOTO = "flashface_astronaut.jpg"
 BLANK_PHOTO = "flashface_test_blank.png"
 SECOND_DETECTOR = "tiny_retinaface_copy.pth"
 CORRUPT_MODEL = "corrupt_unet.safetensors"
+STANDARD_VAE = "seeded_sd_vae_standard_naming.safetensors"
 NODE_INPUTS = {
-    "FlashFace_LoadModel": {"unet_name", "vae_name", "clip_name", "detector_name", "weight_dtype"},
+    "FlashFace_LoadModel": {"unet_name", "vae_name", "clip_name", "detector_name", "weight_dtype", "vae_attention"},
     "FlashFace_DetectFace": {"flashface_model", "images", "threshold", "several_faces",
                              "images_2", "images_3", "images_4"},
-    "FlashFace_CLIPTextEncode": {"flashface_model", "text", "quality_postfix"},
+    "FlashFace_CLIPTextEncode": {"flashface_model", "text"},
     "FlashFace_Generator": {
         "flashface_model", "positive", "negative", "reference_faces", "seed", "steps", "solver", "discretization",
         "sigma_spacing", "text_guidance", "reference_feature_strength", "reference_guidance_strength",
         "launch_timestep", "face_x1", "face_y1", "face_x2", "face_y2", "width", "height", "batch_size", "preset",
-        "face_mask"},
+        "face_mask", "prompt_postfixes", "reference_feature_strength_before_launch", "pad_references"},
 }
 NODE_OUTPUTS = {
     "FlashFace_LoadModel": ["FLASHFACE_MODEL"],
@@ -56,6 +58,17 @@ def server(comfyui):
 
 
 @pytest.fixture(scope="module")
+def standard_vae(server):
+    """A seeded full-size SD 1.x VAE in the standard naming, in models/vae (where ComfyUI's VAE
+    Loader and FlashFace Load Model both look)."""
+    from tiny_vae import write_tiny_vae
+
+    write_tiny_vae(server.models_dir / "vae" / STANDARD_VAE, seed=3, naming="standard", dim=128,
+                   dim_mult=(1, 2, 4, 4), num_res_blocks=2)
+    return STANDARD_VAE
+
+
+@pytest.fixture(scope="module")
 def detector_scores(server):
     """Face scores the tiny detector gives the example photo (as the server computes them)."""
     from flashface.models.retinaface import load_face_detector
@@ -65,17 +78,7 @@ def detector_scores(server):
 
 
 def api_workflow(name: str) -> dict:
-    return use_tiny_models(json.loads((REPO_ROOT / "workflows" / "api" / f"{name}.json").read_text()))
-
-
-def node_id(prompt: dict, class_type: str) -> str:
-    (found,) = [key for key, node in prompt.items() if node["class_type"] == class_type]
-    return found
-
-
-def set_inputs(prompt: dict, class_type: str, **values) -> dict:
-    prompt[node_id(prompt, class_type)]["inputs"].update(values)
-    return prompt
+    return use_tiny_models(load_api_workflow(name))
 
 
 def quick_prompt(seed: int = 0, **generator) -> dict:
@@ -212,6 +215,22 @@ def test_latent_output_decodes_to_the_image_as_stock_vae_decode_expects(server):
     (saved,) = run.outputs[node_id(prompt, "SaveImage")]["images"]
     image = torch.from_numpy(np.asarray(Image.open(io.BytesIO(server.view(saved))).convert("RGB"), dtype=np.float32))
     assert (decoded * 255 - image).abs().max() <= 1.0
+
+
+def test_stock_vae_decode_of_the_latent_equals_the_standard_vae_attention(server, standard_vae):
+    """ComfyUI's own VAE Loader + VAE Decode on our LATENT give what Load Model's `standard` VAE
+    attention gives (same weights; a full-size SD VAE, the only size ComfyUI's loader builds).
+    That the official attention differs is shown in test_vae.py."""
+    prompt = set_inputs(quick_prompt(seed=5), "FlashFace_LoadModel", vae_name=standard_vae, vae_attention="standard")
+    generator, save = node_id(prompt, "FlashFace_Generator"), node_id(prompt, "SaveImage")
+    prompt["90"] = {"class_type": "VAELoader", "inputs": {"vae_name": standard_vae}}
+    prompt["91"] = {"class_type": "VAEDecode", "inputs": {"samples": [generator, 1], "vae": ["90", 0]}}
+    prompt["92"] = {"class_type": "SaveImage", "inputs": {"images": ["91", 0], "filename_prefix": "stock"}}
+    run = server.run(prompt, timeout=600)
+    assert run.status == "success", run.error_text() or server.log_tail()
+    ours, stock = (saved_levels(server, run, node).to(torch.int16) for node in (save, "92"))
+    assert ours.float().std() > 20  # a picture, not a flat or saturated fill
+    assert (ours - stock).abs().max() <= 1
 
 
 # ------------------------------------------------------------------ interrupt

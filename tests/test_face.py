@@ -117,7 +117,7 @@ def test_detections_are_mapped_back_to_photo_pixels(detector):
     wide = photo(1280, 600)  # scale 0.5, resized to 640x300: 170 black rows above
     scale, top = DETECTOR_SIZE / 1280, (DETECTOR_SIZE - 300) // 2
     threshold = threshold_for_count(post_nms_scores(detector, wide), 3)
-    faces = detect_faces(detector, wide, threshold)
+    faces = detect_faces(detector, wide, threshold, "cpu")
     detections, = detector.detect(image_to_tensor(pad_to_square(wide, DETECTOR_SIZE))[None], threshold)
     assert len(faces) == len(detections.boxes) == 3
     for face, box, points in zip(faces, detections.boxes, detections.landmarks):
@@ -132,8 +132,8 @@ def test_detections_of_a_padded_photo_shift_by_the_padding(detector):
     strip = photo(640, 320, seed=1)
     canvas = Image.new("RGB", (640, 640))
     canvas.paste(strip, (0, 160))
-    in_strip = detect_faces(detector, strip, 0.0)[:5]
-    in_canvas = detect_faces(detector, canvas, 0.0)[:5]
+    in_strip = detect_faces(detector, strip, 0.0, "cpu")[:5]
+    in_canvas = detect_faces(detector, canvas, 0.0, "cpu")[:5]
     for a, b in zip(in_strip, in_canvas):
         assert a.box[0] == b.box[0] and a.box[1] + 160 == pytest.approx(b.box[1])
         assert a.landmarks[2][1] + 160 == pytest.approx(b.landmarks[2][1])
@@ -143,7 +143,7 @@ def test_threshold_helper_yields_the_wanted_face_count(detector):
     image = photo(300, 400, seed=2)
     scores = post_nms_scores(detector, image)
     for count in (0, 1, 2):
-        assert len(detect_faces(detector, image, threshold_for_count(scores, count))) == count
+        assert len(detect_faces(detector, image, threshold_for_count(scores, count), "cpu")) == count
 
 
 def test_largest_face():

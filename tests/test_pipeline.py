@@ -11,12 +11,13 @@ from flashface.errors import GenerationCancelled, InvalidInputError
 from flashface.models.clip_text import load_text_encoder
 from flashface.models.unet import load_unet
 from flashface.models.vae import LATENT_SCALE, load_vae
-from flashface.pipeline import (
-    PRESETS,
-    FlashFacePipeline,
-    padded_reference_indices,
-    resolve_settings,
-    with_official_postfixes,
+from flashface.pipeline import PRESETS, FlashFacePipeline, padded_reference_indices, resolve_settings
+from flashface.prompts import (
+    NEGATIVE_POSTFIX,
+    POSITIVE_POSTFIX,
+    encode_prompt,
+    official_negative,
+    official_positive,
 )
 
 SIZE = 64
@@ -26,7 +27,7 @@ QUICK = dict(steps=2, width=SIZE, height=SIZE)
 @pytest.fixture(scope="module")
 def pipeline(tiny_model_files):
     return FlashFacePipeline(load_unet(tiny_model_files["unet_name"]), load_vae(tiny_model_files["vae_name"]),
-                             load_text_encoder(tiny_model_files["clip_name"]))
+                             load_text_encoder(tiny_model_files["clip_name"]), device="cpu")
 
 
 def random_faces(count: int, seed: int = 0) -> list[Image.Image]:
@@ -44,11 +45,13 @@ def test_generate_returns_images_and_latents_of_the_requested_size(pipeline):
     assert result.model_timesteps == [999, 499]  # trailing timesteps for 2 steps
 
 
-def test_images_are_the_decoded_latents(pipeline):
+def test_images_are_the_decoded_latents_in_the_official_8_bit_levels(pipeline):
     result = pipeline.generate(random_faces(1), "a portrait", seed=2, **QUICK)
     with torch.no_grad():
         decoded = pipeline.vae.decode(result.latents / LATENT_SCALE)
-    torch.testing.assert_close(result.images, ((decoded + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1))
+    official = (decoded.permute(0, 2, 3, 1).numpy() * 127.5 + 127.5).clip(0, 255).astype("uint8")
+    assert torch.equal(result.images, torch.from_numpy(official).float() / 255)
+    assert [image.tobytes() for image in result.to_pil()] == [image.tobytes() for image in official]
 
 
 def test_same_seed_same_images_and_another_seed_differs(pipeline):
@@ -84,20 +87,50 @@ def test_faces_as_images_or_prepared_tensors_agree(pipeline):
 
 def test_encoded_prompts_give_the_same_images_as_text(pipeline):
     faces = random_faces(1)
+    encoded_only = FlashFacePipeline(pipeline.unet, pipeline.vae, text_encoder=None, device="cpu")
     from_text = pipeline.generate(faces, "a portrait", "blurry", seed=8, **QUICK)
+    positive, negative = (encode_prompt(pipeline.text_encoder, text, "cpu") for text in ("a portrait", "blurry"))
+    from_encoded = encoded_only.generate(faces, positive, negative, seed=8, **QUICK)
+    torch.testing.assert_close(from_text.latents, from_encoded.latents)
+
+    as_written = pipeline.generate(faces, "a portrait", "blurry", seed=8, prompt_postfixes=False, **QUICK)
     with torch.no_grad():
-        positive, negative = pipeline.text_encoder.encode(["a portrait", "blurry"]).split(1)
-    encoded_only = FlashFacePipeline(pipeline.unet, pipeline.vae, text_encoder=None)
-    from_embeddings = encoded_only.generate(faces, positive, negative, seed=8, **QUICK)
-    torch.testing.assert_close(from_text.latents, from_embeddings.latents)
+        embeddings = pipeline.text_encoder.encode(["a portrait", "blurry"], "cpu").split(1)
+    from_embeddings = encoded_only.generate(faces, *embeddings, seed=8, prompt_postfixes=False, **QUICK)
+    torch.testing.assert_close(as_written.latents, from_embeddings.latents)
+    assert not torch.allclose(as_written.latents, from_text.latents)
     with pytest.raises(InvalidInputError, match="text encoder"):
         encoded_only.generate(faces, "a portrait", negative, seed=8, **QUICK)
 
 
 def test_official_postfixes_are_joined_like_the_demo():
-    prompt, negative = with_official_postfixes("a man", "")
-    assert prompt.startswith("a man, best quality") and negative.startswith("blurry, ugly")
-    assert with_official_postfixes("a man", "hat")[1].startswith("hat, blurry, ugly")
+    assert official_positive("a man") == f"a man, {POSITIVE_POSTFIX}"
+    assert official_positive("") == f", {POSITIVE_POSTFIX}"
+    assert official_negative("") == NEGATIVE_POSTFIX
+    assert official_negative("hat") == f"hat, {NEGATIVE_POSTFIX}"
+    assert POSITIVE_POSTFIX.startswith("best quality, masterpiece,ultra") and NEGATIVE_POSTFIX.startswith("blurry, ugly")
+
+
+def test_an_encoded_prompt_gets_the_words_of_the_side_it_is_used_on(pipeline):
+    encoded = encode_prompt(pipeline.text_encoder, "a hat", "cpu")
+    with torch.no_grad():
+        expected = pipeline.text_encoder.encode(["a hat", official_positive("a hat"), official_negative("a hat")], "cpu")
+    torch.testing.assert_close(torch.cat([encoded.as_written, encoded.as_positive, encoded.as_negative]), expected)
+    positive, negative = pipeline.encode_prompts(encoded, encoded, batch=2)
+    assert torch.equal(positive, encoded.as_positive.expand(2, -1, -1))
+    assert torch.equal(negative, encoded.as_negative.expand(2, -1, -1))
+    positive, negative = pipeline.encode_prompts(encoded, encoded, batch=1, prompt_postfixes=False)
+    assert torch.equal(positive, encoded.as_written) and torch.equal(negative, encoded.as_written)
+
+
+def test_defaults_are_the_official_demo(pipeline):
+    """Padding to four and the official prompt words are what `generate` does unless told otherwise."""
+    faces = random_faces(2)
+    default = pipeline.generate(faces, "a portrait", "hat", seed=12, **QUICK)
+    spelled_out = pipeline.generate([faces[i] for i in padded_reference_indices(2, seed=12)],
+                                    official_positive("a portrait"), official_negative("hat"), seed=12,
+                                    pad_references=False, prompt_postfixes=False, **QUICK)
+    assert torch.equal(default.latents, spelled_out.latents) and torch.equal(default.images, spelled_out.images)
 
 
 def test_padding_to_four_references_is_seeded_and_keeps_every_face():
@@ -109,13 +142,17 @@ def test_padding_to_four_references_is_seeded_and_keeps_every_face():
 
 def test_padding_is_an_option_that_changes_the_references(pipeline):
     faces = random_faces(2)
-    plain = pipeline.generate(faces, "a portrait", seed=4, **QUICK)
-    padded = pipeline.generate(faces, "a portrait", seed=4, pad_references_to_four=True, **QUICK)
-    indices = padded_reference_indices(2, seed=4)
-    explicit = pipeline.generate([faces[i] for i in indices], "a portrait", seed=4, **QUICK)
+    # a seed whose padding weighs the faces unequally (a balanced [0, 1, 0, 1] attends alike)
+    seed = next(s for s in range(100) if sorted(padded_reference_indices(2, s)) != [0, 0, 1, 1])
+    indices = padded_reference_indices(2, seed)
+    plain = pipeline.generate(faces, "a portrait", seed=seed, pad_references=False, **QUICK)
+    padded = pipeline.generate(faces, "a portrait", seed=seed, **QUICK)
+    explicit = pipeline.generate([faces[i] for i in indices], "a portrait", seed=seed, pad_references=False, **QUICK)
     assert torch.equal(padded.latents, explicit.latents)
-    if sorted(indices) != [0, 0, 1, 1]:  # a balanced duplication weighs both faces alike
-        assert not torch.allclose(plain.latents, padded.latents)
+    assert not torch.allclose(plain.latents, padded.latents)
+    four = random_faces(4)
+    assert torch.equal(pipeline.generate(four, "a portrait", seed=seed, **QUICK).latents,
+                       pipeline.generate(four, "a portrait", seed=seed, pad_references=False, **QUICK).latents)
 
 
 def test_presets_fill_unset_values_and_explicit_values_win():
@@ -166,7 +203,7 @@ def test_face_mask_replaces_the_box(pipeline):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_unet_runs_close_to_fp32(tiny_model_files, pipeline, dtype):
     half = FlashFacePipeline(load_unet(tiny_model_files["unet_name"], dtype=dtype), pipeline.vae,
-                             pipeline.text_encoder)
+                             pipeline.text_encoder, device="cpu")
     faces = random_faces(1)
     reference = pipeline.generate(faces, "a portrait", seed=4, **QUICK)
     result = half.generate(faces, "a portrait", seed=4, **QUICK)
@@ -179,7 +216,7 @@ def test_half_precision_unet_runs_close_to_fp32(tiny_model_files, pipeline, dtyp
     (dict(num_samples=0), "num_samples"),
     (dict(noise="gpu"), "noise source"),
     (dict(solver="magic"), "magic"),
-    (dict(prompt_postfixes=True, negative_prompt=torch.zeros(1, 77, 32)), "as text"),
+    (dict(prompt_postfixes=True, negative_prompt=torch.zeros(1, 77, 32)), "negative prompt is given as embeddings"),
 ])
 def test_bad_settings_are_explained(pipeline, settings, message):
     arguments = {**QUICK, "seed": 0, **settings}

@@ -1,6 +1,5 @@
 """RetinaFace-R50: parity with the official detector, strict loading of both namings, NMS, priors."""
 
-import importlib.util
 import json
 
 import pytest
@@ -18,19 +17,11 @@ from flashface.models.retinaface import (
     normalize,
     prior_boxes,
 )
-from tests.parity import cases, manifest
+from tests.parity import cases, load_fixture_module, manifest
 from tests.tiny_retinaface import retinaface_state_dict, save_state_dict, write_retinaface
 from tests.tiny_unet import write_tiny_unet
 
 MANIFEST = "retinaface_resnet50.json"
-
-
-def load_recipe(case):
-    """The case's own weight recipe (recipe.py in its folder), imported from the fixture."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{case.name}", case.path / "recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def facexlib_naming(state: dict, prefix: str = "module.") -> dict:
@@ -47,7 +38,7 @@ def facexlib_naming(state: dict, prefix: str = "module.") -> dict:
 @pytest.mark.parametrize("case", cases("retinaface"))
 def test_parity_with_official_retinaface(tmp_path, case):
     config = case.config
-    state = load_recipe(case).state_dict_from_manifest(
+    state = load_fixture_module(case.path / "recipe.py").state_dict_from_manifest(
         manifest(MANIFEST), config["recipe_seed"], config["recipe_weight_scale"])
     detector = load_face_detector(save_state_dict(state, tmp_path / "retinaface_resnet50.pth"))
     image = case.inputs["input_640"]

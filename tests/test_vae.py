@@ -108,7 +108,7 @@ def standard_attention(block, x):
 def test_attention_switch_selects_official_or_standard():
     state = tiny_vae_state_dict(seed=8)
     official = load_vae(StateDictCheckpoint(state))
-    standard = load_vae(StateDictCheckpoint(state), official_attention=False)
+    standard = load_vae(StateDictCheckpoint(state), attention="standard")
     x = torch.randn(1, 32, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = standard_attention(standard.encoder.middle[1], x)

@@ -79,7 +79,7 @@ def post_nms_scores(detector: RetinaFace, image: Image.Image) -> list[float]:
     Greedy NMS visits boxes best first, so at threshold t the result is exactly the faces here
     whose score exceeds t.
     """
-    return [face.score for face in detect_faces(detector, image, threshold=0.0)]
+    return [face.score for face in detect_faces(detector, image, 0.0, "cpu")]
 
 
 def threshold_for_count(scores: list[float], count: int) -> float:

@@ -190,10 +190,6 @@ class CLIPTextEncoder(nn.Module):
         self.norm = ops.LayerNorm(config.width)
         self.tokenizer = Tokenizer(config.context_length)
 
-    def _device(self) -> torch.device:
-        """Not a `device` property: ComfyUI's ModelPatcher assigns `model.device`."""
-        return self.pos_embedding.device
-
     @torch.no_grad()
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Embeddings [P, 77, width] after the final LayerNorm, in the weights' dtype."""
@@ -205,9 +201,10 @@ class CLIPTextEncoder(nn.Module):
             x = block(x)
         return norm_at_least_fp32(self.norm, x)
 
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """Tokenize P texts and encode them: [P, 77, width] on the module's device."""
-        return self(self.tokenizer(texts).to(self._device()))
+    def encode(self, texts: Sequence[str], device: torch.device | str) -> torch.Tensor:
+        """Tokenize P texts and encode them on `device` (where the caller placed the weights, or
+        where ComfyUI casts them to): [P, 77, width] there."""
+        return self(self.tokenizer(texts).to(device))
 
 
 def _add_leading_dim(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -151,12 +151,12 @@ class RetinaFace(nn.Module):
                pre_nms_topk: int = 5000, post_nms_topk: int = 750) -> list[Detections]:
         """Faces in RGB images [B,3,H,W] with values in [0,1]; scores must exceed the threshold.
 
-        The network runs in the module's dtype; decoding and NMS in fp32.
+        Runs on the images' device (the caller's choice), the network in the weights' dtype;
+        decoding and NMS in fp32.
         """
-        parameter = next(self.parameters())
         height, width = images.shape[-2:]
         logits, box_deltas, landmark_deltas = (
-            t.float() for t in self(normalize(images).to(device=parameter.device, dtype=parameter.dtype)))
+            t.float() for t in self(normalize(images).to(self.body.conv1.weight.dtype)))
         scores = logits.softmax(dim=-1)[..., 1]
         priors = prior_boxes(height, width, device=scores.device)
         boxes = decode_boxes(box_deltas, priors, width, height)

@@ -452,7 +452,8 @@ class FlashFaceUNet(nn.Module):
         """Predicted noise [R,4,h,w] for latents x [R,4,h,w] (returned in x's dtype).
 
         t: [R] or scalar; context [R,77,C]; mask [R,h,w] face-position channel (None = zeros);
-        similarity: [R] per-row weight of the reference attention, or a scalar for all rows.
+        similarity: [R] per-row weight of the reference attention, or a scalar for all rows (best
+        given on the CPU).
         Rows with weight 0 still get SA1(y): they are not plain SD. With `references` None
         every weight must be 0.
         """
@@ -466,16 +467,18 @@ class FlashFaceUNet(nn.Module):
         if tuple(mask.shape) != (rows, *x.shape[2:]):
             raise InvalidInputError(f"{WHAT}: mask of shape {tuple(mask.shape)} for latents {tuple(x.shape)}; "
                                     "give one [h,w] mask per row.")
-        weights = torch.as_tensor(0.0 if similarity is None else similarity, dtype=torch.float32, device=x.device)
+        # The weights are decided on the CPU (which rows attend to the references), so no step
+        # waits for the device; only the multiplication happens there.
+        weights = torch.as_tensor(0.0 if similarity is None else similarity, dtype=torch.float32).cpu()
         weights = weights.expand(rows) if weights.dim() == 0 else weights
         if weights.shape != (rows,):
             raise InvalidInputError(f"{WHAT}: {tuple(weights.shape)} similarity weights for {rows} rows.")
         if references is None and bool((weights != 0).any()):
             raise InvalidInputError(f"{WHAT}: nonzero similarity weights need reference features.")
-        run = _Pass(self.speed, references=references, row_weights=weights)
+        run = _Pass(self.speed, references=references, row_weights=weights.to(x.device))
         if references is not None and self.speed.skip_unweighted_rows:
             active = (weights != 0).nonzero().flatten()
-            run.active_rows = None if len(active) == rows else active
+            run.active_rows = None if len(active) == rows else active.to(x.device)
         out = self._run(torch.cat([x, mask[:, None].to(x.dtype)], 1).to(dtype), self._embed_time(t, rows, x.device),
                         context.to(dtype), self.encoder, self.decoder, run, with_head=True)
         return out.to(x.dtype)

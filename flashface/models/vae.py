@@ -6,7 +6,7 @@ unscaled latent; the pipeline multiplies/divides by `LATENT_SCALE`.
 Mid-block attention: the official implementation, after attending, reshapes the ``[b, hw, c]``
 result straight to ``[b, c, h, w]`` (its two permutations cancel), which mixes pixels and
 channels before the output projection. The published weights were used with that behaviour, so
-`official_attention=True` (default) reproduces it; `official_attention=False` gives the standard
+`attention="official"` (default) reproduces it; `attention="standard"` gives the standard
 attention (``[b, hw, c]`` transposed to ``[b, c, hw]``) that other SD 1.x VAE code computes.
 
 Files: the official naming (`encoder.conv1`, `encoder.downsamples.N.residual.K`,
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelFileError
+from ..errors import InvalidInputError, ModelFileError
 from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
 from .precision import at_least_fp32
 
@@ -36,6 +36,9 @@ WHAT = "SD 1.x VAE"
 EXPECTED_FILES = "sd-v1-vae.pth (FlashFace) or an SD 1.x VAE such as vae-ft-mse-840000-ema-pruned.safetensors"
 STANDARD_PREFIXES = ("", "first_stage_model.")
 GROUPS, EPS = 32, 1e-6
+VAE_ATTENTIONS = ("official", "standard")
+"""Mid-block attention variants (`load_vae(attention=...)`), the official one first; ComfyUI's own
+VAE Decode computes the standard one."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,11 @@ class Resample(nn.Module):
 class MidAttention(nn.Module):
     """Single-head spatial self-attention with a fused qkv 1×1 conv (see the module docstring)."""
 
-    def __init__(self, dim: int, official: bool):
+    def __init__(self, dim: int, attention: str):
         super().__init__()
-        self.official = official
+        if attention not in VAE_ATTENTIONS:
+            raise InvalidInputError(f"VAE attention must be one of {', '.join(VAE_ATTENTIONS)}, not {attention!r}.")
+        self.official = attention == "official"
         self.norm = GroupNorm32(dim)
         self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
         self.proj = nn.Conv2d(dim, dim, 1)
@@ -106,8 +111,8 @@ class MidAttention(nn.Module):
         return x + self.proj(attended)
 
 
-def _middle(dim: int, official_attention: bool) -> nn.Sequential:
-    return nn.Sequential(ResidualBlock(dim, dim), MidAttention(dim, official_attention), ResidualBlock(dim, dim))
+def _middle(dim: int, attention: str) -> nn.Sequential:
+    return nn.Sequential(ResidualBlock(dim, dim), MidAttention(dim, attention), ResidualBlock(dim, dim))
 
 
 def _head(dim: int, out_dim: int) -> nn.Sequential:
@@ -115,7 +120,7 @@ def _head(dim: int, out_dim: int) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    def __init__(self, config: VAEConfig, official_attention: bool):
+    def __init__(self, config: VAEConfig, attention: str):
         super().__init__()
         dims = [config.dim * m for m in config.dim_mult]
         self.conv1 = nn.Conv2d(3, config.dim, 3, padding=1)
@@ -127,7 +132,7 @@ class Encoder(nn.Module):
             if level != len(dims) - 1:
                 blocks.append(Resample(out_dim, down=True))
         self.downsamples = nn.Sequential(*blocks)
-        self.middle = _middle(dims[-1], official_attention)
+        self.middle = _middle(dims[-1], attention)
         self.head = _head(dims[-1], config.z_dim * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,11 +140,11 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, config: VAEConfig, official_attention: bool):
+    def __init__(self, config: VAEConfig, attention: str):
         super().__init__()
         dims = [config.dim * m for m in reversed(config.dim_mult)]
         self.conv1 = nn.Conv2d(config.z_dim, dims[0], 3, padding=1)
-        self.middle = _middle(dims[0], official_attention)
+        self.middle = _middle(dims[0], attention)
         blocks, in_dim = [], dims[0]
         for level, out_dim in enumerate(dims):
             for _ in range(config.num_res_blocks + 1):
@@ -155,13 +160,13 @@ class Decoder(nn.Module):
 
 
 class AutoencoderKL(nn.Module):
-    def __init__(self, config: VAEConfig, official_attention: bool = True):
+    def __init__(self, config: VAEConfig, attention: str = VAE_ATTENTIONS[0]):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config, official_attention)
+        self.encoder = Encoder(config, attention)
         self.conv1 = nn.Conv2d(config.z_dim * 2, config.z_dim * 2, 1)  # quant conv
         self.conv2 = nn.Conv2d(config.z_dim, config.z_dim, 1)  # post-quant conv
-        self.decoder = Decoder(config, official_attention)
+        self.decoder = Decoder(config, attention)
 
     def _dtype(self) -> torch.dtype:
         return self.conv1.weight.dtype
@@ -312,14 +317,15 @@ def infer_layout(checkpoint: Checkpoint):
 
 
 def load_vae(source: str | os.PathLike | Checkpoint, *, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32, official_attention: bool = True) -> AutoencoderKL:
+             dtype: torch.dtype = torch.float32, attention: str = VAE_ATTENTIONS[0]) -> AutoencoderKL:
     """Load an SD 1.x VAE (either naming) from a path or an open `Checkpoint`.
 
     GroupNorm parameters stay fp32. The official pipeline runs the VAE in fp32 (the default).
+    `attention`: one of `VAE_ATTENTIONS` (see the module docstring).
     """
     with checkpoint_source(source) as checkpoint:
         config, plan, ignore = infer_layout(checkpoint)
-        model = load_module(lambda: AutoencoderKL(config, official_attention), checkpoint, plan, what=WHAT,
+        model = load_module(lambda: AutoencoderKL(config, attention), checkpoint, plan, what=WHAT,
                             device=device, dtype=dtype, keep_fp32=lambda name: _is_norm(name), ignore=ignore)
     logger.info("loaded %s %s from %s", WHAT, config, checkpoint.path)
     return model

@@ -99,7 +99,7 @@ class ReferenceGuidedDenoiser:
             torch.cat(contexts),
             None if self.mask is None else self.mask.repeat(branches, 1, 1),
             references,
-            self.settings.branch_weights(timestep, batch).to(x.device),
+            self.settings.branch_weights(timestep, batch),
         )
         g, c = self.settings.guidance_scale, self.settings.reference_guidance
         if three:

@@ -1,0 +1,53 @@
+"""Run a Python snippet in a fresh process that has ComfyUI's own modules and this pack imported
+the way ComfyUI imports it, without a server: for tests of how the nodes use ComfyUI's model
+management (partial loading, devices), which a server on a CPU-only machine cannot show.
+
+The snippet runs with `comfy`, `mm` (comfy.model_management), `folder_paths`, `torch` and
+`pack` (this repository imported as a custom-node package) defined, and reports by assigning a
+JSON-serializable value to `result`. A separate process keeps ComfyUI's top-level modules
+(`nodes`, `utils`, `server`...) out of the test process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from comfy_server import REPO_ROOT, vendored_comfyui
+
+_PRELUDE = """
+import importlib.util, json, sys
+sys.path.insert(0, {tree!r})
+import comfy.cli_args
+comfy.cli_args.args.cpu = True  # no GPU here; the tests stand a meta device in for one
+import torch
+import comfy.model_management as mm
+import comfy.model_patcher, comfy.ops, folder_paths
+folder_paths.set_output_directory({workdir!r})
+spec = importlib.util.spec_from_file_location("flashface_pack", {init!r},
+                                              submodule_search_locations=[{repo!r}])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["flashface_pack"] = pack
+spec.loader.exec_module(pack)
+result = None
+"""
+_REPORT = "\nprint('RESULT ' + json.dumps(result))\n"
+
+
+def run_with_comfyui(snippet: str, workdir: Path, timeout: float = 600) -> object:
+    """`result` of `snippet` run as described above; a failure raises with the process output."""
+    tree = vendored_comfyui()
+    if tree is None:
+        raise RuntimeError("ComfyUI is not installed: run `bash tests/setup.sh`")
+    prelude = _PRELUDE.format(tree=str(tree), workdir=str(workdir), init=str(REPO_ROOT / "__init__.py"),
+                              repo=str(REPO_ROOT))
+    done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(snippet) + _REPORT],
+                          cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise AssertionError(f"the ComfyUI process failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n"
+                             f"{done.stderr[-6000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
