@@ -17,7 +17,9 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from .errors import FlashFaceError, InvalidInputError
+from .face import DEFAULT_DETECTION_THRESHOLD, SEVERAL_FACES
 from .models.model_registry import get_model_path
+from .utils.cache_utils import recorded_load_failure
 from .models.vae import VAE_ATTENTIONS
 from .pipeline import NOISE_SOURCES, PRESETS, FlashFacePipeline
 from .prompts import POSITIVE_POSTFIX
@@ -64,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--noise", choices=NOISE_SOURCES, default="cpu",
                      help="cpu: the same image for a seed on every device; device: the official CUDA noise")
     gen.add_argument("--no-detect", action="store_true", help="the --ref images are already face crops")
-    gen.add_argument("--detection-threshold", type=float, default=0.6)
+    gen.add_argument("--detection-threshold", type=float, default=DEFAULT_DETECTION_THRESHOLD,
+                     help=f"RetinaFace score a face needs (default {DEFAULT_DETECTION_THRESHOLD}, as officially)")
+    gen.add_argument("--several-faces", choices=SEVERAL_FACES, default="largest",
+                     help="a photo with several faces: keep the largest (default), stop (error), or keep all")
     gen.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
     gen.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="UNet precision")
     gen.add_argument("--vae-attention", choices=VAE_ATTENTIONS, default=VAE_ATTENTIONS[0],
@@ -87,8 +92,11 @@ def read_photo(path: Path) -> Image.Image:
             from error
 
 
-def _model_file(explicit: Path | None, registry_name: str, models_dir: Path | None) -> Path:
-    return explicit if explicit is not None else get_model_path(registry_name, models_dir=models_dir)
+def _load(loader, explicit: Path | None, registry_name: str, models_dir: Path | None, **options):
+    """`loader` on the given file, else on the registry's verified copy (downloaded if missing)."""
+    path = explicit if explicit is not None else get_model_path(registry_name, models_dir=models_dir)
+    with recorded_load_failure(path):
+        return loader(path, **options)
 
 
 def load_pipeline(args: argparse.Namespace) -> FlashFacePipeline:
@@ -98,15 +106,14 @@ def load_pipeline(args: argparse.Namespace) -> FlashFacePipeline:
     from .models.vae import load_vae
 
     device = torch.device(args.device)
-    unet = load_unet(_model_file(args.unet, "flashface", args.models_dir), device=device, dtype=DTYPES[args.dtype])
-    vae = load_vae(_model_file(args.vae, "vae", args.models_dir), device=device, dtype=torch.float32,
-                   attention=args.vae_attention)
-    text_encoder = load_text_encoder(_model_file(args.clip, "clip", args.models_dir), device=device,
-                                     dtype=torch.float32)
+    unet = _load(load_unet, args.unet, "flashface", args.models_dir, device=device, dtype=DTYPES[args.dtype])
+    vae = _load(load_vae, args.vae, "vae", args.models_dir, device=device, dtype=torch.float32,
+                attention=args.vae_attention)
+    text_encoder = _load(load_text_encoder, args.clip, "clip", args.models_dir, device=device, dtype=torch.float32)
     detector = None
     if not args.no_detect:
-        detector = load_face_detector(_model_file(args.detector, "retinaface", args.models_dir), device=device,
-                                      dtype=torch.float32)
+        detector = _load(load_face_detector, args.detector, "retinaface", args.models_dir, device=device,
+                         dtype=torch.float32)
     return FlashFacePipeline(unet, vae, text_encoder, detector, device=device)
 
 
@@ -120,7 +127,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
     latent_size(args.width, args.height)  # reject a bad size before loading gigabytes
     photos = [read_photo(path) for path in args.ref]
     pipeline = load_pipeline(args)
-    faces = photos if args.no_detect else pipeline.crop_reference_faces(photos, args.detection_threshold)
+    faces = photos if args.no_detect else pipeline.crop_reference_faces(photos, args.detection_threshold,
+                                                                         args.several_faces)
     with tqdm(desc="sampling", unit="step") as bar:
         def progress(step: int, total: int, x0: torch.Tensor) -> None:
             bar.total = total

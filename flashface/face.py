@@ -8,17 +8,31 @@ box and rotated so the eyes are level (no 5-point template, no margin), and the 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .errors import FaceDetectionError, GenerationCancelled, InvalidInputError
 from .models.retinaface import RetinaFace
+
+logger = logging.getLogger(__name__)
 
 DETECTOR_SIZE = 640
 REFERENCE_SIZE = 224
+DEFAULT_DETECTION_THRESHOLD = 0.6
+"""The official demo's RetinaFace score threshold."""
+MIN_PHOTO_SIDE = 32
+"""Smallest photo side (pixels) worth looking for a face in; thinner photos are refused."""
+MAX_REFERENCES = 16
+"""Most reference faces one generation takes (the official demo uses 4; attention cost and memory
+grow with every face)."""
+SEVERAL_FACES = ("largest", "error", "all")
+"""What to do with a photo that shows several faces: keep the largest, stop, or keep them all."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +63,10 @@ def square_padding(width: int, height: int, size: int) -> tuple[int, int, int, i
 
 
 def _scaled_size(image: Image.Image, size: int) -> tuple[float, int, int]:
+    """(scale, width, height) with the longer side scaled to `size`; never a side of 0 pixels
+    (where the official code would fail on a very thin image)."""
     scale = size / max(image.size)
-    return scale, round(image.width * scale), round(image.height * scale)
+    return scale, max(1, round(image.width * scale)), max(1, round(image.height * scale))
 
 
 def pad_to_square(image: Image.Image, size: int) -> Image.Image:
@@ -76,7 +92,7 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
 def detect_faces(detector: RetinaFace, image: Image.Image, threshold: float, device: torch.device | str
                  ) -> list[Face]:
     """Faces whose score exceeds `threshold`, best first, in `image`'s pixel coordinates; the
-    detector runs on `device`."""
+    detector runs on `device`. Boxes less than a pixel wide or high (nothing to crop) are dropped."""
     padded = image_to_tensor(pad_to_square(image, DETECTOR_SIZE))[None].to(device)
     detections = detector.detect(padded, threshold)[0]
     scale, width, height = _scaled_size(image, DETECTOR_SIZE)
@@ -85,8 +101,9 @@ def detect_faces(detector: RetinaFace, image: Image.Image, threshold: float, dev
     boxes = detections.boxes.cpu()
     corners = (boxes[:, :4].view(-1, 2, 2) - offset) / scale
     landmarks = (detections.landmarks.cpu() - offset) / scale
-    return [Face(box=tuple(c.flatten().tolist()), score=float(s), landmarks=tuple(map(tuple, points.tolist())))
-            for c, s, points in zip(corners, boxes[:, 4], landmarks)]
+    faces = [Face(box=tuple(c.flatten().tolist()), score=float(s), landmarks=tuple(map(tuple, points.tolist())))
+             for c, s, points in zip(corners, boxes[:, 4], landmarks)]
+    return [face for face in faces if _has_area(_crop_box(face))]
 
 
 def largest_face(faces: list[Face]) -> Face:
@@ -111,10 +128,71 @@ def eye_levelling_angle(face: Face) -> float:
     return direction * (90 - angle if direction == -1 else angle)
 
 
+def _crop_box(face: Face) -> tuple[int, ...]:
+    return tuple(round(v) for v in face.box)
+
+
+def _has_area(box: tuple[int, ...]) -> bool:
+    return box[2] > box[0] and box[3] > box[1]
+
+
 def crop_face(image: Image.Image, face: Face) -> Image.Image:
     """The official crop: the box (rounded; black outside the image), rotated about its centre
     so the eyes are level (nearest neighbour, same canvas, black corners)."""
-    return image.crop(tuple(round(v) for v in face.box)).rotate(eye_levelling_angle(face))
+    return image.crop(_crop_box(face)).rotate(eye_levelling_angle(face))
+
+
+@dataclass(frozen=True)
+class PhotoFaces:
+    """The faces kept in one reference photo and their official crops, in the same order."""
+
+    photo: Image.Image
+    faces: tuple[Face, ...]
+    crops: tuple[Image.Image, ...]
+
+
+def find_reference_faces(detector: RetinaFace, photos: list[Image.Image], threshold: float,
+                         device: torch.device | str, several_faces: str = "largest",
+                         should_cancel: Callable[[], bool] | None = None) -> list[PhotoFaces]:
+    """The face-crop policy of every entry point: detect the faces in each photo and keep them as
+    `several_faces` says (see SEVERAL_FACES). Stops with a message naming the photo when one has
+    no face, too many, or is too small, and when the faces would be more than MAX_REFERENCES.
+    `should_cancel()` is asked before each photo (raising GenerationCancelled)."""
+    if several_faces not in SEVERAL_FACES:
+        raise InvalidInputError(f"several_faces must be one of {', '.join(SEVERAL_FACES)}, not {several_faces!r}.")
+    if not 0 <= threshold < 1:  # also refuses NaN
+        raise InvalidInputError(f"The detection threshold must be a number between 0 and 1, got {threshold}.")
+    if not photos:
+        raise FaceDetectionError("No reference photo was given: give at least one photo of the person.")
+    found, kept = [], 0
+    for number, photo in enumerate(photos, 1):
+        if should_cancel is not None and should_cancel():
+            raise GenerationCancelled(f"Face detection cancelled before photo {number} of {len(photos)}.")
+        where = f"reference photo {number} of {len(photos)} ({photo.width}x{photo.height})"
+        if min(photo.size) < MIN_PHOTO_SIDE:
+            raise FaceDetectionError(
+                f"The {where} is too small to find a face in: use a photo at least {MIN_PHOTO_SIDE} pixels on each "
+                f"side (the face itself should be at least about 40 pixels across).")
+        faces = detect_faces(detector, photo, threshold, device)
+        if not faces:
+            raise FaceDetectionError(
+                f"No face found in {where} at threshold {threshold:.2f}. Use a photo where the face is clearly "
+                f"visible and not too small, or lower the threshold.")
+        if len(faces) > 1 and several_faces == "error":
+            raise FaceDetectionError(
+                f"{len(faces)} faces found in {where}. Crop the photo to one person, or set several_faces to "
+                f"'largest' (or 'all' if every face is the same person).")
+        if several_faces != "all" and len(faces) > 1:
+            logger.info("%d faces in %s; keeping the largest", len(faces), where)
+            faces = [largest_face(faces)]
+        kept += len(faces)
+        if kept > MAX_REFERENCES:
+            raise FaceDetectionError(
+                f"The photos give more than {MAX_REFERENCES} faces ({len(faces)} in {where} alone); FlashFace takes at "
+                f"most {MAX_REFERENCES} reference faces (the official demo uses 4). Use fewer photos, raise the "
+                f"threshold, or set several_faces to 'largest'.")
+        found.append(PhotoFaces(photo, tuple(faces), tuple(crop_face(photo, face) for face in faces)))
+    return found
 
 
 def prepare_reference(crop: Image.Image) -> torch.Tensor:

@@ -28,14 +28,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import FaceDetectionError, InvalidInputError
-from .face import crop_face, detect_faces, largest_face, prepare_reference
+from .errors import InvalidInputError
+from .face import DEFAULT_DETECTION_THRESHOLD, MAX_REFERENCES, find_reference_faces, prepare_reference
 from .models.vae import LATENT_SCALE
 from .prompts import EncodedPrompt, prompt_text
 from .sampling.guidance import GuidanceSettings, ReferenceGuidedDenoiser
 from .sampling.mask import box_mask, latent_size, resize_mask
 from .sampling.schedule import NoiseSchedule, sampling_sigmas
 from .sampling.solvers import get_solver
+from .utils.memory import first_that_fits
 
 logger = logging.getLogger(__name__)
 
@@ -125,21 +126,13 @@ class FlashFacePipeline:
         self.detector_device = torch.device(detector_device or device)
         self.schedule = schedule or NoiseSchedule()
 
-    def crop_reference_faces(self, photos: Sequence[Image.Image], threshold: float = 0.6) -> list[Image.Image]:
-        """One official face crop per photo (the largest face when there are several)."""
+    def crop_reference_faces(self, photos: Sequence[Image.Image], threshold: float = DEFAULT_DETECTION_THRESHOLD,
+                             several_faces: str = "largest") -> list[Image.Image]:
+        """The official face crops of the photos (see `face.find_reference_faces`)."""
         if self.detector is None:
             raise InvalidInputError("No face detector is loaded; load one or pass face crops directly.")
-        crops = []
-        for index, photo in enumerate(photos, 1):
-            faces = detect_faces(self.detector, photo, threshold, self.detector_device)
-            if not faces:
-                raise FaceDetectionError(
-                    f"No face found in reference photo {index} (detection threshold {threshold}). "
-                    "Use a photo where the face is clearly visible, lower the threshold, or pass a face crop.")
-            if len(faces) > 1:
-                logger.warning("reference photo %d has %d faces; using the largest", index, len(faces))
-            crops.append(crop_face(photo, largest_face(faces)))
-        return crops
+        found = find_reference_faces(self.detector, list(photos), threshold, self.detector_device, several_faces)
+        return [crop for photo in found for crop in photo.crops]
 
     def encode_prompts(self, prompt: Prompt, negative_prompt: Prompt, batch: int, prompt_postfixes: bool = True
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,8 +174,24 @@ class FlashFacePipeline:
             images = torch.stack([prepare_reference(face) for face in faces]) if len(faces) else torch.empty(0)
         if images.dim() != 4 or images.shape[0] == 0 or images.shape[1] != 3:
             raise InvalidInputError("Give at least one reference face (a face crop, or a [N,3,224,224] tensor).")
+        images = images.to(self.vae_device)
         with torch.no_grad():
-            return self.vae.encode(images.to(self.vae_device)).float() * LATENT_SCALE
+            latents = first_that_fits([
+                ("as a whole", lambda: self.vae.encode(images)),
+                ("one face at a time", lambda: torch.cat([self.vae.encode(image[None]) for image in images])),
+            ], self.vae_device)
+        return latents.float() * LATENT_SCALE
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images [B,3,H,W] in about [-1,1] from scaled latents, on the VAE's device. Out of
+        memory, the VAE decodes one image at a time, then in tiles (see `AutoencoderKL.decode_tiled`)."""
+        unscaled = (latents / LATENT_SCALE).to(self.vae_device)
+        return first_that_fits([
+            ("as a whole", lambda: self.vae.decode(unscaled).float()),
+            ("one image at a time", lambda: torch.cat([self.vae.decode(z[None]).float() for z in unscaled])),
+            ("in tiles", lambda: torch.cat([self.vae.decode_tiled(z[None]) for z in unscaled])),
+        ], self.vae_device)
 
     @torch.no_grad()
     def generate(
@@ -231,6 +240,13 @@ class FlashFacePipeline:
                                   face_box=face_box)
         if num_samples < 1:
             raise InvalidInputError(f"num_samples must be at least 1, got {num_samples}.")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
+            raise InvalidInputError(f"The seed must be a whole number from 0 to 2^64 - 1, got {seed!r}.")
+        if len(reference_faces) > MAX_REFERENCES:
+            raise InvalidInputError(
+                f"{len(reference_faces)} reference faces were given; FlashFace takes at most {MAX_REFERENCES} (the "
+                f"official demo uses 4, and every face adds attention work and memory). Give fewer faces: in "
+                f"Detect Face, fewer photos or several_faces 'largest'.")
         h, w = latent_size(width, height)
         device = self.device
 
@@ -256,7 +272,6 @@ class FlashFacePipeline:
                     len(reference_latents), width, height, seed, device)
         latents = run_solver(denoiser, x, sigmas, callback=progress, should_cancel=should_cancel, generator=generator)
 
-        decoded = self.vae.decode((latents / LATENT_SCALE).to(self.vae_device)).float()
-        images = official_levels(decoded).to(output_device).float() / 255
+        images = official_levels(self.decode(latents)).to(output_device).float() / 255
         return GenerationResult(images=images, latents=latents.float().to(output_device), seed=seed,
                                 model_timesteps=denoiser.model_timesteps)

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from PIL import ImageDraw
 
-from ..flashface.errors import FaceDetectionError
-from ..flashface.face import REFERENCE_SIZE, crop_face, detect_faces, largest_face, pad_to_square
-from .images import image_batches_to_pil, pil_to_batch, pil_to_image
-from .load_model import FLASHFACE_MODEL
+import comfy.model_management as mm
 
-SEVERAL_FACES = ("largest", "error", "all")
+from ..flashface.errors import GenerationCancelled
+from ..flashface.face import (
+    DEFAULT_DETECTION_THRESHOLD,
+    MAX_REFERENCES,
+    REFERENCE_SIZE,
+    SEVERAL_FACES,
+    find_reference_faces,
+    pad_to_square,
+)
+from .images import image_batches_to_pil, pil_to_batch, pil_to_image
+from .inputs import expect
+from .load_model import FLASHFACE_MODEL, FlashFaceModel
+
 EXTRA_PHOTO_INPUTS = ("images_2", "images_3", "images_4")
 
 
@@ -48,41 +57,32 @@ class FlashFaceDetectFace:
             "images": ("IMAGE", {"tooltip": "Reference photos of one person: one image, a batch, or a list of "
                                             "images of any sizes."}),
             "threshold": ("FLOAT", {
-                "default": 0.6, "min": 0.05, "max": 0.99, "step": 0.01,
-                "tooltip": "Detection confidence needed to count as a face (official: 0.6). Lower it if a clear "
-                           "face is missed, raise it if background objects are taken for faces."}),
+                "default": DEFAULT_DETECTION_THRESHOLD, "min": 0.05, "max": 0.99, "step": 0.01,
+                "tooltip": f"Detection confidence needed to count as a face (official: {DEFAULT_DETECTION_THRESHOLD}). "
+                           "Lower it if a clear face is missed, raise it if background objects are taken for "
+                           "faces."}),
             "several_faces": (list(SEVERAL_FACES), {
                 "default": "largest",
                 "tooltip": "What to do when one photo shows more than one face. largest: keep the biggest face; "
                            "error: stop and say which photo; all: keep every face (only if they are all the same "
-                           "person)."}),
+                           f"person; at most {MAX_REFERENCES} faces in all)."}),
         }, "optional": {
             name: ("IMAGE", {"tooltip": "More reference photos of the same person (any size, batch or list)."})
             for name in EXTRA_PHOTO_INPUTS
         }}
 
     def detect(self, flashface_model, images, threshold, several_faces, **more_images):
-        model, threshold, several_faces = flashface_model[0], threshold[0], several_faces[0]
-        photos = image_batches_to_pil(images + [batch for name in EXTRA_PHOTO_INPUTS
-                                                for batch in more_images.get(name, [])])
-        if not photos:
-            raise FaceDetectionError("No reference photo was given: connect at least one image.")
+        model = expect(flashface_model[0], FlashFaceModel, "flashface_model", "FlashFace Load Model")
+        threshold, several_faces = threshold[0], several_faces[0]
+        photos = []
+        for name, batches in (("images", images), *((name, more_images.get(name, [])) for name in EXTRA_PHOTO_INPUTS)):
+            photos += image_batches_to_pil(batches, name)
         (detector,) = model.ready("detector")
-        crops, previews = [], []
-        for number, photo in enumerate(photos, 1):
-            where = f"reference photo {number} of {len(photos)} ({photo.width}x{photo.height})"
-            faces = detect_faces(detector, photo, threshold, model.device("detector"))
-            if not faces:
-                raise FaceDetectionError(
-                    f"No face found in {where} at threshold {threshold:.2f}. Use a photo where the face is clearly "
-                    f"visible and not too small, or lower the threshold.")
-            if len(faces) > 1:
-                if several_faces == "error":
-                    raise FaceDetectionError(
-                        f"{len(faces)} faces found in {where}. Crop the photo to one person, or set several_faces "
-                        f"to 'largest' (or 'all' if every face is the same person).")
-                if several_faces == "largest":
-                    faces = [largest_face(faces)]
-            crops += [pad_to_square(crop_face(photo, face), REFERENCE_SIZE) for face in faces]
-            previews.append(pil_to_image(_draw_faces(photo, faces)))
+        try:
+            found = find_reference_faces(detector, photos, threshold, model.device("detector"), several_faces,
+                                         should_cancel=mm.processing_interrupted)
+        except GenerationCancelled as cancelled:
+            raise mm.InterruptProcessingException() from cancelled
+        crops = [pad_to_square(crop, REFERENCE_SIZE) for photo in found for crop in photo.crops]
+        previews = [pil_to_image(_draw_faces(photo.photo, photo.faces)) for photo in found]
         return (pil_to_batch(crops), previews, len(crops))

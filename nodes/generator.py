@@ -7,14 +7,15 @@ import comfy.model_management as mm
 import comfy.utils
 import latent_preview
 
-from ..flashface.errors import GenerationCancelled, InvalidInputError
+from ..flashface.errors import GenerationCancelled
 from ..flashface.models.vae import LATENT_SCALE
 from ..flashface.pipeline import DEFAULT_FACE_BOX, PRESETS, FlashFacePipeline
-from ..flashface.prompts import NEGATIVE_POSTFIX, POSITIVE_POSTFIX
+from ..flashface.prompts import NEGATIVE_POSTFIX, POSITIVE_POSTFIX, EncodedPrompt
 from ..flashface.sampling.schedule import DISCRETIZATIONS, SPACINGS
 from ..flashface.sampling.solvers import SOLVERS
 from .images import image_batches_to_pil
-from .load_model import FLASHFACE_MODEL
+from .inputs import expect, expect_mask
+from .load_model import FLASHFACE_MODEL, FlashFaceModel
 from .text_encode import FLASHFACE_CONDITIONING
 
 NO_PRESET = "none"
@@ -130,17 +131,19 @@ class FlashFaceGenerator:
                  launch_timestep, face_x1, face_y1, face_x2, face_y2, width, height, batch_size, preset,
                  face_mask=None, prompt_postfixes=True, reference_feature_strength_before_launch=0.85,
                  pad_references=True):
-        faces = image_batches_to_pil([reference_faces])
-        if not faces:
-            raise InvalidInputError("No reference face was given: connect the faces output of FlashFace Detect Face.")
+        expect(flashface_model, FlashFaceModel, "flashface_model", "FlashFace Load Model")
+        for name, prompt in (("positive", positive), ("negative", negative)):
+            expect(prompt, EncodedPrompt, name, "FlashFace CLIP Text Encode (ComfyUI's own CLIP Text Encode cannot "
+                                                "be used: FlashFace needs its own text encoding)")
+        faces = image_batches_to_pil([reference_faces], "reference_faces")
+        if face_mask is not None:
+            face_mask = expect_mask(face_mask, "face_mask")
         settings = dict(guidance_scale=text_guidance, reference_strength=reference_feature_strength,
                         strength_before_launch=reference_feature_strength_before_launch,
                         reference_guidance=reference_guidance_strength, launch_timestep=launch_timestep,
                         face_box=(face_x1, face_y1, face_x2, face_y2))
         for name in PRESETS.get(preset, {}):
             settings[name] = None  # the preset's value
-        if face_mask is not None and face_mask.dim() == 3:
-            face_mask = face_mask[0]
 
         unet, vae = flashface_model.ready("unet", "vae")
         pipeline = FlashFacePipeline(unet, vae, device=flashface_model.device("unet"),

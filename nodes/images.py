@@ -13,11 +13,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .inputs import expect_image
 
-def image_batches_to_pil(batches: Iterable[torch.Tensor]) -> list[Image.Image]:
-    """Every image of a list of IMAGE batches (or single [H, W, C] images), in order, as RGB PIL."""
+
+def image_batches_to_pil(batches: Iterable[torch.Tensor], input_name: str) -> list[Image.Image]:
+    """Every image of a list of IMAGE batches (or single [H, W, C] images), in order, as RGB PIL;
+    anything that is not an IMAGE stops with a message naming `input_name`."""
     images = []
     for batch in batches:
+        batch = expect_image(batch, input_name)
         if batch.dim() == 3:
             batch = batch[None]
         for image in batch:

@@ -4,8 +4,10 @@ Every network is wrapped in a ``comfy.model_patcher.ModelPatcher`` so that Comfy
 manager moves it to the GPU when a FlashFace node needs it (``load_models_gpu``) and back to the
 offload device when other models need the memory. The UNet is built from ``comfy.ops`` layers,
 so ComfyUI can also load it partially on small GPUs and cast fp16/bf16 weights per layer.
-Loads are cached per file (path, size, mtime) and settings: running again, or changing one file,
-only loads what changed.
+Loads are cached per file (path, identity, size, mtime) and settings: running again, or changing one
+file, only loads what changed; a file replaced or overwritten on disk is loaded again (`IS_CHANGED`).
+Every network owns its weights (copied from the file when loaded), so nothing done to a file
+afterwards can crash ComfyUI.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..flashface.models.clip_text import load_text_encoder
 from ..flashface.models.retinaface import load_face_detector
 from ..flashface.models.unet import load_unet
 from ..flashface.models.vae import VAE_ATTENTIONS, load_vae
+from ..flashface.utils.cache_utils import recorded_load_failure
 from . import model_files
 
 logger = logging.getLogger(__name__)
@@ -84,19 +87,20 @@ def _load_detector(path: Path) -> comfy.model_patcher.ModelPatcher:
 
 
 class _LoadCache:
-    """The most recent load of each kind, reused while its file and settings are unchanged."""
+    """The most recent successful load of each kind, reused while its file (same identity, size
+    and time) and settings are unchanged. A load that fails leaves the cached model in place."""
 
     def __init__(self):
         self._entries: dict[str, tuple[tuple, comfy.model_patcher.ModelPatcher]] = {}
 
     def get(self, kind: str, path: Path, settings: tuple, load) -> comfy.model_patcher.ModelPatcher:
         stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns, settings)
+        key = (str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, settings)
         cached = self._entries.get(kind)
         if cached is not None and cached[0] == key:
             return cached[1]
-        self._entries.pop(kind, None)  # drop the old model before loading the new one
-        patcher = load()
+        with recorded_load_failure(path):
+            patcher = load()
         self._entries[kind] = (key, patcher)
         return patcher
 
@@ -139,6 +143,12 @@ class FlashFaceLoadModel:
                            "it (an unusual reshape the published weights were used with). standard: the usual SD "
                            "attention, which is what ComfyUI's own VAE Decode gives on this pack's LATENT output."}),
         }}
+
+    @classmethod
+    def IS_CHANGED(cls, unet_name, vae_name, clip_name, detector_name, **settings):
+        """The files' identities: ComfyUI reuses this node's output only while they are unchanged."""
+        return "\n".join(model_files.fingerprint(kind, name) for kind, name in
+                         (("unet", unet_name), ("vae", vae_name), ("clip", clip_name), ("detector", detector_name)))
 
     def load(self, unet_name, vae_name, clip_name, detector_name, weight_dtype, vae_attention=VAE_ATTENTIONS[0]):
         paths = {kind: model_files.resolve(kind, name) for kind, name in

@@ -41,14 +41,35 @@ def kind_folders(kind: str) -> list[Path]:
     return folders
 
 
+def _mtime(directory: str) -> int | None:
+    try:
+        return os.stat(directory).st_mtime_ns
+    except OSError:
+        return None
+
+
+# folder -> (modification time of every directory walked, the model files found)
+_listings: dict[Path, tuple[dict[str, int | None], list[str]]] = {}
+
+
 def _files_below(folder: Path) -> list[str]:
-    """Model files below `folder`, as '/'-separated relative names (missing folder: none)."""
-    names = []
+    """Model files below `folder`, as '/'-separated relative names (missing folder: none).
+
+    The listing is kept and reused while no directory in it changed (files added or removed
+    change their directory's time), as ComfyUI's own folder_paths does: the node list is asked
+    for at every /object_info and prompt validation.
+    """
+    cached = _listings.get(folder)
+    if cached is not None and all(_mtime(directory) == time for directory, time in cached[0].items()):
+        return cached[1]
+    times, names = {str(folder): _mtime(str(folder))}, []
     for root, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
+        times[root] = _mtime(root)
         for file in files:
             if os.path.splitext(file)[1].lower() in MODEL_EXTENSIONS:
                 names.append(Path(root, file).relative_to(folder).as_posix())
+    _listings[folder] = (times, names)
     return names
 
 
@@ -72,6 +93,24 @@ def _registry_entry(kind: str, name: str):
     return None
 
 
+def locate(kind: str, name: str) -> Path | None:
+    """The file a choice would load, as it is on disk now (not verified, never downloaded)."""
+    for folder in kind_folders(kind):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def fingerprint(kind: str, name: str) -> str:
+    """Identity of the file behind a choice (device, inode, size, time): it changes when the file
+    is replaced, overwritten or truncated, so ComfyUI runs Load Model again."""
+    path = locate(kind, name)
+    if path is None:
+        return f"{name}: missing"
+    stat = path.stat()
+    return f"{path}: {stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def resolve(kind: str, name: str) -> Path:
     """The file behind a choice: registry files verified (downloaded if missing), others as found.
 
@@ -85,9 +124,8 @@ def resolve(kind: str, name: str) -> Path:
             bar.update_absolute(done // MEGABYTE, max(1, (total or done) // MEGABYTE))
 
         return get_model_path(entry, folder_paths=folder_paths, progress=progress)
-    for folder in kind_folders(kind):
-        path = folder / name
-        if path.is_file():
-            return path
+    path = locate(kind, name)
+    if path is not None:
+        return path
     raise ModelFileError(f"The model file {name!r} is no longer in {', '.join(map(str, kind_folders(kind)))}; "
                          "refresh the node list (press R) and choose another file.")

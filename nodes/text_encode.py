@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..flashface.prompts import encode_prompt
-from .load_model import FLASHFACE_MODEL
+from .inputs import expect
+from .load_model import FLASHFACE_MODEL, FlashFaceModel
 
 FLASHFACE_CONDITIONING = "FLASHFACE_CONDITIONING"
 """Carries a `flashface.prompts.EncodedPrompt`: the text encoded as written and with the official
@@ -33,5 +34,7 @@ class FlashFaceCLIPTextEncode:
         }}
 
     def encode(self, flashface_model, text):
+        expect(flashface_model, FlashFaceModel, "flashface_model", "FlashFace Load Model")
+        expect(text, str, "text", "a text (STRING)")
         (text_encoder,) = flashface_model.ready("text_encoder")
         return (encode_prompt(text_encoder, text, flashface_model.device("text_encoder")),)

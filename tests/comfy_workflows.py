@@ -10,8 +10,15 @@ import torch
 from PIL import Image
 
 from comfy_server import REPO_ROOT
+from tiny_flashface_models import use_tiny_models
 
 API_DIR = REPO_ROOT / "workflows" / "api"
+SMALLEST_WORKFLOW = "flashface_one_photo"
+PHOTO = "flashface_astronaut.jpg"
+# what the comfyui_tiny fixture (conftest.py) adds to the server's folders
+BLANK_PHOTO = "flashface_test_blank.png"
+SECOND_DETECTOR = "tiny_retinaface_copy.pth"
+CORRUPT_MODEL = "corrupt_unet.safetensors"
 
 
 def load_api_workflow(name: str) -> dict:
@@ -42,3 +49,33 @@ def saved_levels(server, run, node: str) -> torch.Tensor:
     """The 8-bit images an output node (SaveImage, PreviewImage) wrote, [B,H,W,3] uint8."""
     pictures = [Image.open(io.BytesIO(server.view(image))).convert("RGB") for image in run.outputs[node]["images"]]
     return torch.from_numpy(np.stack([np.array(picture) for picture in pictures]))
+
+
+def api_workflow(name: str) -> dict:
+    """A bundled workflow with its Load Model pointed at the tiny models."""
+    return use_tiny_models(load_api_workflow(name))
+
+
+def quick_prompt(seed: int = 0, **generator) -> dict:
+    """The smallest workflow at 64x64 with 2 steps, for error and memory tests."""
+    prompt = api_workflow(SMALLEST_WORKFLOW)
+    return set_inputs(prompt, "FlashFace_Generator", **{"steps": 2, "width": 64, "height": 64, "seed": seed,
+                                                       **generator})
+
+
+def assert_server_healthy(server) -> None:
+    assert server.alive(), server.log_tail()
+    assert server.get("/system_stats")["system"]["comfyui_version"]
+
+
+def expect_node_error(server, prompt, node_type, *phrases):
+    """Run `prompt`; it must stop in a node of `node_type` with every phrase in the message, and
+    leave the server up."""
+    run = server.run(prompt)
+    assert run.status == "error", f"expected an error, got {run.status}"
+    assert run.error["node_type"] == node_type, run.error_text()
+    message = run.error["exception_message"]
+    for phrase in phrases:
+        assert phrase in message, message
+    assert_server_healthy(server)
+    return run

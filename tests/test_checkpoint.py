@@ -1,6 +1,7 @@
 """The shared checkpoint reader and module loader (flashface/models/checkpoint.py)."""
 
 import collections
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,3 +179,62 @@ def test_manifest_checkpoint_builds_meta_modules(tmp_path):
     checkpoint = ManifestCheckpoint(manifest)
     module = load_module(TwoLayers, checkpoint, copy_plan(checkpoint.keys()), what="test model", device="meta")
     assert module.linear.weight.is_meta and module.linear.weight.shape == (2, 3)
+
+
+def _save(weights, path):
+    if path.suffix == ".safetensors":
+        save_file(weights, path)
+    else:
+        torch.save(weights, path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_a_loaded_module_owns_its_weights(tmp_path, suffix):
+    """Overwriting the file in place (cp, curl -o) changes nothing in the loaded module, and a
+    truncated file (its mapping gone) does not fault: run where a SIGBUS cannot end the test run."""
+    import subprocess
+    import sys
+    import textwrap
+
+    generator = torch.Generator().manual_seed(0)
+    weights = {k: torch.randn(v.shape, generator=generator) for k, v in TwoLayersBig().state_dict().items()}
+    path = _save(weights, tmp_path / f"big{suffix}")
+    script = textwrap.dedent(f"""
+        import torch, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_checkpoint import TwoLayersBig, copy_plan
+        from flashface.models.checkpoint import load_module, open_checkpoint
+        checkpoint = open_checkpoint({str(path)!r})
+        module = load_module(TwoLayersBig, checkpoint, copy_plan(checkpoint.keys()), what="test model")
+        checkpoint.close()
+        before = module.linear.weight.clone()
+        size = {path.stat().st_size}
+        with open({str(path)!r}, "r+b") as f:   # overwritten in place
+            f.write(b"\\x00" * size)
+        assert torch.equal(module.linear.weight, before), "the module changed with the file"
+        with open({str(path)!r}, "r+b") as f:   # truncated
+            f.truncate(0)
+        print("sum", float(module.linear.weight.sum() + module.norm.weight.sum()))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert done.stdout.startswith("sum ")
+
+
+class TwoLayersBig(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(192, 128)
+        self.norm = nn.LayerNorm(128)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt", ".pth"])
+@pytest.mark.parametrize("content, phrase", [(b"", "empty (0 bytes)"), (b"\0" * 70000, "zero bytes")])
+def test_empty_or_zero_filled_files_are_named_as_such(tmp_path, suffix, content, phrase):
+    path = tmp_path / f"m{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match="incompletely downloaded") as info:
+        open_checkpoint(path)
+    assert phrase in str(info.value) and "Python objects" not in str(info.value)

@@ -47,6 +47,43 @@ def test_token_ids_match_the_official_tokenizer(case):
     assert torch.equal(ids, case.inputs["token_ids"])
 
 
+def _random_words(seed: int, count: int) -> list[str]:
+    """Words that exercise the merge order: repeated letters and pairs, frequent letters, other scripts."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def pick(alphabet: str, length: int) -> str:
+        return "".join(alphabet[i] for i in torch.randint(len(alphabet), (length,), generator=generator))
+
+    words = [c * n for c in "aeo" for n in range(1, 40)] + [p * n for p in ("ab", "aab", "ll", "ing") for n in range(1, 25)]
+    for index in range(count):
+        alphabet = ("aabbcdeeeilmnoorsstt", "abcdefghijklmnopqrstuvwxyz", "éàüßçñøåæœ日本語的", "ab1!")[index % 4]
+        words.append(pick(alphabet, int(torch.randint(1, 40, (1,), generator=generator))))
+    return words
+
+
+def test_word_merges_equal_open_clips_bpe(tokenizer):
+    """Our O(n log n) merge gives open_clip's (the official BPE's) tokens for every word."""
+    reference = open_clip.tokenizer.SimpleTokenizer()
+    byte_chars = open_clip.tokenizer.bytes_to_unicode()
+    checked = 0
+    for word in _random_words(seed=0, count=12000):
+        for piece in Tokenizer._PIECES.findall(tokenizer.clean(word)):
+            expected = reference.bpe("".join(byte_chars[b] for b in piece.encode("utf-8"))).split(" ")
+            assert tokenizer.encode(piece) == [reference.encoder[token] for token in expected], piece
+            checked += 1
+    assert checked > 12000
+
+
+def test_only_the_kept_tokens_are_computed_and_they_are_the_same(tokenizer):
+    text = " ".join(_random_words(seed=1, count=400))
+    full = tokenizer.encode(text)
+    assert len(full) > 200
+    assert tokenizer.encode(text, limit=75) == full[:75]
+    assert tokenizer([text])[0, 1:76].tolist() == full[:75]
+    long_word = "x" * 40_000  # seconds to minutes in the quadratic official BPE; bench/bench_tokenizer.py
+    assert tokenizer([long_word]).shape == (1, 77)
+
+
 @pytest.mark.parametrize("case", cases("clip_text"))
 def test_embeddings_match_the_official_text_tower(case):
     arch = case.config["text_architecture"]

@@ -13,19 +13,27 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_server import PACK_FOLDER_NAME, REPO_ROOT, PromptRejected
-from comfy_workflows import API_DIR, load_api_workflow, node_id, saved_levels, set_inputs
-from tiny_flashface_models import TINY_MODELS, use_tiny_models, write_tiny_models
+from comfy_server import PACK_FOLDER_NAME, PromptRejected
+from comfy_workflows import (
+    API_DIR,
+    BLANK_PHOTO,
+    CORRUPT_MODEL,
+    PHOTO,
+    SECOND_DETECTOR,
+    api_workflow,
+    assert_server_healthy,
+    expect_node_error,
+    node_id,
+    quick_prompt,
+    saved_levels,
+    set_inputs,
+)
+from tiny_flashface_models import TINY_MODELS
 from tiny_retinaface import post_nms_scores, threshold_for_count
 
 pytestmark = pytest.mark.comfyui
 
 API_WORKFLOWS = sorted(API_DIR.glob("*.json"))
-SMALLEST_WORKFLOW = "flashface_one_photo"
-PHOTO = "flashface_astronaut.jpg"
-BLANK_PHOTO = "flashface_test_blank.png"
-SECOND_DETECTOR = "tiny_retinaface_copy.pth"
-CORRUPT_MODEL = "corrupt_unet.safetensors"
 STANDARD_VAE = "seeded_sd_vae_standard_naming.safetensors"
 NODE_INPUTS = {
     "FlashFace_LoadModel": {"unet_name", "vae_name", "clip_name", "detector_name", "weight_dtype", "vae_attention"},
@@ -47,14 +55,8 @@ NODE_OUTPUTS = {
 
 
 @pytest.fixture(scope="module")
-def server(comfyui):
-    """The session's ComfyUI with tiny models in models/flashface and a face-less photo in input/."""
-    folder = comfyui.models_dir / "flashface"
-    write_tiny_models(folder)
-    shutil.copy(folder / TINY_MODELS["detector_name"], folder / SECOND_DETECTOR)
-    (folder / CORRUPT_MODEL).write_bytes(b"\x00" * 64 + b"not a model")
-    Image.new("RGB", (320, 240), (128, 128, 128)).save(comfyui.input_dir / BLANK_PHOTO)
-    return comfyui
+def server(comfyui_tiny):
+    return comfyui_tiny
 
 
 @pytest.fixture(scope="module")
@@ -75,22 +77,6 @@ def detector_scores(server):
 
     detector = load_face_detector(server.models_dir / "flashface" / TINY_MODELS["detector_name"])
     return post_nms_scores(detector, Image.open(server.input_dir / PHOTO).convert("RGB"))
-
-
-def api_workflow(name: str) -> dict:
-    return use_tiny_models(load_api_workflow(name))
-
-
-def quick_prompt(seed: int = 0, **generator) -> dict:
-    """The smallest workflow at 64x64 with 2 steps, for error and memory tests."""
-    prompt = api_workflow(SMALLEST_WORKFLOW)
-    return set_inputs(prompt, "FlashFace_Generator", **{"steps": 2, "width": 64, "height": 64, "seed": seed,
-                                                       **generator})
-
-
-def assert_server_healthy(server) -> None:
-    assert server.alive(), server.log_tail()
-    assert server.get("/system_stats")["system"]["comfyui_version"]
 
 
 # ------------------------------------------------------------------ registration
@@ -255,22 +241,11 @@ def test_interrupt_during_sampling_stops_the_run_and_the_next_run_succeeds(serve
 
 
 # ------------------------------------------------------------------ user errors
-def _expect_node_error(server, prompt, node_type, *phrases):
-    run = server.run(prompt)
-    assert run.status == "error", f"expected an error, got {run.status}"
-    assert run.error["node_type"] == node_type
-    message = run.error["exception_message"]
-    for phrase in phrases:
-        assert phrase in message, message
-    assert_server_healthy(server)
-    return run
-
-
 def test_photo_without_a_face_names_the_photo(server, detector_scores):
     assert detector_scores[0] < 0.99
     prompt = set_inputs(quick_prompt(), "LoadImage", image=BLANK_PHOTO)
     set_inputs(prompt, "FlashFace_DetectFace", threshold=0.99)
-    run = _expect_node_error(server, prompt, "FlashFace_DetectFace", "No face found in reference photo 1 of 1",
+    run = expect_node_error(server, prompt, "FlashFace_DetectFace", "No face found in reference photo 1 of 1",
                              "320x240")
     assert run.error["exception_type"].endswith("FaceDetectionError")
 
@@ -278,13 +253,13 @@ def test_photo_without_a_face_names_the_photo(server, detector_scores):
 def test_photo_with_two_faces_is_refused_when_asked(server, detector_scores):
     prompt = set_inputs(quick_prompt(), "FlashFace_DetectFace", several_faces="error",
                         threshold=threshold_for_count(detector_scores, 2))
-    _expect_node_error(server, prompt, "FlashFace_DetectFace", "2 faces found in reference photo 1 of 1",
+    expect_node_error(server, prompt, "FlashFace_DetectFace", "2 faces found in reference photo 1 of 1",
                        "several_faces")
 
 
 def test_size_not_multiple_of_eight_is_explained(server):
     prompt = quick_prompt(width=100)
-    _expect_node_error(server, prompt, "FlashFace_Generator", "multiple of 8", "96 or 104")
+    expect_node_error(server, prompt, "FlashFace_Generator", "multiple of 8", "96 or 104")
 
 
 def test_zero_references_is_a_validation_error(server):
@@ -306,13 +281,13 @@ def test_zero_references_is_a_validation_error(server):
 def test_missing_official_model_file_says_where_to_put_it(server):
     # The server runs offline (HF_HUB_OFFLINE=1), so the missing official file cannot be downloaded.
     prompt = set_inputs(quick_prompt(), "FlashFace_LoadModel", unet_name="flashface.ckpt")
-    run = _expect_node_error(server, prompt, "FlashFace_LoadModel", "flashface.ckpt")
+    run = expect_node_error(server, prompt, "FlashFace_LoadModel", "flashface.ckpt")
     assert str(server.models_dir / "flashface") in run.error["exception_message"]
 
 
 def test_corrupt_model_file_is_reported(server):
     prompt = set_inputs(quick_prompt(), "FlashFace_LoadModel", unet_name=CORRUPT_MODEL)
-    run = _expect_node_error(server, prompt, "FlashFace_LoadModel", CORRUPT_MODEL)
+    run = expect_node_error(server, prompt, "FlashFace_LoadModel", CORRUPT_MODEL)
     assert run.error["exception_type"].endswith("ModelFileError")
 
 

@@ -5,11 +5,15 @@ import pytest
 import torch
 from PIL import Image
 
+from flashface.errors import FaceDetectionError, GenerationCancelled, InvalidInputError
 from flashface.face import (
     DETECTOR_SIZE,
+    MAX_REFERENCES,
+    MIN_PHOTO_SIDE,
     Face,
     crop_face,
     detect_faces,
+    find_reference_faces,
     eye_levelling_angle,
     image_to_tensor,
     largest_face,
@@ -150,3 +154,59 @@ def test_largest_face():
     small = Face((0.0, 0.0, 10.0, 10.0), 0.9, ((0.0, 0.0),) * 5)
     large = Face((0.0, 0.0, 30.0, 20.0), 0.7, ((0.0, 0.0),) * 5)
     assert largest_face([small, large]) is large
+
+
+# the face-crop policy every entry point uses ----------------------------------------------------------
+
+def test_several_faces_policy_keeps_the_largest_stops_or_keeps_all(detector):
+    image = photo(300, 400, seed=2)
+    threshold = threshold_for_count(post_nms_scores(detector, image), 3)
+    faces = detect_faces(detector, image, threshold, "cpu")
+    (largest,) = find_reference_faces(detector, [image], threshold, "cpu", "largest")
+    assert largest.faces == (largest_face(faces),) and len(largest.crops) == 1
+    (every,) = find_reference_faces(detector, [image], threshold, "cpu", "all")
+    assert every.faces == tuple(faces) and [c.size for c in every.crops] == [crop_face(image, f).size for f in faces]
+    with pytest.raises(FaceDetectionError, match=r"3 faces found in reference photo 1 of 1 \(300x400\)"):
+        find_reference_faces(detector, [image], threshold, "cpu", "error")
+    with_face, without = sorted([image, photo(300, 400, seed=9)], key=lambda p: -post_nms_scores(detector, p)[0])
+    between = (post_nms_scores(detector, with_face)[0] + post_nms_scores(detector, without)[0]) / 2
+    with pytest.raises(FaceDetectionError, match="No face found in reference photo 2 of 2 .* lower the threshold"):
+        find_reference_faces(detector, [with_face, without], between, "cpu")
+
+
+@pytest.mark.parametrize("size", [(2, 4000), (1, 1), (MIN_PHOTO_SIDE - 1, 300)])
+def test_a_photo_too_small_for_a_face_is_refused_by_name(detector, size):
+    with pytest.raises(FaceDetectionError, match=rf"photo 2 of 2 \({size[0]}x{size[1]}\) is too small"):
+        find_reference_faces(detector, [photo(64, 64), photo(*size)], 0.0, "cpu")
+
+
+def test_more_faces_than_a_generation_takes_are_refused(detector):
+    crowd = photo(300, 400, seed=2)
+    scores = post_nms_scores(detector, crowd)
+    (kept,) = find_reference_faces(detector, [crowd], threshold_for_count(scores, MAX_REFERENCES), "cpu", "all")
+    assert len(kept.crops) == MAX_REFERENCES
+    with pytest.raises(FaceDetectionError, match=rf"more than {MAX_REFERENCES} faces \({MAX_REFERENCES + 1} in "):
+        find_reference_faces(detector, [crowd], threshold_for_count(scores, MAX_REFERENCES + 1), "cpu", "all")
+
+
+def test_cancel_is_checked_before_every_photo(detector):
+    asked = []
+
+    def cancel_at_the_third():
+        asked.append(len(asked))
+        return len(asked) == 3
+
+    with pytest.raises(GenerationCancelled, match="before photo 3 of 5"):
+        find_reference_faces(detector, [photo(64, 64, seed=i) for i in range(5)], 0.0, "cpu",
+                             should_cancel=cancel_at_the_third)
+    assert len(asked) == 3
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), 1.0, -0.5, float("inf")])
+def test_a_threshold_that_is_no_probability_is_refused(detector, threshold):
+    with pytest.raises(InvalidInputError, match="between 0 and 1"):
+        find_reference_faces(detector, [photo(64, 64)], threshold, "cpu")
+
+
+def test_pad_to_square_never_makes_a_side_of_zero_pixels():
+    assert pad_to_square(Image.new("RGB", (1, 2000)), 224).size == (224, 224)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from flashface.errors import InvalidInputError
 from flashface.models.checkpoint import StateDictCheckpoint
 from flashface.models.unet import UNetSpeedOptions, load_unet
 from flashface.sampling.guidance import GuidanceSettings, ReferenceGuidedDenoiser
@@ -172,3 +173,13 @@ def test_guidance_and_rescale_formula():
                                        torch.zeros(1, 4, 7, 7), None, settings)
     # guided = 0 + 3·(x − 0) + 2·(3x − x) = 7x; the rescale factor is 0.5·std(x)/std(7x) + 0.5 = 0.5/7 + 0.5
     torch.testing.assert_close(denoiser.eps(x, 500), 7 * x * (0.5 / 7 + 0.5))
+
+
+@pytest.mark.parametrize("name, value", [
+    ("guidance_scale", float("nan")), ("guidance_scale", -1.0), ("reference_guidance", float("inf")),
+    ("reference_strength", float("nan")), ("strength_before_launch", float("-inf")), ("launch_timestep", 1001),
+    ("launch_timestep", -1), ("guide_rescale", 1.5), ("guidance_scale", "7.5"),
+])
+def test_settings_that_are_not_finite_or_out_of_range_are_refused(name, value):
+    with pytest.raises(InvalidInputError, match=f"{name} must be a finite number"):
+        GuidanceSettings(**{name: value})

@@ -83,3 +83,20 @@ def test_user_mask_of_another_size_is_resampled_and_binarized():
     assert cells(mask) == ((8, 23), (32, 63))
     with pytest.raises(InvalidInputError):
         resize_mask(torch.zeros(2, 8, 8), 512, 512)
+
+
+@pytest.mark.parametrize("box", [(0.5, 0.5, 0.5, 0.5), (1.0, 1.0, 1.0, 1.0), (0.999, 0.2, 1.0, 0.3)])
+def test_a_box_that_covers_no_latent_cell_is_refused(box):
+    with pytest.raises(InvalidInputError, match="covers no part of a 64x64 image"):
+        box_mask(box, 64, 64)
+    assert not box_mask((0, 0, 0, 0), 64, 64).any()  # all zeros: no hint, as documented
+
+
+@pytest.mark.parametrize("mask, phrase", [
+    (torch.zeros(64, 64), "marks no face area"),
+    (torch.full((64, 64), 0.4), "marks no face area"),
+    (torch.full((64, 64), float("nan")), "not numbers"),
+])
+def test_an_empty_or_broken_mask_is_refused(mask, phrase):
+    with pytest.raises(InvalidInputError, match=phrase):
+        resize_mask(mask, 64, 64)

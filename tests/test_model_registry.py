@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import random
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from flashface.errors import DownloadError, ModelFileError
 from flashface.models import model_registry
@@ -32,11 +34,16 @@ from tests.http_fixture_server import FixtureServer
 REPO = Path(__file__).resolve().parents[1]
 FAST = DownloadSettings(connect_timeout=2, read_timeout=2, attempts_per_url=3, backoff_seconds=0.01,
                         max_backoff_seconds=0.05, chunk_bytes=4096)
-SIZE = 200_000
+def payload(seed: int = 0, size: int = 200_000) -> bytes:
+    """A model file (a torch.save pickle of `size` random bytes, as .pth files are): verification
+    also checks that a file opens as a checkpoint."""
+    buffer = io.BytesIO()
+    torch.save({"weight": torch.frombuffer(bytearray(random.Random(seed).randbytes(size)), dtype=torch.uint8)},
+               buffer)
+    return buffer.getvalue()
 
 
-def payload(seed: int = 0, size: int = SIZE) -> bytes:
-    return random.Random(seed).randbytes(size)
+SIZE = len(payload())
 
 
 def md5_of(data: bytes) -> str:
@@ -561,3 +568,48 @@ def test_sidecar_is_small_json_next_to_the_file(server, tmp_path):
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same bytes: re-hashed, accepted
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST) == path
     assert read_record(path).mtime_ns == path.stat().st_mtime_ns
+
+
+# a file that is there but not usable: the message names the reason ------------------------------
+
+def test_a_copy_of_the_wrong_size_is_named_with_its_size_not_called_missing(server, tmp_path, monkeypatch):
+    data = payload()
+    entry = entry_for(server.add("/model.pth", data), data)
+    (tmp_path / "model.pth").write_bytes(data[:1000])
+    monkeypatch.setenv("FLASHFACE_OFFLINE", "1")
+    with pytest.raises(DownloadError) as raised:
+        get_model_path(entry, models_dir=tmp_path, settings=FAST)
+    message = str(raised.value)
+    assert f"{tmp_path / 'model.pth'} is not usable: size is 1000 bytes, expected {SIZE}" in message
+    assert "offline" in message and "missing" not in message
+
+
+def test_a_zero_filled_file_of_the_right_size_is_refused_and_its_good_replacement_accepted(server, tmp_path,
+                                                                                           monkeypatch):
+    """What a downloader that reserves the space leaves: the exact size, all zeros."""
+    data = payload()
+    entry = entry_for(server.add("/model.pth", data), data)
+    path = tmp_path / "model.pth"
+    path.write_bytes(b"\0" * SIZE)
+    monkeypatch.setenv("FLASHFACE_OFFLINE", "1")
+    for _ in range(2):  # the second time from the recorded verdict, with the same reason
+        with pytest.raises(DownloadError, match="zero bytes"):
+            get_model_path(entry, models_dir=tmp_path, settings=FAST)
+        assert not read_record(path).verified and "zero bytes" in read_record(path).problem
+    path.write_bytes(data)  # the user puts the right file in its place
+    assert get_model_path(entry, models_dir=tmp_path, settings=FAST) == path
+    assert read_record(path).verified
+
+
+def test_a_file_that_fails_to_load_is_no_longer_called_verified(server, tmp_path, monkeypatch):
+    data = payload()
+    entry = entry_for(server.add("/model.pth", data), data)
+    path = tmp_path / "model.pth"
+    path.write_bytes(data)
+    assert get_model_path(entry, models_dir=tmp_path, settings=FAST) == path
+    with pytest.raises(ModelFileError):
+        with cache_utils.recorded_load_failure(path):
+            raise ModelFileError(f"{path} is not a FlashFace UNet checkpoint: 2142 expected tensors are missing")
+    monkeypatch.setenv("FLASHFACE_OFFLINE", "1")
+    with pytest.raises(DownloadError, match="2142 expected tensors are missing"):
+        get_model_path(entry, models_dir=tmp_path, settings=FAST)

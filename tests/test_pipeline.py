@@ -224,6 +224,78 @@ def test_bad_settings_are_explained(pipeline, settings, message):
         pipeline.generate(random_faces(1), "a portrait", **arguments)
 
 
+def test_more_references_than_a_generation_takes_are_refused(pipeline):
+    with pytest.raises(InvalidInputError, match="17 reference faces were given; FlashFace takes at most 16"):
+        pipeline.generate(random_faces(17), "a portrait", **QUICK)
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 64, 1.5, True])
+def test_a_seed_that_is_no_64_bit_count_is_refused(pipeline, seed):
+    with pytest.raises(InvalidInputError, match="seed must be a whole number"):
+        pipeline.generate(random_faces(1), "a portrait", seed=seed, steps=2, width=SIZE, height=SIZE)
+
+
 def test_no_reference_face_is_explained(pipeline):
     with pytest.raises(InvalidInputError, match="at least one reference face"):
         pipeline.generate([], "a portrait", **QUICK)
+
+
+class RunsOutOfMemory(torch.nn.Module):
+    """The pipeline's VAE on a device with little memory: it raises the allocator's error for a
+    decode of more than `max_cells` latent cells, or an encode of more than one face."""
+
+    def __init__(self, vae, max_cells: int):
+        super().__init__()
+        self.vae, self.max_cells, self.calls = vae, max_cells, []
+
+    def encode(self, images):
+        self.calls.append(("encode", images.shape[0]))
+        if images.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.vae.encode(images)
+
+    def decode(self, latents):
+        self.calls.append(("decode", tuple(latents.shape)))
+        if latents[0, 0].numel() * latents.shape[0] > self.max_cells:
+            raise RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)")
+        return self.vae.decode(latents)
+
+    def decode_tiled(self, latents):
+        return type(self.vae).decode_tiled(self, latents, tile=4, overlap=2)
+
+    @property
+    def scale_factor(self):
+        return self.vae.scale_factor
+
+
+@pytest.mark.parametrize("max_cells, expected", [(64, "one image at a time"), (16, "in tiles")])
+def test_out_of_memory_in_the_vae_falls_back_to_smaller_pieces(pipeline, max_cells, expected):
+    faces = random_faces(2)
+    whole = pipeline.generate(faces, "a portrait", seed=3, num_samples=2, **QUICK)
+    small = RunsOutOfMemory(pipeline.vae, max_cells)
+    constrained = FlashFacePipeline(pipeline.unet, small, pipeline.text_encoder, device="cpu")
+    result = constrained.generate(faces, "a portrait", seed=3, num_samples=2, **QUICK)
+    # the references encoded one by one: the same latents up to the order of float sums
+    torch.testing.assert_close(result.latents, whole.latents, atol=1e-3, rtol=1e-3)
+    assert [call for call in small.calls if call[0] == "encode"] == [("encode", 4), *[("encode", 1)] * 4]
+    decodes = [shape for kind, shape in small.calls if kind == "decode"]
+    assert decodes[0] == (2, 4, 8, 8) and decodes[1] == (1, 4, 8, 8)
+    unscaled = result.latents / LATENT_SCALE
+    with torch.no_grad():
+        if expected == "one image at a time":
+            decoded = torch.cat([pipeline.vae.decode(z[None]) for z in unscaled])
+        else:
+            assert all(shape[-2:] == (4, 4) for shape in decodes[2:])
+            decoded = torch.cat([small.decode_tiled(z[None]) for z in unscaled])
+    levels = (decoded.permute(0, 2, 3, 1) * 127.5 + 127.5).clamp(0, 255).to(torch.uint8)
+    assert torch.equal(result.images, levels.float() / 255)
+
+
+def test_an_error_that_is_not_out_of_memory_is_not_retried(pipeline):
+    class Broken(RunsOutOfMemory):
+        def decode(self, latents):
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED")
+
+    broken = FlashFacePipeline(pipeline.unet, Broken(pipeline.vae, 0), pipeline.text_encoder, device="cpu")
+    with pytest.raises(RuntimeError, match="CUDNN_STATUS"):
+        broken.generate(random_faces(1), "a portrait", seed=3, **QUICK)

@@ -146,3 +146,27 @@ def test_wrong_files_are_refused_with_what_was_expected():
     with pytest.raises(ModelFileError, match="VAE"):
         load_vae(ManifestCheckpoint(manifest("flashface_unet.json")), device="meta")
 
+
+
+def test_tiled_decode_is_the_whole_decode_when_one_tile_covers_the_latent():
+    vae = load_vae(StateDictCheckpoint(tiny_vae_state_dict(seed=4)))
+    latents = torch.randn(2, 4, 12, 20, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(vae.decode_tiled(latents, tile=20), vae.decode(latents).float())
+
+
+def test_tiled_decode_assembles_the_tiles():
+    """Where one tile alone covers the image, the pixels are that tile's own decode; the seams
+    blend two tiles; the image keeps its size."""
+    vae = load_vae(StateDictCheckpoint(tiny_vae_state_dict(seed=4)))
+    latents = torch.randn(1, 4, 24, 40, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        tiled = vae.decode_tiled(latents, tile=16, overlap=4)
+        top_left = vae.decode(latents[:, :, :16, :16]).float()
+        bottom_right = vae.decode(latents[:, :, -16:, -16:]).float()
+    assert tiled.shape == (1, 3, 24 * 8, 40 * 8) and torch.isfinite(tiled).all()
+    # tile rows start at latent rows 0 and 8, columns at 0, 12 and 24 (16 cells, 4 of overlap)
+    torch.testing.assert_close(tiled[..., :64, :96], top_left[..., :64, :96])
+    torch.testing.assert_close(tiled[..., -64:, -96:], bottom_right[..., -64:, -96:])
+    seam = tiled[..., :64, 100:124]  # latent columns 12.5-15.5: covered by the first two tiles
+    assert not torch.allclose(seam, top_left[..., :64, 100:124])

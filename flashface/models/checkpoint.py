@@ -12,7 +12,9 @@ aliases are equal, concatenate q/k/v...). `load_module` then
 
 Files are read lazily: ``.safetensors`` through ``safe_open`` (memory-mapped), pickles
 (``.pth``/``.ckpt``/``.pt``/``.bin``) through ``torch.load(weights_only=True, mmap=True)``,
-so tensors the plan does not use (``ref_middle.*``, CLIP's vision tower) are never read.
+so tensors the plan does not use (``ref_middle.*``, CLIP's vision tower) are never read. Every
+tensor a module keeps is copied out of the mapping, one at a time: a loaded model owns its memory
+and does not depend on the file staying as it was.
 `ManifestCheckpoint` stands in for a real file from a key/shape manifest, on the meta device,
 so tests can prove the loader accepts the real published files without having them.
 """
@@ -141,11 +143,37 @@ class ManifestCheckpoint(StateDictCheckpoint):
         super().__init__(tensors, path=manifest_path)
 
 
+_DAMAGE_PROBE_BYTES = 1 << 16
+
+
+def _damage(path: str) -> str | None:
+    """What is plainly wrong with a file's bytes (empty, zero-filled), or None."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as file:
+            head = file.read(_DAMAGE_PROBE_BYTES)
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    if size == 0:
+        return "it is empty (0 bytes)"
+    if not head.strip(b"\0"):
+        return (f"it starts with {len(head)} zero bytes ({size} bytes in all), which is what a download that "
+                "reserved the space and stopped early leaves")
+    return None
+
+
 def _corrupt(path: str, exc: BaseException) -> ModelFileError:
+    damage = _damage(path)
+    reason = damage or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return ModelFileError(
-        f"The model file {path} could not be read ({type(exc).__name__}: {exc}). It is probably "
-        "corrupt or incompletely downloaded: delete it and download it again."
+        f"The model file {path} could not be read: {reason}. It is corrupt or incompletely downloaded: "
+        "delete it and download it again."
     )
+
+
+def _is_unsafe_pickle(exc: BaseException) -> bool:
+    """torch.load(weights_only=True) refused a pickle because it holds Python objects."""
+    return "Unsupported global" in str(exc)
 
 
 def _unwrap_pickle(obj: object, path: str) -> Mapping[str, torch.Tensor]:
@@ -178,13 +206,25 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if _is_unsafe_pickle(exc) and _damage(path) is None:
             raise ModelFileError(
                 f"The model file {path} contains Python objects other than tensors and was not "
                 f"loaded, for safety ({exc}). Use the published checkpoint or a .safetensors file."
             ) from exc
         raise _corrupt(path, exc) from exc
     return StateDictCheckpoint(_unwrap_pickle(obj, path), path=path)
+
+
+def unreadable_reason(path: str | os.PathLike) -> str | None:
+    """Why the file cannot be opened as a checkpoint (empty, zero-filled, truncated, not a tensor
+    file, holding Python objects), or None. Reads the header and index only, not the tensors."""
+    try:
+        with checkpoint_source(path) as checkpoint:
+            if not checkpoint.keys():
+                return "it holds no tensors"
+    except ModelFileError as error:
+        return str(error)
+    return None
 
 
 @contextmanager
@@ -310,7 +350,9 @@ def load_module(
             target = at_least_fp32(dtype) if keep_fp32(name) else dtype
         else:
             target = reference.dtype
-        state[name] = tensor.to(device=device, dtype=target)
+        # Always a copy: the file's tensors are memory-mapped views, and a model that kept them
+        # would fault (SIGBUS) or change silently when the file is truncated or overwritten.
+        state[name] = tensor.to(device=device, dtype=target, copy=True)
     module.load_state_dict(state, strict=True, assign=True)
     module.requires_grad_(False).eval()
     logger.debug("loaded %s from %s (%d tensors, %s, %s)", what, checkpoint.path, len(state), device, dtype)

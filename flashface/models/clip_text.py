@@ -23,10 +23,11 @@ open_clip's BPE (see `Tokenizer`).
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import regex
 import torch
@@ -77,15 +78,50 @@ def _open_clip_bpe():
     return _open_clip_tokenizer_module().SimpleTokenizer()
 
 
+def bpe_merge(symbols: Sequence[str], ranks: Mapping[tuple[str, str], int]) -> list[str]:
+    """Byte-pair merges of one word, with the result of CLIP's `SimpleTokenizer.bpe` (which
+    merges every occurrence of the best-ranked pair, left to right, and repeats: quadratic, so a
+    40,000-character word takes half a minute there) in O(n log n).
+
+    A heap holds every adjacent pair by (rank, position). A pair created by a merge always ranks
+    after that merge (a merge joins symbols that earlier merges made), so popping by rank, then
+    position, merges the best pair everywhere, left to right, before anything it created: the
+    same merges in the same order. Stale heap entries (a side already merged away) are skipped.
+    """
+    symbols = list(symbols)
+    count = len(symbols)
+    following = list(range(1, count)) + [-1]
+    preceding = list(range(-1, count - 1))
+    alive = [True] * count
+    heap = [(ranks[pair], i) for i, pair in enumerate(zip(symbols, symbols[1:])) if pair in ranks]
+    heapq.heapify(heap)
+    while heap:
+        rank, i = heapq.heappop(heap)
+        j = following[i]
+        if not alive[i] or j < 0 or ranks.get((symbols[i], symbols[j])) != rank:
+            continue
+        symbols[i] += symbols[j]
+        alive[j] = False
+        following[i] = following[j]
+        if following[j] >= 0:
+            preceding[following[j]] = i
+        for left, right in ((preceding[i], i), (i, following[i])):
+            if left >= 0 and right >= 0 and (pair := (symbols[left], symbols[right])) in ranks:
+                heapq.heappush(heap, (ranks[pair], left))
+    return [symbol for symbol, kept in zip(symbols, alive) if kept]
+
+
 class Tokenizer:
     """The official FlashFace tokenizer: OpenAI CLIP BPE, padded with the end token to 77.
 
     Text cleaning, in order: ftfy.fix_text, HTML-unescape twice, strip, collapse whitespace,
     lower-case. ``<|startoftext|>``/``<|endoftext|>`` written in a prompt become the special
-    tokens. The first ``context_length - 2`` BPE tokens are kept, so the end token is always there.
+    tokens. The first ``context_length - 2`` BPE tokens are kept, so the end token is always there;
+    words after those are not looked at, and each word costs O(n log n) (`bpe_merge`), so no
+    prompt can hold up the server.
 
     open_clip's `SimpleTokenizer` provides the vocabulary (its packaged
-    ``bpe_simple_vocab_16e6.txt.gz`` is the official file), the byte encoding and the BPE merges;
+    ``bpe_simple_vocab_16e6.txt.gz`` is the official file), the byte encoding and the merge ranks;
     what differs from calling open_clip's tokenizer: open_clip pads with 0, not with the end token,
     and its special tokens are spelled ``<start_of_text>``/``<end_of_text>``, so the official
     spellings in a prompt would be split into ordinary tokens there.
@@ -97,27 +133,37 @@ class Tokenizer:
         regex.IGNORECASE,
     )
     _SPECIAL_IDS = {START_OF_TEXT: START_TOKEN, END_OF_TEXT: END_TOKEN}
+    _WORD_CACHE_SIZE = 8192
 
     def __init__(self, context_length: int = CONTEXT_LENGTH):
         self.context_length = context_length
         self._bpe = _open_clip_bpe()
         self._byte_chars = _open_clip_tokenizer_module().bytes_to_unicode()
+        self._word_ids = functools.lru_cache(maxsize=self._WORD_CACHE_SIZE)(self._uncached_word_ids)
 
     @staticmethod
     def clean(text: str) -> str:
         module = _open_clip_tokenizer_module()
         return module.whitespace_clean(module.basic_clean(text)).lower()
 
-    def encode(self, text: str) -> list[int]:
-        """BPE token ids of one text, without start/end tokens or truncation."""
-        ids = []
-        for piece in self._PIECES.findall(self.clean(text)):
+    def _uncached_word_ids(self, piece: str) -> tuple[int, ...]:
+        characters = "".join(self._byte_chars[b] for b in piece.encode("utf-8"))
+        symbols = [*characters[:-1], characters[-1] + "</w>"]
+        return tuple(self._bpe.encoder[token] for token in bpe_merge(symbols, self._bpe.bpe_ranks))
+
+    def encode(self, text: str, limit: int | None = None) -> list[int]:
+        """BPE token ids of one text, without start/end tokens; with `limit`, only the first
+        `limit` ids are computed (the rest of the text is not tokenized)."""
+        ids: list[int] = []
+        for match in self._PIECES.finditer(self.clean(text)):
+            if limit is not None and len(ids) >= limit:
+                break
+            piece = match.group()
             if piece in self._SPECIAL_IDS:
                 ids.append(self._SPECIAL_IDS[piece])
-                continue
-            byte_encoded = "".join(self._byte_chars[b] for b in piece.encode("utf-8"))
-            ids.extend(self._bpe.encoder[token] for token in self._bpe.bpe(byte_encoded).split(" "))
-        return ids
+            else:
+                ids.extend(self._word_ids(piece))
+        return ids if limit is None else ids[:limit]
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids [P, context_length] (int64) for P texts."""
@@ -125,7 +171,7 @@ class Tokenizer:
             texts = [texts]
         rows = []
         for text in texts:
-            row = [START_TOKEN, *self.encode(text)[: self.context_length - 2], END_TOKEN]
+            row = [START_TOKEN, *self.encode(text, self.context_length - 2), END_TOKEN]
             rows.append(row + [END_TOKEN] * (self.context_length - len(row)))
         return torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.context_length)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelFileError
+from ..errors import DownloadError, ModelFileError
 from ..utils.cache_utils import (
     DownloadSettings,
     ExpectedFile,
@@ -40,7 +40,7 @@ from ..utils.cache_utils import (
     source_urls,
     verify_file,
 )
-from .checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES
+from .checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, unreadable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class ModelEntry:
 
     @property
     def expected(self) -> ExpectedFile:
-        return ExpectedFile(self.size, self.md5, self.sha256)
+        return ExpectedFile(self.size, self.md5, self.sha256, format_problem=unreadable_reason)
 
     def replace(self, **changes: Any) -> ModelEntry:
         return dataclasses.replace(self, **changes)
@@ -218,11 +218,16 @@ def get_model_path(model: str | ModelEntry, auto_download: bool = True, progress
         if problem is None:
             return path
         logger.warning("Ignoring %s: it is not the expected %s (%s)", path, model.description, problem)
-        problems.append(f"{path}: {problem}")
+        problems.append(f"{path} is not usable: {problem}")
+    found = f" {'; '.join(problems)}." if problems else ""
     if not auto_download:
-        found = f" The copies found are not valid: {'; '.join(problems)}." if problems else ""
         raise ModelFileError(
             f"{model.file_name} ({model.description}) was not found in {', '.join(map(str, searched))}.{found} "
             f"{manual_install_hint(source_urls(model.urls, model.file_name), download_dirs[0] / model.file_name)}.")
-    return download_file(model.urls, download_dirs, model.file_name, model.expected, progress=progress,
-                         settings=settings)
+    try:
+        return download_file(model.urls, download_dirs, model.file_name, model.expected, progress=progress,
+                             settings=settings)
+    except DownloadError as error:
+        if not problems:
+            raise
+        raise DownloadError(f"{found.strip()} It could not be replaced: {error}") from error

@@ -36,6 +36,7 @@ WHAT = "SD 1.x VAE"
 EXPECTED_FILES = "sd-v1-vae.pth (FlashFace) or an SD 1.x VAE such as vae-ft-mse-840000-ema-pruned.safetensors"
 STANDARD_PREFIXES = ("", "first_stage_model.")
 GROUPS, EPS = 32, 1e-6
+TILE_LATENT, TILE_OVERLAP = 64, 16  # latent cells of a decode tile (512 px) and of the overlap (128 px)
 VAE_ATTENTIONS = ("official", "standard")
 """Mid-block attention variants (`load_vae(attention=...)`), the official one first; ComfyUI's own
 VAE Decode computes the standard one."""
@@ -179,6 +180,52 @@ class AutoencoderKL(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in about [-1, 1] from unscaled latents."""
         return self.decoder(self.conv2(latents.to(self._dtype())))
+
+    @property
+    def scale_factor(self) -> int:
+        """Pixels per latent cell along a side."""
+        return 2 ** (len(self.config.dim_mult) - 1)
+
+    def decode_tiled(self, latents: torch.Tensor, tile: int = TILE_LATENT, overlap: int = TILE_OVERLAP
+                     ) -> torch.Tensor:
+        """`decode` in overlapping tiles of `tile`² latent cells, blended linearly across the
+        overlap: a fraction of the memory of a whole decode. The result differs slightly from a
+        whole decode (each tile's convolutions and mid-block attention see only that tile)."""
+        b, _, h, w = latents.shape
+        factor, overlap = self.scale_factor, min(overlap, tile // 2)
+        out = latents.new_zeros((b, 3, h * factor, w * factor), dtype=torch.float32)
+        total = latents.new_zeros((1, 1, h * factor, w * factor), dtype=torch.float32)
+        for top in _tile_starts(h, tile, tile - overlap):
+            for left in _tile_starts(w, tile, tile - overlap):
+                part = latents[:, :, top:top + tile, left:left + tile]
+                weight = _feather(part.shape[-2:], (top, left), (h, w), overlap, factor).to(out.device)
+                rows = slice(top * factor, (top + part.shape[-2]) * factor)
+                columns = slice(left * factor, (left + part.shape[-1]) * factor)
+                out[:, :, rows, columns] += self.decode(part).float() * weight
+                total[:, :, rows, columns] += weight
+        return out / total
+
+
+def _tile_starts(size: int, tile: int, step: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    return list(range(0, size - tile, step)) + [size - tile]
+
+
+def _feather(shape, start, whole, overlap: int, factor: int) -> torch.Tensor:
+    """Blend weights [1,1,H,W] of one decoded tile: rising across the overlap on every side that
+    has a neighbouring tile, 1 elsewhere."""
+    ramps = []
+    for length, begin, full in zip(shape, start, whole):
+        position = torch.arange(length * factor, dtype=torch.float32)
+        ramp = torch.ones_like(position)
+        width = overlap * factor
+        if begin > 0:
+            ramp = torch.minimum(ramp, (position + 1) / (width + 1))
+        if begin + length < full:
+            ramp = torch.minimum(ramp, (length * factor - position) / (width + 1))
+        ramps.append(ramp)
+    return (ramps[0][:, None] * ramps[1][None, :])[None, None]
 
 
 def module_keys(config: VAEConfig) -> list[str]:

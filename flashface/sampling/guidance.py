@@ -16,12 +16,13 @@ its features serve every row; the UNet skips the reference attention of rows who
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import InvalidInputError
-from .schedule import NoiseSchedule
+from .schedule import NUM_TIMESTEPS, NoiseSchedule
 
 GUIDE_RESCALE = 0.5
 
@@ -36,6 +37,18 @@ class GuidanceSettings:
     strength_before_launch: float = 0.85  # λ0, reference attention weight before launch
     launch_timestep: int = 750  # 3-branch guidance once the model timestep is <= this
     guide_rescale: float = GUIDE_RESCALE  # φ
+
+    def __post_init__(self):
+        for name, low, high in (("guidance_scale", 0, None), ("reference_guidance", 0, None),
+                                ("reference_strength", None, None), ("strength_before_launch", None, None),
+                                ("guide_rescale", 0, 1), ("launch_timestep", 0, NUM_TIMESTEPS)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or (low is not None and value < low) or (high is not None and value > high):
+                limits = " and ".join(text for text, bound in ((f"at least {low}", low), (f"at most {high}", high))
+                                      if bound is not None)
+                raise InvalidInputError(f"{name} must be a finite number{' ' + limits if limits else ''}, "
+                                        f"got {value!r}.")
 
     def three_branches(self, timestep: int) -> bool:
         return timestep <= self.launch_timestep and self.reference_guidance > 0

@@ -4,7 +4,9 @@ From a normalized box (x1, y1, x2, y2) the official code draws a *square* of sid
 max(X2 − X1, Y2 − Y1) pixels anchored at the box's top-left corner (coordinates truncated to
 whole pixels, clipped at the image border) and keeps every 8th pixel: latent cell (i, j) is 1
 iff pixel (8i, 8j) lies in the square. An all-zero box gives an all-zero mask, i.e. no position
-hint. Output sizes must be multiples of 8, so the mask and the latent have the same size.
+hint; any other box, and any user mask, must mark at least one latent cell (else it is refused:
+a silently empty mask would drop the position hint). Output sizes must be multiples of 8, so the
+mask and the latent have the same size.
 """
 
 from __future__ import annotations
@@ -47,7 +49,13 @@ def box_mask(box: Sequence[float], width: int, height: int) -> torch.Tensor:
     columns = torch.arange(w) * LATENT_FACTOR
     inside_rows = (rows >= top) & (rows < top + side)
     inside_columns = (columns >= left) & (columns < left + side)
-    return (inside_rows[:, None] & inside_columns[None, :]).float()
+    mask = (inside_rows[:, None] & inside_columns[None, :]).float()
+    if not mask.any() and any(float(v) for v in box):
+        raise InvalidInputError(
+            f"The face box {list(box)} covers no part of a {width}x{height} image (it has no size, or its square "
+            "starts outside the image). Give a box around where the face should be, or set all four values to 0 "
+            "for no position hint.")
+    return mask
 
 
 def resize_mask(mask: torch.Tensor, width: int, height: int, threshold: float = 0.5) -> torch.Tensor:
@@ -62,5 +70,13 @@ def resize_mask(mask: torch.Tensor, width: int, height: int, threshold: float = 
         mask = mask[0]
     if mask.dim() != 2 or mask.numel() == 0:
         raise InvalidInputError(f"The face mask must be one [height, width] mask, got shape {tuple(mask.shape)}.")
-    sampled = F.interpolate(mask[None, None].float(), size=(h, w), mode="nearest")[0, 0]
-    return (sampled >= threshold).float()
+    if not torch.isfinite(mask).all():
+        raise InvalidInputError("The face mask has values that are not numbers (NaN or infinite); give a mask with "
+                                "values between 0 and 1 (white = face).")
+    sampled = (F.interpolate(mask[None, None].float(), size=(h, w), mode="nearest")[0, 0] >= threshold).float()
+    if not sampled.any():
+        raise InvalidInputError(
+            f"The face mask marks no face area at the {width}x{height} output (it is black, or its white part is "
+            "smaller than 8 pixels). Paint where the face should be in white, or disconnect the mask and set the "
+            "face box to all zeros for no position hint.")
+    return sampled

@@ -31,16 +31,17 @@ import re
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 from urllib.parse import urlparse
 
 import requests
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from ..errors import DownloadError
+from ..errors import DownloadError, ModelFileError
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +78,13 @@ class DownloadSettings:
 
 @dataclass(frozen=True)
 class ExpectedFile:
-    """What a file must be: any of exact size, MD5, SHA-256 (lowercase hex)."""
+    """What a file must be: any of exact size, MD5, SHA-256 (lowercase hex), and readable in its
+    format (`format_problem(path)` says what is wrong, or None; it runs when the file is hashed)."""
 
     size: int | None = None
     md5: str | None = None
     sha256: str | None = None
+    format_problem: Callable[[Path], "str | None"] | None = None
 
     @property
     def has_checksum(self) -> bool:
@@ -99,6 +102,13 @@ class FileRecord:
     verified: bool
     checks: tuple[str, ...] = ()
     source: str | None = None
+    problem: str | None = None
+    """Why the file was rejected (size, checksum, format, or a failed load), for a record that is not verified."""
+
+    @property
+    def is_reference(self) -> bool:
+        """Verified against a checksum (a checked download): the reference for files without a pinned one."""
+        return self.verified and any(check != "size" for check in self.checks)
 
 
 def _env_flag(name: str) -> bool:
@@ -239,16 +249,20 @@ def _pinned_checks(expected: ExpectedFile) -> list[str]:
 def verify_file(path: Path, expected: ExpectedFile, progress: ProgressCallback | None = None) -> str | None:
     """Check a file on disk; None if it is good, else what is wrong with it.
 
-    The references are the expected size and checksums and, for a file verified earlier (by a
-    checked download), the digests recorded then: a file that changed since is rejected. A file
-    with nothing but a pinned size to compare with (placed by hand) is accepted on its exact size.
-    The digests are cached in the sidecar, so an unchanged file is never hashed twice.
+    The references are the expected size and checksums, the file's format and, for a file
+    verified by a checked download earlier, the digests recorded then: a file that changed since
+    is rejected. A file with nothing but a pinned size to compare with (placed by hand) is
+    accepted on its exact size and format. Verdicts are cached in the sidecar (keyed by size and
+    modification time), rejections with their reason, so an unchanged file is never hashed twice.
     """
     stat = path.stat()
     if expected.size is not None and stat.st_size != expected.size:
         return f"size is {stat.st_size} bytes, expected {expected.size}"
     record = read_record(path)
-    if record is not None and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+    current = record is not None and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    if current and not record.verified and record.problem:
+        return record.problem
+    if current:
         md5, sha256 = record.md5, record.sha256
     else:
         logger.info("Checking %s (%.2f GB) once; the result is kept in %s",
@@ -256,21 +270,48 @@ def verify_file(path: Path, expected: ExpectedFile, progress: ProgressCallback |
         md5, sha256 = hash_file(path, progress=progress)
     problems = _mismatches(expected, stat.st_size, md5, sha256)
     checks = _pinned_checks(expected)
-    if record is not None and record.verified and not expected.has_checksum:
+    if record is not None and record.is_reference and not expected.has_checksum:
         if changes := _mismatches(ExpectedFile(md5=record.md5, sha256=record.sha256), stat.st_size, md5, sha256):
-            problems.append(f"content changed since it was verified ({'; '.join(changes)})")
+            problems.append(f"its content changed since it was verified ({'; '.join(changes)})")
         checks = list(record.checks)
-    elif not expected.has_checksum:
+    elif not expected.has_checksum and not problems:
         logger.warning("%s has no published checksum to compare with; accepted on its exact size", path)
-    verified = not problems
-    # A rejection is recorded only when the registry's checksums reproduce it: a record of an
-    # earlier verified version is the reference for files without pinned checksums and must stay.
-    unchanged = record is not None and (record.size, record.mtime_ns, record.verified) == (
-        stat.st_size, stat.st_mtime_ns, verified)
-    if not unchanged and (verified or expected.has_checksum):
+    if not problems and not current and expected.format_problem is not None:
+        if format_problem := expected.format_problem(path):
+            problems.append(format_problem)
+    verified, problem = not problems, "; ".join(problems) or None
+    # A checked download's record is the reference for files without a pinned checksum: a
+    # rejection of a later copy must not replace it (the copy is checked again next time).
+    keeps_reference = record is not None and record.is_reference and not verified and not expected.has_checksum
+    unchanged = current and (record.verified, record.problem) == (verified, problem)
+    if not unchanged and not keeps_reference:
         _write_record(path, FileRecord(stat.st_size, stat.st_mtime_ns, md5, sha256, verified, tuple(checks),
-                                       record.source if record is not None else None))
-    return "; ".join(problems) or None
+                                       record.source if record is not None else None, problem))
+    return problem
+
+
+@contextmanager
+def recorded_load_failure(path: Path) -> Iterator[None]:
+    """Run a load of `path`: a ModelFileError from it is kept in the file's sidecar (if it has one,
+    i.e. it is a registry file), so the file is not called verified again (`record_unusable`)."""
+    try:
+        yield
+    except ModelFileError as error:
+        record_unusable(path, str(error))
+        raise
+
+
+def record_unusable(path: Path, problem: str) -> None:
+    """Remember that a file that passed its checks cannot be used (it failed to load), so it is
+    never reported as verified again until it changes."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return
+    record = read_record(path)
+    if record is not None and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+        _write_record(path, FileRecord(record.size, record.mtime_ns, record.md5, record.sha256, False, record.checks,
+                                       record.source, problem))
 
 
 def _server_sha256(response: requests.Response) -> str | None:
@@ -504,9 +545,9 @@ def download_file(urls: Sequence[str], directories: Sequence[Path], file_name: s
     urls = source_urls(urls, file_name)
     if network_disabled():
         raise DownloadError(
-            f"{file_name} is missing and FlashFace is offline (FLASHFACE_OFFLINE or HF_HUB_OFFLINE is set), so it "
-            f"was not downloaded. {manual_install_hint(urls, Path(directories[0]) / file_name)}, or unset the "
-            f"variable to let FlashFace download it.")
+            f"{file_name} was not downloaded: FlashFace is offline (FLASHFACE_OFFLINE or HF_HUB_OFFLINE is set). "
+            f"{manual_install_hint(urls, Path(directories[0]) / file_name)}, or unset the variable to let FlashFace "
+            f"download it.")
     directory = _first_writable([Path(d) for d in directories], file_name, urls)
     target = directory / file_name
     lock = FileLock(str(target) + LOCK_SUFFIX)

@@ -1,0 +1,48 @@
+"""Checks of what arrives on a node's links: a link can carry anything (a Switch or Any node passes
+any type through), and a wrong value must stop with a message, not an AttributeError."""
+
+from __future__ import annotations
+
+import torch
+
+from ..flashface.errors import InvalidInputError
+
+
+def describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list (a ComfyUI CONDITIONING is one)" if value and isinstance(value[0], list) else "a list"
+    return f"a {type(value).__name__}"
+
+
+def expect(value, kind: type, input_name: str, source: str):
+    """`value` if it is a `kind`, else an error naming the input and what to connect to it."""
+    if not isinstance(value, kind):
+        raise InvalidInputError(f"The {input_name} input got {describe(value)}; connect {source} to it.")
+    return value
+
+
+def expect_image(value, input_name: str) -> torch.Tensor:
+    """A ComfyUI IMAGE: a finite [B,H,W,C] (or [H,W,C]) tensor with 1, 3 or 4 channels."""
+    expect(value, torch.Tensor, input_name, "an IMAGE (e.g. from Load Image)")
+    if value.dim() not in (3, 4) or value.shape[-1] not in (1, 3, 4) or 0 in value.shape:
+        raise InvalidInputError(f"The {input_name} input got {describe(value)}; an IMAGE is [batch, height, width, "
+                                "channels] with 1, 3 or 4 channels. Connect an IMAGE (e.g. from Load Image).")
+    if not torch.isfinite(value).all():
+        raise InvalidInputError(f"The {input_name} input has pixel values that are not numbers (NaN or infinite); "
+                                "check the nodes that made it.")
+    return value
+
+
+def expect_mask(value, input_name: str) -> torch.Tensor:
+    """A ComfyUI MASK: [H,W], or [B,H,W] of which the first mask is used."""
+    expect(value, torch.Tensor, input_name, "a MASK (e.g. from Load Image or Solid Mask)")
+    if value.dim() == 3:
+        value = value[0]
+    if value.dim() != 2:
+        raise InvalidInputError(f"The {input_name} input got {describe(value)}; a MASK is [height, width] or "
+                                "[batch, height, width].")
+    return value

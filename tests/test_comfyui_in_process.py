@@ -1,0 +1,159 @@
+"""The nodes run in a process with ComfyUI's own modules (no server), for what a CPU-only server
+cannot show or a 0.3.75 graph cannot send:
+
+* they compute on the device ComfyUI's model management loads a network to, also when it loads
+  the UNet only partly (--lowvram, or a small GPU): ComfyUI then keeps the smallest modules, such
+  as the time embedding, on the CPU and casts their weights per call. With no GPU here the meta
+  device stands in for one: whatever computes on the CPU by mistake meets meta weights and fails;
+* a value of the wrong type on any input is explained (a Switch node passes any type through);
+* the model lists are not walked again while the folders are unchanged."""
+
+from __future__ import annotations
+
+import pytest
+
+from comfy_process import run_with_comfyui
+from comfy_server import unavailable_reason
+
+pytestmark = [pytest.mark.comfyui,
+              pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))]
+
+PARTIAL_LOAD = """
+from pathlib import Path
+from flashface_pack.flashface.prompts import EncodedPrompt
+from flashface_pack.nodes import load_model
+from flashface_pack.nodes.generator import FlashFaceGenerator
+
+gpu = torch.device("meta")
+unet = load_model._load_unet(Path({unet!r}), "fp32")
+vae = load_model._load_vae(Path({vae!r}), "official")
+unet.load_device = vae.load_device = gpu
+
+
+def small_gpu(patchers, **options):
+    # what load_models_gpu does on a GPU with room for half the UNet
+    for patcher in patchers:
+        if patcher is unet:
+            patcher.load(gpu, lowvram_model_memory=patcher.model_size() // 2)
+        else:
+            patcher.load(gpu, full_load=True)
+
+
+mm.load_models_gpu = small_gpu
+mm.intermediate_device = lambda: gpu
+model = load_model.FlashFaceModel(unet=unet, vae=vae, text_encoder=None, detector=None)
+width = {width}
+prompt = EncodedPrompt("x", *(torch.randn(1, 77, width) for _ in range(3)))
+images, latent = FlashFaceGenerator().generate(
+    model, prompt, prompt, torch.rand(2, 224, 224, 3), seed=1, steps=3, solver="ddim",
+    discretization="trailing", sigma_spacing="timesteps", text_guidance=7.5, reference_feature_strength=1.2,
+    reference_guidance_strength=3.2, launch_timestep=750, face_x1=0.3, face_y1=0.1, face_x2=0.6, face_y2=0.4,
+    width=64, height=64, batch_size=2, preset="none")
+devices = {{name: p.device.type for name, p in unet.model.named_parameters()}}
+result = dict(images=[images.device.type, list(images.shape)],
+              latent=[latent["samples"].device.type, list(latent["samples"].shape)],
+              on_cpu=sorted(name for name, device in devices.items() if device == "cpu"),
+              on_gpu=sum(device == "meta" for device in devices.values()), lowvram=bool(unet.model.model_lowvram))
+"""
+
+
+def test_generator_runs_on_the_load_device_of_a_partially_loaded_unet(tiny_model_files, tmp_path):
+    from tiny_flashface_models import TEXT_WIDTH
+
+    snippet = PARTIAL_LOAD.format(unet=str(tiny_model_files["unet_name"]), vae=str(tiny_model_files["vae_name"]),
+                                  width=TEXT_WIDTH)
+    result = run_with_comfyui(snippet, tmp_path)
+    assert result["lowvram"] and result["on_gpu"] > 0
+    assert "time_embedding.0.weight" in result["on_cpu"]  # the case that used to send everything to the CPU
+    assert result["images"] == ["meta", [2, 64, 64, 3]]
+    assert result["latent"] == ["meta", [2, 4, 8, 8]]
+
+
+WRONG_TYPES = """
+from flashface_pack.flashface.errors import FlashFaceError
+from flashface_pack.flashface.prompts import EncodedPrompt
+from flashface_pack.nodes import detect_face, generator, load_model, text_encode
+
+model = load_model.FlashFaceModel(unet=None, vae=None, text_encoder=None, detector=None)
+prompt = EncodedPrompt("x", *(torch.zeros(1, 77, 32) for _ in range(3)))
+image = torch.rand(1, 64, 64, 3)
+settings = dict(seed=1, steps=2, solver="ddim", discretization="trailing", sigma_spacing="timesteps",
+                text_guidance=7.5, reference_feature_strength=1.2, reference_guidance_strength=3.2,
+                launch_timestep=750, face_x1=0.3, face_y1=0.1, face_x2=0.6, face_y2=0.4, width=64, height=64,
+                batch_size=1, preset="none")
+calls = {
+    "generator positive text": lambda: generator.FlashFaceGenerator().generate(model, "a portrait", prompt, image,
+                                                                               **settings),
+    "generator negative conditioning": lambda: generator.FlashFaceGenerator().generate(
+        model, prompt, [[torch.zeros(1, 77, 768), {}]], image, **settings),
+    "generator model tensor": lambda: generator.FlashFaceGenerator().generate(image, prompt, prompt, image,
+                                                                              **settings),
+    "generator faces text": lambda: generator.FlashFaceGenerator().generate(model, prompt, prompt, "faces",
+                                                                            **settings),
+    "generator mask image": lambda: generator.FlashFaceGenerator().generate(model, prompt, prompt, image,
+                                                                            face_mask=torch.rand(1, 8, 8, 3, 2),
+                                                                            **settings),
+    "detect photos text": lambda: detect_face.FlashFaceDetectFace().detect([model], ["a photo"], [0.6], ["largest"]),
+    "detect photos nan": lambda: detect_face.FlashFaceDetectFace().detect(
+        [model], [torch.full((1, 64, 64, 3), float("nan"))], [0.6], ["largest"]),
+    "detect model text": lambda: detect_face.FlashFaceDetectFace().detect(["model"], [image], [0.6], ["largest"]),
+    "encode model none": lambda: text_encode.FlashFaceCLIPTextEncode().encode(None, "a portrait"),
+}
+result = {}
+for name, call in calls.items():
+    try:
+        call()
+        result[name] = "no error"
+    except FlashFaceError as error:
+        result[name] = str(error)
+    except Exception as error:
+        result[name] = f"RAW {type(error).__name__}: {error}"
+"""
+
+
+def test_a_value_of_the_wrong_type_on_any_input_is_explained(tmp_path):
+    messages = run_with_comfyui(WRONG_TYPES, tmp_path)
+    expected = {
+        "generator positive text": "The positive input got text; connect FlashFace CLIP Text Encode",
+        "generator negative conditioning": "The negative input got a list (a ComfyUI CONDITIONING is one)",
+        "generator model tensor": "The flashface_model input got a tensor of shape [1, 64, 64, 3]; connect FlashFace "
+                                  "Load Model",
+        "generator faces text": "The reference_faces input got text",
+        "generator mask image": "The face_mask input got a tensor of shape [1, 8, 8, 3, 2]",
+        "detect photos text": "The images input got text",
+        "detect photos nan": "The images input has pixel values that are not numbers",
+        "detect model text": "The flashface_model input got text; connect FlashFace Load Model",
+        "encode model none": "The flashface_model input got a NoneType",
+    }
+    for name, phrase in expected.items():
+        assert phrase in messages[name], f"{name}: {messages[name]}"
+
+
+LISTING = """
+import os
+from pathlib import Path
+from flashface_pack.nodes import model_files
+
+folder = Path(FOLDER)
+folder_paths.add_model_folder_path("flashface", str(folder), is_default=True)
+(folder / "deep" / "er").mkdir(parents=True, exist_ok=True)
+(folder / "deep" / "er" / "first.safetensors").write_bytes(b"x")
+walks = []
+real_walk = os.walk
+os.walk = lambda *args, **kwargs: (walks.append(args[0]), real_walk(*args, **kwargs))[1]
+first = model_files.choices("unet")
+walked_first = len(walks)
+second = model_files.choices("unet")
+walked_second = len(walks) - walked_first
+(folder / "deep" / "er" / "second.safetensors").write_bytes(b"x")
+third = model_files.choices("unet")
+result = dict(first=first, second=second, third=third, walked_first=walked_first, walked_second=walked_second,
+              walked_third=len(walks) - walked_first - walked_second)
+"""
+
+
+def test_model_lists_are_listed_again_only_when_a_folder_changed(tmp_path):
+    listed = run_with_comfyui(LISTING.replace("FOLDER", repr(str(tmp_path / "models" / "flashface"))), tmp_path)
+    assert "deep/er/first.safetensors" in listed["first"] and listed["second"] == listed["first"]
+    assert listed["walked_first"] > 0 and listed["walked_second"] == 0
+    assert "deep/er/second.safetensors" in listed["third"] and listed["walked_third"] > 0
