@@ -8,9 +8,10 @@ pack folder as working directory); after a `git clone`, run it yourself with Com
 
 What it does, line by line of requirements.txt: a requirement that is already satisfied is left
 alone (nothing is upgraded), a missing or too old one is installed with
-`<this python> -m pip install "<requirement>"` with the installed torch pinned, and torch, torchvision, torchaudio and torchsde
-are never installed or upgraded, whatever a line says: ComfyUI owns them. Running it again does
-nothing once everything is there.
+`<this python> -m pip install "<requirement>"` with the installed torch pinned (where this Python
+has no pip, as in environments made by uv, with `uv pip install --python <this python>`; it says
+which), and torch, torchvision, torchaudio and torchsde are never installed or upgraded, whatever
+a line says: ComfyUI owns them. Running it again does nothing once everything is there.
 
 OpenCV: FlashFace does not use OpenCV at all (face detection and cropping are torch + Pillow), so
 this script never installs any `opencv-*` wheel and cannot clash with the one (python, headless
@@ -20,6 +21,8 @@ or contrib) another pack installed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,8 +33,11 @@ try:
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 except ImportError:  # packaging is vendored by pip when it is not installed on its own
-    from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
-    from pip._vendor.packaging.utils import canonicalize_name
+    try:
+        from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
+        from pip._vendor.packaging.utils import canonicalize_name
+    except ImportError:
+        sys.exit("[FlashFace install] needs the 'packaging' module (or pip): install it, then run this again")
 
 PACK_DIR = Path(__file__).resolve().parent
 REQUIREMENTS = PACK_DIR / "requirements.txt"
@@ -80,13 +86,26 @@ def installed_torch_pins() -> str:
     return "\n".join(pins) + "\n"
 
 
+def installer() -> tuple[str, list[str]] | None:
+    """(name, command prefix) of what installs into this Python: its pip, else uv; None if neither."""
+    if importlib.util.find_spec("pip") is not None:
+        return "pip", [sys.executable, "-m", "pip", "install"]
+    uv = shutil.which("uv")
+    if uv is not None:
+        return "uv", [uv, "pip", "install", "--python", sys.executable]
+    if importlib.util.find_spec("uv") is not None:
+        return "uv", [sys.executable, "-m", "uv", "pip", "install", "--python", sys.executable]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="only report what would be installed")
     parser.add_argument("--requirements", type=Path, default=REQUIREMENTS)
     args = parser.parse_args(argv)
 
-    print(f"[FlashFace install] python: {sys.executable}")
+    tool = installer()
+    print(f"[FlashFace install] python: {sys.executable}; installing with: {tool[0] if tool else 'nothing found'}")
     failures = 0
     for line in requirement_lines(args.requirements):
         action, reason = classify(line)
@@ -96,17 +115,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(f"[FlashFace install] would install {line}: {reason}")
             continue
-        print(f"[FlashFace install] installing {line}: {reason}", flush=True)
+        if tool is None:
+            failures += 1
+            print(f"[FlashFace install] CANNOT install {line}: this Python has no pip and uv is not on PATH; "
+                  f"install it with the tool that made this environment")
+            continue
+        print(f"[FlashFace install] installing {line} with {tool[0]}: {reason}", flush=True)
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
             constraints.write(installed_torch_pins())
         try:
-            result = subprocess.run([sys.executable, "-m", "pip", "install", line, "-c", constraints.name],
-                                     check=False)
+            result = subprocess.run([*tool[1], line, "-c", constraints.name], check=False)
         finally:
             Path(constraints.name).unlink()
         if result.returncode != 0:
             failures += 1
-            print(f"[FlashFace install] FAILED to install {line} (pip exit code {result.returncode})")
+            print(f"[FlashFace install] FAILED to install {line} ({tool[0]} exit code {result.returncode})")
     print("[FlashFace install] OpenCV: not used by FlashFace, left alone")
     print(f"[FlashFace install] {'done' if not failures else f'{failures} requirement(s) failed'}")
     return 1 if failures else 0

@@ -35,6 +35,7 @@ def _draw_faces(photo, faces):
 
 
 class FlashFaceDetectFace:
+    SEARCH_ALIASES = ["face detection", "face crop", "retinaface", "face id", "identity", "reference face"]
     DESCRIPTION = ("Finds the face in each reference photo with RetinaFace and cuts it out the way the official "
                    "FlashFace code does (box crop, eyes levelled, padded to a 224x224 square). Photos may have "
                    "different sizes: connect up to four images or batches, or a list of any length.")

@@ -31,6 +31,8 @@ def _preset_help() -> str:
 
 
 class FlashFaceGenerator:
+    SEARCH_ALIASES = ["face id", "identity", "portrait", "same person", "face swap", "instantid", "pulid",
+                      "ipadapter faceid", "photomaker", "sampler"]
     DESCRIPTION = ("Generates new images of the person in the reference faces, following the prompt. The face "
                    "box (or a mask) says where the face goes. Shows every step with a preview; Cancel stops it "
                    "between two steps.")

@@ -56,18 +56,23 @@ class FlashFaceModel:
 
 
 def _patcher(module: torch.nn.Module, load_device: torch.device) -> comfy.model_patcher.ModelPatcher:
-    return comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=mm.unet_offload_device(),
-                                            size=mm.module_size(module))
+    """The patcher ComfyUI builds its own models with: `CoreModelPatcher` where ComfyUI has it (it
+    is the dynamic-VRAM patcher when ComfyUI enables that at start-up, so it is looked up at each
+    load), else `ModelPatcher`."""
+    patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    return patcher_class(module, load_device=load_device, offload_device=mm.unet_offload_device(),
+                         size=mm.module_size(module))
 
 
 def _load_unet(path: Path, weight_dtype: str) -> comfy.model_patcher.ModelPatcher:
     device = mm.get_torch_device()
     dtype = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(device)
-    compute_dtype = mm.unet_manual_cast(dtype, device)
-    operations = comfy.ops.manual_cast if compute_dtype is not None else comfy.ops.disable_weight_init
+    manual_cast_dtype = mm.unet_manual_cast(dtype, device)
+    operations = comfy.ops.manual_cast if manual_cast_dtype is not None else comfy.ops.disable_weight_init
     unet = load_unet(path, device=mm.unet_offload_device(), dtype=dtype, operations=operations)
-    unet.compute_dtype = compute_dtype
-    logger.info("FlashFace UNet %s: weights %s, compute %s on %s", path.name, dtype, compute_dtype or dtype, device)
+    unet.manual_cast_dtype = manual_cast_dtype
+    logger.info("FlashFace UNet %s: weights %s, compute %s on %s", path.name, dtype, manual_cast_dtype or dtype,
+                device)
     return _patcher(unet, device)
 
 
@@ -109,6 +114,8 @@ _cache = _LoadCache()
 
 
 class FlashFaceLoadModel:
+    SEARCH_ALIASES = ["flashface", "face id", "identity", "portrait", "load face model", "instantid", "pulid",
+                      "photomaker"]
     DESCRIPTION = ("Loads the FlashFace networks. Files listed first are the official ones: if one is "
                    "missing it is downloaded (verified) into models/flashface on first use, with progress "
                    "shown here. Nothing is loaded when ComfyUI starts.")

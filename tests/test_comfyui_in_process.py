@@ -13,10 +13,16 @@ from __future__ import annotations
 import pytest
 
 from comfy_process import run_with_comfyui
-from comfy_server import unavailable_reason
+from comfy_server import comfy_installs
 
-pytestmark = [pytest.mark.comfyui,
-              pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))]
+pytestmark = pytest.mark.comfyui
+
+
+@pytest.fixture(params=comfy_installs(), ids=lambda install: f"comfyui-{install.version}")
+def install(request):
+    if request.param.missing:
+        pytest.skip(request.param.missing)
+    return request.param
 
 PARTIAL_LOAD = """
 from pathlib import Path
@@ -57,12 +63,12 @@ result = dict(images=[images.device.type, list(images.shape)],
 """
 
 
-def test_generator_runs_on_the_load_device_of_a_partially_loaded_unet(tiny_model_files, tmp_path):
+def test_generator_runs_on_the_load_device_of_a_partially_loaded_unet(install, tiny_model_files, tmp_path):
     from tiny_flashface_models import TEXT_WIDTH
 
     snippet = PARTIAL_LOAD.format(unet=str(tiny_model_files["unet_name"]), vae=str(tiny_model_files["vae_name"]),
                                   width=TEXT_WIDTH)
-    result = run_with_comfyui(snippet, tmp_path)
+    result = run_with_comfyui(install, snippet, tmp_path)
     assert result["lowvram"] and result["on_gpu"] > 0
     assert "time_embedding.0.weight" in result["on_cpu"]  # the case that used to send everything to the CPU
     assert result["images"] == ["meta", [2, 64, 64, 3]]
@@ -111,8 +117,8 @@ for name, call in calls.items():
 """
 
 
-def test_a_value_of_the_wrong_type_on_any_input_is_explained(tmp_path):
-    messages = run_with_comfyui(WRONG_TYPES, tmp_path)
+def test_a_value_of_the_wrong_type_on_any_input_is_explained(install, tmp_path):
+    messages = run_with_comfyui(install, WRONG_TYPES, tmp_path)
     expected = {
         "generator positive text": "The positive input got text; connect FlashFace CLIP Text Encode",
         "generator negative conditioning": "The negative input got a list (a ComfyUI CONDITIONING is one)",
@@ -152,8 +158,49 @@ result = dict(first=first, second=second, third=third, walked_first=walked_first
 """
 
 
-def test_model_lists_are_listed_again_only_when_a_folder_changed(tmp_path):
-    listed = run_with_comfyui(LISTING.replace("FOLDER", repr(str(tmp_path / "models" / "flashface"))), tmp_path)
+def test_model_lists_are_listed_again_only_when_a_folder_changed(install, tmp_path):
+    listed = run_with_comfyui(install, LISTING.replace("FOLDER", repr(str(tmp_path / "models" / "flashface"))),
+                              tmp_path)
     assert "deep/er/first.safetensors" in listed["first"] and listed["second"] == listed["first"]
     assert listed["walked_first"] > 0 and listed["walked_second"] == 0
     assert "deep/er/second.safetensors" in listed["third"] and listed["walked_third"] > 0
+
+
+PATCHERS = """
+from pathlib import Path
+from flashface_pack import NODE_CLASS_MAPPINGS
+from flashface_pack.nodes import load_model
+
+def patcher_classes():
+    unet = load_model._load_unet(Path({unet!r}), "fp16")
+    vae = load_model._load_vae(Path({vae!r}), "official")
+    return unet, [type(p).__name__ for p in (unet, vae)]
+
+had_core = hasattr(comfy.model_patcher, "CoreModelPatcher")
+expected_default = (comfy.model_patcher.CoreModelPatcher if had_core else comfy.model_patcher.ModelPatcher).__name__
+unet, default = patcher_classes()
+
+class DynamicStandIn(comfy.model_patcher.ModelPatcher):
+    pass
+
+comfy.model_patcher.CoreModelPatcher = DynamicStandIn  # what ComfyUI's start-up does with dynamic VRAM
+_, swapped = patcher_classes()
+cast = mm.unet_manual_cast(torch.float16, mm.get_torch_device())
+result = dict(default=default, expected_default=expected_default, swapped=swapped,
+              manual_cast_dtype=str(unet.model.manual_cast_dtype), expected_cast=str(cast),
+              weight_dtype=str(unet.model.head[2].weight.dtype),
+              aliases={{name: getattr(node, "SEARCH_ALIASES", None) for name, node in NODE_CLASS_MAPPINGS.items()}})
+"""
+
+
+def test_models_use_comfyuis_patcher_class_and_report_their_cast_dtype(install, tiny_model_files, tmp_path):
+    """Newer ComfyUI builds models with CoreModelPatcher (its dynamic-VRAM patcher once enabled)
+    and reads manual_cast_dtype for its memory estimates; older ones have neither."""
+    result = run_with_comfyui(install, PATCHERS.format(unet=str(tiny_model_files["unet_name"]),
+                                                       vae=str(tiny_model_files["vae_name"])), tmp_path)
+    assert result["default"] == [result["expected_default"]] * 2
+    assert result["swapped"] == ["DynamicStandIn"] * 2
+    assert result["weight_dtype"] == "torch.float16"
+    assert result["manual_cast_dtype"] == result["expected_cast"] == "torch.float32"  # fp16 weights, CPU computes fp32
+    for name, aliases in result["aliases"].items():
+        assert aliases and all(isinstance(alias, str) and alias == alias.lower() for alias in aliases), name

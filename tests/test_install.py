@@ -67,3 +67,51 @@ def test_modules_the_nodes_import_leave_open_clip_unimported():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_without_pip_it_installs_with_uv_and_says_so(tmp_path, monkeypatch, capsys):
+    """ComfyUI-Manager falls back to uv where the Python has no pip (an environment uv made)."""
+    calls = tmp_path / "uv-calls.txt"
+    fake_uv = tmp_path / "uv"
+    fake_uv.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    fake_uv.chmod(0o755)
+    real_find_spec = install.importlib.util.find_spec
+    monkeypatch.setattr(install.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "pip" else real_find_spec(name, *args))
+    monkeypatch.setattr(install.shutil, "which", lambda name: str(fake_uv) if name == "uv" else None)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("surely-not-an-installed-package-xyz\npytest\ntorch>=99\n")
+    assert install.main(["--requirements", str(requirements)]) == 0
+    output = capsys.readouterr().out
+    assert "installing with: uv" in output and "installing surely-not-an-installed-package-xyz with uv" in output
+    (call,) = calls.read_text().splitlines()
+    assert call.startswith(f"pip install --python {sys.executable} surely-not-an-installed-package-xyz -c ")
+
+
+def test_with_neither_pip_nor_uv_it_says_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(install, "installer", lambda: None)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("surely-not-an-installed-package-xyz\n")
+    assert install.main(["--requirements", str(requirements)]) == 1
+    assert "no pip and uv is not on PATH" in capsys.readouterr().out
+
+
+def test_registry_metadata_is_complete_and_cannot_collide():
+    import tomllib
+
+    from comfy_server import comfy_installs
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    name = project["project"]["name"]
+    assert "comfyui" not in name.lower() and re.fullmatch(r"[A-Za-z][\w.-]{0,99}", name)
+    comfy = project["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy.get("Icon", "https://").startswith("https://")
+    oldest_tested = comfy_installs()[0].version
+    assert comfy["requires-comfyui"] == f">={oldest_tested}"
+    assert project["project"]["dependencies"] == install.requirement_lines(REPO / "requirements.txt")
+    assert project["project"]["urls"]["Repository"].startswith("https://")
+    ignored = [line.strip() for line in (REPO / ".comfyignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    assert {"tests/", "bench/", ".ci/"} <= set(ignored)
+    shipped = ("__init__.py", "nodes/", "flashface/", "workflows/", "requirements.txt", "install.py", "LICENSE")
+    assert not [path for path in shipped if any(path.startswith(pattern) for pattern in ignored)]

@@ -290,7 +290,7 @@ def test_manual_cast_layers_compute_in_the_chosen_dtype(tmp_path):
     reference = call_model(load_unet(path), call)
     ops = type(TORCH_OPERATIONS)(**{**vars(TORCH_OPERATIONS), "Linear": CastingLinear, "Conv2d": CastingConv2d})
     model = load_unet(path, dtype=torch.float16, operations=ops)
-    model.compute_dtype = torch.float32  # fp16 storage, fp32 arithmetic
+    model.manual_cast_dtype = torch.float32  # fp16 storage, fp32 arithmetic
     features = model.encode_references(call["reference_latents"], 500, call["reference_context"])
     assert all(t.dtype == torch.float32 for t in features.tokens.values())
     output = call_model(model, call, features)

@@ -9,7 +9,7 @@ Where files live:
   plus what ``extra_model_paths.yaml`` adds; ``--base-directory`` and portable installs are
   already reflected by ``folder_paths``) and then in the folders where the earlier FlashFace
   ports kept them (``models/vae``, ``models/clip``, ``models/facedetection``,
-  ``models/face_detection``), so nobody downloads 10 GB twice. Downloads go to the first
+  ``models/face_detection``) and newer ComfyUI's ``models/detection``, so nobody downloads 10 GB twice. Downloads go to the first
   writable ``flashface`` folder (ComfyUI's default: the first one, or the ``is_default`` one).
 * Outside ComfyUI: ``FLASHFACE_MODELS_DIR`` if set, else the user cache directory
   (``~/.cache/flashface``, ``~/Library/Caches/flashface``, ``%LOCALAPPDATA%\\flashface``).
@@ -122,7 +122,7 @@ ENTRIES = (
         file_name="retinaface_resnet50.pth",
         urls=(_OFFICIAL + "retinaface_resnet50.pth",),
         size=109_559_089,
-        legacy_folders=("facedetection", "face_detection"),
+        legacy_folders=("detection", "facedetection", "face_detection"),
         description="RetinaFace ResNet-50 face detector (official FlashFace copy)",
         licence=_OFFICIAL_LICENCE,
     ),
@@ -132,7 +132,7 @@ ENTRIES = (
         urls=("https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
               "https://huggingface.co/mmeendez/ComfyUI-FlashFace/resolve/main/detection_Resnet50_Final.pth"),
         md5="7c70c60a0702fd5e56b18ec46e2d3533",
-        legacy_folders=("facedetection", "face_detection"),
+        legacy_folders=("detection", "facedetection", "face_detection"),
         description="RetinaFace ResNet-50 face detector, facexlib release (MD5 from the tinhalo port's registry)",
         licence="MIT (facexlib)",
     ),

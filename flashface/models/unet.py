@@ -375,7 +375,9 @@ class FlashFaceUNet(nn.Module):
         ops = operations or TORCH_OPERATIONS
         self.config = config
         self.speed = UNetSpeedOptions()
-        self._compute_dtype: torch.dtype | None = None
+        # The dtype layers compute in when it differs from the stored weights' (ComfyUI's name:
+        # its model management reads it to estimate the memory of cast weights); None: the weights'.
+        self.manual_cast_dtype: torch.dtype | None = None
         self.time_embedding = nn.Sequential(
             ops.Linear(config.dim, config.embed_dim), nn.SiLU(), ops.Linear(config.embed_dim, config.embed_dim))
         self.encoder = build_encoder(ops, config, config.in_channels)
@@ -394,12 +396,8 @@ class FlashFaceUNet(nn.Module):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """Dtype of activations: the weights' dtype unless set (e.g. for manual-cast layers)."""
-        return self._compute_dtype or self.head[2].weight.dtype
-
-    @compute_dtype.setter
-    def compute_dtype(self, dtype: torch.dtype | None) -> None:
-        self._compute_dtype = dtype
+        """Dtype of activations: `manual_cast_dtype` if set, else the weights' dtype."""
+        return self.manual_cast_dtype or self.head[2].weight.dtype
 
     def _embed_time(self, t, rows: int, device) -> torch.Tensor:
         t = torch.as_tensor(t, device=device)
