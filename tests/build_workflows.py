@@ -11,8 +11,8 @@ exactly what this frontend saves, widget order included), then written as
                                  which the integration tests run.
 
 The example photos in ``workflows/input/`` are made here from scikit-image's astronaut photo
-(Eileen Collins, NASA: public domain). Copy them into ComfyUI's ``input/`` folder to run the
-workflows. The browser test checks that every committed UI workflow still exports to its
+(Eileen Collins, NASA: public domain); the pack copies them into ComfyUI's ``input/`` folder when
+it first starts (nodes/examples.py). The browser test checks that every committed UI workflow still exports to its
 committed API copy, so edit the specs and rerun this script rather than editing the JSON.
 """
 
@@ -45,12 +45,12 @@ NOTE = """## FlashFace: {title}
 
 {what}
 
-1. Put the four model files in `ComfyUI/models/flashface/` (or let **FlashFace Load Model** download
-   them, 12 GB, on the first run): `flashface.ckpt`, `sd-v1-vae.pth`, `openai-clip-vit-large-14.pth`,
-   `retinaface_resnet50.pth`.
-2. Copy the example photos from `custom_nodes/ComfyUI-FlashFace/workflows/input/` into `ComfyUI/input/`,
-   or load your own photos of one person.
-3. Queue. The green box in the face preview shows which face is used."""
+1. Queue. **FlashFace Load Model** downloads the four official files (12 GB, verified, resumable) into
+   `ComfyUI/models/flashface/` on the first run, unless they are already there: `flashface.ckpt`,
+   `sd-v1-vae.pth`, `openai-clip-vit-large-14.pth`, `retinaface_resnet50.pth`.
+2. The example photos are in ComfyUI's input folder: FlashFace put them there when it first started.
+   Load your own photos of one person in the Load Image nodes.
+3. The green box in the face preview shows which face is used."""
 
 
 def make_example_photos(folder: Path = PHOTOS_DIR) -> None:

@@ -51,6 +51,19 @@ JS_LOAD = """async ([workflow, name]) => {
         known: n.type in window.LiteGraph.registered_node_types}));
 }"""
 JS_EXPORT_API = "async () => (await window.app.graphToPrompt()).output"
+JS_SET_WIDGETS = """([type, values]) => {
+    const nodes = window.app.graph.nodes.filter(n => n.type === type);
+    for (const node of nodes) {
+        for (const [name, value] of Object.entries(values)) {
+            const widget = (node.widgets || []).find(w => w.name === name);
+            if (!widget) throw new Error(type + ' has no widget ' + name);
+            widget.value = value;
+            if (widget.callback) widget.callback(value);
+        }
+    }
+    window.app.graph.setDirtyCanvas(true, true);
+    return nodes.length;
+}"""
 
 
 def browser_unavailable_reason() -> str | None:
@@ -164,6 +177,14 @@ class ComfyPage:
     def export_api(self) -> dict:
         """The current graph in API format, by the frontend's own converter (menu: Export (API))."""
         return self.page.evaluate(JS_EXPORT_API)
+
+    def set_widgets(self, node_type: str, **values) -> int:
+        """Set widget values on every node of a type, as a user editing them; how many nodes."""
+        return self.page.evaluate(JS_SET_WIDGETS, [node_type, values])
+
+    def queue(self) -> None:
+        """Press Queue: the frontend converts the graph and posts it, exactly as the button does."""
+        self.page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
 
     def screenshot(self, path: Path, **options) -> Path:
         self.page.screenshot(path=str(path), **options)

@@ -421,10 +421,10 @@ class ComfyServer:
 
         return psutil.Process(self.process.pid).memory_info().rss
 
-    def pack_import_failure(self) -> str | None:
-        """The log lines reporting that this pack failed to import, or None."""
+    def pack_import_failure(self, folder_name: str = PACK_FOLDER_NAME) -> str | None:
+        """The log lines reporting that the pack in custom_nodes/`folder_name` failed to import, or None."""
         lines = [line for line in self.log_text().splitlines()
-                 if PACK_FOLDER_NAME in line and ("IMPORT FAILED" in line or "Cannot import" in line)]
+                 if folder_name in line and ("IMPORT FAILED" in line or "Cannot import" in line)]
         return "\n".join(lines) or None
 
 
