@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .errors import FlashFaceError, InvalidInputError
 from .face import DEFAULT_DETECTION_THRESHOLD, SEVERAL_FACES
-from .models.model_registry import get_model_path
+from .models.model_registry import entries_of_kind, get_model_path
 from .utils.cache_utils import recorded_load_failure
 from .models.vae import VAE_ATTENTIONS
 from .pipeline import NOISE_SOURCES, PRESETS, FlashFacePipeline
@@ -92,9 +92,10 @@ def read_photo(path: Path) -> Image.Image:
             from error
 
 
-def _load(loader, explicit: Path | None, registry_name: str, models_dir: Path | None, **options):
-    """`loader` on the given file, else on the registry's verified copy (downloaded if missing)."""
-    path = explicit if explicit is not None else get_model_path(registry_name, models_dir=models_dir)
+def _load(loader, explicit: Path | None, kind: str, models_dir: Path | None, **options):
+    """`loader` on the given file, else on a verified copy of the registry's default file of that
+    kind (downloaded if missing)."""
+    path = explicit if explicit is not None else get_model_path(entries_of_kind(kind)[0].name, models_dir=models_dir)
     with recorded_load_failure(path):
         return loader(path, **options)
 
@@ -106,13 +107,13 @@ def load_pipeline(args: argparse.Namespace) -> FlashFacePipeline:
     from .models.vae import load_vae
 
     device = torch.device(args.device)
-    unet = _load(load_unet, args.unet, "flashface", args.models_dir, device=device, dtype=DTYPES[args.dtype])
+    unet = _load(load_unet, args.unet, "unet", args.models_dir, device=device, dtype=DTYPES[args.dtype])
     vae = _load(load_vae, args.vae, "vae", args.models_dir, device=device, dtype=torch.float32,
                 attention=args.vae_attention)
-    text_encoder = _load(load_text_encoder, args.clip, "clip", args.models_dir, device=device, dtype=torch.float32)
+    text_encoder = _load(load_text_encoder, args.clip, "text_encoder", args.models_dir, device=device, dtype=torch.float32)
     detector = None
     if not args.no_detect:
-        detector = _load(load_face_detector, args.detector, "retinaface", args.models_dir, device=device,
+        detector = _load(load_face_detector, args.detector, "detector", args.models_dir, device=device,
                          dtype=torch.float32)
     return FlashFacePipeline(unet, vae, text_encoder, detector, device=device)
 

@@ -17,6 +17,10 @@ class DownloadError(ModelFileError):
     """A model file could not be downloaded (offline, HTTP error, checksum mismatch, disk full)."""
 
 
+class RegistryError(FlashFaceError, ValueError):
+    """An entry of MODEL_REGISTRY is malformed (a developer's mistake, named with its key)."""
+
+
 class FaceDetectionError(FlashFaceError):
     """No face, or more faces than allowed, in a reference photo."""
 

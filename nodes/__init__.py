@@ -2,14 +2,14 @@
 
 import folder_paths
 
-from ..flashface.models.model_registry import register_comfyui_folder
 from .detect_face import FlashFaceDetectFace
 from .examples import copy_example_photos
 from .generator import FlashFaceGenerator
 from .load_model import FlashFaceLoadModel
+from .model_files import register_flashface_folder
 from .text_encode import FlashFaceCLIPTextEncode
 
-register_comfyui_folder(folder_paths)
+register_flashface_folder()
 copy_example_photos(folder_paths.get_input_directory(), folder_paths.get_user_directory())
 
 NODE_CLASS_MAPPINGS = {

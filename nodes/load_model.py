@@ -132,7 +132,7 @@ class FlashFaceLoadModel:
                 "tooltip": "The FlashFace reference UNet (flashface.ckpt, 10.6 GB, from models/flashface)."}),
             "vae_name": (model_files.choices("vae"), {
                 "tooltip": "The SD 1.x VAE in FlashFace's key naming (sd-v1-vae.pth, from models/flashface or models/vae)."}),
-            "clip_name": (model_files.choices("clip"), {
+            "clip_name": (model_files.choices("text_encoder"), {
                 "tooltip": "OpenAI CLIP ViT-L/14 in FlashFace's key naming (openai-clip-vit-large-14.pth, "
                            "from models/flashface or models/clip); only its text tower is loaded."}),
             "detector_name": (model_files.choices("detector"), {
@@ -154,16 +154,18 @@ class FlashFaceLoadModel:
     @classmethod
     def IS_CHANGED(cls, unet_name, vae_name, clip_name, detector_name, **settings):
         """The files' identities: ComfyUI reuses this node's output only while they are unchanged."""
-        return "\n".join(model_files.fingerprint(kind, name) for kind, name in
-                         (("unet", unet_name), ("vae", vae_name), ("clip", clip_name), ("detector", detector_name)))
+        names = (unet_name, vae_name, clip_name, detector_name)
+        return "\n".join(model_files.fingerprint(kind, name) for kind, name in zip(model_files.INPUT_KINDS.values(),
+                                                                                  names))
 
     def load(self, unet_name, vae_name, clip_name, detector_name, weight_dtype, vae_attention=VAE_ATTENTIONS[0]):
-        paths = {kind: model_files.resolve(kind, name) for kind, name in
-                 (("unet", unet_name), ("vae", vae_name), ("clip", clip_name), ("detector", detector_name))}
+        names = (unet_name, vae_name, clip_name, detector_name)
+        paths = {kind: model_files.resolve(kind, name) for kind, name in zip(model_files.INPUT_KINDS.values(), names)}
         model = FlashFaceModel(
             unet=_cache.get("unet", paths["unet"], (weight_dtype,), lambda: _load_unet(paths["unet"], weight_dtype)),
             vae=_cache.get("vae", paths["vae"], (vae_attention,), lambda: _load_vae(paths["vae"], vae_attention)),
-            text_encoder=_cache.get("clip", paths["clip"], (), lambda: _load_text_encoder(paths["clip"])),
+            text_encoder=_cache.get("text_encoder", paths["text_encoder"], (),
+                                    lambda: _load_text_encoder(paths["text_encoder"])),
             detector=_cache.get("detector", paths["detector"], (), lambda: _load_detector(paths["detector"])),
         )
         return (model,)

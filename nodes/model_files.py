@@ -1,11 +1,13 @@
-"""Which model files the Load Model node offers, and the path behind a choice.
+"""Which model files the Load Model node offers, where ComfyUI keeps them, and the path behind a
+choice: the adapter between ComfyUI's ``folder_paths`` and the registry (which knows no ComfyUI).
 
-Each kind of model (UNet, VAE, CLIP, detector) is offered from the ``flashface`` model folder
-plus the folders earlier FlashFace ports used for that kind (see the registry), in ComfyUI's
-folder order, including what ``extra_model_paths.yaml`` adds. The registry's file names come
-first (the official file is the default) whether or not they are on disk yet: choosing one that
-is missing downloads it, verified, with progress in ComfyUI; a registered file that is present is
-verified (cached by size and mtime). Any other file in those folders is loaded as it is.
+Each kind of model (`KINDS`: UNet, VAE, text encoder, detector) is offered from the folders of its
+registry entries: the ``flashface`` model folder key (``models/flashface`` plus what
+``extra_model_paths.yaml`` adds) and the folder keys earlier FlashFace ports used, in ComfyUI's
+folder order. The registry's file names come first (the official file is the default) whether or
+not they are on disk yet: choosing one that is missing downloads it, verified, with progress in
+ComfyUI; a registered file that is present is verified (cached by size and mtime). Any other file
+in those folders is loaded as it is.
 """
 
 from __future__ import annotations
@@ -18,27 +20,58 @@ import comfy.utils
 import folder_paths
 
 from ..flashface.errors import ModelFileError
-from ..flashface.models.model_registry import MODEL_EXTENSIONS, REGISTRY, get_model_path, model_dirs
+from ..flashface.models.checkpoint import MODEL_SUFFIXES
+from ..flashface.models.model_registry import (
+    FLASHFACE_FOLDER,
+    KINDS,
+    MODEL_REGISTRY,
+    ModelEntry,
+    ModelFolders,
+    entries_of_kind,
+    get_model_path,
+)
 
 logger = logging.getLogger(__name__)
 
-REGISTRY_NAMES_BY_KIND = {
-    "unet": ("flashface", "flashface_safetensors"),
-    "vae": ("vae",),
-    "clip": ("clip",),
-    "detector": ("retinaface", "retinaface_facexlib"),
-}
+INPUT_KINDS = dict(zip(("unet_name", "vae_name", "clip_name", "detector_name"), KINDS))
+"""Load Model's file inputs and the kind of model each offers."""
 MEGABYTE = 1 << 20
+
+
+def register_flashface_folder() -> None:
+    """Declare the ``flashface`` model folder in ComfyUI (once, when the pack is imported).
+
+    Keeps the folders ``extra_model_paths.yaml`` already gave the key (it is read before custom
+    nodes load) and adds ``models/flashface`` only when there are none.
+    """
+    folders, extensions = folder_paths.folder_names_and_paths.get(
+        FLASHFACE_FOLDER, ([os.path.join(folder_paths.models_dir, FLASHFACE_FOLDER)], set()))
+    folder_paths.folder_names_and_paths[FLASHFACE_FOLDER] = (list(folders), set(extensions) | set(MODEL_SUFFIXES))
+
+
+def _key_folders(key: str) -> list[Path]:
+    """The folders of a ComfyUI model folder key, in ComfyUI's order (an unknown key: models/<key>)."""
+    try:
+        return [Path(folder) for folder in folder_paths.get_folder_paths(key)]
+    except KeyError:
+        return [Path(folder_paths.models_dir) / key]
+
+
+def entry_folders(entry: ModelEntry) -> ModelFolders:
+    """Downloads go to the entry's folder key; the files of earlier ports are found in its legacy keys too."""
+    download = _key_folders(entry.folder)
+    search = list(download)
+    for key in entry.legacy_folders:
+        search += [folder for folder in _key_folders(key) if folder not in search]
+    return ModelFolders(search=tuple(search), download=tuple(download))
 
 
 def kind_folders(kind: str) -> list[Path]:
     """Every folder searched for files of this kind, in priority order."""
     folders: list[Path] = []
-    for name in REGISTRY_NAMES_BY_KIND[kind]:
-        for folder in model_dirs(REGISTRY[name], folder_paths)[1]:
-            if folder not in folders:
-                folders.append(folder)
-    return folders
+    for entry in entries_of_kind(kind):
+        folders += [folder for folder in entry_folders(entry).search if folder not in folders]
+    return folders or _key_folders(FLASHFACE_FOLDER)
 
 
 def _mtime(directory: str) -> int | None:
@@ -67,7 +100,7 @@ def _files_below(folder: Path) -> list[str]:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         times[root] = _mtime(root)
         for file in files:
-            if os.path.splitext(file)[1].lower() in MODEL_EXTENSIONS:
+            if file.lower().endswith(MODEL_SUFFIXES):
                 names.append(Path(root, file).relative_to(folder).as_posix())
     _listings[folder] = (times, names)
     return names
@@ -75,8 +108,8 @@ def _files_below(folder: Path) -> list[str]:
 
 def choices(kind: str) -> list[str]:
     """The names offered for one kind: registry file names first, then the other files found."""
-    registered = [REGISTRY[name].file_name for name in REGISTRY_NAMES_BY_KIND[kind]]
-    other_registered = {entry.file_name for entry in REGISTRY.values()} - set(registered)
+    registered = [entry.filename for entry in entries_of_kind(kind)]
+    other_registered = {entry.get("filename") for entry in MODEL_REGISTRY.values()} - set(registered)
     found: set[str] = set()
     try:
         for folder in kind_folders(kind):
@@ -84,13 +117,6 @@ def choices(kind: str) -> list[str]:
     except OSError as error:  # an unreadable folder must not break the node list
         logger.warning("FlashFace: could not list model files: %s", error)
     return registered + sorted(found - set(registered) - other_registered)
-
-
-def _registry_entry(kind: str, name: str):
-    for registry_name in REGISTRY_NAMES_BY_KIND[kind]:
-        if REGISTRY[registry_name].file_name == name:
-            return REGISTRY[registry_name]
-    return None
 
 
 def locate(kind: str, name: str) -> Path | None:
@@ -116,14 +142,14 @@ def resolve(kind: str, name: str) -> Path:
 
     Verification and download report progress (in MB) on the running node's progress bar.
     """
-    entry = _registry_entry(kind, name)
+    entry = next((entry for entry in entries_of_kind(kind) if entry.filename == name), None)
     if entry is not None:
         bar = comfy.utils.ProgressBar(1)
 
         def progress(done: int, total: int | None) -> None:
             bar.update_absolute(done // MEGABYTE, max(1, (total or done) // MEGABYTE))
 
-        return get_model_path(entry, folder_paths=folder_paths, progress=progress)
+        return get_model_path(entry.name, folders=entry_folders(entry), progress=progress)
     path = locate(kind, name)
     if path is not None:
         return path

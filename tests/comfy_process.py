@@ -22,10 +22,16 @@ import importlib.util, json, sys
 sys.path.insert(0, {tree!r})
 import comfy.cli_args
 comfy.cli_args.args.cpu = True  # no GPU here; the tests stand a meta device in for one
+for name, value in {arguments!r}.items():  # command-line options, e.g. base_directory
+    setattr(comfy.cli_args.args, name, value)
 import torch
 import comfy.model_management as mm
 import comfy.model_patcher, comfy.ops, folder_paths
-folder_paths.set_output_directory({workdir!r})
+if {extra_model_paths!r}:  # what ComfyUI reads before it loads custom nodes
+    from utils.extra_config import load_extra_path_config
+    load_extra_path_config({extra_model_paths!r})
+if not {arguments!r}.get("base_directory"):
+    folder_paths.set_output_directory({workdir!r})
 spec = importlib.util.spec_from_file_location("flashface_pack", {init!r},
                                               submodule_search_locations=[{repo!r}])
 pack = importlib.util.module_from_spec(spec)
@@ -36,13 +42,16 @@ result = None
 _REPORT = "\nprint('RESULT ' + json.dumps(result))\n"
 
 
-def run_with_comfyui(install: ComfyInstall, snippet: str, workdir: Path, timeout: float = 600) -> object:
+def run_with_comfyui(install: ComfyInstall, snippet: str, workdir: Path, timeout: float = 600, *,
+                     arguments: dict | None = None, extra_model_paths: Path | None = None) -> object:
     """`result` of `snippet` run as described above with that ComfyUI; a failure raises with the
-    process output."""
+    process output. `arguments`: ComfyUI command-line options (``{"base_directory": ...}``);
+    `extra_model_paths`: an extra_model_paths.yaml read before the pack is imported."""
     if install.missing:
         raise RuntimeError(install.missing)
     prelude = _PRELUDE.format(tree=str(install.tree), workdir=str(workdir), init=str(REPO_ROOT / "__init__.py"),
-                              repo=str(REPO_ROOT))
+                              repo=str(REPO_ROOT), arguments=dict(arguments or {}),
+                              extra_model_paths=str(extra_model_paths) if extra_model_paths else "")
     done = subprocess.run([install.python, "-c", prelude + textwrap.dedent(snippet) + _REPORT],
                           cwd=workdir, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]

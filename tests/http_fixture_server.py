@@ -10,13 +10,26 @@ with its Range header, status and the body bytes actually sent.
 from __future__ import annotations
 
 import hashlib
+import io
+import random
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import torch
+
 CDN_PREFIX = "/cdn"
+
+
+def model_file(seed: int = 0, size: int = 200_000) -> bytes:
+    """A small model file to serve: a torch.save pickle of `size` random bytes, as .pth files are
+    (a verified file must also open as a checkpoint)."""
+    buffer = io.BytesIO()
+    torch.save({"weight": torch.frombuffer(bytearray(random.Random(seed).randbytes(size)), dtype=torch.uint8)},
+               buffer)
+    return buffer.getvalue()
 _SEND_BLOCK = 16 * 1024
 
 

