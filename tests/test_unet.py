@@ -13,6 +13,7 @@ from flashface.models.checkpoint import ManifestCheckpoint, StateDictCheckpoint
 from flashface.models.unet import (
     TORCH_OPERATIONS,
     FlashFaceUNet,
+    RowSpaces,
     UNetConfig,
     UNetSpeedOptions,
     checkpoint_plan,
@@ -222,6 +223,53 @@ def test_optimized_equals_straightforward(tiny_model, branches, switched_off):
     finally:
         tiny_model.speed = UNetSpeedOptions()
     torch.testing.assert_close(optimized, straightforward, atol=2e-5, rtol=1e-5)
+
+
+def guidance_call(branches, batch=2, seed=7, context_dim=32):
+    """A call as the sampler makes it: one latent per sample repeated per branch, the same mask,
+    [pos | pos | neg] (or [pos | neg]) contexts, and two faces padded to four references."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, 8, 8, generator=g)
+    positive, negative = (torch.randn(batch, 77, context_dim, generator=g) for _ in range(2))
+    faces = torch.randn(2, 4, 7, 7, generator=g)
+    contexts = [positive, positive, negative] if branches == 3 else [positive, negative]
+    return dict(
+        x=x.repeat(branches, 1, 1, 1), t=torch.full((branches * batch,), 400),
+        context=torch.cat(contexts), mask=(torch.rand(1, 8, 8, generator=g) > 0.5).float().expand(branches * batch, 8, 8),
+        reference_latents=faces[[0, 1, 0, 0]], reference_context=negative[:1].expand(4, -1, -1),
+        similarity=row_similarity(branches, batch, 1.2),
+    )
+
+
+@pytest.mark.parametrize("branches", [2, 3])
+def test_shared_rows_and_merged_references_equal_the_full_computation(tiny_model, branches):
+    """Rows identical so far are computed once, and identical references are attended to once with
+    their count as a logit bias: the same result as computing every row and every copy."""
+    call = guidance_call(branches)
+    convolved = []
+    hook = tiny_model.encoder[0].register_forward_hook(lambda module, args, out: convolved.append(out.shape[0]))
+    try:
+        features = tiny_model.encode_references(call["reference_latents"], 400, call["reference_context"])
+        shared = call_model(tiny_model, call, features)
+        tiny_model.speed = UNetSpeedOptions(share_identical_rows=False, merge_identical_references=False)
+        every_copy = tiny_model.encode_references(call["reference_latents"], 400, call["reference_context"])
+        full = call_model(tiny_model, call, every_copy)
+    finally:
+        tiny_model.speed = UNetSpeedOptions()
+        hook.remove()
+    assert features.counts == (3, 1) and features.num_references == every_copy.num_references == 4
+    assert next(iter(features.tokens.values())).shape[0] == 2
+    assert convolved == [2, branches * 2]  # the input convolution: once per sample, then per row
+    torch.testing.assert_close(shared, full, atol=2e-5, rtol=1e-5)
+
+
+def test_row_spaces_group_rows_that_are_identical_so_far():
+    call = guidance_call(3, batch=2)
+    spaces = RowSpaces(call["x"], call["t"], call["mask"], call["context"], call["similarity"], "cpu")
+    sizes = [len(spaces.representatives_on_cpu(space)) for space in range(4)]
+    assert sizes == [2, 4, 6, 6]  # samples; samples x (pos, neg); every row; every row
+    texts = spaces.expand(torch.arange(2), 0, 1)  # the sample of each (sample, text) row
+    assert texts.tolist() == [0, 1, 0, 1]
 
 
 @pytest.mark.parametrize("branches", [2, 3])

@@ -21,6 +21,7 @@ parameters stay fp32), convolutions, linears and attention in the compute dtype.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -81,28 +82,137 @@ class UNetSpeedOptions:
     project_references_once: bool = True
     # torch's scaled_dot_product_attention instead of an explicit softmax(q k^T / sqrt(d)) v.
     fused_attention: bool = True
+    # Rows computed once while they are identical (`RowSpaces`): in a 3-branch call the two rows
+    # with the positive prompt share the whole encoder, and every row shares the first block up to
+    # its cross-attention.
+    share_identical_rows: bool = True
+    # Identical references (1-3 photos padded to four) go through the reference pass once; the main
+    # pass attends to each once, with log(count) added to its logits: the same softmax.
+    merge_identical_references: bool = True
 
 
 @dataclass(frozen=True)
 class ReferenceFeatures:
-    """Result of the reference pass: per transformer block key, tokens [N, L_ref, C]."""
+    """Result of the reference pass: per transformer block key, tokens [N', L_ref, C] of the N'
+    distinct references, and how many times each was given (`counts`)."""
 
     tokens: Mapping[str, torch.Tensor]
+    counts: tuple[int, ...] | None = None  # None: each once
 
     @property
     def num_references(self) -> int:
-        return next(iter(self.tokens.values())).shape[0]
+        return sum(self.counts) if self.counts is not None else next(iter(self.tokens.values())).shape[0]
+
+
+# The row spaces of a main pass, coarsest first: rows with the same input (latent, mask,
+# timestep); with the same input and text; with the same input, text and reference weight;
+# all rows.
+INPUT, TEXT, WEIGHT, ROWS = range(4)
+
+
+def _groups(keys: Sequence) -> tuple[list[int], list[int]]:
+    """(group of each key, first position of each group), groups in order of first appearance."""
+    first: dict = {}
+    group_of = [first.setdefault(key, len(first)) for key in keys]
+    representatives = [0] * len(first)
+    for position, group in reversed(list(enumerate(group_of))):
+        representatives[group] = position
+    return group_of, representatives
+
+
+def _row_bytes(tensor: torch.Tensor) -> list[bytes]:
+    rows = tensor.detach().to("cpu").contiguous()
+    return [row.view(torch.uint8).numpy().tobytes() for row in rows.flatten(1)]
+
+
+class RowSpaces:
+    """Which rows of a call are identical up to where, so that each is computed once.
+
+    Space INPUT holds one row per distinct (latent, mask, timestep): up to the first
+    cross-attention everything depends on those alone. TEXT: per distinct input and text context:
+    the encoder never reads references, so it depends on those alone. WEIGHT: per distinct input,
+    text and reference weight: identical from there on. ROWS: the rows asked for. Tensors move to
+    a finer space by gathering rows (`expand`); the equality is checked exactly, on the CPU.
+    """
+
+    def __init__(self, x, t, mask, context, weights, device):
+        inputs, inputs_first = _groups(list(zip(_row_bytes(x), _row_bytes(mask), t.tolist())))
+        texts, texts_first = _groups(list(zip(inputs, _row_bytes(context))))
+        unique, unique_first = _groups(list(zip(texts, weights.tolist())))
+        self._first_rows = [inputs_first, texts_first, unique_first, list(range(len(unique)))]
+        self.first_row = [torch.tensor(first, device=device) for first in self._first_rows]
+        # finer space -> index into the next coarser space (None where both spaces are the same)
+        maps = ([inputs[row] for row in texts_first], [texts[row] for row in unique_first], unique)
+        self._coarser = [None if indices == list(range(len(indices))) else torch.tensor(indices, device=device)
+                         for indices in maps]
+
+    def representatives(self, space: int) -> torch.Tensor | slice:
+        """For each row of `space`, one row of the call it stands for (an index on the device)."""
+        return self.first_row[space]
+
+    def representatives_on_cpu(self, space: int) -> list[int] | slice:
+        return self._first_rows[space]
+
+    def expand(self, tensor: torch.Tensor, from_space: int, to_space: int) -> torch.Tensor:
+        for space in range(from_space, to_space):
+            if self._coarser[space] is not None:
+                tensor = tensor[self._coarser[space]]
+        return tensor
+
+    @classmethod
+    def all_distinct(cls, rows: int) -> "RowSpaces":
+        """Every row its own (no sharing)."""
+        spaces = cls.__new__(cls)
+        spaces.first_row = spaces._first_rows = [slice(None)] * 4
+        spaces._coarser = [None] * 3
+        return spaces
 
 
 @dataclass
 class _Pass:
-    """What one pass through the blocks does with reference tokens (built per call)."""
+    """What one pass through the blocks does with reference tokens and rows (built per call).
+
+    A main pass starts in the coarsest row space and moves to a finer one where rows part ways:
+    before the first cross-attention (text), before the first reference attention (weight), and
+    at the end (all rows). `space` is where the tensors being computed are now.
+    """
 
     speed: UNetSpeedOptions
+    rows: RowSpaces
+    emb: torch.Tensor  # [rows of the call, embed_dim]
+    context: torch.Tensor  # [rows of the call, tokens, width]
+    space: int = INPUT
     recorded: dict | None = None  # reference pass: collects the tokens
     references: ReferenceFeatures | None = None  # main pass: the tokens to attend to
-    row_weights: torch.Tensor | None = None  # main pass: [R] similarity weights
-    active_rows: torch.Tensor | None = None  # indices of rows with nonzero weight
+    row_weights: torch.Tensor | None = None  # main pass: [rows of the call] similarity weights (CPU)
+
+    def embedding(self) -> torch.Tensor:
+        return self.emb[self.rows.representatives(self.space)]
+
+    def text(self) -> torch.Tensor:
+        return self.context[self.rows.representatives(self.space)]
+
+    def move(self, space: int, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Go on in `space` (if finer than the current one), with `tensors` expanded to it."""
+        if space <= self.space:
+            return list(tensors)
+        moved = [self.rows.expand(tensor, self.space, space) for tensor in tensors]
+        self.space = space
+        return moved
+
+    def in_current(self, tensor: torch.Tensor, space: int) -> torch.Tensor:
+        """A tensor computed in `space` (e.g. a skip connection), expanded to the current space."""
+        return self.rows.expand(tensor, space, self.space)
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(reference weight of each current row on its device, indices of the rows whose weight is
+        not 0, or None when all are or when skipping them is switched off)."""
+        weights = self.row_weights[self.rows.representatives_on_cpu(self.space)]
+        device = self.emb.device
+        if not self.speed.skip_unweighted_rows:
+            return weights.to(device), None
+        active = (weights != 0).nonzero().flatten()
+        return weights.to(device), None if len(active) == len(weights) else active.to(device)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -113,15 +223,18 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
-def _multihead_attention(q, k, v, num_heads: int, fused: bool) -> torch.Tensor:
-    """Softmax attention with scale 1/sqrt(head_dim); q [B,Lq,C], k/v [B,Lk,C] -> [B,Lq,C]."""
+def _multihead_attention(q, k, v, num_heads: int, fused: bool, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax attention with scale 1/sqrt(head_dim); q [B,Lq,C], k/v [B,Lk,C] -> [B,Lq,C].
+    `bias`: an additive logit bias broadcast to [B, heads, Lq, Lk]."""
     b, lq, c = q.shape
     head_dim = c // num_heads
     q, k, v = (t.reshape(b, -1, num_heads, head_dim).transpose(1, 2) for t in (q, k, v))
     if fused:
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     else:
         scores = torch.matmul(q, k.transpose(-1, -2)).to(at_least_fp32(q.dtype)) * head_dim ** -0.5
+        if bias is not None:
+            scores = scores + bias.to(scores.dtype)
         out = torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
     return out.transpose(1, 2).reshape(b, lq, c)
 
@@ -142,26 +255,40 @@ class Attention(nn.Module):
         self.v = ops.Linear(context_dim, dim, bias=False)
         self.o = ops.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *, fused: bool = True):
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *, fused: bool = True,
+                bias: torch.Tensor | None = None):
         context = x if context is None else context
-        return self.attend(self.q(x), self.k(context), self.v(context), fused)
+        return self.attend(self.q(x), self.k(context), self.v(context), fused, bias)
 
-    def attend(self, q, k, v, fused: bool) -> torch.Tensor:
+    def attend(self, q, k, v, fused: bool, bias: torch.Tensor | None = None) -> torch.Tensor:
         """Attention on already projected q/k/v, then the output projection."""
-        return self.o(_multihead_attention(q, k, v, self.num_heads, fused))
+        return self.o(_multihead_attention(q, k, v, self.num_heads, fused, bias))
 
 
-def _reference_attention(sa1: Attention, y: torch.Tensor, references: torch.Tensor,
+def _reference_bias(own_tokens: int, ref_tokens: int, counts: tuple[int, ...] | None, like: torch.Tensor):
+    """Additive logit bias [1, 1, 1, keys] that makes attending to each distinct reference once the
+    same as attending to all its copies (log of its count), or None when every count is 1."""
+    if counts is None or all(count == 1 for count in counts):
+        return None
+    bias = torch.zeros(own_tokens + ref_tokens * len(counts), dtype=like.dtype, device=like.device)
+    for index, count in enumerate(counts):
+        start = own_tokens + index * ref_tokens
+        bias[start:start + ref_tokens] = math.log(count)
+    return bias.view(1, 1, 1, -1)
+
+
+def _reference_attention(sa1: Attention, y: torch.Tensor, references: torch.Tensor, counts,
                          weights: torch.Tensor, active_rows: torch.Tensor | None,
                          speed: UNetSpeedOptions) -> torch.Tensor:
     """Per row r: w_r * SA1(y_r, [y_r; all references]) + (1 - w_r) * SA1(y_r).
 
-    `references` [N, L_ref, C] are shared by every row (flattened along the tokens, reference 1
-    first). `active_rows` indexes the rows whose term includes the reference attention
-    (None = all rows).
+    `references` [N', L_ref, C] are shared by every row (flattened along the tokens, reference 1
+    first); `counts` how many times each stands (see `_reference_bias`). `active_rows` indexes
+    the rows whose term includes the reference attention (None = all rows).
     """
     rows = y.shape[0]
     fused = speed.fused_attention
+    bias = _reference_bias(y.shape[1], references.shape[1], counts, y)
     ref_tokens = references.reshape(1, -1, references.shape[-1])
     active_y = y if active_rows is None else y[active_rows]
     n_active = active_y.shape[0]
@@ -173,12 +300,12 @@ def _reference_attention(sa1: Attention, y: torch.Tensor, references: torch.Tens
                 q, k, v = q[active_rows], k[active_rows], v[active_rows]
             ref_k = sa1.k(ref_tokens).expand(n_active, -1, -1)
             ref_v = sa1.v(ref_tokens).expand(n_active, -1, -1)
-            with_refs = sa1.attend(q, torch.cat([k, ref_k], 1), torch.cat([v, ref_v], 1), fused)
+            with_refs = sa1.attend(q, torch.cat([k, ref_k], 1), torch.cat([v, ref_v], 1), fused, bias)
     else:
         plain = sa1(y, fused=fused)
         if n_active:
             context = torch.cat([active_y, ref_tokens.expand(n_active, -1, -1)], 1)
-            with_refs = sa1(active_y, context, fused=fused)
+            with_refs = sa1(active_y, context, fused=fused, bias=bias)
     if not n_active:
         return plain
     if active_rows is None:
@@ -220,22 +347,23 @@ class TransformerBlock(nn.Module):
         # Index 1 is the (inference no-op) dropout slot of the published layout.
         self.ffn = nn.ModuleList([GEGLU(ops, dim, 4 * dim), nn.Identity(), ops.Linear(4 * dim, dim)])
 
-    def forward(self, x, context, run: _Pass):
+    def forward(self, x, run: _Pass):
         fused = run.speed.fused_attention
         y = norm_at_least_fp32(self.norm1, x)
         x = x + self.self_attn(y, fused=fused)
         if self.feature_key is not None:
             if run.recorded is not None:
                 run.recorded[self.feature_key] = y
+            elif run.references is None:
+                x = x + self.self_attn.self_attn_first(y, fused=fused)
             else:
-                sa1 = self.self_attn.self_attn_first
-                if run.references is None:
-                    x = x + sa1(y, fused=fused)
-                else:
-                    x = x + _reference_attention(
-                        sa1, y, run.references.tokens[self.feature_key], run.row_weights,
-                        run.active_rows, run.speed)
-        x = x + self.cross_attn(norm_at_least_fp32(self.norm2, x), context, fused=fused)
+                x, y = run.move(WEIGHT, x, y)
+                weights, active_rows = run.weights()
+                x = x + _reference_attention(
+                    self.self_attn.self_attn_first, y, run.references.tokens[self.feature_key],
+                    run.references.counts, weights, active_rows, run.speed)
+        (x,) = run.move(TEXT, x)
+        x = x + self.cross_attn(norm_at_least_fp32(self.norm2, x), run.text(), fused=fused)
         return x + self.ffn[2](self.ffn[0](norm_at_least_fp32(self.norm3, x)))
 
 
@@ -252,12 +380,13 @@ class TransformerSite(nn.Module):
         ])
         self.conv2 = ops.Conv2d(dim, dim, 1)
 
-    def forward(self, x, context, run: _Pass):
-        b, c, h, w = x.shape
+    def forward(self, x, run: _Pass):
+        entered = run.space
+        _, c, h, w = x.shape
         tokens = self.conv1(norm_at_least_fp32(self.norm1, x)).flatten(2).transpose(1, 2)
         for block in self.blocks:
-            tokens = block(tokens, context, run)
-        return self.conv2(tokens.transpose(1, 2).reshape(b, c, h, w)) + x
+            tokens = block(tokens, run)
+        return self.conv2(tokens.transpose(1, 2).reshape(-1, c, h, w)) + run.in_current(x, entered)
 
 
 class ResBlock(nn.Module):
@@ -297,10 +426,10 @@ class Upsample(nn.Module):
 class UNetBlock(nn.ModuleList):
     """A residual block, optionally a transformer site, and (decoder) optionally an upsampler."""
 
-    def forward(self, x, emb, context, run: _Pass, upsample_size=None):
-        x = self[0](x, emb)
+    def forward(self, x, run: _Pass, upsample_size=None):
+        x = self[0](x, run.embedding())
         for layer in self[1:]:
-            x = layer(x, context, run) if isinstance(layer, TransformerSite) else layer(x, upsample_size)
+            x = layer(x, run) if isinstance(layer, TransformerSite) else layer(x, upsample_size)
         return x
 
 
@@ -408,19 +537,21 @@ class FlashFaceUNet(nn.Module):
                                     f"give one timestep per row or a single one.")
         return self.time_embedding(timestep_embedding(t, self.config.dim).to(self.compute_dtype))
 
-    def _run(self, x, emb, context, encoder, decoder, run: _Pass, with_head: bool):
+    def _run(self, x, encoder, decoder, run: _Pass, with_head: bool):
         skips = []
         for layer in encoder:
-            x = layer(x, emb, context, run) if isinstance(layer, UNetBlock) else layer(x)
-            skips.append(x)
-        x = self.middle[0](x, emb)
-        x = self.middle[1](x, context, run)
-        x = self.middle[2](x, emb)
+            x = layer(x, run) if isinstance(layer, UNetBlock) else layer(x)
+            skips.append((x, run.space))
+        x = self.middle[0](x, run.embedding())
+        x = self.middle[1](x, run)
+        x = self.middle[2](x, run.embedding())
         for block in decoder:
-            x = torch.cat([x, skips.pop()], dim=1)
-            x = block(x, emb, context, run, skips[-1].shape[-2:] if skips else None)
+            skip, space = skips.pop()
+            x = torch.cat([x, run.in_current(skip, space)], dim=1)
+            x = block(x, run, skips[-1][0].shape[-2:] if skips else None)
         if not with_head:
             return None
+        (x,) = run.move(ROWS, x)
         return self.head[2](F.silu(norm_at_least_fp32(self.head[0], x)))
 
     @torch.no_grad()
@@ -430,6 +561,8 @@ class FlashFaceUNet(nn.Module):
 
         `reference_context` [N,77,C] is its cross-attention context (officially the negative
         prompt). Runs the reference encoder, the main middle block and the reference decoder.
+        Identical references (same latent, context and timestep) are computed once
+        (`UNetSpeedOptions.merge_identical_references`).
         """
         n = reference_latents.shape[0]
         if reference_latents.dim() != 4 or reference_latents.shape[1] != self.config.ref_in_channels:
@@ -437,12 +570,21 @@ class FlashFaceUNet(nn.Module):
                                     f"got {tuple(reference_latents.shape)}.")
         if reference_context.shape[0] != n:
             raise InvalidInputError(f"{WHAT}: {reference_context.shape[0]} reference contexts for {n} references.")
-        dtype = self.compute_dtype
-        run = _Pass(self.speed, recorded={})
-        emb = self._embed_time(t, n, reference_latents.device)
-        self._run(reference_latents.to(dtype), emb, reference_context.to(dtype),
-                  self.ref_encoder, self.ref_decoder, run, with_head=False)
-        return ReferenceFeatures(tokens=run.recorded)
+        device, dtype = reference_latents.device, self.compute_dtype
+        t = torch.as_tensor(t).expand(n) if torch.as_tensor(t).dim() == 0 else torch.as_tensor(t)
+        counts = None
+        if self.speed.merge_identical_references:
+            group_of, first = _groups(list(zip(_row_bytes(reference_latents), _row_bytes(reference_context),
+                                               t.tolist())))
+            if len(first) < n:
+                counts = tuple(group_of.count(group) for group in range(len(first)))
+                keep = torch.tensor(first, device=device)
+                reference_latents, reference_context, t = reference_latents[keep], reference_context[keep], t[first]
+        rows = len(reference_latents)
+        run = _Pass(self.speed, RowSpaces.all_distinct(rows), self._embed_time(t, rows, device),
+                    reference_context.to(dtype), recorded={})
+        self._run(reference_latents.to(dtype), self.ref_encoder, self.ref_decoder, run, with_head=False)
+        return ReferenceFeatures(tokens=run.recorded, counts=counts)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, t, context: torch.Tensor, mask: torch.Tensor | None,
@@ -453,7 +595,8 @@ class FlashFaceUNet(nn.Module):
         similarity: [R] per-row weight of the reference attention, or a scalar for all rows (best
         given on the CPU).
         Rows with weight 0 still get SA1(y): they are not plain SD. With `references` None
-        every weight must be 0.
+        every weight must be 0. Rows that are identical are computed once as far as they stay
+        identical (`RowSpaces`, `UNetSpeedOptions.share_identical_rows`).
         """
         rows, dtype = x.shape[0], self.compute_dtype
         if x.dim() != 4 or x.shape[1] != self.config.in_channels - 1:
@@ -465,20 +608,21 @@ class FlashFaceUNet(nn.Module):
         if tuple(mask.shape) != (rows, *x.shape[2:]):
             raise InvalidInputError(f"{WHAT}: mask of shape {tuple(mask.shape)} for latents {tuple(x.shape)}; "
                                     "give one [h,w] mask per row.")
-        # The weights are decided on the CPU (which rows attend to the references), so no step
-        # waits for the device; only the multiplication happens there.
+        # The weights stay on the CPU (which rows attend to the references is decided there), so
+        # no step waits for the device; only the multiplication happens there.
         weights = torch.as_tensor(0.0 if similarity is None else similarity, dtype=torch.float32).cpu()
         weights = weights.expand(rows) if weights.dim() == 0 else weights
         if weights.shape != (rows,):
             raise InvalidInputError(f"{WHAT}: {tuple(weights.shape)} similarity weights for {rows} rows.")
         if references is None and bool((weights != 0).any()):
             raise InvalidInputError(f"{WHAT}: nonzero similarity weights need reference features.")
-        run = _Pass(self.speed, references=references, row_weights=weights.to(x.device))
-        if references is not None and self.speed.skip_unweighted_rows:
-            active = (weights != 0).nonzero().flatten()
-            run.active_rows = None if len(active) == rows else active.to(x.device)
-        out = self._run(torch.cat([x, mask[:, None].to(x.dtype)], 1).to(dtype), self._embed_time(t, rows, x.device),
-                        context.to(dtype), self.encoder, self.decoder, run, with_head=True)
+        emb = self._embed_time(t, rows, x.device)
+        t = torch.as_tensor(t).expand(rows) if torch.as_tensor(t).dim() == 0 else torch.as_tensor(t)
+        spaces = (RowSpaces(x, t, mask, context, weights, x.device) if self.speed.share_identical_rows
+                  else RowSpaces.all_distinct(rows))
+        run = _Pass(self.speed, spaces, emb, context.to(dtype), references=references, row_weights=weights)
+        inputs = torch.cat([x, mask[:, None].to(x.dtype)], 1).to(dtype)[spaces.representatives(INPUT)]
+        out = self._run(inputs, self.encoder, self.decoder, run, with_head=True)
         return out.to(x.dtype)
 
 
