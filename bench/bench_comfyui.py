@@ -26,6 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from comfy_server import PACK_FOLDER_NAME, REPO_ROOT, ComfyServer, unavailable_reason  # noqa: E402
 from tiny_flashface_models import use_tiny_models, write_tiny_models  # noqa: E402
 
+from bench.memory import PeakMemory, describe, resident  # noqa: E402
+
 WORKFLOW = REPO_ROOT / "workflows" / "api" / "flashface_one_photo.json"
 
 
@@ -60,11 +62,12 @@ def main() -> int:
         server.start()
         try:
             version = server.get("/system_stats")["system"]["comfyui_version"]
-            rss_idle = server.rss_bytes()
-            first = server.run(prompt, timeout=1800)
-            generator["seed"] += 1
-            second = server.run(prompt, timeout=1800)
-            rss_after = server.rss_bytes()
+            idle = resident(server.process.pid)
+            with PeakMemory(server.process.pid) as peak:
+                first = server.run(prompt, timeout=1800)
+                generator["seed"] += 1
+                second = server.run(prompt, timeout=1800)
+            after = resident(server.process.pid)
             import_seconds = pack_import_seconds(server.log_text())
         finally:
             server.stop()
@@ -79,7 +82,8 @@ def main() -> int:
     print(f"server start to /system_stats: {server.start_seconds:.1f} s")
     print(f"time to first image (queue -> done, models loaded from disk): {first.seconds:.2f} s")
     print(f"second image (models cached, new seed): {second.seconds:.2f} s")
-    print(f"server RSS: idle {rss_idle / 2**20:.0f} MiB, after two runs {rss_after / 2**20:.0f} MiB")
+    print(f"server resident memory: idle {describe(*idle)}; after two runs {describe(*after)}")
+    print(f"server during the runs: {peak}")
     return 0
 
 

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from flashface.face import crop_face, detect_faces, prepare_reference  # noqa: E402
 from flashface.models.retinaface import load_face_detector  # noqa: E402
+from bench.memory import PeakMemory  # noqa: E402
 from tests.tiny_retinaface import write_retinaface  # noqa: E402
 
 
@@ -39,24 +40,25 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = write_retinaface(os.path.join(folder, "retinaface_resnet50.pth"))
-        start = time.perf_counter()
-        detector = load_face_detector(path, dtype=getattr(torch, args.dtype))
-        load_seconds = time.perf_counter() - start
+    with PeakMemory() as memory:
+        with tempfile.TemporaryDirectory() as folder:
+            path = write_retinaface(os.path.join(folder, "retinaface_resnet50.pth"))
+            start = time.perf_counter()
+            detector = load_face_detector(path, dtype=getattr(torch, args.dtype))
+            load_seconds = time.perf_counter() - start
 
-    pixels = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
-    photo = Image.fromarray(pixels)
-    detect_faces(detector, photo, 0.6, "cpu")  # warm-up
-    detect_times, crop_times, faces = [], [], []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        faces = detect_faces(detector, photo, 0.6, "cpu")
-        detect_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        for face in faces[:1]:
-            prepare_reference(crop_face(photo, face))
-        crop_times.append(time.perf_counter() - start)
+        pixels = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+        photo = Image.fromarray(pixels)
+        detect_faces(detector, photo, 0.6, "cpu")  # warm-up
+        detect_times, crop_times, faces = [], [], []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            faces = detect_faces(detector, photo, 0.6, "cpu")
+            detect_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for face in faces[:1]:
+                prepare_reference(crop_face(photo, face))
+            crop_times.append(time.perf_counter() - start)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {args.dtype}, "
           f"photo {args.width}x{args.height}")
@@ -64,6 +66,7 @@ def main() -> None:
     print(f"detect_faces, median of {args.repeats}:    {np.median(detect_times):.3f} s "
           f"(min {min(detect_times):.3f}, {len(faces)} faces above 0.6)")
     print(f"crop + prepare_reference (1):   {np.median(crop_times) * 1000:.1f} ms")
+    print(memory)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from memory import PeakSampler, rss_anon  # noqa: E402
+from bench.memory import PeakMemory  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from flashface.models.unet import (  # noqa: E402
@@ -119,7 +119,7 @@ def naive_load(path: str, config: UNetConfig) -> torch.nn.Module:
 
 def child(method: str, path: str, dtype: str, dim: str) -> None:
     torch.set_grad_enabled(False)
-    with PeakSampler(rss_anon) as anon:
+    with PeakMemory() as memory:
         start = time.perf_counter()
         if method == "naive":
             model = naive_load(path, UNetConfig(dim=int(dim)))
@@ -127,8 +127,9 @@ def child(method: str, path: str, dtype: str, dim: str) -> None:
             model = load_unet(path, dtype=getattr(torch, dtype))
         seconds = time.perf_counter() - start
     params = sum(p.numel() for p in model.parameters())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "peak_rss": peak, "peak_anon": anon.peak, "parameters": params}))
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, memory.peak)
+    print(json.dumps({"seconds": seconds, "peak_rss": peak, "peak_anon": memory.peak_anon,
+                      "peak_file": memory.peak_file, "parameters": params}))
 
 
 def measure(method: str, path: str, dtype: str, dim: int) -> dict:
@@ -162,13 +163,13 @@ def main() -> None:
         print(f"wrote {len(shapes)} keys: {os.path.getsize(safetensors_path) / 1e9:.2f} GB .safetensors, "
               f"{os.path.getsize(pickle_path) / 1e9:.2f} GB .ckpt in {time.perf_counter() - start:.0f} s; "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads; cold page cache per run")
-        print(f"{'file':<14} {'method':<16} {'seconds':>8} {'peak RSS GiB':>13} {'peak anon GiB':>14} {'params G':>9}")
+        print(f"{'file':<14} {'method':<16} {'seconds':>8} {'peak RSS GiB':>13} {'peak anon GiB':>14} {'file-backed':>12} {'params G':>9}")
         for path in (safetensors_path, pickle_path):
             for method, dtype in (("load_unet", "float32"), ("load_unet", "float16"), ("naive", "float32")):
                 r = measure(method, path, dtype, args.dim)
                 label = f"{method} {dtype.replace('float', 'fp')}"
                 print(f"{os.path.splitext(path)[1]:<14} {label:<16} {r['seconds']:8.1f} "
-                      f"{r['peak_rss'] / 2**30:13.2f} {r['peak_anon'] / 2**30:14.2f} {r['parameters'] / 1e9:9.3f}",
+                      f"{r['peak_rss'] / 2**30:13.2f} {r['peak_anon'] / 2**30:14.2f} {r['peak_file'] / 2**30:12.2f} {r['parameters'] / 1e9:9.3f}",
                       flush=True)
     finally:
         if not args.keep_dir:

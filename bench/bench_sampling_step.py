@@ -11,7 +11,8 @@ rows: 2 branches [cond | uncond] with weight λ on every row, or 3 branches
                                per branch, as a per-branch guidance loop would do
 
 Weights are random (fan-in scaled uniform, generated in memory), fp32 unless --dtype is given.
-Peak RSS is sampled from /proc during each measurement (process total, model included).
+Peak resident memory (anonymous and file-backed) is sampled from /proc during each measurement
+(process total, model included).
 
     python bench/bench_sampling_step.py                 # SD1.5 size: 512 px, 4 references, batch 1
     python bench/bench_sampling_step.py --dim 64 --size 256 --repeats 2   # quick check
@@ -29,29 +30,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from flashface.models.unet import FlashFaceUNet, UNetConfig, UNetSpeedOptions  # noqa: E402
-from memory import PeakSampler, rss  # noqa: E402
-
-def random_unet(config: UNetConfig, dtype: torch.dtype) -> FlashFaceUNet:
-    """Built on meta, then filled in place: no default init, no randn over 1.6 G values."""
-    with torch.device("meta"):
-        model = FlashFaceUNet(config)
-    model.to_empty(device="cpu")
-    for name, param in model.named_parameters():
-        if param.dim() > 1:
-            bound = param[0].numel() ** -0.5
-            param.data.uniform_(-bound, bound)
-        elif name.endswith("weight"):  # norm scale
-            param.data.fill_(1.0)
-        else:
-            param.data.zero_()
-    norms = (torch.nn.GroupNorm, torch.nn.LayerNorm)
-    for module in model.modules():
-        if not isinstance(module, norms):
-            for param in module.parameters(recurse=False):
-                param.data = param.data.to(dtype)
-    return model.requires_grad_(False).eval()
-
+from flashface.models.unet import UNetConfig, UNetSpeedOptions  # noqa: E402
+from bench.memory import PeakMemory, rss  # noqa: E402
+from bench.workload import random_unet  # noqa: E402
 
 def model_call(model, inputs, branches: int, shared_reference_pass: bool) -> torch.Tensor:
     blocks = 1 if shared_reference_pass else branches
@@ -107,7 +88,7 @@ def main() -> None:
     switches = [f.name for f in fields(UNetSpeedOptions)] + ["shared_reference_pass"]
     variants = [("all optimizations on", None)] + [(f"{name} off", name) for name in switches]
     generator = torch.Generator().manual_seed(0)
-    print(f"{'branches':>8}  {'variant':<32} {'s/call':>8} {'x all-on':>8} {'peak RSS GiB':>12}")
+    print(f"{'branches':>8}  {'variant':<32} {'s/call':>8} {'x all-on':>8}  peak memory")
     for branches in (2, 3):
         inputs = make_inputs(config, branches, args.batch, args.size, args.references, args.reference_size,
                              args.weight, generator)
@@ -117,14 +98,14 @@ def main() -> None:
             model.speed = replace(UNetSpeedOptions(), **({off: False} if off in UNetSpeedOptions.__dataclass_fields__
                                                         else {}))
             times = []
-            with PeakSampler(rss) as peak:
+            with PeakMemory() as peak:
                 for _ in range(args.repeats):
                     start = time.perf_counter()
                     model_call(model, inputs, branches, off != "shared_reference_pass")
                     times.append(time.perf_counter() - start)
             seconds = sum(times) / len(times)
             baseline = baseline or seconds
-            print(f"{branches:>8}  {label:<32} {seconds:8.2f} {seconds / baseline:8.2f} {peak.peak / 2**30:12.2f}",
+            print(f"{branches:>8}  {label:<32} {seconds:8.2f} {seconds / baseline:8.2f}  {peak}",
                   flush=True)
     model.speed = UNetSpeedOptions()
 

@@ -33,7 +33,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench.memory import PeakSampler, rss, rss_anon  # noqa: E402
+from bench.memory import PeakMemory  # noqa: E402
+from bench.workload import StepInputs, unet_call  # noqa: E402
 
 TWO_BRANCH_CALLS, THREE_BRANCH_CALLS = 9, 26  # a default 35-step run with launch timestep 750
 CALL_TOLERANCE = 1e-4  # largest output difference (relative to the output's scale) that counts as agreeing
@@ -50,44 +51,12 @@ def official_model(official_dir: str):
     return model.eval().requires_grad_(False)
 
 
-class Inputs:
-    """One sampling step's inputs at SD1.5 size."""
-
-    def __init__(self, size: int, refs: int, photos: int, batch: int, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.h = size // 8
-        self.batch = batch
-        self.latent = torch.randn(batch, 4, self.h, self.h, generator=g)
-        self.positive = torch.randn(batch, 77, 768, generator=g)
-        self.negative = torch.randn(batch, 77, 768, generator=g)
-        faces = torch.randn(photos, 4, 28, 28, generator=g)
-        self.references = faces[[i % photos for i in range(refs)]]
-        self.reference_context = self.negative[:1].expand(refs, -1, -1)
-        self.mask = torch.zeros(batch, self.h, self.h)
-        self.mask[:, self.h // 10: self.h // 10 + self.h * 3 // 10, self.h * 3 // 10: self.h * 6 // 10] = 1
-
-    def contexts(self, branches: int) -> torch.Tensor:
-        parts = [self.positive, self.positive, self.negative] if branches == 3 else [self.positive, self.negative]
-        return torch.cat(parts)
-
-
-def official_call(model, inputs: Inputs, branches: int, t: int, strength: float):
+def official_call(model, inputs: StepInputs, branches: int, t: int, strength: float):
     model.share_cache.update(num_pairs=len(inputs.references), ref=inputs.references,
                              ref_context=inputs.reference_context, masks=inputs.mask,
                              similarity=torch.tensor(strength))
     return model(inputs.latent.repeat(branches, 1, 1, 1), t=torch.full((inputs.batch,), t),
                  context=inputs.contexts(branches))
-
-
-def our_call(model, inputs: Inputs, branches: int, t: int, strength: float):
-    from flashface.sampling.guidance import GuidanceSettings
-
-    features = model.encode_references(inputs.references, t, inputs.reference_context)
-    rows = branches * inputs.batch
-    weights = GuidanceSettings(reference_strength=strength, strength_before_launch=strength).branch_weights(
-        999 if branches == 2 else 0, inputs.batch)
-    return model(inputs.latent.repeat(branches, 1, 1, 1), torch.full((rows,), t), inputs.contexts(branches),
-                 inputs.mask.repeat(branches, 1, 1), features, weights)
 
 
 def timed(function, *args) -> tuple[float, torch.Tensor]:
@@ -96,18 +65,18 @@ def timed(function, *args) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - started, out
 
 
-def compare_calls(official, ours, inputs: Inputs, pairs: int) -> dict[int, tuple[float, float]]:
+def compare_calls(official, ours, inputs: StepInputs, pairs: int) -> dict[int, tuple[float, float]]:
     medians = {}
     for branches, strength in ((2, 0.85), (3, 1.2)):
         a = official_call(official, inputs, branches, 500, strength)
-        b = our_call(ours, inputs, branches, 500, strength)
+        b = unet_call(ours, inputs, branches, 500, strength)
         difference = float((a - b).abs().max() / a.abs().max())
         if difference > CALL_TOLERANCE:
             sys.exit(f"{branches}-branch outputs disagree: max difference {difference:.2e} of the output's scale")
         theirs, mine = [], []
         for _ in range(pairs):
             theirs.append(timed(official_call, official, inputs, branches, 500, strength)[0])
-            mine.append(timed(our_call, ours, inputs, branches, 500, strength)[0])
+            mine.append(timed(unet_call, ours, inputs, branches, 500, strength)[0])
         ratios = [o / u for o, u in zip(theirs, mine)]
         medians[branches] = statistics.median(theirs), statistics.median(mine)
         print(f"{branches}-branch: official {statistics.median(theirs):.2f} s [{min(theirs):.2f}-{max(theirs):.2f}], "
@@ -117,7 +86,7 @@ def compare_calls(official, ours, inputs: Inputs, pairs: int) -> dict[int, tuple
     return medians
 
 
-def official_run(official_dir: str, model, inputs: Inputs, noise: torch.Tensor, steps: int) -> torch.Tensor:
+def official_run(official_dir: str, model, inputs: StepInputs, noise: torch.Tensor, steps: int) -> torch.Tensor:
     from config import cfg  # the official flashface/all_finetune/config
     from ops.context_diffusion import ContextGaussianDiffusion
 
@@ -138,7 +107,7 @@ def official_run(official_dir: str, model, inputs: Inputs, noise: torch.Tensor, 
                             guide_scale=7.5, guide_rescale=0.5, show_progress=False, discretization="trailing")
 
 
-def our_run(model, inputs: Inputs, noise: torch.Tensor, steps: int) -> torch.Tensor:
+def our_run(model, inputs: StepInputs, noise: torch.Tensor, steps: int) -> torch.Tensor:
     from flashface.sampling.guidance import GuidanceSettings, ReferenceGuidedDenoiser
     from flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
     from flashface.sampling.solvers import ddim
@@ -167,10 +136,10 @@ def main() -> None:
     from flashface.models.checkpoint import StateDictCheckpoint
     from flashface.models.unet import load_unet
 
-    with PeakSampler(rss) as peak, PeakSampler(rss_anon) as peak_anon:
+    with PeakMemory() as memory:
         official = official_model(args.official)
         ours = load_unet(StateDictCheckpoint(official.state_dict()))
-        inputs = Inputs(args.size, args.refs, args.photos or args.refs, args.batch)
+        inputs = StepInputs(args.size, args.refs, args.photos or args.refs, args.batch)
         print(f"{args.size} px, {args.refs} references of {args.photos or args.refs} photo(s), batch {args.batch}, "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
         medians = compare_calls(official, ours, inputs, args.pairs)
@@ -186,8 +155,7 @@ def main() -> None:
             difference = float((x_official - x_ours).abs().max())
             print(f"whole {args.steps}-step run: official {seconds_official:.0f} s, ours {seconds_ours:.0f} s, ratio "
                   f"{seconds_official / seconds_ours:.2f}; final latents differ by at most {difference:.1e}")
-    print(f"peak RSS {peak.peak / 2**30:.2f} GiB (anonymous {peak_anon.peak / 2**30:.2f} GiB, file-backed "
-          f"{(peak.peak - peak_anon.peak) / 2**30:.2f} GiB)")
+    print(memory)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench.memory import PeakMemory  # noqa: E402
 from flashface.models.clip_text import END_TOKEN, START_TOKEN, Tokenizer  # noqa: E402
 
 LENGTHS = (1_000, 5_000, 20_000, 40_000)
@@ -55,8 +56,9 @@ def main() -> None:
     ours, official, byte_chars = Tokenizer(), SimpleTokenizer(), bytes_to_unicode()
     ours([PROMPT])  # loads the vocabulary once
     for name, text in [("prompt", PROMPT)] + [(f"{n:,} chars, no space", unbroken_word(n)) for n in LENGTHS]:
-        seconds, ids = timed(lambda t: ours([t])[0].tolist(), text)
-        line = f"{name:>24}: ours {seconds:7.3f} s"
+        with PeakMemory() as memory:
+            seconds, ids = timed(lambda t: ours([t])[0].tolist(), text)
+        line = f"{name:>24}: ours {seconds:7.3f} s ({memory})"
         if len(text) <= args.official_max:
             official_seconds, expected = timed(official_ids, official, byte_chars, text)
             line += f", official {official_seconds:7.2f} s, same ids: {ids == expected}"

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench.memory import PeakMemory  # noqa: E402
 from flashface.utils.cache_utils import ExpectedFile, hash_file, verify_file  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the size-only acceptance warning is expected here
     size = int(args.gigabytes * 1e9)
-    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+    with PeakMemory() as memory, tempfile.TemporaryDirectory(dir=args.dir) as folder:
         path = Path(folder) / "model.bin"
         write_file(path, size)
         expected = ExpectedFile(size=size)
@@ -74,6 +75,7 @@ def main() -> None:
     print(f"re-hash SHA-256 only:       {sha256:.2f} s ({gigabytes / sha256:.2f} GB/s)")
     print(f"re-hash MD5+SHA-256 (1 read, as on a cold start): {both:.2f} s ({gigabytes / both:.2f} GB/s)")
     print(f"sidecar speed-up over re-hashing both: {both / statistics.median(warm):.0f}x")
+    print(memory)
 
 
 if __name__ == "__main__":

