@@ -108,13 +108,13 @@ def official_run(official_dir: str, model, inputs: StepInputs, noise: torch.Tens
 
 
 def our_run(model, inputs: StepInputs, noise: torch.Tensor, steps: int) -> torch.Tensor:
-    from flashface.sampling.guidance import GuidanceSettings, ReferenceGuidedDenoiser
+    from flashface.sampling.guidance import ReferenceGuidedDenoiser
     from flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
     from flashface.sampling.solvers import ddim
 
     schedule = NoiseSchedule()
     denoiser = ReferenceGuidedDenoiser(model, schedule, inputs.positive, inputs.negative, inputs.references,
-                                       inputs.mask, GuidanceSettings())
+                                       inputs.mask)
     return ddim(denoiser, noise, sampling_sigmas(schedule, steps))
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from flashface.models.unet import FlashFaceUNet, UNetConfig
-from flashface.sampling.guidance import GuidanceSettings
+from flashface.sampling.guidance import branch_weights
+from flashface.settings import GenerationSettings
 
 
 def random_unet(config: UNetConfig, dtype: torch.dtype, device: str | torch.device = "cpu",
@@ -65,7 +66,8 @@ def unet_call(model: FlashFaceUNet, inputs: StepInputs, branches: int, t: int, s
     branch row (3 branches: weights [strength, 0, 0] per sample; 2: strength on every row)."""
     features = model.encode_references(inputs.references, t, inputs.reference_context)
     rows = branches * inputs.batch
-    weights = GuidanceSettings(reference_strength=strength, strength_before_launch=strength).branch_weights(
-        999 if branches == 2 else 0, inputs.batch)
+    settings = GenerationSettings(reference_feature_strength=strength,
+                                  reference_feature_strength_before_launch=strength)
+    weights = branch_weights(settings, 999 if branches == 2 else 0, inputs.batch)
     return model(inputs.latent.repeat(branches, 1, 1, 1), torch.full((rows,), t), inputs.contexts(branches),
                  inputs.mask.repeat(branches, 1, 1), features, weights)

@@ -1,13 +1,15 @@
 """Command line: ``python -m flashface generate --ref a.jpg --ref b.jpg --prompt "…" --out out.png``.
 
 Missing model files are downloaded through the model registry (into --models-dir, else
-FLASHFACE_MODELS_DIR or the user cache directory); --unet/--vae/--clip/--detector use given files
-instead. The UNet runs in --dtype; the VAE, text encoder and detector run in fp32 as officially.
+FLASHFACE_MODELS_DIR or the user cache directory); --unet/--vae/--text-encoder/--detector use given
+files instead. The generation settings (`settings.GenerationSettings`) each have a flag of the
+same name with dashes. The UNet runs in --dtype; the VAE, text encoder and detector run in fp32 as officially.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -18,16 +20,51 @@ from tqdm import tqdm
 
 from .errors import FlashFaceError, InvalidInputError
 from .face import DEFAULT_DETECTION_THRESHOLD, SEVERAL_FACES
-from .models.model_registry import entries_of_kind, get_model_path
+from .models.model_registry import KINDS, entries_of_kind, get_model_path
 from .utils.cache_utils import recorded_load_failure
 from .models.vae import VAE_ATTENTIONS
-from .pipeline import NOISE_SOURCES, PRESETS, FlashFacePipeline
-from .prompts import POSITIVE_POSTFIX
+from .pipeline import FlashFacePipeline
 from .sampling.mask import latent_size
-from .sampling.schedule import DISCRETIZATIONS, SPACINGS
-from .sampling.solvers import SOLVERS
+from .settings import PRESETS, GenerationSettings, describe
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# Flags of earlier versions, still accepted.
+OLD_FLAGS = {"text_guidance": "--guidance-scale", "reference_feature_strength": "--reference-strength",
+             "reference_feature_strength_before_launch": "--strength-before-launch",
+             "reference_guidance_strength": "--reference-guidance", "batch_size": "--num-samples"}
+TYPES = {"int": int, "float": float}
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of `GenerationSettings`, its name with dashes; unset flags stay None, so
+    that only the flags given override the defaults and the --preset."""
+    for item in dataclasses.fields(GenerationSettings):
+        info = describe(item.name)
+        names = [f"--{item.name.replace('_', '-')}", *([OLD_FLAGS[item.name]] if item.name in OLD_FLAGS else [])]
+        shown = " ".join(map(str, item.default)) if isinstance(item.default, tuple) else item.default
+        options = dict(dest=item.name, default=None, help=f"{info.help} (default: {shown})")
+        if item.type == "bool":
+            options["action"] = argparse.BooleanOptionalAction
+        elif info.choices is not None:
+            options["choices"] = info.choices
+        elif isinstance(item.default, tuple):
+            options.update(type=float, nargs=len(item.default), metavar=("X1", "Y1", "X2", "Y2"))
+        else:
+            options["type"] = TYPES[item.type]
+        parser.add_argument(*names, **options)
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="the paper's recommended settings for a purpose; "
+                                                                  "flags given explicitly override it")
+
+
+def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
+    settings = GenerationSettings()
+    if args.preset:
+        settings = settings.with_preset(args.preset)
+    given = {item.name: getattr(args, item.name) for item in dataclasses.fields(GenerationSettings)
+             if getattr(args, item.name) is not None}
+    return dataclasses.replace(settings, **given)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,31 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--out", required=True, type=Path,
                      help="output image; with several samples NAME_1.png, NAME_2.png, ...")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, default=35)
-    gen.add_argument("--solver", choices=sorted(SOLVERS), default="ddim")
-    gen.add_argument("--discretization", choices=DISCRETIZATIONS, default="trailing")
-    gen.add_argument("--sigma-spacing", choices=SPACINGS, default="timesteps")
-    gen.add_argument("--preset", choices=sorted(PRESETS), help="the paper's recommended settings")
-    gen.add_argument("--guidance-scale", type=float, help="text guidance g (default 7.5)")
-    gen.add_argument("--reference-guidance", type=float, help="reference guidance c (default 3.2)")
-    gen.add_argument("--reference-strength", type=float, help="reference feature strength λ (default 1.2)")
-    gen.add_argument("--strength-before-launch", type=float, default=0.85,
-                     help="reference feature strength λ0 before the launch timestep (default 0.85)")
-    gen.add_argument("--launch-timestep", type=int, help="3-branch guidance from this timestep down (default 750)")
-    gen.add_argument("--face-box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"),
-                     help="normalized face position (default 0.3 0.1 0.6 0.4; 0 0 0 0 = anywhere)")
-    gen.add_argument("--width", type=int, default=768)
-    gen.add_argument("--height", type=int, default=768)
-    gen.add_argument("--num-samples", type=int, default=1)
-    gen.add_argument("--pad-references", action=argparse.BooleanOptionalAction, default=True,
-                     help="pad 1-3 reference faces to four by seeded random repetition, as the official demo "
-                          "always does (default: on; the model was only run with four)")
-    gen.add_argument("--prompt-postfixes", action=argparse.BooleanOptionalAction, default=True,
-                     help=f"add the official demo's quality words to the prompt ('{POSITIVE_POSTFIX}') and its "
-                          "negative list to the negative prompt, as the demo always does (default: on)")
-    gen.add_argument("--noise", choices=NOISE_SOURCES, default="cpu",
-                     help="cpu: the same image for a seed on every device; device: the official CUDA noise")
+    add_setting_flags(gen)
     gen.add_argument("--no-detect", action="store_true", help="the --ref images are already face crops")
     gen.add_argument("--detection-threshold", type=float, default=DEFAULT_DETECTION_THRESHOLD,
                      help=f"RetinaFace score a face needs (default {DEFAULT_DETECTION_THRESHOLD}, as officially)")
@@ -76,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="official: the VAE mid-block attention exactly as the official code computes it "
                           "(default); standard: the usual SD attention, as ComfyUI's own VAE Decode")
     gen.add_argument("--models-dir", type=Path, help="where model files are found and downloaded to")
-    for name, what in (("unet", "FlashFace UNet"), ("vae", "VAE"), ("clip", "CLIP text encoder"),
-                       ("detector", "RetinaFace detector")):
-        gen.add_argument(f"--{name}", type=Path, metavar="FILE", help=f"{what} file instead of the registry's")
+    for kind in KINDS:
+        gen.add_argument(f"--{kind.replace('_', '-')}", *(["--clip"] if kind == "text_encoder" else []), dest=kind,
+                         type=Path, metavar="FILE", help=f"a file to use instead of the registry's {entries_of_kind(kind)[0].description}")
     gen.add_argument("--verbose", action="store_true")
     return parser
 
@@ -110,7 +123,7 @@ def load_pipeline(args: argparse.Namespace) -> FlashFacePipeline:
     unet = _load(load_unet, args.unet, "unet", args.models_dir, device=device, dtype=DTYPES[args.dtype])
     vae = _load(load_vae, args.vae, "vae", args.models_dir, device=device, dtype=torch.float32,
                 attention=args.vae_attention)
-    text_encoder = _load(load_text_encoder, args.clip, "text_encoder", args.models_dir, device=device, dtype=torch.float32)
+    text_encoder = _load(load_text_encoder, args.text_encoder, "text_encoder", args.models_dir, device=device, dtype=torch.float32)
     detector = None
     if not args.no_detect:
         detector = _load(load_face_detector, args.detector, "detector", args.models_dir, device=device,
@@ -125,7 +138,8 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
-    latent_size(args.width, args.height)  # reject a bad size before loading gigabytes
+    settings = settings_from_args(args)  # reject bad settings before loading gigabytes
+    latent_size(settings.width, settings.height)
     photos = [read_photo(path) for path in args.ref]
     pipeline = load_pipeline(args)
     faces = photos if args.no_detect else pipeline.crop_reference_faces(photos, args.detection_threshold,
@@ -135,16 +149,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
             bar.total = total
             bar.update(1)
 
-        result = pipeline.generate(
-            faces, args.prompt, args.negative_prompt, seed=args.seed, steps=args.steps, solver=args.solver,
-            discretization=args.discretization, sigma_spacing=args.sigma_spacing,
-            guidance_scale=args.guidance_scale, reference_guidance=args.reference_guidance,
-            reference_strength=args.reference_strength, strength_before_launch=args.strength_before_launch,
-            launch_timestep=args.launch_timestep,
-            face_box=args.face_box, width=args.width, height=args.height, num_samples=args.num_samples,
-            pad_references=args.pad_references, prompt_postfixes=args.prompt_postfixes,
-            noise=args.noise, preset=args.preset, progress=progress)
-    paths = output_paths(args.out, args.num_samples)
+        result = pipeline.generate(faces, args.prompt, args.negative_prompt, settings, progress=progress)
+    paths = output_paths(args.out, settings.batch_size)
     for image, path in zip(result.to_pil(), paths):
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)

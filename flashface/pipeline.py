@@ -1,7 +1,8 @@
 """FlashFace generation: reference faces + prompt -> images, holding the loaded networks.
 
-Defaults are the official demo's: 1-3 reference faces are padded to four (`pad_references`)
-and the official quality words are added to the prompts (`prompt_postfixes`, see `prompts`).
+Defaults are the official demo's (`settings.GenerationSettings`): 1-3 reference faces are padded
+to four (`pad_references`) and the official quality words are added to the prompts
+(`prompt_postfixes`, see `prompts`).
 
 Devices. Every network runs on the device it is given (`device` for the UNet, and optionally
 one each for the VAE, text encoder and detector): nothing is inferred from where a network's
@@ -32,39 +33,19 @@ from .errors import InvalidInputError
 from .face import DEFAULT_DETECTION_THRESHOLD, MAX_REFERENCES, find_reference_faces, prepare_reference
 from .models.vae import LATENT_SCALE
 from .prompts import EncodedPrompt, prompt_text
-from .sampling.guidance import GuidanceSettings, ReferenceGuidedDenoiser
+from .sampling.guidance import ReferenceGuidedDenoiser
 from .sampling.mask import box_mask, latent_size, resize_mask
 from .sampling.schedule import NoiseSchedule, sampling_sigmas
 from .sampling.solvers import get_solver
+from .settings import NOISE_SOURCES, GenerationSettings
 from .utils.memory import first_that_fits
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FACE_BOX = (0.3, 0.1, 0.6, 0.4)
 OFFICIAL_REFERENCE_COUNT = 4
-NOISE_SOURCES = ("cpu", "device")
-
-# The paper's recommended settings (official readme); explicit arguments override them.
-PRESETS: dict[str, dict] = {
-    "id_fidelity": dict(face_box=(0.3, 0.2, 0.6, 0.5), reference_strength=1.2, reference_guidance=3.2,
-                        launch_timestep=750),
-    "age_change": dict(guidance_scale=8.5, reference_strength=0.9, reference_guidance=2.5, launch_timestep=750),
-}
-_FALLBACKS = dict(guidance_scale=7.5, reference_guidance=3.2, reference_strength=1.2, launch_timestep=750,
-                  face_box=DEFAULT_FACE_BOX)
 
 Progress = Callable[[int, int, torch.Tensor], None]
 Prompt = str | EncodedPrompt | torch.Tensor
-
-
-def resolve_settings(preset: str | None, **explicit) -> dict:
-    """Each of guidance_scale, reference_guidance, reference_strength, launch_timestep, face_box:
-    the explicit value unless None, else the preset's, else the official UI default."""
-    if preset is not None and preset not in PRESETS:
-        raise InvalidInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    chosen = {**_FALLBACKS, **PRESETS.get(preset, {})}
-    chosen.update((name, value) for name, value in explicit.items() if value is not None)
-    return chosen
 
 
 def padded_reference_indices(available: int, seed: int, count: int = OFFICIAL_REFERENCE_COUNT) -> list[int]:
@@ -199,79 +180,49 @@ class FlashFacePipeline:
         reference_faces: Sequence[Image.Image] | torch.Tensor,
         prompt: Prompt,
         negative_prompt: Prompt = "",
+        settings: GenerationSettings = GenerationSettings(),
         *,
-        seed: int = 0,
-        steps: int = 35,
-        solver: str = "ddim",
-        discretization: str = "trailing",
-        sigma_spacing: str = "timesteps",
-        guidance_scale: float | None = None,
-        reference_guidance: float | None = None,
-        reference_strength: float | None = None,
-        strength_before_launch: float = 0.85,
-        launch_timestep: int | None = None,
-        face_box: Sequence[float] | None = None,
         face_mask: torch.Tensor | None = None,
-        width: int = 768,
-        height: int = 768,
-        num_samples: int = 1,
-        pad_references: bool = True,
-        prompt_postfixes: bool = True,
-        noise: str = "cpu",
-        preset: str | None = None,
         output_device: torch.device | str = "cpu",
         progress: Progress | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> GenerationResult:
-        """Generate `num_samples` images of the reference person.
+        """Generate `settings.batch_size` images of the reference person (see `GenerationSettings`;
+        its defaults are the official demo's).
 
-        Parameters left as None come from `preset` (see PRESETS), else from the official UI
-        defaults (g 7.5, c 3.2, λ 1.2, launch 750, box [0.3, 0.1, 0.6, 0.4]). Prompts: see
-        `encode_prompts`. `pad_references`: 1-3 faces are padded to four by seeded random
-        repetition, as the official demo always does (the model was only run with four).
-        `prompt_postfixes`: the official quality words and negative list are added, as the demo
-        does. `face_mask` (a [H',W'] mask in [0,1]) replaces the box; an all-zero box means no
-        position hint. `progress(step, total, x0)` is called after every solver step,
-        `should_cancel()` before each (raising GenerationCancelled). The result is on
-        `output_device`.
+        Prompts: see `encode_prompts`. `face_mask` (a [H',W'] mask in [0,1]) replaces the face box.
+        `progress(step, total, x0)` is called after every solver step, `should_cancel()` before
+        each (raising GenerationCancelled). The result is on `output_device`.
         """
-        chosen = resolve_settings(preset, guidance_scale=guidance_scale, reference_guidance=reference_guidance,
-                                  reference_strength=reference_strength, launch_timestep=launch_timestep,
-                                  face_box=face_box)
-        if num_samples < 1:
-            raise InvalidInputError(f"num_samples must be at least 1, got {num_samples}.")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
-            raise InvalidInputError(f"The seed must be a whole number from 0 to 2^64 - 1, got {seed!r}.")
+        if not isinstance(settings, GenerationSettings):
+            raise InvalidInputError(f"settings must be a GenerationSettings, not {type(settings).__name__}.")
         if len(reference_faces) > MAX_REFERENCES:
             raise InvalidInputError(
                 f"{len(reference_faces)} reference faces were given; FlashFace takes at most {MAX_REFERENCES} (the "
                 f"official demo uses 4, and every face adds attention work and memory). Give fewer faces: in "
                 f"Detect Face, fewer photos or several_faces 'largest'.")
-        h, w = latent_size(width, height)
-        device = self.device
+        h, w = latent_size(settings.width, settings.height)
+        device, batch = self.device, settings.batch_size
 
         faces = reference_faces
-        if pad_references and 0 < len(faces) < OFFICIAL_REFERENCE_COUNT:
-            indices = padded_reference_indices(len(faces), seed)
+        if settings.pad_references and 0 < len(faces) < OFFICIAL_REFERENCE_COUNT:
+            indices = padded_reference_indices(len(faces), settings.seed)
             faces = faces[indices] if isinstance(faces, torch.Tensor) else [faces[i] for i in indices]
         reference_latents = self.encode_references(faces).to(device)
 
-        positive, negative = self.encode_prompts(prompt, negative_prompt, num_samples, prompt_postfixes)
-        mask = resize_mask(face_mask, width, height) if face_mask is not None else box_mask(chosen["face_box"], width, height)
+        positive, negative = self.encode_prompts(prompt, negative_prompt, batch, settings.prompt_postfixes)
+        mask = (resize_mask(face_mask, settings.width, settings.height) if face_mask is not None
+                else box_mask(settings.face_box, settings.width, settings.height))
 
-        settings = GuidanceSettings(
-            guidance_scale=chosen["guidance_scale"], reference_guidance=chosen["reference_guidance"],
-            reference_strength=chosen["reference_strength"], strength_before_launch=strength_before_launch,
-            launch_timestep=chosen["launch_timestep"])
         denoiser = ReferenceGuidedDenoiser(self.unet, self.schedule, positive.to(device), negative.to(device),
                                            reference_latents, mask.to(device), settings)
-        sigmas = sampling_sigmas(self.schedule, steps, discretization, sigma_spacing)
-        run_solver = get_solver(solver)
-        x, generator = initial_noise((num_samples, 4, h, w), seed, device, noise)
-        logger.info("sampling %d step(s) with %s, %d reference(s), %dx%d, seed %d on %s", len(sigmas) - 1, solver,
-                    len(reference_latents), width, height, seed, device)
+        sigmas = sampling_sigmas(self.schedule, settings.steps, settings.discretization, settings.sigma_spacing)
+        run_solver = get_solver(settings.solver)
+        x, generator = initial_noise((batch, 4, h, w), settings.seed, device, settings.noise)
+        logger.info("sampling %d step(s) with %s, %d reference(s), %dx%d, seed %d on %s", len(sigmas) - 1,
+                    settings.solver, len(reference_latents), settings.width, settings.height, settings.seed, device)
         latents = run_solver(denoiser, x, sigmas, callback=progress, should_cancel=should_cancel, generator=generator)
 
         images = official_levels(self.decode(latents)).to(output_device).float() / 255
-        return GenerationResult(images=images, latents=latents.float().to(output_device), seed=seed,
+        return GenerationResult(images=images, latents=latents.float().to(output_device), seed=settings.seed,
                                 model_timesteps=denoiser.model_timesteps)

@@ -78,15 +78,17 @@ class DemoCase:
             torch.save(self.detector_state(), files["detector_name"])
         return files
 
-    def generate_arguments(self) -> dict:
-        """Keyword arguments of `FlashFacePipeline.generate` for the case's settings (nothing else)."""
+    def settings(self):
+        """The case's settings as `GenerationSettings` (the rest are the defaults)."""
+        from flashface.settings import GenerationSettings
+
         c = self.config
-        return dict(seed=c["seed"], steps=c["steps"], width=c["width"], height=c["height"],
-                    num_samples=c["num_samples"], face_box=tuple(c["face_bbox"]),
-                    reference_strength=c["reference_feature_strength"],
-                    strength_before_launch=c["reference_feature_strength_before_launch"],
-                    reference_guidance=c["reference_guidance"], guidance_scale=c["text_guidance"],
-                    launch_timestep=c["launch_timestep"])
+        return GenerationSettings(
+            seed=c["seed"], steps=c["steps"], width=c["width"], height=c["height"], batch_size=c["num_samples"],
+            face_box=tuple(c["face_bbox"]), reference_feature_strength=c["reference_feature_strength"],
+            reference_feature_strength_before_launch=c["reference_feature_strength_before_launch"],
+            reference_guidance_strength=c["reference_guidance"], text_guidance=c["text_guidance"],
+            launch_timestep=c["launch_timestep"])
 
     def cli_arguments(self, files: dict[str, Path], out: Path) -> list[str]:
         """`python -m flashface generate` options for the case's settings and model files."""
@@ -94,13 +96,14 @@ class DemoCase:
         arguments = [argument for photo in self.photos for argument in ("--ref", str(photo))]
         arguments += ["--prompt", c["prompt"], "--negative-prompt", c["negative_prompt"], "--seed", str(c["seed"]),
                       "--steps", str(c["steps"]), "--width", str(c["width"]), "--height", str(c["height"]),
-                      "--num-samples", str(c["num_samples"]), "--face-box", *map(str, c["face_bbox"]),
-                      "--reference-strength", str(c["reference_feature_strength"]),
-                      "--strength-before-launch", str(c["reference_feature_strength_before_launch"]),
-                      "--reference-guidance", str(c["reference_guidance"]),
-                      "--guidance-scale", str(c["text_guidance"]), "--launch-timestep", str(c["launch_timestep"]),
+                      "--batch-size", str(c["num_samples"]), "--face-box", *map(str, c["face_bbox"]),
+                      "--reference-feature-strength", str(c["reference_feature_strength"]),
+                      "--reference-feature-strength-before-launch",
+                      str(c["reference_feature_strength_before_launch"]),
+                      "--reference-guidance-strength", str(c["reference_guidance"]),
+                      "--text-guidance", str(c["text_guidance"]), "--launch-timestep", str(c["launch_timestep"]),
                       "--detection-threshold", repr(c["min_thr"]), "--out", str(out)]
-        for option, slot in (("--unet", "unet_name"), ("--vae", "vae_name"), ("--clip", "clip_name"),
+        for option, slot in (("--unet", "unet_name"), ("--vae", "vae_name"), ("--text-encoder", "clip_name"),
                              ("--detector", "detector_name")):
             arguments += [option, str(files[slot])]
         return arguments
@@ -152,7 +155,7 @@ def diagnose(demo: DemoCase, pipeline) -> list[str]:
     report("mask", box_mask(c["face_bbox"], c["width"], c["height"])[None].expand(c["num_samples"], -1, -1))
     generator = torch.Generator().manual_seed(c["seed"])
     report("noise", torch.randn(tuple(expected["noise"].shape), generator=generator))
-    result = pipeline.generate(crops, c["prompt"], c["negative_prompt"], **demo.generate_arguments())
+    result = pipeline.generate(crops, c["prompt"], c["negative_prompt"], demo.settings())
     report("x0", result.latents, c["tolerance"]["x0"]["atol"])
     lines.append(f"image: {demo.difference((result.images * 255).round().to(torch.uint8))}")
     return lines

@@ -25,7 +25,7 @@ def model_arguments(tiny_model_files):
     detector = load_face_detector(tiny_model_files["detector_name"])
     thresholds = [threshold_for_count(post_nms_scores(detector, Image.open(p).convert("RGB")), 1) for p in PHOTOS]
     return ["--unet", str(tiny_model_files["unet_name"]), "--vae", str(tiny_model_files["vae_name"]),
-            "--clip", str(tiny_model_files["clip_name"]), "--detector", str(tiny_model_files["detector_name"]),
+            "--text-encoder", str(tiny_model_files["clip_name"]), "--detector", str(tiny_model_files["detector_name"]),
             # one threshold that gives each photo at least one face; extra faces: the largest is used
             "--detection-threshold", f"{min(thresholds):.6f}"]
 
@@ -54,7 +54,7 @@ def test_same_seed_writes_the_same_image_and_several_samples_get_numbered_files(
     assert main(["generate", *common, "--out", str(tmp_path / "a.png")]) == 0
     assert main(["generate", *common, "--out", str(tmp_path / "b.png")]) == 0
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
-    assert main(["generate", *common, "--out", str(tmp_path / "many.png"), "--num-samples", "2", "--solver", "dpmpp_2m"]) == 0
+    assert main(["generate", *common, "--out", str(tmp_path / "many.png"), "--batch-size", "2", "--solver", "dpmpp_2m"]) == 0
     assert sorted(p.name for p in tmp_path.glob("many_*.png")) == ["many_1.png", "many_2.png"]
 
 
@@ -98,3 +98,32 @@ def test_missing_model_while_offline_says_what_to_do(tmp_path):
     assert done.returncode == 1
     assert "flashface: error:" in done.stderr and "offline" in done.stderr.lower()
     assert "flashface.ckpt" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_every_setting_has_a_flag_of_its_name_and_earlier_flags_still_work():
+    import dataclasses
+
+    from flashface.__main__ import build_parser, settings_from_args
+    from flashface.settings import GenerationSettings
+
+    def settings(*flags):
+        return settings_from_args(build_parser().parse_args(["generate", "--ref", "a.jpg", "--prompt", "x",
+                                                             "--out", "o.png", *flags]))
+
+    assert settings() == GenerationSettings()
+    for item in dataclasses.fields(GenerationSettings):
+        assert f"--{item.name.replace('_', '-')}" in build_parser()._subparsers._group_actions[0].choices[
+            "generate"]._option_string_actions
+    new = settings("--text-guidance", "6", "--reference-feature-strength", "1.1",
+                   "--reference-feature-strength-before-launch", "0.7", "--reference-guidance-strength", "2",
+                   "--batch-size", "2", "--face-box", "0.2", "0.2", "0.5", "0.5", "--no-pad-references")
+    old = settings("--guidance-scale", "6", "--reference-strength", "1.1", "--strength-before-launch", "0.7",
+                   "--reference-guidance", "2", "--num-samples", "2", "--face-box", "0.2", "0.2", "0.5", "0.5",
+                   "--no-pad-references")
+    assert new == old == GenerationSettings(text_guidance=6.0, reference_feature_strength=1.1,
+                                            reference_feature_strength_before_launch=0.7,
+                                            reference_guidance_strength=2.0, batch_size=2,
+                                            face_box=(0.2, 0.2, 0.5, 0.5), pad_references=False)
+    # a preset first, then the flags given
+    assert settings("--preset", "age_change", "--text-guidance", "5") == dataclasses.replace(
+        GenerationSettings().with_preset("age_change"), text_guidance=5.0)

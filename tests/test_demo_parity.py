@@ -5,6 +5,8 @@ ComfyUI server, is in test_comfyui_demo_parity.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import subprocess
 import sys
 
@@ -47,7 +49,7 @@ def library_images(pipeline: FlashFacePipeline, demo: DemoCase, **overrides) -> 
     config = demo.config
     faces = pipeline.crop_reference_faces(demo.read_photos(), config["min_thr"])
     result = pipeline.generate(faces, config["prompt"], config["negative_prompt"],
-                               **{**demo.generate_arguments(), **overrides})
+                               dataclasses.replace(demo.settings(), **overrides))
     return levels_of(result.to_pil())
 
 

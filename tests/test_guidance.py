@@ -10,7 +10,8 @@ import torch
 from flashface.errors import InvalidInputError
 from flashface.models.checkpoint import StateDictCheckpoint
 from flashface.models.unet import UNetSpeedOptions, load_unet
-from flashface.sampling.guidance import GuidanceSettings, ReferenceGuidedDenoiser
+from flashface.sampling.guidance import ReferenceGuidedDenoiser
+from flashface.settings import GenerationSettings
 from flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
 from flashface.sampling.solvers import get_solver
 from tests.tiny_unet import tiny_unet_state_dict
@@ -49,13 +50,13 @@ def straightforward_eps(unet, inputs, settings, timestep):
             return unet(inputs.x, torch.full((batch,), timestep), context, inputs.mask, features,
                         torch.full((batch,), weight))
 
-        g, c, phi = settings.guidance_scale, settings.reference_guidance, settings.guide_rescale
+        g, c, phi = settings.text_guidance, settings.reference_guidance_strength, settings.guide_rescale
         if timestep > settings.launch_timestep:
-            cond = branch(inputs.positive, settings.strength_before_launch)
-            uncond = branch(inputs.negative, settings.strength_before_launch)
+            cond = branch(inputs.positive, settings.reference_feature_strength_before_launch)
+            uncond = branch(inputs.negative, settings.reference_feature_strength_before_launch)
             guided = uncond + g * (cond - uncond)
         else:
-            with_refs = branch(inputs.positive, settings.reference_strength)
+            with_refs = branch(inputs.positive, settings.reference_feature_strength)
             cond = branch(inputs.positive, 0.0)
             uncond = branch(inputs.negative, 0.0)
             guided = uncond + g * (cond - uncond) + c * (with_refs - cond)
@@ -69,8 +70,8 @@ def straightforward_eps(unet, inputs, settings, timestep):
 @pytest.mark.parametrize("timestep", [999, 751, 750, 400, 0])
 def test_optimized_guidance_equals_straightforward(tiny_unet, timestep):
     schedule = NoiseSchedule()
-    settings = GuidanceSettings(guidance_scale=6.0, reference_guidance=2.5, reference_strength=1.1,
-                                strength_before_launch=0.85, launch_timestep=750)
+    settings = GenerationSettings(text_guidance=6.0, reference_guidance_strength=2.5, reference_feature_strength=1.1,
+                                reference_feature_strength_before_launch=0.85, launch_timestep=750)
     inputs = random_inputs()
     denoiser = ReferenceGuidedDenoiser(tiny_unet, schedule, inputs.positive, inputs.negative, inputs.references,
                                        inputs.mask, settings)
@@ -90,11 +91,11 @@ def test_samples_are_independent_rows(tiny_unet):
     inputs = random_inputs(batch=3)
     together = get_solver("ddim")(
         ReferenceGuidedDenoiser(tiny_unet, schedule, inputs.positive, inputs.negative, inputs.references,
-                                inputs.mask, GuidanceSettings(launch_timestep=600)), inputs.x, sigmas)
+                                inputs.mask, GenerationSettings(launch_timestep=600)), inputs.x, sigmas)
     for b in range(3):
         # the reference context is the *first* negative embedding for every sample
         alone = ReferenceGuidedDenoiser(tiny_unet, schedule, inputs.positive[b:b + 1], inputs.negative[b:b + 1],
-                                        inputs.references, inputs.mask[b:b + 1], GuidanceSettings(launch_timestep=600),
+                                        inputs.references, inputs.mask[b:b + 1], GenerationSettings(launch_timestep=600),
                                         reference_context=inputs.negative[:1].expand(3, -1, -1))
         # float32 rounding differs between batch shapes (x0 = (x − σε)/α amplifies it ~15× at t=999);
         # a row mix-up would differ by O(1)
@@ -123,7 +124,7 @@ class RecordingUNet:
 def test_branch_switch_at_the_launch_timestep(steps, two_branch, three_branch):
     schedule, unet, batch = NoiseSchedule(), RecordingUNet(), 2
     inputs = random_inputs(batch=batch, references=4)
-    settings = GuidanceSettings(reference_strength=1.2, strength_before_launch=0.85, launch_timestep=750)
+    settings = GenerationSettings(reference_feature_strength=1.2, reference_feature_strength_before_launch=0.85, launch_timestep=750)
     denoiser = ReferenceGuidedDenoiser(unet, schedule, inputs.positive, inputs.negative, inputs.references,
                                        inputs.mask, settings)
     get_solver("ddim")(denoiser, inputs.x, sampling_sigmas(schedule, steps))
@@ -148,7 +149,7 @@ def test_branch_switch_at_the_launch_timestep(steps, two_branch, three_branch):
 def test_without_reference_guidance_every_call_has_two_branches():
     schedule, unet = NoiseSchedule(), RecordingUNet()
     inputs = random_inputs(batch=1)
-    settings = GuidanceSettings(reference_guidance=0.0, reference_strength=1.3, strength_before_launch=0.85)
+    settings = GenerationSettings(reference_guidance_strength=0.0, reference_feature_strength=1.3, reference_feature_strength_before_launch=0.85)
     denoiser = ReferenceGuidedDenoiser(unet, schedule, inputs.positive, inputs.negative, inputs.references,
                                        None, settings)
     get_solver("ddim")(denoiser, inputs.x, sampling_sigmas(schedule, 10))
@@ -168,7 +169,7 @@ def test_guidance_and_rescale_formula():
 
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     x[0, 0] += 5  # the std is taken over C·H·W of the sample
-    settings = GuidanceSettings(guidance_scale=3.0, reference_guidance=2.0, launch_timestep=750, guide_rescale=0.5)
+    settings = GenerationSettings(text_guidance=3.0, reference_guidance_strength=2.0, launch_timestep=750, guide_rescale=0.5)
     denoiser = ReferenceGuidedDenoiser(ScalingUNet(), schedule, torch.zeros(1, 77, 8), torch.zeros(1, 77, 8),
                                        torch.zeros(1, 4, 7, 7), None, settings)
     # guided = 0 + 3·(x − 0) + 2·(3x − x) = 7x; the rescale factor is 0.5·std(x)/std(7x) + 0.5 = 0.5/7 + 0.5
@@ -176,10 +177,10 @@ def test_guidance_and_rescale_formula():
 
 
 @pytest.mark.parametrize("name, value", [
-    ("guidance_scale", float("nan")), ("guidance_scale", -1.0), ("reference_guidance", float("inf")),
-    ("reference_strength", float("nan")), ("strength_before_launch", float("-inf")), ("launch_timestep", 1001),
-    ("launch_timestep", -1), ("guide_rescale", 1.5), ("guidance_scale", "7.5"),
+    ("text_guidance", float("nan")), ("text_guidance", -1.0), ("reference_guidance_strength", float("inf")),
+    ("reference_feature_strength", float("nan")), ("reference_feature_strength_before_launch", float("-inf")), ("launch_timestep", 1001),
+    ("launch_timestep", -1), ("guide_rescale", 1.5), ("text_guidance", "7.5"),
 ])
 def test_settings_that_are_not_finite_or_out_of_range_are_refused(name, value):
-    with pytest.raises(InvalidInputError, match=f"{name} must be a finite number"):
-        GuidanceSettings(**{name: value})
+    with pytest.raises(InvalidInputError, match=f"{name} must be a (finite|whole) number"):
+        GenerationSettings(**{name: value})

@@ -11,7 +11,8 @@ from flashface.errors import GenerationCancelled, InvalidInputError
 from flashface.models.clip_text import load_text_encoder
 from flashface.models.unet import load_unet
 from flashface.models.vae import LATENT_SCALE, load_vae
-from flashface.pipeline import PRESETS, FlashFacePipeline, padded_reference_indices, resolve_settings
+from flashface.pipeline import FlashFacePipeline, padded_reference_indices
+from flashface.settings import PRESETS, GenerationSettings
 from flashface.prompts import (
     NEGATIVE_POSTFIX,
     POSITIVE_POSTFIX,
@@ -37,7 +38,7 @@ def random_faces(count: int, seed: int = 0) -> list[Image.Image]:
 
 
 def test_generate_returns_images_and_latents_of_the_requested_size(pipeline):
-    result = pipeline.generate(random_faces(2), "a portrait", seed=1, num_samples=3, steps=2, width=80, height=64)
+    result = pipeline.generate(random_faces(2), "a portrait", "", GenerationSettings(seed=1, batch_size=3, steps=2, width=80, height=64))
     assert result.images.shape == (3, 64, 80, 3)
     assert result.images.dtype == torch.float32 and 0 <= result.images.min() <= result.images.max() <= 1
     assert result.latents.shape == (3, 4, 8, 10)
@@ -46,7 +47,7 @@ def test_generate_returns_images_and_latents_of_the_requested_size(pipeline):
 
 
 def test_images_are_the_decoded_latents_in_the_official_8_bit_levels(pipeline):
-    result = pipeline.generate(random_faces(1), "a portrait", seed=2, **QUICK)
+    result = pipeline.generate(random_faces(1), "a portrait", "", GenerationSettings(seed=2, **QUICK))
     with torch.no_grad():
         decoded = pipeline.vae.decode(result.latents / LATENT_SCALE)
     official = (decoded.permute(0, 2, 3, 1).numpy() * 127.5 + 127.5).clip(0, 255).astype("uint8")
@@ -56,9 +57,9 @@ def test_images_are_the_decoded_latents_in_the_official_8_bit_levels(pipeline):
 
 def test_same_seed_same_images_and_another_seed_differs(pipeline):
     faces = random_faces(2)
-    first = pipeline.generate(faces, "a portrait", seed=5, **QUICK)
-    again = pipeline.generate(faces, "a portrait", seed=5, **QUICK)
-    other = pipeline.generate(faces, "a portrait", seed=6, **QUICK)
+    first = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=5, **QUICK))
+    again = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=5, **QUICK))
+    other = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=6, **QUICK))
     assert torch.equal(first.latents, again.latents)
     assert not torch.allclose(first.latents, other.latents)
 
@@ -66,13 +67,13 @@ def test_same_seed_same_images_and_another_seed_differs(pipeline):
 @pytest.mark.parametrize("solver", ["euler_ancestral", "dpmpp_2m_sde"])
 def test_stochastic_solvers_are_reproducible_per_seed(pipeline, solver):
     faces = random_faces(1)
-    runs = [pipeline.generate(faces, "a portrait", seed=9, solver=solver, **QUICK).latents for _ in range(2)]
+    runs = [pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=9, solver=solver, **QUICK)).latents for _ in range(2)]
     assert torch.equal(*runs)
 
 
 def test_the_references_change_the_result(pipeline):
-    one = pipeline.generate(random_faces(1, seed=1), "a portrait", seed=3, **QUICK)
-    other = pipeline.generate(random_faces(1, seed=2), "a portrait", seed=3, **QUICK)
+    one = pipeline.generate(random_faces(1, seed=1), "a portrait", "", GenerationSettings(seed=3, **QUICK))
+    other = pipeline.generate(random_faces(1, seed=2), "a portrait", "", GenerationSettings(seed=3, **QUICK))
     assert not torch.allclose(one.latents, other.latents)
 
 
@@ -80,27 +81,27 @@ def test_faces_as_images_or_prepared_tensors_agree(pipeline):
     from flashface.face import prepare_reference
 
     faces = random_faces(2)
-    as_images = pipeline.generate(faces, "a portrait", seed=4, **QUICK)
-    as_tensor = pipeline.generate(torch.stack([prepare_reference(f) for f in faces]), "a portrait", seed=4, **QUICK)
+    as_images = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=4, **QUICK))
+    as_tensor = pipeline.generate(torch.stack([prepare_reference(f) for f in faces]), "a portrait", "", GenerationSettings(seed=4, **QUICK))
     assert torch.equal(as_images.latents, as_tensor.latents)
 
 
 def test_encoded_prompts_give_the_same_images_as_text(pipeline):
     faces = random_faces(1)
     encoded_only = FlashFacePipeline(pipeline.unet, pipeline.vae, text_encoder=None, device="cpu")
-    from_text = pipeline.generate(faces, "a portrait", "blurry", seed=8, **QUICK)
+    from_text = pipeline.generate(faces, "a portrait", "blurry", GenerationSettings(seed=8, **QUICK))
     positive, negative = (encode_prompt(pipeline.text_encoder, text, "cpu") for text in ("a portrait", "blurry"))
-    from_encoded = encoded_only.generate(faces, positive, negative, seed=8, **QUICK)
+    from_encoded = encoded_only.generate(faces, positive, negative, GenerationSettings(seed=8, **QUICK))
     torch.testing.assert_close(from_text.latents, from_encoded.latents)
 
-    as_written = pipeline.generate(faces, "a portrait", "blurry", seed=8, prompt_postfixes=False, **QUICK)
+    as_written = pipeline.generate(faces, "a portrait", "blurry", GenerationSettings(seed=8, prompt_postfixes=False, **QUICK))
     with torch.no_grad():
         embeddings = pipeline.text_encoder.encode(["a portrait", "blurry"], "cpu").split(1)
-    from_embeddings = encoded_only.generate(faces, *embeddings, seed=8, prompt_postfixes=False, **QUICK)
+    from_embeddings = encoded_only.generate(faces, *embeddings, GenerationSettings(seed=8, prompt_postfixes=False, **QUICK))
     torch.testing.assert_close(as_written.latents, from_embeddings.latents)
     assert not torch.allclose(as_written.latents, from_text.latents)
     with pytest.raises(InvalidInputError, match="text encoder"):
-        encoded_only.generate(faces, "a portrait", negative, seed=8, **QUICK)
+        encoded_only.generate(faces, "a portrait", negative, GenerationSettings(seed=8, **QUICK))
 
 
 def test_official_postfixes_are_joined_like_the_demo():
@@ -126,10 +127,8 @@ def test_an_encoded_prompt_gets_the_words_of_the_side_it_is_used_on(pipeline):
 def test_defaults_are_the_official_demo(pipeline):
     """Padding to four and the official prompt words are what `generate` does unless told otherwise."""
     faces = random_faces(2)
-    default = pipeline.generate(faces, "a portrait", "hat", seed=12, **QUICK)
-    spelled_out = pipeline.generate([faces[i] for i in padded_reference_indices(2, seed=12)],
-                                    official_positive("a portrait"), official_negative("hat"), seed=12,
-                                    pad_references=False, prompt_postfixes=False, **QUICK)
+    default = pipeline.generate(faces, "a portrait", "hat", GenerationSettings(seed=12, **QUICK))
+    spelled_out = pipeline.generate([faces[i] for i in padded_reference_indices(2, seed=12)], official_positive("a portrait"), official_negative("hat"), GenerationSettings(seed=12, pad_references=False, prompt_postfixes=False, **QUICK))
     assert torch.equal(default.latents, spelled_out.latents) and torch.equal(default.images, spelled_out.images)
 
 
@@ -145,37 +144,36 @@ def test_padding_is_an_option_that_changes_the_references(pipeline):
     # a seed whose padding weighs the faces unequally (a balanced [0, 1, 0, 1] attends alike)
     seed = next(s for s in range(100) if sorted(padded_reference_indices(2, s)) != [0, 0, 1, 1])
     indices = padded_reference_indices(2, seed)
-    plain = pipeline.generate(faces, "a portrait", seed=seed, pad_references=False, **QUICK)
-    padded = pipeline.generate(faces, "a portrait", seed=seed, **QUICK)
-    explicit = pipeline.generate([faces[i] for i in indices], "a portrait", seed=seed, pad_references=False, **QUICK)
+    plain = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=seed, pad_references=False, **QUICK))
+    padded = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=seed, **QUICK))
+    explicit = pipeline.generate([faces[i] for i in indices], "a portrait", "", GenerationSettings(seed=seed, pad_references=False, **QUICK))
     assert torch.equal(padded.latents, explicit.latents)
     assert not torch.allclose(plain.latents, padded.latents)
     four = random_faces(4)
-    assert torch.equal(pipeline.generate(four, "a portrait", seed=seed, **QUICK).latents,
-                       pipeline.generate(four, "a portrait", seed=seed, pad_references=False, **QUICK).latents)
+    assert torch.equal(pipeline.generate(four, "a portrait", "", GenerationSettings(seed=seed, **QUICK)).latents,
+                       pipeline.generate(four, "a portrait", "", GenerationSettings(seed=seed, pad_references=False, **QUICK)).latents)
 
 
-def test_presets_fill_unset_values_and_explicit_values_win():
-    for name, values in PRESETS.items():
-        chosen = resolve_settings(name)
-        assert all(chosen[key] == value for key, value in values.items())
-    assert resolve_settings("age_change", guidance_scale=5.0)["guidance_scale"] == 5.0
-    assert resolve_settings(None) == resolve_settings(None, guidance_scale=None)
+def test_a_preset_replaces_the_settings_it_names_and_keeps_the_others():
+    chosen = GenerationSettings(steps=7, text_guidance=5.0).with_preset("age_change")
+    assert chosen.steps == 7
+    for name, settings in PRESETS.items():
+        assert all(getattr(GenerationSettings().with_preset(name), key) == value for key, value in settings.items())
+    assert chosen.text_guidance == PRESETS["age_change"]["text_guidance"] != 5.0
     with pytest.raises(InvalidInputError, match="id_fidelity"):
-        resolve_settings("no_such_preset")
+        GenerationSettings().with_preset("no_such_preset")
 
 
 def test_preset_changes_the_result(pipeline):
     faces = random_faces(1)
-    plain = pipeline.generate(faces, "a portrait", seed=4, **QUICK)
-    aged = pipeline.generate(faces, "a portrait", seed=4, preset="age_change", **QUICK)
+    plain = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=4, **QUICK))
+    aged = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=4, **QUICK).with_preset("age_change"))
     assert not torch.allclose(plain.latents, aged.latents)
 
 
 def test_progress_reports_every_step_and_cancel_stops_between_steps(pipeline):
     seen = []
-    pipeline.generate(random_faces(1), "a portrait", seed=0, steps=3, width=SIZE, height=SIZE,
-                      progress=lambda step, total, x0: seen.append((step, total, tuple(x0.shape))))
+    pipeline.generate(random_faces(1), "a portrait", "", GenerationSettings(seed=0, steps=3, width=SIZE, height=SIZE), progress=lambda step, total, x0: seen.append((step, total, tuple(x0.shape))))
     assert seen == [(0, 3, (1, 4, 8, 8)), (1, 3, (1, 4, 8, 8)), (2, 3, (1, 4, 8, 8))]
 
     calls = []
@@ -185,18 +183,17 @@ def test_progress_reports_every_step_and_cancel_stops_between_steps(pipeline):
         return len(calls) > 2
 
     with pytest.raises(GenerationCancelled, match="step 3 of 5"):
-        pipeline.generate(random_faces(1), "a portrait", seed=0, steps=5, width=SIZE, height=SIZE,
-                          should_cancel=cancel_after_two_checks)
+        pipeline.generate(random_faces(1), "a portrait", "", GenerationSettings(seed=0, steps=5, width=SIZE, height=SIZE), should_cancel=cancel_after_two_checks)
 
 
 def test_face_mask_replaces_the_box(pipeline):
     faces = random_faces(1)
-    box = pipeline.generate(faces, "a portrait", seed=4, face_box=(0.25, 0.25, 0.75, 0.75), **QUICK)
+    box = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=4, face_box=(0.25, 0.25, 0.75, 0.75), **QUICK))
     mask = torch.zeros(32, 32)
     mask[8:24, 8:24] = 1
-    masked = pipeline.generate(faces, "a portrait", seed=4, face_mask=mask, **QUICK)
+    masked = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=4, **QUICK), face_mask=mask)
     torch.testing.assert_close(box.latents, masked.latents)
-    no_hint = pipeline.generate(faces, "a portrait", seed=4, face_box=(0, 0, 0, 0), **QUICK)
+    no_hint = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=4, face_box=(0, 0, 0, 0), **QUICK))
     assert not torch.allclose(box.latents, no_hint.latents)
 
 
@@ -205,39 +202,48 @@ def test_half_precision_unet_runs_close_to_fp32(tiny_model_files, pipeline, dtyp
     half = FlashFacePipeline(load_unet(tiny_model_files["unet_name"], dtype=dtype), pipeline.vae,
                              pipeline.text_encoder, device="cpu")
     faces = random_faces(1)
-    reference = pipeline.generate(faces, "a portrait", seed=4, **QUICK)
-    result = half.generate(faces, "a portrait", seed=4, **QUICK)
+    reference = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=4, **QUICK))
+    result = half.generate(faces, "a portrait", "", GenerationSettings(seed=4, **QUICK))
     assert result.latents.dtype == torch.float32 and torch.isfinite(result.latents).all()
     assert (result.latents - reference.latents).abs().max() < 0.1 * reference.latents.abs().max()
 
 
 @pytest.mark.parametrize("settings, message", [
     (dict(width=100), "multiple of 8"),
-    (dict(num_samples=0), "num_samples"),
-    (dict(noise="gpu"), "noise source"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(noise="gpu"), "noise"),
     (dict(solver="magic"), "magic"),
-    (dict(prompt_postfixes=True, negative_prompt=torch.zeros(1, 77, 32)), "negative prompt is given as embeddings"),
+    (dict(text_guidance=float("nan")), "text_guidance must be a finite number"),
 ])
 def test_bad_settings_are_explained(pipeline, settings, message):
-    arguments = {**QUICK, "seed": 0, **settings}
     with pytest.raises(InvalidInputError, match=message):
-        pipeline.generate(random_faces(1), "a portrait", **arguments)
+        pipeline.generate(random_faces(1), "a portrait", "", GenerationSettings(**{**QUICK, "seed": 0, **settings}))
+
+
+def test_a_negative_prompt_given_as_embeddings_cannot_take_the_official_words(pipeline):
+    with pytest.raises(InvalidInputError, match="negative prompt is given as embeddings"):
+        pipeline.generate(random_faces(1), "a portrait", torch.zeros(1, 77, 32), GenerationSettings(**QUICK))
+
+
+def test_settings_must_be_a_settings_object(pipeline):
+    with pytest.raises(InvalidInputError, match="GenerationSettings"):
+        pipeline.generate(random_faces(1), "a portrait", "", dict(QUICK))
 
 
 def test_more_references_than_a_generation_takes_are_refused(pipeline):
     with pytest.raises(InvalidInputError, match="17 reference faces were given; FlashFace takes at most 16"):
-        pipeline.generate(random_faces(17), "a portrait", **QUICK)
+        pipeline.generate(random_faces(17), "a portrait", "", GenerationSettings(**QUICK))
 
 
 @pytest.mark.parametrize("seed", [-1, 2 ** 64, 1.5, True])
 def test_a_seed_that_is_no_64_bit_count_is_refused(pipeline, seed):
     with pytest.raises(InvalidInputError, match="seed must be a whole number"):
-        pipeline.generate(random_faces(1), "a portrait", seed=seed, steps=2, width=SIZE, height=SIZE)
+        pipeline.generate(random_faces(1), "a portrait", "", GenerationSettings(seed=seed, steps=2, width=SIZE, height=SIZE))
 
 
 def test_no_reference_face_is_explained(pipeline):
     with pytest.raises(InvalidInputError, match="at least one reference face"):
-        pipeline.generate([], "a portrait", **QUICK)
+        pipeline.generate([], "a portrait", "", GenerationSettings(**QUICK))
 
 
 class RunsOutOfMemory(torch.nn.Module):
@@ -271,10 +277,10 @@ class RunsOutOfMemory(torch.nn.Module):
 @pytest.mark.parametrize("max_cells, expected", [(64, "one image at a time"), (16, "in tiles")])
 def test_out_of_memory_in_the_vae_falls_back_to_smaller_pieces(pipeline, max_cells, expected):
     faces = random_faces(2)
-    whole = pipeline.generate(faces, "a portrait", seed=3, num_samples=2, **QUICK)
+    whole = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=3, batch_size=2, **QUICK))
     small = RunsOutOfMemory(pipeline.vae, max_cells)
     constrained = FlashFacePipeline(pipeline.unet, small, pipeline.text_encoder, device="cpu")
-    result = constrained.generate(faces, "a portrait", seed=3, num_samples=2, **QUICK)
+    result = constrained.generate(faces, "a portrait", "", GenerationSettings(seed=3, batch_size=2, **QUICK))
     # the references encoded one by one: the same latents up to the order of float sums
     torch.testing.assert_close(result.latents, whole.latents, atol=1e-3, rtol=1e-3)
     assert [call for call in small.calls if call[0] == "encode"] == [("encode", 4), *[("encode", 1)] * 4]
@@ -298,4 +304,4 @@ def test_an_error_that_is_not_out_of_memory_is_not_retried(pipeline):
 
     broken = FlashFacePipeline(pipeline.unet, Broken(pipeline.vae, 0), pipeline.text_encoder, device="cpu")
     with pytest.raises(RuntimeError, match="CUDNN_STATUS"):
-        broken.generate(random_faces(1), "a portrait", seed=3, **QUICK)
+        broken.generate(random_faces(1), "a portrait", "", GenerationSettings(seed=3, **QUICK))

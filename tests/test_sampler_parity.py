@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from flashface.models.unet import load_unet
-from flashface.sampling.guidance import GuidanceSettings, ReferenceGuidedDenoiser
+from flashface.sampling.guidance import ReferenceGuidedDenoiser
+from flashface.settings import GenerationSettings
 from flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
 from flashface.sampling.solvers import STOCHASTIC_SOLVERS, get_solver
 from tests.parity import cases
@@ -30,11 +31,11 @@ def run_loop(case, dtype: torch.dtype):
     unet = load_unet(case.weights_dir() / "weights.safetensors", num_heads=config["architecture"]["num_heads"],
                      dtype=dtype)
     schedule = NoiseSchedule()  # 'scaled_linear', 1000 steps, β 0.00085 … 0.012 (fixtures/README.md)
-    settings = GuidanceSettings(
-        guidance_scale=config["guide_scale"],
-        reference_guidance=config["reference_guidance"],
-        reference_strength=config["reference_feature_strength"],
-        strength_before_launch=config["feature_strength_before_launch"],
+    settings = GenerationSettings(
+        text_guidance=config["guide_scale"],
+        reference_guidance_strength=config["reference_guidance"],
+        reference_feature_strength=config["reference_feature_strength"],
+        reference_feature_strength_before_launch=config["feature_strength_before_launch"],
         launch_timestep=config["launch_timestep"],
         guide_rescale=config["guide_rescale"],
     )

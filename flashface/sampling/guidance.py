@@ -16,49 +16,25 @@ its features serve every row; the UNet skips the reference attention of rows who
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
 from ..errors import InvalidInputError
-from .schedule import NUM_TIMESTEPS, NoiseSchedule
+from ..settings import GenerationSettings
+from .schedule import NoiseSchedule
 
-GUIDE_RESCALE = 0.5
+
+def three_branches(settings: GenerationSettings, timestep: int) -> bool:
+    """Whether the call at `timestep` has the third branch (reference guidance launched)."""
+    return timestep <= settings.launch_timestep and settings.reference_guidance_strength > 0
 
 
-@dataclass(frozen=True)
-class GuidanceSettings:
-    """The guidance parameters, named as in the paper; the defaults are the official UI's."""
-
-    guidance_scale: float = 7.5  # g, text guidance
-    reference_guidance: float = 3.2  # c, reference guidance (3-branch steps only)
-    reference_strength: float = 1.2  # λ, reference attention weight once launched
-    strength_before_launch: float = 0.85  # λ0, reference attention weight before launch
-    launch_timestep: int = 750  # 3-branch guidance once the model timestep is <= this
-    guide_rescale: float = GUIDE_RESCALE  # φ
-
-    def __post_init__(self):
-        for name, low, high in (("guidance_scale", 0, None), ("reference_guidance", 0, None),
-                                ("reference_strength", None, None), ("strength_before_launch", None, None),
-                                ("guide_rescale", 0, 1), ("launch_timestep", 0, NUM_TIMESTEPS)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or (low is not None and value < low) or (high is not None and value > high):
-                limits = " and ".join(text for text, bound in ((f"at least {low}", low), (f"at most {high}", high))
-                                      if bound is not None)
-                raise InvalidInputError(f"{name} must be a finite number{' ' + limits if limits else ''}, "
-                                        f"got {value!r}.")
-
-    def three_branches(self, timestep: int) -> bool:
-        return timestep <= self.launch_timestep and self.reference_guidance > 0
-
-    def branch_weights(self, timestep: int, batch: int) -> torch.Tensor:
-        """Reference attention weight per row for the branch layout used at `timestep`."""
-        if self.three_branches(timestep):
-            return torch.tensor([self.reference_strength] * batch + [0.0] * (2 * batch))
-        strength = self.strength_before_launch if timestep > self.launch_timestep else self.reference_strength
-        return torch.full((2 * batch,), float(strength))
+def branch_weights(settings: GenerationSettings, timestep: int, batch: int) -> torch.Tensor:
+    """Reference attention weight per row for the branch layout used at `timestep`."""
+    if three_branches(settings, timestep):
+        return torch.tensor([settings.reference_feature_strength] * batch + [0.0] * (2 * batch))
+    strength = (settings.reference_feature_strength_before_launch if timestep > settings.launch_timestep
+                else settings.reference_feature_strength)
+    return torch.full((2 * batch,), float(strength))
 
 
 def rescale_guided(guided: torch.Tensor, conditional: torch.Tensor, guide_rescale: float) -> torch.Tensor:
@@ -71,14 +47,15 @@ class ReferenceGuidedDenoiser:
     """``denoiser(x, sigma) -> x0`` for B samples; plugs into every solver of `solvers`.
 
     positive/negative: text embeddings [B,77,C]; reference_latents [N,4,r,r] (already scaled by
-    the VAE factor); mask [B,h,w] or [h,w] or None; reference_context [N,77,C] defaults to the
+    the VAE factor); mask [B,h,w] or [h,w] or None; `settings`: the guidance fields of a
+    `GenerationSettings`; reference_context [N,77,C] defaults to the
     first negative embedding repeated per reference, as officially.
     `model_timesteps` records the integer timestep of every call.
     """
 
     def __init__(self, unet, schedule: NoiseSchedule, positive: torch.Tensor, negative: torch.Tensor,
                  reference_latents: torch.Tensor, mask: torch.Tensor | None = None,
-                 settings: GuidanceSettings = GuidanceSettings(),
+                 settings: "GenerationSettings | None" = None,
                  reference_context: torch.Tensor | None = None):
         if positive.shape != negative.shape:
             raise InvalidInputError(f"positive {tuple(positive.shape)} and negative {tuple(negative.shape)} "
@@ -101,7 +78,7 @@ class ReferenceGuidedDenoiser:
         batch = x.shape[0]
         if batch != self.positive.shape[0]:
             raise InvalidInputError(f"{batch} latents for {self.positive.shape[0]} text embeddings.")
-        three = self.settings.three_branches(timestep)
+        three = three_branches(self.settings, timestep)
         branches = 3 if three else 2
         contexts = [self.positive, self.positive, self.negative] if three else [self.positive, self.negative]
         references = self.unet.encode_references(self.reference_latents, timestep, self.reference_context)
@@ -112,9 +89,9 @@ class ReferenceGuidedDenoiser:
             torch.cat(contexts),
             None if self.mask is None else self.mask.repeat(branches, 1, 1),
             references,
-            self.settings.branch_weights(timestep, batch),
+            branch_weights(self.settings, timestep, batch),
         )
-        g, c = self.settings.guidance_scale, self.settings.reference_guidance
+        g, c = self.settings.text_guidance, self.settings.reference_guidance_strength
         if three:
             with_references, conditional, unconditional = out.chunk(3)
             guided = unconditional + g * (conditional - unconditional) + c * (with_references - conditional)
