@@ -57,10 +57,10 @@ def test_round_trip_every_format(tmp_path, suffix):
     assert not module.training
 
 
-def test_dtype_conversion_and_fp32_exceptions():
+def test_weights_take_the_dtype_and_norm_parameters_stay_fp32():
     weights = two_layer_weights()
     module = load_module(TwoLayers, StateDictCheckpoint(weights), copy_plan(weights), what="test model",
-                         dtype=torch.float16, keep_fp32=lambda name: name.startswith("norm."))
+                         dtype=torch.float16)
     assert module.linear.weight.dtype == torch.float16
     assert module.norm.weight.dtype == torch.float32
     assert torch.equal(module.linear.weight, weights["linear.weight"].half())

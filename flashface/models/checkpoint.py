@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelFileError
-from .precision import at_least_fp32
+from .ops import at_least_fp32, norm_parameter_names
 
 logger = logging.getLogger(__name__)
 
@@ -312,20 +312,20 @@ def load_module(
     what: str,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    keep_fp32: Callable[[str], bool] = lambda name: False,
     ignore: Callable[[str], bool] = lambda key: False,
 ) -> nn.Module:
     """Build `factory()` on the meta device and fill it from `checkpoint` following `plan`.
 
     `what` names the model in error messages ("FlashFace UNet"). Floating-point tensors are
-    converted to `dtype`, except those for which `keep_fp32(name)` is true: they are kept in at
-    least fp32. Integer buffers keep their dtype. The returned module is in eval mode with
+    converted to `dtype`, except the parameters of normalization layers: they are kept in at least
+    fp32 (`ops.norm_parameter_names`). Integer buffers keep their dtype. The returned module is in eval mode with
     gradients disabled.
     """
     check_plan(checkpoint, plan, what, ignore)
     with torch.device("meta"):
         module = factory()
     expected = module.state_dict()
+    keep_fp32 = norm_parameter_names(module)
     if set(expected) != set(plan):
         extra, lacking = sorted(set(plan) - set(expected)), sorted(set(expected) - set(plan))
         raise RuntimeError(f"{what}: plan and module disagree (plan only: {extra[:5]}, module only: {lacking[:5]})")
@@ -347,7 +347,7 @@ def load_module(
                 f"{what} has {tuple(reference.shape)}. The file is for a different model; select the {what} file."
             )
         if tensor.is_floating_point():
-            target = at_least_fp32(dtype) if keep_fp32(name) else dtype
+            target = at_least_fp32(dtype) if name in keep_fp32 else dtype
         else:
             target = reference.dtype
         # Always a copy: the file's tensors are memory-mapped views, and a model that kept them

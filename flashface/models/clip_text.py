@@ -36,8 +36,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
 from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
-from .precision import norm_at_least_fp32
-from .unet import TORCH_OPERATIONS
+from .ops import TORCH_OPERATIONS, count_indexed, norm_at_least_fp32, required_shape
 
 logger = logging.getLogger(__name__)
 
@@ -289,11 +288,6 @@ def _hf_prefix(checkpoint: Checkpoint) -> str | None:
     return None
 
 
-def _count(checkpoint: Checkpoint, pattern: str) -> int:
-    count = 0
-    while pattern.format(count) in checkpoint:
-        count += 1
-    return count
 
 
 def _reject(checkpoint: Checkpoint, found: str) -> ModelFileError:
@@ -317,11 +311,7 @@ def _num_heads(checkpoint: Checkpoint, width: int, num_heads: int | None) -> int
 
 
 def _shape(checkpoint: Checkpoint, key: str, dims: int) -> tuple[int, ...]:
-    shape = checkpoint.shape(key) if key in checkpoint else None
-    if shape is None or len(shape) != dims:
-        raise ModelFileError(f"{checkpoint.path} is not a complete {WHAT}: tensor {key} is "
-                             f"{'missing' if shape is None else f'of shape {shape}'}. Select {EXPECTED_FILES}.")
-    return shape
+    return required_shape(checkpoint, key, f"This is not a complete {WHAT}: select {EXPECTED_FILES}.", dims)
 
 
 def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None
@@ -334,7 +324,7 @@ def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None
         config = TextEncoderConfig(
             vocab_size=vocab_size, width=width,
             context_length=_shape(checkpoint, OFFICIAL_PREFIX + "pos_embedding", 3)[1],
-            layers=_count(checkpoint, OFFICIAL_PREFIX + "transformer.{}.norm1.weight"),
+            layers=count_indexed(checkpoint, OFFICIAL_PREFIX + "transformer.{}.norm1.weight"),
             num_heads=_num_heads(checkpoint, width, num_heads),
             mlp_width=_shape(checkpoint, OFFICIAL_PREFIX + "transformer.0.mlp.0.weight", 2)[0],
         )
@@ -347,7 +337,7 @@ def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None
         config = TextEncoderConfig(
             vocab_size=vocab_size, width=width,
             context_length=_shape(checkpoint, prefix + "text_model.embeddings.position_embedding.weight", 2)[0],
-            layers=_count(checkpoint, layer + "layer_norm1.weight"),
+            layers=count_indexed(checkpoint, layer + "layer_norm1.weight"),
             num_heads=_num_heads(checkpoint, width, num_heads),
             mlp_width=_shape(checkpoint, layer.format(0) + "mlp.fc1.weight", 2)[0],
         )
@@ -374,7 +364,6 @@ def load_text_encoder(source: str | os.PathLike | Checkpoint, *, device: torch.d
         config, plan, unused = infer_layout(checkpoint, num_heads)
         model = load_module(
             lambda: CLIPTextEncoder(config, ops), checkpoint, plan, what=WHAT, device=device, dtype=dtype,
-            keep_fp32=lambda name: name.startswith("norm") or ".norm" in name,
             ignore=lambda key: key.startswith(unused),
         )
     logger.info("loaded %s %s from %s", WHAT, config, checkpoint.path)

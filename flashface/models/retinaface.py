@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
+from .ops import TORCH_OPERATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +41,12 @@ DATA_PARALLEL_PREFIX = "module."
 BATCH_NORM_COUNTER = "num_batches_tracked"
 
 
-def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, relu: bool) -> nn.Sequential:
+def _conv_bn(ops, in_channels: int, out_channels: int, kernel_size: int, relu: bool) -> nn.Sequential:
     """Conv (no bias) + BatchNorm [+ ReLU]; keys `.0.weight`, `.1.*` as in the official file.
 
     The official activation is LeakyReLU with slope 0 at these widths, i.e. a ReLU.
     """
-    layers = [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+    layers = [ops.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
               nn.BatchNorm2d(out_channels)]
     if relu:
         layers.append(nn.ReLU())
@@ -71,13 +72,13 @@ class ResNet50Features(nn.Module):
 
 
 class FPN(nn.Module):
-    def __init__(self, in_channels: tuple[int, int, int], width: int):
+    def __init__(self, ops, in_channels: tuple[int, int, int], width: int):
         super().__init__()
-        self.output1 = _conv_bn(in_channels[0], width, 1, relu=True)
-        self.output2 = _conv_bn(in_channels[1], width, 1, relu=True)
-        self.output3 = _conv_bn(in_channels[2], width, 1, relu=True)
-        self.merge1 = _conv_bn(width, width, 3, relu=True)
-        self.merge2 = _conv_bn(width, width, 3, relu=True)
+        self.output1 = _conv_bn(ops, in_channels[0], width, 1, relu=True)
+        self.output2 = _conv_bn(ops, in_channels[1], width, 1, relu=True)
+        self.output3 = _conv_bn(ops, in_channels[2], width, 1, relu=True)
+        self.merge1 = _conv_bn(ops, width, width, 3, relu=True)
+        self.merge2 = _conv_bn(ops, width, width, 3, relu=True)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         p3, p4, p5 = self.output1(features[0]), self.output2(features[1]), self.output3(features[2])
@@ -90,13 +91,13 @@ class SSH(nn.Module):
     """Context module: a 3x3 branch (half the width) and stacked 3x3 branches for 5x5 and 7x7
     receptive fields (a quarter each), concatenated, then ReLU."""
 
-    def __init__(self, width: int):
+    def __init__(self, ops, width: int):
         super().__init__()
-        self.conv3X3 = _conv_bn(width, width // 2, 3, relu=False)
-        self.conv5X5_1 = _conv_bn(width, width // 4, 3, relu=True)
-        self.conv5X5_2 = _conv_bn(width // 4, width // 4, 3, relu=False)
-        self.conv7X7_2 = _conv_bn(width // 4, width // 4, 3, relu=True)
-        self.conv7x7_3 = _conv_bn(width // 4, width // 4, 3, relu=False)
+        self.conv3X3 = _conv_bn(ops, width, width // 2, 3, relu=False)
+        self.conv5X5_1 = _conv_bn(ops, width, width // 4, 3, relu=True)
+        self.conv5X5_2 = _conv_bn(ops, width // 4, width // 4, 3, relu=False)
+        self.conv7X7_2 = _conv_bn(ops, width // 4, width // 4, 3, relu=True)
+        self.conv7x7_3 = _conv_bn(ops, width // 4, width // 4, 3, relu=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branch5 = self.conv5X5_1(x)
@@ -107,10 +108,10 @@ class SSH(nn.Module):
 class AnchorHead(nn.Module):
     """1x1 conv predicting `values` numbers per anchor, flattened to [B, H*W*anchors, values]."""
 
-    def __init__(self, width: int, values: int):
+    def __init__(self, ops, width: int, values: int):
         super().__init__()
         self.values = values
-        self.conv1x1 = nn.Conv2d(width, ANCHORS_PER_LOCATION * values, 1)
+        self.conv1x1 = ops.Conv2d(width, ANCHORS_PER_LOCATION * values, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1x1(x).permute(0, 2, 3, 1)
@@ -126,17 +127,20 @@ class Detections:
 
 
 class RetinaFace(nn.Module):
-    def __init__(self):
+    """`operations` builds the FPN, context modules and heads; the backbone is torchvision's."""
+
+    def __init__(self, operations=None):
         super().__init__()
+        ops = operations or TORCH_OPERATIONS
         self.body = ResNet50Features()
-        self.fpn = FPN((512, 1024, 2048), FPN_WIDTH)
-        self.ssh1 = SSH(FPN_WIDTH)
-        self.ssh2 = SSH(FPN_WIDTH)
-        self.ssh3 = SSH(FPN_WIDTH)
+        self.fpn = FPN(ops, (512, 1024, 2048), FPN_WIDTH)
+        self.ssh1 = SSH(ops, FPN_WIDTH)
+        self.ssh2 = SSH(ops, FPN_WIDTH)
+        self.ssh3 = SSH(ops, FPN_WIDTH)
         levels = len(STRIDES)
-        self.class_head = nn.ModuleList(AnchorHead(FPN_WIDTH, 2) for _ in range(levels))
-        self.bbox_head = nn.ModuleList(AnchorHead(FPN_WIDTH, 4) for _ in range(levels))
-        self.landmark_head = nn.ModuleList(AnchorHead(FPN_WIDTH, 2 * NUM_LANDMARKS) for _ in range(levels))
+        self.class_head = nn.ModuleList(AnchorHead(ops, FPN_WIDTH, 2) for _ in range(levels))
+        self.bbox_head = nn.ModuleList(AnchorHead(ops, FPN_WIDTH, 4) for _ in range(levels))
+        self.landmark_head = nn.ModuleList(AnchorHead(ops, FPN_WIDTH, 2 * NUM_LANDMARKS) for _ in range(levels))
 
     def forward(self, normalized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw head outputs for a normalized batch (see `normalize`): class logits [B,P,2],
@@ -260,15 +264,15 @@ def checkpoint_plan(module_keys, file_keys) -> dict[str, TensorPlan]:
 
 
 def load_face_detector(source: str | os.PathLike | Checkpoint, *, device: torch.device | str = "cpu",
-                       dtype: torch.dtype = torch.float32) -> RetinaFace:
+                       dtype: torch.dtype = torch.float32, operations=None) -> RetinaFace:
     """Load RetinaFace-R50 from a path or an open `Checkpoint` (official or facexlib naming).
 
     The official pipeline runs the detector in fp32, the default; other dtypes work too.
     """
     with checkpoint_source(source) as checkpoint:
         with torch.device("meta"):
-            module_keys = list(RetinaFace().state_dict())
-        model = load_module(RetinaFace, checkpoint, checkpoint_plan(module_keys, checkpoint.keys()),
+            module_keys = list(RetinaFace(operations).state_dict())
+        model = load_module(lambda: RetinaFace(operations), checkpoint, checkpoint_plan(module_keys, checkpoint.keys()),
                             what=WHAT, device=device, dtype=dtype, ignore=_is_batch_norm_counter)
     logger.info("loaded %s from %s", WHAT, checkpoint.path)
     return model

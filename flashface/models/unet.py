@@ -24,7 +24,6 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Mapping, Sequence
 
 import torch
@@ -33,7 +32,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
 from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
-from .precision import at_least_fp32, norm_at_least_fp32
+from .ops import TORCH_OPERATIONS, at_least_fp32, count_indexed, norm_at_least_fp32, required_shape
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +42,6 @@ DEFAULT_NUM_HEADS = 8
 ALIASED_LISTS = ("encoder", "middle", "decoder")
 UNUSED_PREFIX = "ref_middle."
 
-TORCH_OPERATIONS = SimpleNamespace(
-    Linear=nn.Linear, Conv2d=nn.Conv2d, GroupNorm=nn.GroupNorm, LayerNorm=nn.LayerNorm
-)
 
 
 @dataclass(frozen=True)
@@ -627,12 +623,8 @@ class FlashFaceUNet(nn.Module):
 
 
 def _require(checkpoint: Checkpoint, key: str) -> tuple[int, ...]:
-    if key not in checkpoint:
-        raise ModelFileError(
-            f"{checkpoint.path} is not a {WHAT} checkpoint: it has no tensor {key}. "
-            f"Select the FlashFace UNet file (flashface.ckpt or flashface.safetensors) in that slot."
-        )
-    return checkpoint.shape(key)
+    return required_shape(checkpoint, key, f"This is not a {WHAT} checkpoint: select the FlashFace UNet file "
+                                           f"(flashface.ckpt or flashface.safetensors) in that slot.")
 
 
 def infer_config(checkpoint: Checkpoint, num_heads: int | None = None) -> UNetConfig:
@@ -653,9 +645,7 @@ def infer_config(checkpoint: Checkpoint, num_heads: int | None = None) -> UNetCo
     if not levels[0] or len(layouts) != 1 or next(iter(layouts))[1:] != (1, 1):
         raise ModelFileError(f"{checkpoint.path}: the encoder layout is not one a {WHAT} has; "
                              f"select the FlashFace UNet file.")
-    attn_blocks = 0
-    while f"middle.1.blocks.{attn_blocks}.norm1.weight" in checkpoint:
-        attn_blocks += 1
+    attn_blocks = count_indexed(checkpoint, "middle.1.blocks.{}.norm1.weight")
     if num_heads is None:
         stored = checkpoint.metadata().get("num_heads")
         num_heads = int(stored) if stored else DEFAULT_NUM_HEADS
@@ -695,11 +685,6 @@ def checkpoint_key_shapes(config: UNetConfig) -> dict[str, torch.Size]:
     return shapes
 
 
-def _norm_parameter_names(model: nn.Module, ops) -> set[str]:
-    return {f"{name}.{param}" for name, module in model.named_modules()
-            if isinstance(module, (ops.GroupNorm, ops.LayerNorm)) for param, _ in module.named_parameters()}
-
-
 def load_unet(source: str | os.PathLike | Checkpoint, *, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32, operations=None, num_heads: int | None = None) -> FlashFaceUNet:
     """Load the FlashFace UNet from a path or an open `Checkpoint` into `dtype` on `device`.
@@ -712,10 +697,9 @@ def load_unet(source: str | os.PathLike | Checkpoint, *, device: torch.device | 
         ops = operations or TORCH_OPERATIONS
         with torch.device("meta"):
             probe = FlashFaceUNet(config, ops)
-        keep_fp32 = _norm_parameter_names(probe, ops)
         model = load_module(
             lambda: FlashFaceUNet(config, ops), checkpoint, checkpoint_plan(list(probe.state_dict())),
-            what=WHAT, device=device, dtype=dtype, keep_fp32=keep_fp32.__contains__,
+            what=WHAT, device=device, dtype=dtype,
             ignore=lambda key: key.startswith(UNUSED_PREFIX),
         )
     logger.info("loaded %s %s from %s", WHAT, config, checkpoint.path)

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
 from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
-from .precision import at_least_fp32
+from .ops import TORCH_OPERATIONS, norm_at_least_fp32, required_shape, through_layers
 
 logger = logging.getLogger(__name__)
 
@@ -50,40 +50,28 @@ class VAEConfig:
     z_dim: int = 4
 
 
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in at least fp32 whatever the weight dtype (fp16 statistics overflow)."""
-
-    def __init__(self, channels: int):
-        super().__init__(GROUPS, channels, eps=EPS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = at_least_fp32(x.dtype)
-        return F.group_norm(x.to(dtype), self.num_groups, self.weight.to(dtype), self.bias.to(dtype),
-                            self.eps).to(x.dtype)
-
-
 class ResidualBlock(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int):
+    def __init__(self, ops, in_dim: int, out_dim: int):
         super().__init__()
         self.residual = nn.Sequential(
-            GroupNorm32(in_dim), nn.SiLU(), nn.Conv2d(in_dim, out_dim, 3, padding=1),
-            GroupNorm32(out_dim), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_dim, out_dim, 3, padding=1))
-        self.shortcut = nn.Conv2d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+            ops.GroupNorm(GROUPS, in_dim, eps=EPS), nn.SiLU(), ops.Conv2d(in_dim, out_dim, 3, padding=1),
+            ops.GroupNorm(GROUPS, out_dim, eps=EPS), nn.SiLU(), nn.Dropout(0.0), ops.Conv2d(out_dim, out_dim, 3, padding=1))
+        self.shortcut = ops.Conv2d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.residual(x) + self.shortcut(x)
+        return through_layers(self.residual, x) + self.shortcut(x)
 
 
 class Resample(nn.Module):
     """Downsample: pad right/bottom by one, stride-2 conv. Upsample: nearest ×2, conv."""
 
-    def __init__(self, dim: int, down: bool):
+    def __init__(self, ops, dim: int, down: bool):
         super().__init__()
         if down:
-            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), ops.Conv2d(dim, dim, 3, stride=2))
         else:
             self.resample = nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"),
-                                          nn.Conv2d(dim, dim, 3, padding=1))
+                                          ops.Conv2d(dim, dim, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.resample(x)
@@ -92,18 +80,18 @@ class Resample(nn.Module):
 class MidAttention(nn.Module):
     """Single-head spatial self-attention with a fused qkv 1×1 conv (see the module docstring)."""
 
-    def __init__(self, dim: int, attention: str):
+    def __init__(self, ops, dim: int, attention: str):
         super().__init__()
         if attention not in VAE_ATTENTIONS:
             raise InvalidInputError(f"VAE attention must be one of {', '.join(VAE_ATTENTIONS)}, not {attention!r}.")
         self.official = attention == "official"
-        self.norm = GroupNorm32(dim)
-        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
-        self.proj = nn.Conv2d(dim, dim, 1)
+        self.norm = ops.GroupNorm(GROUPS, dim, eps=EPS)
+        self.to_qkv = ops.Conv2d(dim, dim * 3, 1)
+        self.proj = ops.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.to_qkv(self.norm(x)).reshape(b, 3, 1, c, h * w).transpose(-1, -2).unbind(1)
+        q, k, v = self.to_qkv(norm_at_least_fp32(self.norm, x)).reshape(b, 3, 1, c, h * w).transpose(-1, -2).unbind(1)
         attended = F.scaled_dot_product_attention(q, k, v)[:, 0]  # [b, hw, c]
         if self.official:
             attended = attended.reshape(b, c, h, w)
@@ -112,62 +100,63 @@ class MidAttention(nn.Module):
         return x + self.proj(attended)
 
 
-def _middle(dim: int, attention: str) -> nn.Sequential:
-    return nn.Sequential(ResidualBlock(dim, dim), MidAttention(dim, attention), ResidualBlock(dim, dim))
+def _middle(ops, dim: int, attention: str) -> nn.Sequential:
+    return nn.Sequential(ResidualBlock(ops, dim, dim), MidAttention(ops, dim, attention), ResidualBlock(ops, dim, dim))
 
 
-def _head(dim: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(GroupNorm32(dim), nn.SiLU(), nn.Conv2d(dim, out_dim, 3, padding=1))
+def _head(ops, dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(ops.GroupNorm(GROUPS, dim, eps=EPS), nn.SiLU(), ops.Conv2d(dim, out_dim, 3, padding=1))
 
 
 class Encoder(nn.Module):
-    def __init__(self, config: VAEConfig, attention: str):
+    def __init__(self, ops, config: VAEConfig, attention: str):
         super().__init__()
         dims = [config.dim * m for m in config.dim_mult]
-        self.conv1 = nn.Conv2d(3, config.dim, 3, padding=1)
+        self.conv1 = ops.Conv2d(3, config.dim, 3, padding=1)
         blocks, in_dim = [], config.dim
         for level, out_dim in enumerate(dims):
             for _ in range(config.num_res_blocks):
-                blocks.append(ResidualBlock(in_dim, out_dim))
+                blocks.append(ResidualBlock(ops, in_dim, out_dim))
                 in_dim = out_dim
             if level != len(dims) - 1:
-                blocks.append(Resample(out_dim, down=True))
+                blocks.append(Resample(ops, out_dim, down=True))
         self.downsamples = nn.Sequential(*blocks)
-        self.middle = _middle(dims[-1], attention)
-        self.head = _head(dims[-1], config.z_dim * 2)
+        self.middle = _middle(ops, dims[-1], attention)
+        self.head = _head(ops, dims[-1], config.z_dim * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.middle(self.downsamples(self.conv1(x))))
+        return through_layers(self.head, self.middle(self.downsamples(self.conv1(x))))
 
 
 class Decoder(nn.Module):
-    def __init__(self, config: VAEConfig, attention: str):
+    def __init__(self, ops, config: VAEConfig, attention: str):
         super().__init__()
         dims = [config.dim * m for m in reversed(config.dim_mult)]
-        self.conv1 = nn.Conv2d(config.z_dim, dims[0], 3, padding=1)
-        self.middle = _middle(dims[0], attention)
+        self.conv1 = ops.Conv2d(config.z_dim, dims[0], 3, padding=1)
+        self.middle = _middle(ops, dims[0], attention)
         blocks, in_dim = [], dims[0]
         for level, out_dim in enumerate(dims):
             for _ in range(config.num_res_blocks + 1):
-                blocks.append(ResidualBlock(in_dim, out_dim))
+                blocks.append(ResidualBlock(ops, in_dim, out_dim))
                 in_dim = out_dim
             if level != len(dims) - 1:
-                blocks.append(Resample(out_dim, down=False))
+                blocks.append(Resample(ops, out_dim, down=False))
         self.upsamples = nn.Sequential(*blocks)
-        self.head = _head(dims[-1], 3)
+        self.head = _head(ops, dims[-1], 3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(self.upsamples(self.middle(self.conv1(z))))
+        return through_layers(self.head, self.upsamples(self.middle(self.conv1(z))))
 
 
 class AutoencoderKL(nn.Module):
-    def __init__(self, config: VAEConfig, attention: str = VAE_ATTENTIONS[0]):
+    def __init__(self, config: VAEConfig, attention: str = VAE_ATTENTIONS[0], operations=None):
         super().__init__()
+        ops = operations or TORCH_OPERATIONS
         self.config = config
-        self.encoder = Encoder(config, attention)
-        self.conv1 = nn.Conv2d(config.z_dim * 2, config.z_dim * 2, 1)  # quant conv
-        self.conv2 = nn.Conv2d(config.z_dim, config.z_dim, 1)  # post-quant conv
-        self.decoder = Decoder(config, attention)
+        self.encoder = Encoder(ops, config, attention)
+        self.conv1 = ops.Conv2d(config.z_dim * 2, config.z_dim * 2, 1)  # quant conv
+        self.conv2 = ops.Conv2d(config.z_dim, config.z_dim, 1)  # post-quant conv
+        self.decoder = Decoder(ops, config, attention)
 
     def _dtype(self) -> torch.dtype:
         return self.conv1.weight.dtype
@@ -296,10 +285,7 @@ def official_plan(config: VAEConfig) -> dict[str, TensorPlan]:
 
 # ------------------------------------------------------------------ architecture from the file
 def _shape(checkpoint: Checkpoint, key: str) -> tuple[int, ...]:
-    if key not in checkpoint:
-        raise ModelFileError(f"{checkpoint.path} is not a complete {WHAT}: tensor {key} is missing. "
-                             f"Select {EXPECTED_FILES}.")
-    return tuple(checkpoint.shape(key))
+    return required_shape(checkpoint, key, f"This is not a complete {WHAT}: select {EXPECTED_FILES}.")
 
 
 def _check_latent_channels(checkpoint: Checkpoint, z_dim: int) -> None:
@@ -364,19 +350,17 @@ def infer_layout(checkpoint: Checkpoint):
 
 
 def load_vae(source: str | os.PathLike | Checkpoint, *, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32, attention: str = VAE_ATTENTIONS[0]) -> AutoencoderKL:
+             dtype: torch.dtype = torch.float32, attention: str = VAE_ATTENTIONS[0], operations=None
+             ) -> AutoencoderKL:
     """Load an SD 1.x VAE (either naming) from a path or an open `Checkpoint`.
 
     GroupNorm parameters stay fp32. The official pipeline runs the VAE in fp32 (the default).
-    `attention`: one of `VAE_ATTENTIONS` (see the module docstring).
+    `attention`: one of `VAE_ATTENTIONS` (see the module docstring); `operations`: the layer
+    namespace (`ops.TORCH_OPERATIONS` by default).
     """
     with checkpoint_source(source) as checkpoint:
         config, plan, ignore = infer_layout(checkpoint)
-        model = load_module(lambda: AutoencoderKL(config, attention), checkpoint, plan, what=WHAT,
-                            device=device, dtype=dtype, keep_fp32=lambda name: _is_norm(name), ignore=ignore)
+        model = load_module(lambda: AutoencoderKL(config, attention, operations), checkpoint, plan, what=WHAT,
+                            device=device, dtype=dtype, ignore=ignore)
     logger.info("loaded %s %s from %s", WHAT, config, checkpoint.path)
     return model
-
-
-def _is_norm(name: str) -> bool:
-    return any(part in name for part in (".norm.", "residual.0.", "residual.3.", "head.0."))
