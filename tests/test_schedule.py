@@ -12,8 +12,8 @@ from flashface.sampling.schedule import (
     discretize,
     karras_sigmas,
     sampling_sigmas,
-    vp_to_ve,
 )
+from flashface.sampling.noise_levels import vp_to_ve
 from tests.parity import cases
 
 TABLE_KEY = re.compile(r"^(?P<discretization>[a-z]+)_(?P<steps>\d+)_sigmas$")

@@ -13,7 +13,8 @@ import torch
 
 from flashface.errors import GenerationCancelled, InvalidInputError
 from flashface.sampling.schedule import NoiseSchedule, karras_sigmas, sampling_sigmas
-from flashface.sampling.solvers import SOLVERS, STOCHASTIC_SOLVERS, get_solver, ve_sigma
+from flashface.sampling.noise_levels import vp_to_ve
+from flashface.sampling.solvers import SOLVERS, STOCHASTIC_SOLVERS, get_solver
 
 MU, STD = 0.7, 0.5
 DETERMINISTIC = sorted(set(SOLVERS) - STOCHASTIC_SOLVERS)
@@ -40,7 +41,7 @@ def start_latents(sigma0: float, shape=(3, 4, 64, 64), seed=0) -> torch.Tensor:
 
 
 def exact_end(x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    s0, s_last = ve_sigma(float(sigmas[0])), ve_sigma(float(sigmas[-2]))
+    s0, s_last = vp_to_ve(float(sigmas[0])), vp_to_ve(float(sigmas[-2]))
     y = x / math.sqrt(1 - float(sigmas[0]) ** 2)
     y_last = MU + (y - MU) * math.sqrt(STD ** 2 + s_last ** 2) / math.sqrt(STD ** 2 + s0 ** 2)
     return MU + STD ** 2 / (STD ** 2 + s_last ** 2) * (y_last - MU)
@@ -76,7 +77,7 @@ def test_stochastic_solvers_sample_the_target_distribution(name):
     options = {"s_churn": 1.0} if name == "euler" else {}
     x = start_latents(float(sigmas[0]))
     out = get_solver(name)(gaussian_denoiser, x, sigmas, generator=torch.Generator().manual_seed(5), **options)
-    s_last = ve_sigma(float(sigmas[-2]))
+    s_last = vp_to_ve(float(sigmas[-2]))
     target_std = STD ** 2 / math.sqrt(STD ** 2 + s_last ** 2)
     # first-order ancestral Euler is biased by O(1/steps) in the variance; the others much less
     std_tolerance = 0.015 if name in ("euler_ancestral", "euler") else 0.005

@@ -18,11 +18,10 @@ Both conversions run in float32 like the official code, so the rounding of half-
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..errors import InvalidInputError
+from .noise_levels import ve_to_vp, vp_to_ve
 
 DISCRETIZATIONS = ("trailing", "linspace", "leading")
 SPACINGS = ("timesteps", "karras")
@@ -36,16 +35,6 @@ def scaled_linear_betas(num_timesteps: int = NUM_TIMESTEPS, beta_start: float = 
                         beta_end: float = BETA_END) -> torch.Tensor:
     """β_i = linspace(√β_start, √β_end)², float64 (SD1.5's 'scaled_linear')."""
     return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_timesteps, dtype=torch.float64) ** 2
-
-
-def vp_to_ve(sigma: torch.Tensor) -> torch.Tensor:
-    """VP noise std σ → VE noise level σ/α (inf at σ = 1)."""
-    return torch.where(sigma < 1, (sigma ** 2 / (1 - sigma ** 2)) ** 0.5, torch.full_like(sigma, math.inf))
-
-
-def ve_to_vp(sigma: torch.Tensor) -> torch.Tensor:
-    """VE noise level → VP noise std (1 at inf)."""
-    return torch.where(torch.isinf(sigma), torch.ones_like(sigma), (sigma ** 2 / (1 + sigma ** 2)) ** 0.5)
 
 
 class NoiseSchedule:

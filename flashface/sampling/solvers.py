@@ -13,7 +13,8 @@ Latents follow x = α·x0 + σ·ε with α = √(1 − σ²). Every solver takes
 `ddim` is the official update, written in VP terms. The others are the k-diffusion algorithms,
 which are written for variance-exploding (VE) latents y = x0 + s·ε. VP and VE describe the same
 process under y = x/α, s = σ/α, so they run on (y, s) and call the model with (α·y, σ). With
-that change of variable DDIM is exactly the Euler method, which the tests use as a check.
+that change of variable DDIM is exactly the Euler method, which the tests use as a check. Each
+solver is one loop, as in k-diffusion's ``sampling.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..errors import GenerationCancelled, InvalidInputError
+from .noise_levels import ve_scale, vp_to_ve
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -59,25 +61,19 @@ def _noise(like: torch.Tensor, generator: torch.Generator | None, solver: str) -
     return noise.to(like.device, like.dtype)
 
 
-def ve_sigma(vp_sigma: float) -> float:
-    """σ/α for a VP sigma in [0, 1)."""
-    return vp_sigma / math.sqrt(1 - vp_sigma * vp_sigma)
+def _in_ve(denoise: Denoiser, x: torch.Tensor, sigmas) -> tuple[Denoiser, torch.Tensor, list[float]]:
+    """The VE view of a VP run: the denoiser of VE latents y at VE level s (the VP model called
+    with (α·y, α·s)), the initial y = x/α₀, and the VE levels (the last is 0, so y ends as x)."""
+    vp = _float_sigmas(sigmas)
 
-
-def vp_sigma(ve: float) -> float:
-    """The VP sigma of a VE noise level s: s/√(1 + s²)."""
-    return ve / math.sqrt(1 + ve * ve)
-
-
-def _ve_denoiser(denoise: Denoiser) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    """x0 prediction for VE latents y at VE level s, through the VP model."""
     def denoise_ve(y: torch.Tensor, s: float) -> torch.Tensor:
-        alpha = 1 / math.sqrt(1 + s * s)
+        alpha = ve_scale(s)
         return denoise(y * alpha, s * alpha)
-    return denoise_ve
+
+    return denoise_ve, x / math.sqrt(1 - vp[0] ** 2), [vp_to_ve(v) for v in vp]
 
 
-def _ancestral_split(s: float, s_next: float, eta: float) -> tuple[float, float]:
+def _ancestral_levels(s: float, s_next: float, eta: float) -> tuple[float, float]:
     """(s_down, s_up): deterministic step to s_down, then fresh noise of std s_up (VE)."""
     if s_next == 0 or eta == 0:
         return s_next, 0.0
@@ -99,105 +95,132 @@ def ddim(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback |
     return x
 
 
-def _in_ve(sample_ve):
-    """Run a VE solver body on VP inputs: y = x/α₀ in, x = y out (the last sigma is 0)."""
-    def solver(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
-               should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None,
-               **options) -> torch.Tensor:
-        vp = _float_sigmas(sigmas)
-        ve = [ve_sigma(s) for s in vp]
-        y = x / math.sqrt(1 - vp[0] ** 2)
-        with torch.no_grad():
-            return sample_ve(_ve_denoiser(denoise), y, ve, _steps(ve, should_cancel),
-                             lambda i, x0: _report(callback, i, ve, x0), generator, **options)
-    solver.__name__ = sample_ve.__name__
-    solver.__doc__ = sample_ve.__doc__
-    return solver
-
-
-@_in_ve
-def euler(denoise, y, s, steps, report, generator, s_churn: float = 0.0, s_tmin: float = 0.0,
-          s_tmax: float = math.inf, s_noise: float = 1.0):
+@torch.no_grad()
+def euler(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
+          should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None,
+          s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0
+          ) -> torch.Tensor:
     """Euler (Karras et al. 2022, Alg. 2). Without churn it equals DDIM; churn > 0 re-noises
     each step with noise from the generator (the VE levels s_tmin…s_tmax get churned)."""
+    denoise_ve, y, s = _in_ve(denoise, x, sigmas)
     total = len(s) - 1
-    for i in steps:
+    for i in _steps(s, should_cancel):
         gamma = min(s_churn / total, 2 ** 0.5 - 1) if s_tmin <= s[i] <= s_tmax else 0.0
         s_hat = s[i] * (1 + gamma)
         if gamma > 0:
             y = y + _noise(y, generator, "euler") * s_noise * math.sqrt(s_hat ** 2 - s[i] ** 2)
-        x0 = denoise(y, s_hat)
-        report(i, x0)
+        x0 = denoise_ve(y, s_hat)
+        _report(callback, i, s, x0)
         y = y + (y - x0) / s_hat * (s[i + 1] - s_hat)
     return y
 
 
-def _euler_step(denoise, y, slope, s: float, s_target: float):
-    return y + slope * (s_target - s)
-
-
-def _dpm_2_step(denoise, y, slope, s: float, s_target: float):
-    """DPM-Solver-2 from s to s_target: midpoint in log s; Euler when s_target is 0."""
-    if s_target == 0:
-        return _euler_step(denoise, y, slope, s, s_target)
-    s_mid = math.exp((math.log(s) + math.log(s_target)) / 2)
-    y_mid = y + slope * (s_mid - s)
-    return y + (y_mid - denoise(y_mid, s_mid)) / s_mid * (s_target - s)
-
-
-def _ancestral_loop(denoise, y, s, steps, report, generator, eta, s_noise, step, name):
-    """Per step: a deterministic `step` down to s_down, then fresh noise of std s_up (none if eta = 0)."""
-    for i in steps:
-        x0 = denoise(y, s[i])
-        report(i, x0)
-        s_down, s_up = _ancestral_split(s[i], s[i + 1], eta)
-        y = step(denoise, y, (y - x0) / s[i], s[i], s_down)
+@torch.no_grad()
+def euler_ancestral(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
+                    should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None,
+                    eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
+    """Euler step down to s_down, then fresh noise up to the next level (stochastic)."""
+    denoise_ve, y, s = _in_ve(denoise, x, sigmas)
+    for i in _steps(s, should_cancel):
+        x0 = denoise_ve(y, s[i])
+        _report(callback, i, s, x0)
+        s_down, s_up = _ancestral_levels(s[i], s[i + 1], eta)
+        y = y + (y - x0) / s[i] * (s_down - s[i])
         if s_up > 0:
-            y = y + _noise(y, generator, name) * s_noise * s_up
+            y = y + _noise(y, generator, "euler_ancestral") * s_noise * s_up
     return y
 
 
-@_in_ve
-def euler_ancestral(denoise, y, s, steps, report, generator, eta: float = 1.0, s_noise: float = 1.0):
-    """Euler step down to s_down, then fresh noise up to the next level (stochastic)."""
-    return _ancestral_loop(denoise, y, s, steps, report, generator, eta, s_noise, _euler_step, "euler_ancestral")
-
-
-@_in_ve
-def heun(denoise, y, s, steps, report, generator):
+@torch.no_grad()
+def heun(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
+         should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Heun's 2nd-order method (Karras et al. 2022); Euler on the last step. Two evaluations per step."""
-    for i in steps:
-        x0 = denoise(y, s[i])
-        report(i, x0)
+    denoise_ve, y, s = _in_ve(denoise, x, sigmas)
+    for i in _steps(s, should_cancel):
+        x0 = denoise_ve(y, s[i])
+        _report(callback, i, s, x0)
         slope = (y - x0) / s[i]
         dt = s[i + 1] - s[i]
         if s[i + 1] == 0:
             y = y + slope * dt
         else:
             y_next = y + slope * dt
-            slope_next = (y_next - denoise(y_next, s[i + 1])) / s[i + 1]
+            slope_next = (y_next - denoise_ve(y_next, s[i + 1])) / s[i + 1]
             y = y + (slope + slope_next) / 2 * dt
     return y
 
 
-@_in_ve
-def dpm_2(denoise, y, s, steps, report, generator):
+@torch.no_grad()
+def dpm_2(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
+          should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """DPM-Solver-2 (midpoint in log sigma), as k-diffusion's sample_dpm_2; Euler on the last step."""
-    return _ancestral_loop(denoise, y, s, steps, report, generator, 0.0, 1.0, _dpm_2_step, "dpm_2")
+    denoise_ve, y, s = _in_ve(denoise, x, sigmas)
+    for i in _steps(s, should_cancel):
+        x0 = denoise_ve(y, s[i])
+        _report(callback, i, s, x0)
+        slope = (y - x0) / s[i]
+        if s[i + 1] == 0:
+            y = y + slope * (s[i + 1] - s[i])
+        else:
+            s_mid = math.exp((math.log(s[i]) + math.log(s[i + 1])) / 2)
+            y_mid = y + slope * (s_mid - s[i])
+            y = y + (y_mid - denoise_ve(y_mid, s_mid)) / s_mid * (s[i + 1] - s[i])
+    return y
 
 
-@_in_ve
-def dpm_2_ancestral(denoise, y, s, steps, report, generator, eta: float = 1.0, s_noise: float = 1.0):
+@torch.no_grad()
+def dpm_2_ancestral(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
+                    should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None,
+                    eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
     """DPM-Solver-2 down to s_down, then fresh noise up to the next level (stochastic)."""
-    return _ancestral_loop(denoise, y, s, steps, report, generator, eta, s_noise, _dpm_2_step, "dpm_2_ancestral")
+    denoise_ve, y, s = _in_ve(denoise, x, sigmas)
+    for i in _steps(s, should_cancel):
+        x0 = denoise_ve(y, s[i])
+        _report(callback, i, s, x0)
+        s_down, s_up = _ancestral_levels(s[i], s[i + 1], eta)
+        slope = (y - x0) / s[i]
+        if s_down == 0:
+            y = y + slope * (s_down - s[i])
+        else:
+            s_mid = math.exp((math.log(s[i]) + math.log(s_down)) / 2)
+            y_mid = y + slope * (s_mid - s[i])
+            y = y + (y_mid - denoise_ve(y_mid, s_mid)) / s_mid * (s_down - s[i])
+        if s_up > 0:
+            y = y + _noise(y, generator, "dpm_2_ancestral") * s_noise * s_up
+    return y
 
 
-def _dpmpp_2m_loop(denoise, y, s, steps, report, generator, eta, s_noise, name):
-    """DPM-Solver++(2M) in its SDE form (midpoint variant); with eta = 0 it is the ODE solver."""
+@torch.no_grad()
+def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
+             should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M): multistep, one evaluation per step, 2nd order from the second step."""
+    denoise_ve, y, s = _in_ve(denoise, x, sigmas)
     previous_x0, previous_h = None, None
-    for i in steps:
-        x0 = denoise(y, s[i])
-        report(i, x0)
+    for i in _steps(s, should_cancel):
+        x0 = denoise_ve(y, s[i])
+        _report(callback, i, s, x0)
+        if s[i + 1] == 0:
+            y = x0
+        else:
+            h = math.log(s[i]) - math.log(s[i + 1])
+            y = (s[i + 1] / s[i]) * y - math.expm1(-h) * x0
+            if previous_x0 is not None:
+                y = y - 0.5 * math.expm1(-h) * (h / previous_h) * (x0 - previous_x0)
+            previous_h = h
+        previous_x0 = x0
+    return y
+
+
+@torch.no_grad()
+def dpmpp_2m_sde(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
+                 should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None,
+                 eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE, midpoint variant; Gaussian noise from the generator at every step."""
+    denoise_ve, y, s = _in_ve(denoise, x, sigmas)
+    previous_x0, previous_h = None, None
+    for i in _steps(s, should_cancel):
+        x0 = denoise_ve(y, s[i])
+        _report(callback, i, s, x0)
         if s[i + 1] == 0:
             y = x0
         else:
@@ -207,22 +230,10 @@ def _dpmpp_2m_loop(denoise, y, s, steps, report, generator, eta, s_noise, name):
             if previous_x0 is not None:
                 y = y - 0.5 * math.expm1(-h - eta_h) * (h / previous_h) * (x0 - previous_x0)
             if eta > 0:
-                y = y + _noise(y, generator, name) * s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
+                y = y + _noise(y, generator, "dpmpp_2m_sde") * s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
             previous_h = h
         previous_x0 = x0
     return y
-
-
-@_in_ve
-def dpmpp_2m(denoise, y, s, steps, report, generator):
-    """DPM-Solver++(2M): multistep, one evaluation per step, 2nd order from the second step."""
-    return _dpmpp_2m_loop(denoise, y, s, steps, report, generator, 0.0, 1.0, "dpmpp_2m")
-
-
-@_in_ve
-def dpmpp_2m_sde(denoise, y, s, steps, report, generator, eta: float = 1.0, s_noise: float = 1.0):
-    """DPM-Solver++(2M) SDE, midpoint variant; Gaussian noise from the generator at every step."""
-    return _dpmpp_2m_loop(denoise, y, s, steps, report, generator, eta, s_noise, "dpmpp_2m_sde")
 
 
 SOLVERS = {
