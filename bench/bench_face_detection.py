@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from flashface.face import crop_face, detect_faces, prepare_reference  # noqa: E402
 from flashface.models.retinaface import load_face_detector  # noqa: E402
 from bench.memory import PeakMemory  # noqa: E402
-from tests.tiny_retinaface import write_retinaface  # noqa: E402
+from tiny_retinaface import write_retinaface  # noqa: E402
 
 
 def main() -> None:

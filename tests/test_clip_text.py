@@ -19,8 +19,8 @@ from flashface.models.clip_text import (
     Tokenizer,
     load_text_encoder,
 )
-from tests.parity import cases, manifest
-from tests.tiny_clip_text import hf_clip_state_dict, official_clip_state_dict, write_tiny_clip_text
+from parity import cases, manifest
+from tiny_clip_text import hf_clip_state_dict, official_clip_state_dict, write_tiny_clip_text
 
 MANIFEST = "clip_vit_l_14.json"
 PROMPTS = ["a photo of a woman, soft light", "", "Tom &amp;amp; Jerry,  UPPER case"]

@@ -20,8 +20,8 @@ from flashface.face import (
     pad_to_square,
     prepare_reference,
 )
-from tests.parity import cases
-from tests.tiny_retinaface import post_nms_scores, session_detector, threshold_for_count
+from parity import cases
+from tiny_retinaface import post_nms_scores, session_detector, threshold_for_count
 
 
 def face_from_case(config) -> Face:

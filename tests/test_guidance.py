@@ -14,7 +14,7 @@ from flashface.sampling.guidance import ReferenceGuidedDenoiser
 from flashface.settings import GenerationSettings
 from flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
 from flashface.sampling.solvers import get_solver
-from tests.tiny_unet import tiny_unet_state_dict
+from tiny_unet import tiny_unet_state_dict
 
 CONTEXT_DIM = 32
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -26,8 +27,8 @@ from flashface.models.model_registry import (
 )
 from flashface.utils import cache_utils
 from flashface.utils.cache_utils import CORRUPT_SUFFIX, PART_SUFFIX, DownloadSettings, read_record
-from tests.http_fixture_server import FixtureServer
-from tests.http_fixture_server import model_file as payload
+from http_fixture_server import FixtureServer
+from http_fixture_server import model_file as payload
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = DownloadSettings(connect_timeout=2, read_timeout=2, attempts_per_url=3, backoff_seconds=0.01,
@@ -87,29 +88,38 @@ def test_fresh_install_downloads_verifies_against_server_sha256_and_records_md5(
     assert not (tmp_path / ("model.pth" + PART_SUFFIX)).exists()
 
 
+def flip_a_byte_keeping_size_and_time(path):
+    """Change the content but not what a stat shows: only hashing could notice."""
+    stat = path.stat()
+    content = bytearray(path.read_bytes())
+    content[1000] ^= 0x55
+    path.write_bytes(content)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    return bytes(content)
+
+
 def test_existing_verified_file_is_used_with_no_request_and_no_rehash(server, tmp_path, monkeypatch):
     data = payload()
     entry = register(server.add("/model.pth", data, hf="etag"), data)
     monkeypatch.setenv("HF_ENDPOINT", server.base_url)  # plain ETags count only from Hugging Face hosts
-    get_model_path(entry, models_dir=tmp_path, settings=FAST)
+    path = get_model_path(entry, models_dir=tmp_path, settings=FAST)
     requests_after_download = len(server.requests)
-
-    def no_hashing(*args, **kwargs):
-        raise AssertionError("a warm start must not hash the file again")
-
-    monkeypatch.setattr(cache_utils, "hash_file", no_hashing)
-    assert get_model_path(entry, models_dir=tmp_path, settings=FAST) == tmp_path / "model.pth"
+    changed = flip_a_byte_keeping_size_and_time(path)
+    assert get_model_path(entry, models_dir=tmp_path, settings=FAST) == path
     assert len(server.requests) == requests_after_download
+    assert path.read_bytes() == changed  # not hashed: the change (invisible to a stat) went unnoticed
+    os.utime(path)  # a new modification time: now it is hashed, and the change is found
+    assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == data
 
 
-def test_file_placed_by_hand_with_pinned_md5_is_hashed_once_then_trusted(server, tmp_path, monkeypatch):
+def test_file_placed_by_hand_with_pinned_md5_is_hashed_once_then_trusted(server, tmp_path):
     data = payload()
     entry = register(server.add("/model.pth", data), data, md5=md5_of(data))
     (tmp_path / "model.pth").write_bytes(data)
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST) == tmp_path / "model.pth"
     assert read_record(tmp_path / "model.pth").checks == ("MD5 pinned in the registry",)
-    monkeypatch.setattr(cache_utils, "hash_file", lambda *a, **k: pytest.fail("hashed again"))
-    get_model_path(entry, models_dir=tmp_path, settings=FAST)
+    changed = flip_a_byte_keeping_size_and_time(tmp_path / "model.pth")
+    assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == changed  # trusted, not hashed
     assert server.requests == []
 
 
@@ -150,12 +160,14 @@ def test_file_failing_its_pinned_md5_is_downloaded_again(server, tmp_path):
     assert len(server.requests_for("/model.pth")) == 1
 
 
-def test_truncated_file_is_rejected_by_size_without_hashing(server, tmp_path, monkeypatch):
+def test_truncated_file_is_rejected_by_size_without_hashing(server, tmp_path, caplog):
     data = payload()
     entry = register(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
     (tmp_path / "model.pth").write_bytes(data[:5000])
-    monkeypatch.setattr(cache_utils, "hash_file", lambda *a, **k: pytest.fail("size alone tells"))
-    assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == data
+    with caplog.at_level(logging.INFO, logger="flashface"):
+        assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == data
+    assert "size is 5000 bytes" in caplog.text
+    assert f"Checking {tmp_path / 'model.pth'}" not in caplog.text  # the size told; the file was not hashed
 
 
 # (4) installation layouts: the folders the caller gives (ComfyUI's own layouts, through the nodes'

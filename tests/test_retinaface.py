@@ -17,9 +17,10 @@ from flashface.models.retinaface import (
     normalize,
     prior_boxes,
 )
-from tests.parity import cases, load_fixture_module, manifest
-from tests.tiny_retinaface import retinaface_state_dict, save_state_dict, write_retinaface
-from tests.tiny_unet import write_tiny_unet
+from parity import cases, load_fixture_module, manifest
+from seeded_weights import save_state_dict
+from tiny_retinaface import retinaface_state_dict, write_retinaface
+from tiny_unet import write_tiny_unet
 
 MANIFEST = "retinaface_resnet50.json"
 
@@ -154,7 +155,7 @@ def test_prior_boxes_for_the_actual_input_size():
 
 
 def test_detect_runs_at_any_input_size(tmp_path_factory):
-    from tests.tiny_retinaface import session_detector
+    from tiny_retinaface import session_detector
 
     detector = session_detector(tmp_path_factory)
     detections, = detector.detect(torch.rand(1, 3, 72, 104, generator=torch.Generator().manual_seed(2)), 0.0)

@@ -8,7 +8,7 @@ from flashface.sampling.guidance import ReferenceGuidedDenoiser
 from flashface.settings import GenerationSettings
 from flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
 from flashface.sampling.solvers import STOCHASTIC_SOLVERS, get_solver
-from tests.parity import cases
+from parity import cases
 
 
 # Why the loop is compared in float64. One fp32 model call differs from the official one by about

@@ -14,7 +14,7 @@ from flashface.sampling.schedule import (
     sampling_sigmas,
 )
 from flashface.sampling.noise_levels import vp_to_ve
-from tests.parity import cases
+from parity import cases
 
 TABLE_KEY = re.compile(r"^(?P<discretization>[a-z]+)_(?P<steps>\d+)_sigmas$")
 

@@ -19,8 +19,8 @@ from flashface.models.unet import (
     checkpoint_plan,
     load_unet,
 )
-from tests.parity import cases, manifest
-from tests.tiny_unet import tiny_unet_state_dict, write_tiny_unet
+from parity import cases, manifest
+from tiny_unet import tiny_unet_state_dict, write_tiny_unet
 
 WEIGHT_FILES = ("weights.safetensors", "weights.ckpt")
 

@@ -7,10 +7,14 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from flashface.errors import ModelFileError
 from flashface.models.checkpoint import ManifestCheckpoint, StateDictCheckpoint
 from flashface.models.vae import LATENT_SCALE, load_vae
+from flashface.face import prepare_reference
+from flashface.pipeline import FlashFacePipeline
+from demo_cases import DemoCase, demo_cases
 from parity import cases, manifest
 from tiny_vae import tiny_vae_state_dict, write_tiny_vae
 
@@ -32,8 +36,17 @@ def test_parity_with_the_official_vae(case):
         torch.testing.assert_close(decoded, case.expected["decoded"], atol=case.atol, rtol=case.rtol)
 
 
-def test_latent_scale_is_sd1():
-    assert LATENT_SCALE == 0.18215
+@pytest.mark.parametrize("case", demo_cases())
+def test_reference_latents_are_the_posterior_mean_in_the_official_latent_scale(case):
+    """The whole official flow's reference latents (after padding and PadToSquare) from its crops."""
+    demo = DemoCase(case)
+    vae = load_vae(demo.case.weights_dir() / demo.config["weights"]["vae"])
+    crops = [Image.fromarray(face.numpy()) for face in demo.expected["references_224"]]
+    latents = FlashFacePipeline(None, vae, device="cpu").encode_references(crops)
+    torch.testing.assert_close(latents, demo.expected["reference_latents"], atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        mean = vae.encode(torch.stack([prepare_reference(crop) for crop in crops]))
+    torch.testing.assert_close(latents, mean * LATENT_SCALE, atol=0, rtol=0)
 
 
 def test_the_real_file_key_set_loads_strictly_on_meta():

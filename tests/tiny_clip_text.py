@@ -10,13 +10,12 @@ carry the head count as metadata "num_heads"; other suffixes are written with to
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from flashface.models.clip_text import CLIPTextEncoder, TextEncoderConfig, hf_plan
+from seeded_weights import save_state_dict, seeded_state_dict
 
 VISION_WIDTH = 8  # the vision tower is never loaded; a token of it is enough
 
@@ -27,21 +26,10 @@ def tiny_clip_text_config(width=32, layers=2, heads=2) -> TextEncoderConfig:
 
 def tiny_text_tower(seed=0, **sizes) -> dict[str, torch.Tensor]:
     """Seeded text-tower weights (fan-in scaled) in the module's (= official minus prefix) naming."""
-    generator = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         shapes = {k: t.shape for k, t in CLIPTextEncoder(tiny_clip_text_config(**sizes)).state_dict().items()}
-    state = {}
-    for key, shape in sorted(shapes.items()):
-        noise = torch.randn(shape, generator=generator)
-        if key.endswith("norm1.weight") or key.endswith("norm2.weight") or key == "norm.weight":
-            state[key] = 1 + 0.1 * noise
-        elif len(shape) == 1:
-            state[key] = 0.1 * noise
-        elif key.endswith("embedding") or key.endswith("embedding.weight"):
-            state[key] = noise
-        else:
-            state[key] = noise * shape[-1] ** -0.5
-    return state
+    return seeded_state_dict(dict(sorted(shapes.items())), seed,
+                             unit_scale=lambda key: key.endswith("embedding") or key.endswith("embedding.weight"))
 
 
 def official_clip_state_dict(seed=0, width=32, layers=2, heads=2) -> dict[str, torch.Tensor]:
@@ -79,9 +67,4 @@ def write_tiny_clip_text(path, seed=0, width=32, layers=2, heads=2, naming="offi
     path = Path(path)
     writers = {"official": official_clip_state_dict, "hf": hf_clip_state_dict}
     state = writers[naming](seed, width=width, layers=layers, heads=heads)
-    os.makedirs(path.parent, exist_ok=True)
-    if path.suffix == ".safetensors":
-        save_file(state, path, metadata={"num_heads": str(heads)})
-    else:
-        torch.save(state, path)
-    return path
+    return save_state_dict(state, path, {"num_heads": str(heads)})

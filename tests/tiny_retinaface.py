@@ -9,15 +9,14 @@ within a test session (`session_detector`).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from flashface.face import detect_faces
 from flashface.models.retinaface import RetinaFace, load_face_detector
+from seeded_weights import save_state_dict, seeded_state_dict
 
 DEFAULT_WEIGHT_SCALE = 0.7
 
@@ -28,33 +27,7 @@ def retinaface_state_dict(seed: int = 0, weight_scale: float = DEFAULT_WEIGHT_SC
     """Fan-in scaled conv weights times `weight_scale`; BatchNorm statistics near identity."""
     with torch.device("meta"):
         shapes = {k: t.shape for k, t in RetinaFace().state_dict().items()}
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in shapes.items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.zeros((), dtype=torch.int64)
-            continue
-        noise = torch.randn(shape, generator=generator)
-        if len(shape) > 1:
-            state[key] = noise * (weight_scale * shape[1:].numel() ** -0.5)
-        elif key.endswith("running_var"):
-            state[key] = 1 + 0.1 * noise.abs()
-        elif key.endswith("weight"):
-            state[key] = 1 + 0.1 * noise
-        else:  # bias, running_mean
-            state[key] = 0.1 * noise
-    return state
-
-
-def save_state_dict(state: dict[str, torch.Tensor], path) -> Path:
-    """.safetensors by suffix, otherwise a torch.save pickle like the published file."""
-    path = Path(path)
-    os.makedirs(path.parent, exist_ok=True)
-    if path.suffix == ".safetensors":
-        save_file(state, path)
-    else:
-        torch.save(state, path)
-    return path
+    return seeded_state_dict(shapes, seed, weight_scale=weight_scale)
 
 
 def write_retinaface(path, seed: int = 0, weight_scale: float = DEFAULT_WEIGHT_SCALE) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from flashface.models.vae import AutoencoderKL, VAEConfig, standard_plan
-from tiny_retinaface import save_state_dict
+from seeded_weights import save_state_dict, seeded_state_dict
 
 
 def tiny_vae_state_dict(seed: int = 0, dim: int = 32, dim_mult=(1, 1, 1, 1), num_res_blocks: int = 1, z_dim: int = 4,
@@ -18,16 +18,7 @@ def tiny_vae_state_dict(seed: int = 0, dim: int = 32, dim_mult=(1, 1, 1, 1), num
     config = VAEConfig(dim=dim, dim_mult=tuple(dim_mult), num_res_blocks=num_res_blocks, z_dim=z_dim)
     with torch.device("meta"):
         shapes = {key: tensor.shape for key, tensor in AutoencoderKL(config).state_dict().items()}
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in shapes.items():
-        noise = torch.randn(shape, generator=generator)
-        if len(shape) > 1:
-            state[key] = noise * shape[1:].numel() ** -0.5
-        elif key.endswith(".weight"):
-            state[key] = 1 + 0.1 * noise
-        else:
-            state[key] = 0.1 * noise
+    state = seeded_state_dict(shapes, seed)
     if naming == "official":
         return state
     if naming != "standard":
