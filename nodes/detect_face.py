@@ -18,6 +18,7 @@ from ..flashface.face import (
 from .images import image_batches_to_pil, pil_to_batch, pil_to_image
 from .inputs import expect
 from .load_model import FLASHFACE_MODEL, FlashFaceModel
+from .declare import FlashFaceNode, outputs
 
 EXTRA_PHOTO_INPUTS = ("images_2", "images_3", "images_4")
 
@@ -34,21 +35,20 @@ def _draw_faces(photo, faces):
     return preview
 
 
-class FlashFaceDetectFace:
+class FlashFaceDetectFace(FlashFaceNode):
+    """Finds the face in each reference photo with RetinaFace and cuts it out the way the official
+    FlashFace code does (box crop, eyes levelled, padded to a 224x224 square). Photos may have
+    different sizes: connect up to four images or batches, or a list of any length.
+    """
+
     SEARCH_ALIASES = ["face detection", "face crop", "retinaface", "face id", "identity", "reference face"]
-    DESCRIPTION = ("Finds the face in each reference photo with RetinaFace and cuts it out the way the official "
-                   "FlashFace code does (box crop, eyes levelled, padded to a 224x224 square). Photos may have "
-                   "different sizes: connect up to four images or batches, or a list of any length.")
-    CATEGORY = "FlashFace"
     INPUT_IS_LIST = True
-    RETURN_TYPES = ("IMAGE", "IMAGE", "INT")
-    RETURN_NAMES = ("faces", "preview", "face_count")
-    OUTPUT_IS_LIST = (False, True, False)
-    OUTPUT_TOOLTIPS = (
-        "The face crops, one 224x224 image per face, for the Generator's reference_faces.",
-        "Each photo with the kept faces outlined (green box, red landmarks).",
-        "How many faces were kept.",
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("faces", "IMAGE", "The face crops, one 224x224 image per face, for the Generator's reference_faces."),
+        ("preview", "IMAGE", "Each photo with the kept faces outlined (green box, red landmarks)."),
+        ("face_count", "INT", "How many faces were kept."),
     )
+    OUTPUT_IS_LIST = (False, True, False)
     FUNCTION = "detect"
 
     @classmethod

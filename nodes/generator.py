@@ -15,6 +15,7 @@ from ..flashface.settings import PRESETS, GenerationSettings, default, describe
 from .images import image_batches_to_pil
 from .inputs import expect, expect_mask
 from .load_model import FLASHFACE_MODEL, FlashFaceModel
+from .declare import FlashFaceNode, outputs
 from .text_encode import FLASHFACE_CONDITIONING
 
 NO_PRESET = "none"
@@ -69,19 +70,19 @@ def settings_from_inputs(inputs: dict, preset: str) -> GenerationSettings:
     return settings if preset == NO_PRESET else settings.with_preset(preset)
 
 
-class FlashFaceGenerator:
+class FlashFaceGenerator(FlashFaceNode):
+    """Generates new images of the person in the reference faces, following the prompt. The face box
+    (or a mask) says where the face goes. Shows every step with a preview; Cancel stops it between
+    two steps.
+    """
+
     SEARCH_ALIASES = ["face id", "identity", "portrait", "same person", "face swap", "instantid", "pulid",
                       "ipadapter faceid", "photomaker", "sampler"]
-    DESCRIPTION = ("Generates new images of the person in the reference faces, following the prompt. The face "
-                   "box (or a mask) says where the face goes. Shows every step with a preview; Cancel stops it "
-                   "between two steps.")
-    CATEGORY = "FlashFace"
-    RETURN_TYPES = ("IMAGE", "LATENT")
-    RETURN_NAMES = ("images", "latent")
-    OUTPUT_TOOLTIPS = ("The generated images.",
-                       "The final latents in ComfyUI's convention (unscaled), for latent upscaling or VAE Decode. "
-                       "ComfyUI's own VAE Decode gives the 'standard' VAE attention of Load Model, not the official "
-                       "one; the images output uses the attention chosen there.")
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("images", "IMAGE", "The generated images."),
+        ("latent", "LATENT", "The final latents in ComfyUI's convention (unscaled), for latent upscaling or VAE "
+                             "Decode. ComfyUI's own VAE Decode gives the 'standard' VAE attention of Load Model, not "
+                             "the official one; the images output uses the attention chosen there."))
     FUNCTION = "generate"
 
     @classmethod

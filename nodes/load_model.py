@@ -27,6 +27,7 @@ from ..flashface.models.unet import load_unet
 from ..flashface.models.vae import VAE_ATTENTIONS, load_vae
 from ..flashface.utils.cache_utils import recorded_load_failure
 from . import model_files
+from .declare import FlashFaceNode, outputs
 
 logger = logging.getLogger(__name__)
 
@@ -113,16 +114,16 @@ class _LoadCache:
 _cache = _LoadCache()
 
 
-class FlashFaceLoadModel:
+class FlashFaceLoadModel(FlashFaceNode):
+    """Loads the FlashFace networks. Files listed first are the official ones: if one is missing it is
+    downloaded (verified) into models/flashface on first use, with progress shown here. Nothing is
+    loaded when ComfyUI starts.
+    """
+
     SEARCH_ALIASES = ["flashface", "face id", "identity", "portrait", "load face model", "instantid", "pulid",
                       "photomaker"]
-    DESCRIPTION = ("Loads the FlashFace networks. Files listed first are the official ones: if one is "
-                   "missing it is downloaded (verified) into models/flashface on first use, with progress "
-                   "shown here. Nothing is loaded when ComfyUI starts.")
-    CATEGORY = "FlashFace"
-    RETURN_TYPES = (FLASHFACE_MODEL,)
-    RETURN_NAMES = ("flashface_model",)
-    OUTPUT_TOOLTIPS = ("The FlashFace networks, for Detect Face, CLIP Text Encode and Generator.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("flashface_model", FLASHFACE_MODEL, "The FlashFace networks, for Detect Face, CLIP Text Encode and Generator."))
     FUNCTION = "load"
 
     @classmethod

@@ -5,23 +5,24 @@ from __future__ import annotations
 from ..flashface.prompts import encode_prompt
 from .inputs import expect
 from .load_model import FLASHFACE_MODEL, FlashFaceModel
+from .declare import FlashFaceNode, outputs
 
 FLASHFACE_CONDITIONING = "FLASHFACE_CONDITIONING"
 """Carries a `flashface.prompts.EncodedPrompt`: the text encoded as written and with the official
 words of each side; the Generator takes the variant of the input it is connected to."""
 
 
-class FlashFaceCLIPTextEncode:
+class FlashFaceCLIPTextEncode(FlashFaceNode):
+    """Encodes a prompt with FlashFace's CLIP text encoder (the final layer, as FlashFace was trained).
+    Use one for the positive and one for the negative prompt: the Generator adds the official
+    quality words to the positive and the official negative list to the negative (its
+    prompt_postfixes input). ComfyUI's (word:1.2) weighting syntax is not interpreted: the text is
+    used as written.
+    """
+
     SEARCH_ALIASES = ["prompt", "text encode", "clip", "face id", "identity"]
-    DESCRIPTION = ("Encodes a prompt with FlashFace's CLIP text encoder (the final layer, as FlashFace was "
-                   "trained). Use one for the positive and one for the negative prompt: the Generator adds the "
-                   "official quality words to the positive and the official negative list to the negative (its "
-                   "prompt_postfixes input). ComfyUI's (word:1.2) weighting syntax is not interpreted: the text is "
-                   "used as written.")
-    CATEGORY = "FlashFace"
-    RETURN_TYPES = (FLASHFACE_CONDITIONING,)
-    RETURN_NAMES = ("conditioning",)
-    OUTPUT_TOOLTIPS = ("The encoded prompt, for the Generator's positive or negative input.",)
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("conditioning", FLASHFACE_CONDITIONING, "The encoded prompt, for the Generator's positive or negative input."))
     FUNCTION = "encode"
 
     @classmethod

@@ -116,9 +116,13 @@ def _groups(keys: Sequence) -> tuple[list[int], list[int]]:
     return group_of, representatives
 
 
-def _row_bytes(tensor: torch.Tensor) -> list[bytes]:
+def _row_bytes(tensor: torch.Tensor) -> list:
+    """Each row's bytes, to group equal rows (a tensor without data, on the meta device: each row
+    its own)."""
+    if tensor.device.type == "meta":
+        return [object() for _ in range(tensor.shape[0])]
     rows = tensor.detach().to("cpu").contiguous()
-    return [row.view(torch.uint8).numpy().tobytes() for row in rows.flatten(1)]
+    return [row.view(torch.uint8).numpy().tobytes() for row in rows.reshape(rows.shape[0], -1)]
 
 
 class RowSpaces:
@@ -132,7 +136,7 @@ class RowSpaces:
     """
 
     def __init__(self, x, t, mask, context, weights, device):
-        inputs, inputs_first = _groups(list(zip(_row_bytes(x), _row_bytes(mask), t.tolist())))
+        inputs, inputs_first = _groups(list(zip(_row_bytes(x), _row_bytes(mask), _row_bytes(t))))
         texts, texts_first = _groups(list(zip(inputs, _row_bytes(context))))
         unique, unique_first = _groups(list(zip(texts, weights.tolist())))
         self._first_rows = [inputs_first, texts_first, unique_first, list(range(len(unique)))]
@@ -571,7 +575,7 @@ class FlashFaceUNet(nn.Module):
         counts = None
         if self.speed.merge_identical_references:
             group_of, first = _groups(list(zip(_row_bytes(reference_latents), _row_bytes(reference_context),
-                                               t.tolist())))
+                                               _row_bytes(t))))
             if len(first) < n:
                 counts = tuple(group_of.count(group) for group in range(len(first)))
                 keep = torch.tensor(first, device=device)

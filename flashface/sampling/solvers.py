@@ -19,6 +19,7 @@ solver is one loop, as in k-diffusion's ``sampling.py``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Iterator
 
@@ -152,27 +153,11 @@ def heun(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback |
 
 @torch.no_grad()
 def dpm_2(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
-          should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """DPM-Solver-2 (midpoint in log sigma), as k-diffusion's sample_dpm_2; Euler on the last step."""
-    denoise_ve, y, s = _in_ve(denoise, x, sigmas)
-    for i in _steps(s, should_cancel):
-        x0 = denoise_ve(y, s[i])
-        _report(callback, i, s, x0)
-        slope = (y - x0) / s[i]
-        if s[i + 1] == 0:
-            y = y + slope * (s[i + 1] - s[i])
-        else:
-            s_mid = math.exp((math.log(s[i]) + math.log(s[i + 1])) / 2)
-            y_mid = y + slope * (s_mid - s[i])
-            y = y + (y_mid - denoise_ve(y_mid, s_mid)) / s_mid * (s[i + 1] - s[i])
-    return y
-
-
-@torch.no_grad()
-def dpm_2_ancestral(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
-                    should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None,
-                    eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
-    """DPM-Solver-2 down to s_down, then fresh noise up to the next level (stochastic)."""
+          should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None,
+          eta: float = 0.0, s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver-2 (midpoint in log sigma), as k-diffusion's sample_dpm_2; Euler on the last
+    step. With eta > 0 (`dpm_2_ancestral`) each step goes down to s_down, then fresh noise from
+    the generator brings it up to the next level."""
     denoise_ve, y, s = _in_ve(denoise, x, sigmas)
     for i in _steps(s, should_cancel):
         x0 = denoise_ve(y, s[i])
@@ -192,30 +177,11 @@ def dpm_2_ancestral(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: Ste
 
 @torch.no_grad()
 def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
-             should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """DPM-Solver++(2M): multistep, one evaluation per step, 2nd order from the second step."""
-    denoise_ve, y, s = _in_ve(denoise, x, sigmas)
-    previous_x0, previous_h = None, None
-    for i in _steps(s, should_cancel):
-        x0 = denoise_ve(y, s[i])
-        _report(callback, i, s, x0)
-        if s[i + 1] == 0:
-            y = x0
-        else:
-            h = math.log(s[i]) - math.log(s[i + 1])
-            y = (s[i + 1] / s[i]) * y - math.expm1(-h) * x0
-            if previous_x0 is not None:
-                y = y - 0.5 * math.expm1(-h) * (h / previous_h) * (x0 - previous_x0)
-            previous_h = h
-        previous_x0 = x0
-    return y
-
-
-@torch.no_grad()
-def dpmpp_2m_sde(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
-                 should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None,
-                 eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
-    """DPM-Solver++(2M) SDE, midpoint variant; Gaussian noise from the generator at every step."""
+             should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None,
+             eta: float = 0.0, s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++(2M): multistep, one evaluation per step, 2nd order from the second step. With
+    eta > 0 (`dpmpp_2m_sde`) its SDE form (midpoint variant), with Gaussian noise from the
+    generator at every step."""
     denoise_ve, y, s = _in_ve(denoise, x, sigmas)
     previous_x0, previous_h = None, None
     for i in _steps(s, should_cancel):
@@ -234,6 +200,18 @@ def dpmpp_2m_sde(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCa
             previous_h = h
         previous_x0 = x0
     return y
+
+
+def _stochastic(solver, name: str):
+    """`solver` with eta = 1, under its own name."""
+    variant = functools.partial(solver, eta=1.0)
+    variant.__name__ = variant.__qualname__ = name
+    variant.__doc__ = solver.__doc__
+    return variant
+
+
+dpm_2_ancestral = _stochastic(dpm_2, "dpm_2_ancestral")
+dpmpp_2m_sde = _stochastic(dpmpp_2m, "dpmpp_2m_sde")
 
 
 SOLVERS = {
