@@ -6,9 +6,9 @@ Network (official ``retinaface_resnet50.pth`` key names): torchvision's ResNet-5
 class logits (2), box deltas (4) and five landmark deltas (10).
 
 `RetinaFace.detect` reproduces the official post-processing: prior boxes for the actual input
-size, decoding with variances (0.1, 0.2), softmax face score, top-5000, score threshold
+size, decoding with variances (0.1, 0.2), softmax face score, the best `pre_nms_topk`, score threshold
 (strictly greater), greedy NMS with the "+1 pixel" area convention (IoU <= 0.4 kept) and at most
-750 detections. `load_face_detector` also reads facexlib's ``detection_Resnet50_Final.pth``
+`post_nms_topk` detections (the official 5000 and 750). `load_face_detector` also reads facexlib's ``detection_Resnet50_Final.pth``
 naming (``ClassHead``/``BboxHead``/``LandmarkHead``, optional ``module.`` prefix).
 """
 
