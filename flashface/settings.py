@@ -112,7 +112,13 @@ def _check(name: str, value, kind: str, info: SettingInfo) -> None:
         if not isinstance(value, bool):
             raise InvalidInputError(f"{name} must be true or false, got {value!r}.")
         return
-    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if isinstance(value, (tuple, list)):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   and info.low <= v <= info.high for v in value):
+            raise InvalidInputError(f"{name} (the face box) must be finite numbers from {info.low} to {info.high}, "
+                                    f"got {tuple(value)!r}.")
+        return
+    values = (value,)
     whole = kind == "int"
     for number in values:
         if isinstance(number, bool) or not isinstance(number, int if whole else (int, float)) \

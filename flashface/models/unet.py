@@ -121,8 +121,9 @@ def _row_bytes(tensor: torch.Tensor) -> list:
     its own)."""
     if tensor.device.type == "meta":
         return [object() for _ in range(tensor.shape[0])]
-    rows = tensor.detach().to("cpu").contiguous()
-    return [row.view(torch.uint8).numpy().tobytes() for row in rows.reshape(rows.shape[0], -1)]
+    flat = tensor.detach().to("cpu").reshape(tensor.shape[0], -1)
+    rows = torch.empty(flat.shape, dtype=flat.dtype).copy_(flat)  # fresh strides, even for expanded rows
+    return [row.view(torch.uint8).numpy().tobytes() for row in rows]
 
 
 class RowSpaces:
