@@ -48,6 +48,14 @@ Progress = Callable[[int, int, torch.Tensor], None]
 Prompt = str | EncodedPrompt | torch.Tensor
 
 
+def padded_references(faces: Sequence[Image.Image] | torch.Tensor, seed: int):
+    """1-3 faces padded to four as the official demo does (more, or none, stay as they are)."""
+    if not 0 < len(faces) < OFFICIAL_REFERENCE_COUNT:
+        return faces
+    indices = padded_reference_indices(len(faces), seed)
+    return faces[indices] if isinstance(faces, torch.Tensor) else [faces[i] for i in indices]
+
+
 def padded_reference_indices(available: int, seed: int, count: int = OFFICIAL_REFERENCE_COUNT) -> list[int]:
     """The official padding: all faces, then random choices among them until there are `count`."""
     rng = random.Random(seed)
@@ -155,12 +163,17 @@ class FlashFacePipeline:
             images = torch.stack([prepare_reference(face) for face in faces]) if len(faces) else torch.empty(0)
         if images.dim() != 4 or images.shape[0] == 0 or images.shape[1] != 3:
             raise InvalidInputError("Give at least one reference face (a face crop, or a [N,3,224,224] tensor).")
+        return self.encode_images(images)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Latents [B,4,H/8,W/8] (posterior mean, scaled), on the VAE's device, of images [B,3,H,W]
+        in [-1, 1]; out of memory, one image at a time."""
         images = images.to(self.vae_device)
-        with torch.no_grad():
-            latents = first_that_fits([
-                ("as a whole", lambda: self.vae.encode(images)),
-                ("one face at a time", lambda: torch.cat([self.vae.encode(image[None]) for image in images])),
-            ], self.vae_device)
+        latents = first_that_fits([
+            ("as a whole", lambda: self.vae.encode(images)),
+            ("one image at a time", lambda: torch.cat([self.vae.encode(image[None]) for image in images])),
+        ], self.vae_device)
         return latents.float() * LATENT_SCALE
 
     @torch.no_grad()
@@ -204,10 +217,7 @@ class FlashFacePipeline:
         h, w = latent_size(settings.width, settings.height)
         device, batch = self.device, settings.batch_size
 
-        faces = reference_faces
-        if settings.pad_references and 0 < len(faces) < OFFICIAL_REFERENCE_COUNT:
-            indices = padded_reference_indices(len(faces), settings.seed)
-            faces = faces[indices] if isinstance(faces, torch.Tensor) else [faces[i] for i in indices]
+        faces = padded_references(reference_faces, settings.seed) if settings.pad_references else reference_faces
         reference_latents = self.encode_references(faces).to(device)
 
         positive, negative = self.encode_prompts(prompt, negative_prompt, batch, settings.prompt_postfixes)

@@ -15,10 +15,10 @@ from ..flashface.face import (
     find_reference_faces,
     pad_to_square,
 )
+from .declare import FlashFaceNode, outputs
 from .images import image_batches_to_pil, pil_to_batch, pil_to_image
 from .inputs import expect
 from .load_model import FLASHFACE_MODEL, FlashFaceModel
-from .declare import FlashFaceNode, outputs
 
 EXTRA_PHOTO_INPUTS = ("images_2", "images_3", "images_4")
 

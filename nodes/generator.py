@@ -10,50 +10,21 @@ import latent_preview
 from ..flashface.errors import GenerationCancelled
 from ..flashface.models.vae import LATENT_SCALE
 from ..flashface.pipeline import FlashFacePipeline
-from ..flashface.prompts import NEGATIVE_POSTFIX, POSITIVE_POSTFIX, EncodedPrompt
-from ..flashface.settings import PRESETS, GenerationSettings, default, describe
+from ..flashface.prompts import EncodedPrompt
+from ..flashface.settings import PRESETS, GenerationSettings
+from .declare import FlashFaceNode, box_inputs, outputs, setting_input, settings_from_inputs
 from .images import image_batches_to_pil
 from .inputs import expect, expect_mask
 from .load_model import FLASHFACE_MODEL, FlashFaceModel
-from .declare import FlashFaceNode, outputs
 from .text_encode import FLASHFACE_CONDITIONING
 
 NO_PRESET = "none"
-BOX_CORNERS = (("face_x1", "Left edge of the face box, as a fraction of the image width."),
-               ("face_y1", "Top edge of the face box, as a fraction of the image height."),
-               ("face_x2", "Right edge of the face box, as a fraction of the image width."),
-               ("face_y2", "Bottom edge of the face box, as a fraction of the image height."))
-COMFY_TYPES = {"int": "INT", "float": "FLOAT", "bool": "BOOLEAN"}
 # Settings that are optional inputs, so that prompts saved before they existed still run (with
 # the official default).
 OPTIONAL_SETTINGS = ("prompt_postfixes", "reference_feature_strength_before_launch", "pad_references")
 REQUIRED_SETTINGS = ("seed", "steps", "solver", "discretization", "sigma_spacing", "text_guidance",
                      "reference_feature_strength", "reference_guidance_strength", "launch_timestep")
 SIZE_SETTINGS = ("width", "height", "batch_size")
-WIDGET_OPTIONS = {"seed": {"control_after_generate": True}}
-EXTRA_HELP = {
-    "seed": " Drawn on the CPU, so a seed gives the same image on every device.",
-    "prompt_postfixes": f" Quality words: '{POSITIVE_POSTFIX}'; negative list: '{NEGATIVE_POSTFIX[:48]}...'.",
-}
-
-
-def setting_input(name: str) -> tuple:
-    """A widget for a setting of `GenerationSettings`: its default, range and help."""
-    info, value = describe(name), default(name)
-    spec = {"default": value, "tooltip": f"{info.help}{EXTRA_HELP.get(name, '')} Official: {value}."}
-    if info.choices is not None:
-        return list(info.choices), spec
-    spec.update((key, bound) for key, bound in (("min", info.low), ("max", info.high), ("step", info.step))
-                if bound is not None)
-    kind = GenerationSettings.__dataclass_fields__[name].type
-    return COMFY_TYPES[kind], {**spec, **WIDGET_OPTIONS.get(name, {})}
-
-
-def box_inputs() -> dict:
-    info = describe("face_box")
-    return {name: ("FLOAT", {"default": value, "min": info.low, "max": info.high, "step": info.step,
-                             "tooltip": f"{tip} {info.help}"})
-            for (name, tip), value in zip(BOX_CORNERS, default("face_box"))}
 
 
 def _preset_help() -> str:
@@ -63,10 +34,8 @@ def _preset_help() -> str:
             f"{NO_PRESET}: use the inputs as set. {described}.")
 
 
-def settings_from_inputs(inputs: dict, preset: str) -> GenerationSettings:
-    """The settings of the node's widget values (absent optional ones: the official defaults)."""
-    box = tuple(inputs.pop(name) for name, _ in BOX_CORNERS)
-    settings = GenerationSettings(face_box=box, **inputs)
+def _settings(inputs: dict, preset: str) -> GenerationSettings:
+    settings = settings_from_inputs(inputs)
     return settings if preset == NO_PRESET else settings.with_preset(preset)
 
 
@@ -119,7 +88,7 @@ class FlashFaceGenerator(FlashFaceNode):
         faces = image_batches_to_pil([reference_faces], "reference_faces")
         if face_mask is not None:
             face_mask = expect_mask(face_mask, "face_mask")
-        settings = settings_from_inputs(inputs, preset)
+        settings = _settings(inputs, preset)
 
         unet, vae = flashface_model.ready("unet", "vae")
         pipeline = FlashFacePipeline(unet, vae, device=flashface_model.device("unet"),

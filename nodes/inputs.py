@@ -46,3 +46,21 @@ def expect_mask(value, input_name: str) -> torch.Tensor:
         raise InvalidInputError(f"The {input_name} input got {describe(value)}; a MASK is [height, width] or "
                                 "[batch, height, width].")
     return value
+
+
+def expect_conditioning(value, input_name: str) -> torch.Tensor:
+    """The text embedding [1,77,C] of a ComfyUI CONDITIONING (its first entry)."""
+    if not (isinstance(value, list) and value and isinstance(value[0], (list, tuple)) and len(value[0]) == 2
+            and isinstance(value[0][0], torch.Tensor) and value[0][0].dim() == 3):
+        raise InvalidInputError(f"The {input_name} input got {describe(value)}; connect a CONDITIONING output of "
+                                "FlashFace CLIP Text Encode to it.")
+    return value[0][0][:1]
+
+
+def expect_latent(value, input_name: str) -> torch.Tensor:
+    """The samples [B,4,h,w] of a ComfyUI LATENT."""
+    samples = value.get("samples") if isinstance(value, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.dim() != 4 or samples.shape[1] != 4:
+        raise InvalidInputError(f"The {input_name} input got {describe(samples if samples is not None else value)}; "
+                                "connect an SD1.5 LATENT (4 channels, e.g. from KSampler) to it.")
+    return samples

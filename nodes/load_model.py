@@ -27,6 +27,7 @@ from ..flashface.models.unet import load_unet
 from ..flashface.models.vae import VAE_ATTENTIONS, load_vae
 from ..flashface.utils.cache_utils import recorded_load_failure
 from . import model_files
+from .comfy_model import FlashFaceDiffusionModel
 from .declare import FlashFaceNode, outputs
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class FlashFaceModel:
         only partly on a small GPU); return them. They compute on `device(part)`."""
         patchers = [getattr(self, part) for part in parts]
         mm.load_models_gpu(patchers)
-        return [patcher.model for patcher in patchers]
+        # The UNet's patcher holds ComfyUI's model around it (`comfy_model`); the library takes the UNet.
+        return [getattr(patcher.model, "diffusion_model", patcher.model) for patcher in patchers]
 
     def device(self, part: str) -> torch.device:
         """Where ComfyUI runs that network: its load device, whatever part of it is loaded there."""
@@ -74,7 +76,7 @@ def _load_unet(path: Path, weight_dtype: str) -> comfy.model_patcher.ModelPatche
     unet.manual_cast_dtype = manual_cast_dtype
     logger.info("FlashFace UNet %s: weights %s, compute %s on %s", path.name, dtype, manual_cast_dtype or dtype,
                 device)
-    return _patcher(unet, device)
+    return _patcher(FlashFaceDiffusionModel(unet), device)
 
 
 def _load_vae(path: Path, attention: str) -> comfy.model_patcher.ModelPatcher:

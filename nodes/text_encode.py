@@ -1,11 +1,12 @@
-"""FlashFace CLIP Text Encode: prompt text -> FLASHFACE_CONDITIONING (CLIP ViT-L/14 last layer)."""
+"""FlashFace CLIP Text Encode: prompt text -> FLASHFACE_CONDITIONING for the Generator, and the same
+embeddings as ComfyUI CONDITIONING for KSampler (CLIP ViT-L/14 last layer)."""
 
 from __future__ import annotations
 
 from ..flashface.prompts import encode_prompt
+from .declare import FlashFaceNode, outputs
 from .inputs import expect
 from .load_model import FLASHFACE_MODEL, FlashFaceModel
-from .declare import FlashFaceNode, outputs
 
 FLASHFACE_CONDITIONING = "FLASHFACE_CONDITIONING"
 """Carries a `flashface.prompts.EncodedPrompt`: the text encoded as written and with the official
@@ -22,7 +23,12 @@ class FlashFaceCLIPTextEncode(FlashFaceNode):
 
     SEARCH_ALIASES = ["prompt", "text encode", "clip", "face id", "identity"]
     RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
-        ("conditioning", FLASHFACE_CONDITIONING, "The encoded prompt, for the Generator's positive or negative input."))
+        ("conditioning", FLASHFACE_CONDITIONING, "The encoded prompt, for the Generator's positive or negative input."),
+        ("positive", "CONDITIONING", "For KSampler's positive (FlashFace Apply): the prompt with the official quality "
+                                     "words, as the Generator uses it."),
+        ("negative", "CONDITIONING", "For KSampler's negative and FlashFace Apply's negative: the prompt with the "
+                                     "official negative list, as the Generator uses it."),
+        ("as_written", "CONDITIONING", "The prompt as written, without the official words (either side)."))
     FUNCTION = "encode"
 
     @classmethod
@@ -39,4 +45,6 @@ class FlashFaceCLIPTextEncode(FlashFaceNode):
         expect(flashface_model, FlashFaceModel, "flashface_model", "FlashFace Load Model")
         expect(text, str, "text", "a text (STRING)")
         (text_encoder,) = flashface_model.ready("text_encoder")
-        return (encode_prompt(text_encoder, text, flashface_model.device("text_encoder")),)
+        encoded = encode_prompt(text_encoder, text, flashface_model.device("text_encoder"))
+        return (encoded, *([[embedding.cpu(), {}]] for embedding in (encoded.as_positive, encoded.as_negative,
+                                                                     encoded.as_written)))

@@ -103,6 +103,59 @@ def _spec(title: str, what: str, prompt: str, generator_widgets: dict | None = N
     return dict(title=title, nodes=nodes, links=links)
 
 
+KSAMPLER_NOTE_STEPS = """1. Queue. **FlashFace Load Model** downloads the four official files (12 GB, verified, resumable) into
+   `ComfyUI/models/flashface/` on the first run, unless they are already there.
+2. **FlashFace Apply** turns the FlashFace UNet into a MODEL with the reference faces: any sampler and
+   scheduler of KSampler work; KSampler's cfg is the text guidance. Connect the CLIP Text Encode
+   nodes' CONDITIONING outputs (positive to positive, negative to negative and to Apply).
+3. For the exact official run use the Generator, or SamplerCustom with FlashFace Sigmas and ddim."""
+
+
+def _model_spec(title: str, what: str, prompt: str, ksampler: dict, latent_nodes: list, latent_link,
+                latent_links: list = ()) -> dict:
+    """Load Model, a photo, Detect Face, the prompts, FlashFace Apply, KSampler, FlashFace VAE Decode,
+    Save Image, a note; `latent_nodes` (linked by `latent_links`) make the KSampler's latent
+    (`latent_link` = (key, output))."""
+    nodes = [
+        dict(key="note", type="MarkdownNote", pos=[20, -330], size=[640, 300],
+             widgets={"text": f"## FlashFace: {title}\n\n{what}\n\n{KSAMPLER_NOTE_STEPS}"}),
+        _model_loader([20, 20]),
+        _photo("photo", PHOTO, [20, 240]),
+        dict(key="detect", type="FlashFace_DetectFace", pos=[760, 20],
+             widgets={"threshold": 0.6, "several_faces": "largest"}),
+        dict(key="preview", type="PreviewImage", pos=[760, 260], size=[300, 300], title="Detected faces"),
+        dict(key="positive", type="FlashFace_CLIPTextEncode", pos=[380, 620], size=[360, 180],
+             title="Positive prompt", widgets={"text": prompt}),
+        dict(key="negative", type="FlashFace_CLIPTextEncode", pos=[380, 840], size=[360, 150],
+             title="Negative prompt", widgets={"text": NEGATIVE}),
+        dict(key="apply", type="FlashFace_Apply", pos=[1100, 20]),
+        dict(key="ksampler", type="KSampler", pos=[1480, 20],
+             widgets={"seed": 42, "control_after_generate": "fixed", **ksampler}),
+        dict(key="decode", type="FlashFace_VAEDecode", pos=[1860, 20]),
+        dict(key="save", type="SaveImage", pos=[1860, 160], size=[420, 460], widgets={"filename_prefix": "FlashFace"}),
+        *latent_nodes,
+    ]
+    links = [
+        ("model", "flashface_model", "detect", "flashface_model"),
+        ("model", "flashface_model", "positive", "flashface_model"),
+        ("model", "flashface_model", "negative", "flashface_model"),
+        ("model", "flashface_model", "apply", "flashface_model"),
+        ("model", "flashface_model", "decode", "flashface_model"),
+        ("photo", "IMAGE", "detect", "images"),
+        ("detect", "faces", "apply", "reference_faces"),
+        ("detect", "preview", "preview", "images"),
+        ("negative", "negative", "apply", "negative"),
+        ("apply", "model", "ksampler", "model"),
+        ("positive", "positive", "ksampler", "positive"),
+        ("negative", "negative", "ksampler", "negative"),
+        (*latent_link, "ksampler", "latent_image"),
+        ("ksampler", "LATENT", "decode", "samples"),
+        ("decode", "images", "save", "images"),
+        *latent_links,
+    ]
+    return dict(title=title, nodes=nodes, links=links)
+
+
 def _photo(key: str, name: str, pos) -> dict:
     return dict(key=key, type="LoadImage", pos=pos, size=[320, 360], widgets={"image": name})
 
@@ -140,6 +193,23 @@ def workflow_specs() -> dict[str, dict]:
     ]
     masked["links"] += [("canvas", "MASK", "mask", "destination"), ("square", "MASK", "mask", "source"),
                         ("mask", "MASK", "generator", "face_mask")]
+
+    sampler = {"steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras"}
+    specs["flashface_ksampler"] = _model_spec(
+        "KSampler with FlashFace Apply",
+        "FlashFace as a MODEL: any KSampler sampler and scheduler, here dpmpp_2m with karras. An empty latent sets "
+        "the size.",
+        "A woman astronaut smiling, portrait, on the street in the night, soft light", {**sampler, "denoise": 1.0},
+        [dict(key="latent", type="EmptyLatentImage", pos=[1100, 520],
+              widgets={"width": 768, "height": 768, "batch_size": 1})], ("latent", "LATENT"))
+    specs["flashface_img2img"] = _model_spec(
+        "img2img from a photo",
+        "A photo encoded with FlashFace VAE Encode is the start of KSampler; denoise 0.6 keeps its layout and colours "
+        "and repaints the rest with the reference identity.",
+        "A woman astronaut, oil painting, thick brush strokes", {**sampler, "denoise": 0.6},
+        [_photo("start", PHOTO, [1100, 520]), dict(key="encode", type="FlashFace_VAEEncode", pos=[1100, 920])],
+        ("encode", "latent"),
+        [("model", "flashface_model", "encode", "flashface_model"), ("start", "IMAGE", "encode", "pixels")])
     return specs
 
 

@@ -525,9 +525,14 @@ class FlashFaceUNet(nn.Module):
         _name_feature_blocks(self.ref_decoder, "decoder")
 
     @property
+    def weight_dtype(self) -> torch.dtype:
+        """Dtype the (non-norm) weights are stored in."""
+        return self.head[2].weight.dtype
+
+    @property
     def compute_dtype(self) -> torch.dtype:
         """Dtype of activations: `manual_cast_dtype` if set, else the weights' dtype."""
-        return self.manual_cast_dtype or self.head[2].weight.dtype
+        return self.manual_cast_dtype or self.weight_dtype
 
     def _embed_time(self, t, rows: int, device) -> torch.Tensor:
         t = torch.as_tensor(t, device=device)

@@ -16,11 +16,20 @@ its features serve every row; the UNet skips the reference attention of rows who
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Sequence
+
 import torch
 
 from ..errors import InvalidInputError
 from ..settings import GenerationSettings
+from .mask import box_mask, resize_mask
+from .noise_levels import ve_scale, ve_to_vp
 from .schedule import NoiseSchedule
+
+
+# What a row of a model call is (ComfyUI's cond / uncond chunk indices, then ours).
+POSITIVE, NEGATIVE, POSITIVE_WITH_REFERENCES = 0, 1, 2
 
 
 def three_branches(settings: GenerationSettings, timestep: int) -> bool:
@@ -28,19 +37,44 @@ def three_branches(settings: GenerationSettings, timestep: int) -> bool:
     return timestep <= settings.launch_timestep and settings.reference_guidance_strength > 0
 
 
-def branch_weights(settings: GenerationSettings, timestep: int, batch: int) -> torch.Tensor:
-    """Reference attention weight per row for the branch layout used at `timestep`."""
+def row_weights(settings: GenerationSettings, timestep: int, kinds: Sequence[int]) -> torch.Tensor:
+    """Reference attention weight of each row of a call at `timestep`, by the row's kind: once
+    launched the positive row with references at λ and the others at 0; before, every row at λ0
+    (at λ when launched without reference guidance)."""
     if three_branches(settings, timestep):
-        return torch.tensor([settings.reference_feature_strength] * batch + [0.0] * (2 * batch))
-    strength = (settings.reference_feature_strength_before_launch if timestep > settings.launch_timestep
-                else settings.reference_feature_strength)
-    return torch.full((2 * batch,), float(strength))
+        weights = [settings.reference_feature_strength if kind == POSITIVE_WITH_REFERENCES else 0.0
+                   for kind in kinds]
+    elif POSITIVE_WITH_REFERENCES in kinds:
+        raise InvalidInputError(f"no row with references is computed at timestep {timestep}: reference guidance "
+                                f"is not running there.")
+    else:
+        strength = (settings.reference_feature_strength_before_launch if timestep > settings.launch_timestep
+                    else settings.reference_feature_strength)
+        weights = [strength] * len(kinds)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def branch_kinds(settings: GenerationSettings, timestep: int, batch: int) -> list[int]:
+    """The official rows of a call: [pos + references | pos | neg] or [pos | neg], B rows each."""
+    branches = ((POSITIVE_WITH_REFERENCES, POSITIVE, NEGATIVE) if three_branches(settings, timestep)
+                else (POSITIVE, NEGATIVE))
+    return [kind for kind in branches for _ in range(batch)]
 
 
 def rescale_guided(guided: torch.Tensor, conditional: torch.Tensor, guide_rescale: float) -> torch.Tensor:
     """Pull the guided prediction's per-sample std towards the conditional one's (arXiv:2305.08891)."""
     ratio = conditional.flatten(1).std(dim=1) / (guided.flatten(1).std(dim=1) + 1e-12)
     return guided * (guide_rescale * ratio + (1 - guide_rescale)).view(-1, *([1] * (guided.dim() - 1)))
+
+
+def guided_eps(positive: torch.Tensor, negative: torch.Tensor, with_references: torch.Tensor | None,
+               text_guidance: float, settings: GenerationSettings) -> torch.Tensor:
+    """The official combination of the branch predictions: ε_u + g(ε_c − ε_u) [+ c(ε_r − ε_c)],
+    then the guide rescale towards ε_c."""
+    guided = negative + text_guidance * (positive - negative)
+    if with_references is not None:
+        guided = guided + settings.reference_guidance_strength * (with_references - positive)
+    return rescale_guided(guided, positive, settings.guide_rescale)
 
 
 class ReferenceGuidedDenoiser:
@@ -55,7 +89,7 @@ class ReferenceGuidedDenoiser:
 
     def __init__(self, unet, schedule: NoiseSchedule, positive: torch.Tensor, negative: torch.Tensor,
                  reference_latents: torch.Tensor, mask: torch.Tensor | None = None,
-                 settings: "GenerationSettings | None" = None,
+                 settings: GenerationSettings = GenerationSettings(),
                  reference_context: torch.Tensor | None = None):
         if positive.shape != negative.shape:
             raise InvalidInputError(f"positive {tuple(positive.shape)} and negative {tuple(negative.shape)} "
@@ -78,30 +112,98 @@ class ReferenceGuidedDenoiser:
         batch = x.shape[0]
         if batch != self.positive.shape[0]:
             raise InvalidInputError(f"{batch} latents for {self.positive.shape[0]} text embeddings.")
-        three = three_branches(self.settings, timestep)
-        branches = 3 if three else 2
-        contexts = [self.positive, self.positive, self.negative] if three else [self.positive, self.negative]
+        kinds = branch_kinds(self.settings, timestep, batch)
+        contexts = {POSITIVE_WITH_REFERENCES: self.positive, POSITIVE: self.positive, NEGATIVE: self.negative}
+        branches = list(dict.fromkeys(kinds))
         references = self.unet.encode_references(self.reference_latents, timestep, self.reference_context)
-        rows = branches * batch
         out = self.unet(
-            x.repeat(branches, 1, 1, 1),
-            torch.full((rows,), timestep, dtype=torch.long, device=x.device),
-            torch.cat(contexts),
-            None if self.mask is None else self.mask.repeat(branches, 1, 1),
+            x.repeat(len(branches), 1, 1, 1),
+            torch.full((len(kinds),), timestep, dtype=torch.long, device=x.device),
+            torch.cat([contexts[kind] for kind in branches]),
+            None if self.mask is None else self.mask.repeat(len(branches), 1, 1),
             references,
-            branch_weights(self.settings, timestep, batch),
+            row_weights(self.settings, timestep, kinds),
         )
-        g, c = self.settings.text_guidance, self.settings.reference_guidance_strength
-        if three:
-            with_references, conditional, unconditional = out.chunk(3)
-            guided = unconditional + g * (conditional - unconditional) + c * (with_references - conditional)
-        else:
-            conditional, unconditional = out.chunk(2)
-            guided = unconditional + g * (conditional - unconditional)
-        return rescale_guided(guided, conditional, self.settings.guide_rescale)
+        eps = dict(zip(branches, out.chunk(len(branches))))
+        return guided_eps(eps[POSITIVE], eps[NEGATIVE], eps.get(POSITIVE_WITH_REFERENCES), self.settings.text_guidance,
+                          self.settings)
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         timestep = self.schedule.model_timestep(sigma)
         self.model_timesteps.append(timestep)
         sigma_t, alpha_t = self.schedule.coefficients(timestep)
         return (x - sigma_t * self.eps(x, timestep)) / alpha_t
+
+
+@dataclass(frozen=True)
+class RowGuidance:
+    """FlashFace's reference guidance for a sampler that picks and batches the rows of a step itself
+    (ComfyUI's KSampler): `denoise` computes any rows of one step, each of a kind (POSITIVE,
+    NEGATIVE, POSITIVE_WITH_REFERENCES), with one reference pass for all of them; `combine` turns
+    the branch predictions into the guided one, officially. Latents and sigmas are variance
+    exploding (y = x/α, s = σ/α), as such samplers use them; x0 is the same in both.
+
+    reference_latents [N,4,r,r] (scaled) and reference_context [N,77,C] (officially the negative
+    prompt); `settings` gives λ, λ0, c, the launch timestep, the guide rescale and the face box
+    (replaced by `face_mask` [H',W'] when one is given). Nothing changes between calls.
+    """
+
+    reference_latents: torch.Tensor
+    reference_context: torch.Tensor
+    settings: GenerationSettings = GenerationSettings()
+    face_mask: torch.Tensor | None = None
+    schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
+
+    def __post_init__(self):
+        if self.reference_latents.dim() != 4 or self.reference_latents.shape[0] == 0:
+            raise InvalidInputError("FlashFace needs at least one reference face latent [N,4,r,r].")
+        if self.reference_context.shape[0] != self.reference_latents.shape[0]:
+            raise InvalidInputError(f"{self.reference_context.shape[0]} reference contexts for "
+                                    f"{self.reference_latents.shape[0]} references.")
+
+    def timestep(self, sigma) -> int:
+        """The official integer model timestep of a VE sigma."""
+        return self.schedule.model_timestep(ve_to_vp(float(sigma)))
+
+    def with_references_row(self, sigma) -> bool:
+        """Whether the step at `sigma` needs the third branch (reference guidance launched)."""
+        return three_branches(self.settings, self.timestep(sigma))
+
+    def latent_mask(self, rows: int, h: int, w: int, device) -> torch.Tensor:
+        """The face-position channel [rows,h,w] for latents of h×w cells."""
+        width, height = 8 * w, 8 * h
+        mask = (resize_mask(self.face_mask, width, height) if self.face_mask is not None
+                else box_mask(self.settings.face_box, width, height))
+        return mask.to(device).expand(rows, h, w)
+
+    @torch.no_grad()
+    def denoise(self, unet, x: torch.Tensor, sigma, context: torch.Tensor, kinds: Sequence[int]) -> torch.Tensor:
+        """x0 [R,4,h,w] of VE latents x [R,4,h,w] at `sigma` (one level, or one per row, all equal),
+        row r with text `context[r]` and of kind `kinds[r]`."""
+        levels = torch.as_tensor(sigma, dtype=torch.float32).flatten()
+        if len(levels) > 1 and not bool((levels == levels[0]).all()):
+            raise InvalidInputError("FlashFace computes the rows of one step together: give them one sigma.")
+        if len(kinds) != x.shape[0]:
+            raise InvalidInputError(f"{len(kinds)} row kinds for {x.shape[0]} latent rows.")
+        level = float(levels[0])
+        t = self.timestep(level)
+        device = x.device
+        references = unet.encode_references(self.reference_latents.to(device), t, self.reference_context.to(device))
+        eps = unet(x * ve_scale(level), torch.full((len(kinds),), t, dtype=torch.long, device=device), context,
+                   self.latent_mask(len(kinds), *x.shape[2:], device), references,
+                   row_weights(self.settings, t, kinds))
+        sigma_t, alpha_t = self.schedule.coefficients(t)
+        return (x * ve_scale(level) - sigma_t * eps.float()) / alpha_t
+
+    def combine(self, x: torch.Tensor, sigma, positive: torch.Tensor, negative: torch.Tensor,
+                with_references: torch.Tensor | None, text_guidance: float) -> torch.Tensor:
+        """The guided x0 from the branch x0s (see `guided_eps`), computed in float64 through ε."""
+        level = float(torch.as_tensor(sigma, dtype=torch.float32).flatten()[0])
+        sigma_t, alpha_t = self.schedule.coefficients(self.timestep(level))
+        x_vp = x.double() * ve_scale(level)
+
+        def eps(x0):
+            return None if x0 is None else (x_vp - alpha_t * x0.double()) / sigma_t
+
+        guided = guided_eps(eps(positive), eps(negative), eps(with_references), text_guidance, self.settings)
+        return ((x_vp - sigma_t * guided) / alpha_t).to(x.dtype)

@@ -1,0 +1,78 @@
+"""FlashFace VAE Encode / Decode: ComfyUI LATENTs with the FlashFace VAE (its official mid-block
+attention), for the MODEL path (img2img, inpainting, hires chains)."""
+
+from __future__ import annotations
+
+import comfy.model_management as mm
+import torch
+
+from ..flashface.errors import InvalidInputError
+from ..flashface.models.vae import LATENT_SCALE
+from ..flashface.pipeline import FlashFacePipeline, official_levels
+from .declare import FlashFaceNode, outputs
+from .inputs import expect, expect_image, expect_latent
+from .load_model import FLASHFACE_MODEL, FlashFaceModel
+
+LATENT_FACTOR = 8  # pixels per latent cell along a side
+
+
+def _pipeline(model: FlashFaceModel) -> FlashFacePipeline:
+    (vae,) = model.ready("vae")
+    return FlashFacePipeline(None, vae, device=model.device("vae"))
+
+
+class FlashFaceVAEEncode(FlashFaceNode):
+    """Encodes images into a LATENT with the FlashFace VAE (the posterior mean, as FlashFace
+    encodes), for KSampler's img2img (denoise below 1) and Set Latent Noise Mask. Sides that are
+    not multiples of 8 are cropped to them, as ComfyUI's VAE Encode does."""
+
+    SEARCH_ALIASES = ["vae encode", "img2img", "encode image"]
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("latent", "LATENT", "The images' latents in ComfyUI's convention (unscaled)."))
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "flashface_model": (FLASHFACE_MODEL, {"tooltip": "From FlashFace Load Model (uses its VAE)."}),
+            "pixels": ("IMAGE", {"tooltip": "The images to encode."}),
+        }}
+
+    def encode(self, flashface_model, pixels):
+        expect(flashface_model, FlashFaceModel, "flashface_model", "FlashFace Load Model")
+        pixels = expect_image(pixels, "pixels")
+        pixels = pixels[None] if pixels.dim() == 3 else pixels
+        h, w = (side // LATENT_FACTOR * LATENT_FACTOR for side in pixels.shape[1:3])
+        if h == 0 or w == 0:
+            raise InvalidInputError(f"The pixels input is {pixels.shape[2]}x{pixels.shape[1]} pixels; the VAE needs "
+                                    f"at least {LATENT_FACTOR} on each side.")
+        top, left = (pixels.shape[1] - h) // 2, (pixels.shape[2] - w) // 2
+        pixels = pixels[:, top:top + h, left:left + w, :3]
+        if pixels.shape[-1] == 1:
+            pixels = pixels.expand(-1, -1, -1, 3)
+        images = pixels.permute(0, 3, 1, 2).float() * 2 - 1
+        latents = _pipeline(flashface_model).encode_images(images)
+        return ({"samples": (latents / LATENT_SCALE).to(mm.intermediate_device())},)
+
+
+class FlashFaceVAEDecode(FlashFaceNode):
+    """Decodes a LATENT with the FlashFace VAE into the official 8-bit images (as the Generator's
+    images output). Out of memory, it decodes one image at a time, then in tiles."""
+
+    SEARCH_ALIASES = ["vae decode", "decode latent"]
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(("images", "IMAGE", "The decoded images."))
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "flashface_model": (FLASHFACE_MODEL, {"tooltip": "From FlashFace Load Model (uses its VAE)."}),
+            "samples": ("LATENT", {"tooltip": "Latents from KSampler or another sampler, or the Generator."}),
+        }}
+
+    def decode(self, flashface_model, samples):
+        expect(flashface_model, FlashFaceModel, "flashface_model", "FlashFace Load Model")
+        latents = expect_latent(samples, "samples")
+        with torch.no_grad():
+            decoded = _pipeline(flashface_model).decode(latents * LATENT_SCALE)
+        return (official_levels(decoded).to(mm.intermediate_device()).float() / 255,)

@@ -1,0 +1,87 @@
+"""FlashFace inside ComfyUI's own sampling: FlashFace Apply (a MODEL for KSampler and
+SamplerCustom) and FlashFace Sigmas (the official noise levels as SIGMAS)."""
+
+from __future__ import annotations
+
+from ..flashface.pipeline import FlashFacePipeline, padded_references
+from ..flashface.sampling.guidance import RowGuidance
+from ..flashface.sampling.noise_levels import vp_to_ve
+from ..flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
+from ..flashface.settings import GenerationSettings
+from .comfy_model import guided_model
+from .declare import FlashFaceNode, box_inputs, outputs, setting_input, settings_from_inputs
+from .images import image_batches_to_pil
+from .inputs import expect, expect_conditioning, expect_mask
+from .load_model import FLASHFACE_MODEL, FlashFaceModel
+
+REFERENCE_SETTINGS = ("reference_feature_strength", "reference_feature_strength_before_launch",
+                      "reference_guidance_strength", "launch_timestep")
+
+
+class FlashFaceApply(FlashFaceNode):
+    """Makes the FlashFace UNet a MODEL for KSampler, SamplerCustom and the other sampling nodes:
+    it samples with the reference faces (one reference pass per model evaluation, shared by the
+    rows of the step), the face position, and reference guidance once launched (a third branch: the
+    positive prompt with the references). The sampler's cfg is the text guidance. Use FlashFace
+    CLIP Text Encode's CONDITIONING outputs as positive and negative, and FlashFace VAE Encode /
+    Decode for latents (img2img, inpainting with Set Latent Noise Mask)."""
+
+    SEARCH_ALIASES = ["flashface model", "ksampler", "face id model", "identity model", "apply flashface"]
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("model", "MODEL", "The FlashFace UNet with these references, for KSampler or a guider."))
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "flashface_model": (FLASHFACE_MODEL, {"tooltip": "From FlashFace Load Model."}),
+                "reference_faces": ("IMAGE", {"tooltip": "Face crops of one person, from FlashFace Detect Face."}),
+                "negative": ("CONDITIONING", {
+                    "tooltip": "The negative prompt given to the sampler (FlashFace CLIP Text Encode's negative "
+                               "output): the reference faces are encoded with it as context, as officially."}),
+                **{name: setting_input(name) for name in REFERENCE_SETTINGS},
+                **box_inputs(),
+                "pad_references": setting_input("pad_references"),
+                "padding_seed": ("INT", {
+                    "default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                    "tooltip": "Seed of the choice of faces that pads 1-3 faces to four. The Generator uses its "
+                               "seed; give the same here for the same references."}),
+            },
+            "optional": {
+                "face_mask": ("MASK", {"tooltip": "Where the face goes (white = face); replaces the face box."}),
+            },
+        }
+
+    def apply(self, flashface_model, reference_faces, negative, padding_seed, face_mask=None, **inputs):
+        expect(flashface_model, FlashFaceModel, "flashface_model", "FlashFace Load Model")
+        context = expect_conditioning(negative, "negative")
+        faces = image_batches_to_pil([reference_faces], "reference_faces")
+        if face_mask is not None:
+            face_mask = expect_mask(face_mask, "face_mask")
+        settings = settings_from_inputs(inputs)
+        if settings.pad_references:
+            faces = padded_references(faces, padding_seed)
+        (vae,) = flashface_model.ready("vae")
+        latents = FlashFacePipeline(None, vae, device=flashface_model.device("vae")).encode_references(faces)
+        guidance = RowGuidance(latents.cpu(), context.cpu().expand(len(faces), -1, -1), settings, face_mask)
+        return (guided_model(flashface_model.unet, guidance),)
+
+
+class FlashFaceSigmas(FlashFaceNode):
+    """The noise levels of the official FlashFace sampler as SIGMAS, for SamplerCustom: with the
+    ddim (or euler) sampler they give the official DDIM run."""
+
+    SEARCH_ALIASES = ["flashface scheduler", "official sigmas", "trailing"]
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
+        ("sigmas", "SIGMAS", "Descending noise levels ending in 0, in ComfyUI's (variance-exploding) scale."))
+    FUNCTION = "sigmas"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {name: setting_input(name) for name in ("steps", "discretization", "sigma_spacing")}}
+
+    def sigmas(self, steps, discretization, sigma_spacing):
+        settings = GenerationSettings(steps=steps, discretization=discretization, sigma_spacing=sigma_spacing)
+        levels = sampling_sigmas(NoiseSchedule(), settings.steps, settings.discretization, settings.sigma_spacing)
+        return (vp_to_ve(levels.double()).float(),)
