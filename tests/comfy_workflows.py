@@ -63,6 +63,21 @@ def quick_prompt(seed: int = 0, **generator) -> dict:
                                                        **generator})
 
 
+def cheap_model_workflow(name: str, size: int = 64, steps: int = 4, **ksampler) -> dict:
+    """A bundled MODEL workflow (FlashFace Apply + KSampler) on the tiny models at size x size px
+    with `steps` steps: an empty latent of that size, or the start photo scaled to it."""
+    prompt = api_workflow(name)
+    if "EmptyLatentImage" in {node["class_type"] for node in prompt.values()}:
+        set_inputs(prompt, "EmptyLatentImage", width=size, height=size)
+    else:
+        encoder = prompt[node_id(prompt, "FlashFace_VAEEncode")]["inputs"]
+        prompt["90"] = {"class_type": "ImageScale", "inputs": {"image": list(encoder["pixels"]),
+                                                               "upscale_method": "bilinear", "width": size,
+                                                               "height": size, "crop": "center"}}
+        encoder["pixels"] = ["90", 0]
+    return set_inputs(prompt, "KSampler", **{"steps": steps, **ksampler})
+
+
 def assert_server_healthy(server) -> None:
     assert server.alive(), server.log_tail()
     assert server.get("/system_stats")["system"]["comfyui_version"]

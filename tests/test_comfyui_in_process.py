@@ -284,3 +284,69 @@ def test_model_files_in_comfyuis_installation_layouts(install, tmp_path, layout)
         assert "sd-v1-vae.pth" in result["listed"] and expected[0].read_bytes() == data  # ComfyUI lists it
     if layout == "same name in a legacy folder":
         assert theirs.read_bytes() == b"another file with the same name"
+
+
+MODEL_PATH = """
+from pathlib import Path
+import comfy.model_base
+import nodes as comfy_nodes
+from flashface_pack.nodes import load_model, sampling, text_encode
+
+unet = load_model._load_unet(Path({unet!r}), "fp32")
+vae = load_model._load_vae(Path({vae!r}), "official")
+clip = load_model._load_text_encoder(Path({clip!r}))
+flashface = load_model.FlashFaceModel(unet=unet, vae=vae, text_encoder=clip, detector=None)
+_, positive, negative, _ = text_encode.FlashFaceCLIPTextEncode().encode(flashface, "a portrait")
+
+
+def model_with(faces):
+    return sampling.FlashFaceApply().apply(
+        flashface, torch.rand(faces, 224, 224, 3, generator=torch.Generator().manual_seed(faces)), negative,
+        padding_seed=0, pad_references=False, reference_feature_strength=1.2,
+        reference_feature_strength_before_launch=0.85, reference_guidance_strength=3.2, launch_timestep=750,
+        face_x1=0.3, face_y1=0.1, face_x2=0.6, face_y2=0.4)[0]
+
+
+one, four = model_with(1), model_with(4)
+shape = [2, 4, 64, 64]
+estimates = {{}}
+for name, model in (("one", one), ("four", four)):
+    model.model.current_patcher = model
+    estimates[name] = model.model.memory_required(shape)
+estimates["sd15"] = comfy.model_base.BaseModel.memory_required(four.model, shape)
+
+
+def sample():
+    latent = {{"samples": torch.zeros(1, 4, 8, 8)}}
+    return comfy_nodes.KSampler().sample(four, 3, 3, 7.5, "euler", "normal", positive, negative, latent)[0]["samples"]
+
+
+whole = sample()
+mm.unload_all_models()
+loaded = mm.load_models_gpu
+
+
+def small_memory(patchers, **options):
+    # what load_models_gpu does with room for half the UNet: the rest is cast per layer at each call
+    for patcher in patchers:
+        patcher.load(mm.get_torch_device(), lowvram_model_memory=patcher.model_size() // 2)
+
+
+mm.load_models_gpu = small_memory
+partial = sample()
+cast = sum(bool(getattr(module, "comfy_cast_weights", False)) for module in four.model.modules())
+result = dict(estimates=estimates, difference=float((whole - partial).abs().max()), cast_layers=cast,
+              lowvram=bool(four.model.model_lowvram))
+"""
+
+
+def test_the_model_path_estimates_its_memory_and_runs_partially_loaded(install, tiny_model_files, tmp_path):
+    """KSampler batches by `memory_required`: the references' tokens count (more faces, more memory,
+    more than plain SD1.5); a UNet ComfyUI loads only in part gives the same samples."""
+    snippet = MODEL_PATH.format(unet=str(tiny_model_files["unet_name"]), vae=str(tiny_model_files["vae_name"]),
+                                clip=str(tiny_model_files["clip_name"]))
+    result = run_with_comfyui(install, snippet, tmp_path)
+    estimates = result["estimates"]
+    assert estimates["four"] > estimates["one"] > estimates["sd15"] > 0
+    assert result["lowvram"] and result["cast_layers"] > 0
+    assert result["difference"] < 1e-5

@@ -22,8 +22,10 @@ from comfy_workflows import (
     SECOND_DETECTOR,
     api_workflow,
     assert_server_healthy,
+    cheap_model_workflow,
     expect_node_error,
     node_id,
+    node_ids,
     quick_prompt,
     saved_levels,
     set_inputs,
@@ -40,6 +42,13 @@ NODE_INPUTS = {
     "FlashFace_DetectFace": {"flashface_model", "images", "threshold", "several_faces",
                              "images_2", "images_3", "images_4"},
     "FlashFace_CLIPTextEncode": {"flashface_model", "text"},
+    "FlashFace_Apply": {
+        "flashface_model", "reference_faces", "negative", "reference_feature_strength",
+        "reference_feature_strength_before_launch", "reference_guidance_strength", "launch_timestep", "face_x1",
+        "face_y1", "face_x2", "face_y2", "pad_references", "padding_seed", "face_mask"},
+    "FlashFace_Sigmas": {"steps", "discretization", "sigma_spacing"},
+    "FlashFace_VAEEncode": {"flashface_model", "pixels"},
+    "FlashFace_VAEDecode": {"flashface_model", "samples"},
     "FlashFace_Generator": {
         "flashface_model", "positive", "negative", "reference_faces", "seed", "steps", "solver", "discretization",
         "sigma_spacing", "text_guidance", "reference_feature_strength", "reference_guidance_strength",
@@ -49,7 +58,11 @@ NODE_INPUTS = {
 NODE_OUTPUTS = {
     "FlashFace_LoadModel": ["FLASHFACE_MODEL"],
     "FlashFace_DetectFace": ["IMAGE", "IMAGE", "INT"],
-    "FlashFace_CLIPTextEncode": ["FLASHFACE_CONDITIONING"],
+    "FlashFace_CLIPTextEncode": ["FLASHFACE_CONDITIONING", "CONDITIONING", "CONDITIONING", "CONDITIONING"],
+    "FlashFace_Apply": ["MODEL"],
+    "FlashFace_Sigmas": ["SIGMAS"],
+    "FlashFace_VAEEncode": ["LATENT"],
+    "FlashFace_VAEDecode": ["IMAGE"],
     "FlashFace_Generator": ["IMAGE", "LATENT"],
 }
 
@@ -117,19 +130,26 @@ def test_bundled_workflow_runs_to_an_image(server, workflow):
     the shipped 768 px the tiny UNet's full-resolution attention alone takes minutes on 2 CPU cores,
     and proves nothing more about the graph (the shipped values are checked by the next test)."""
     prompt = api_workflow(workflow.stem)
-    generator = prompt[node_id(prompt, "FlashFace_Generator")]["inputs"]
-    generator.update(width=generator["width"] // 3 // 8 * 8, height=generator["height"] // 3 // 8 * 8,
-                     steps=min(generator["steps"], 6))
+    if node_ids(prompt, "FlashFace_Generator"):
+        generator = prompt[node_id(prompt, "FlashFace_Generator")]["inputs"]
+        generator.update(width=generator["width"] // 3 // 8 * 8, height=generator["height"] // 3 // 8 * 8,
+                         steps=min(generator["steps"], 6))
+        size, batch = (generator["width"], generator["height"]), generator["batch_size"]
+    else:  # FlashFace Apply + KSampler
+        prompt = cheap_model_workflow(workflow.stem, 128, 6)
+        latents = [prompt[key]["inputs"]["batch_size"] for key in node_ids(prompt, "EmptyLatentImage")]
+        size, batch = (128, 128), latents[0] if latents else 1
     run = server.run(prompt, timeout=600)
     assert run.status == "success", run.error_text() or server.log_tail()
 
     saved = run.outputs[node_id(prompt, "SaveImage")]["images"]
-    assert len(saved) == generator["batch_size"]
+    assert len(saved) == batch
     for image in saved:
         picture = Image.open(io.BytesIO(server.view(image)))
-        assert picture.size == (generator["width"], generator["height"])
+        assert picture.size == size
     face_previews = run.outputs[node_id(prompt, "PreviewImage")]["images"]
-    assert len(face_previews) == sum(1 for node in prompt.values() if node["class_type"] == "LoadImage")
+    detect = prompt[node_id(prompt, "FlashFace_DetectFace")]["inputs"]
+    assert len(face_previews) == sum(1 for name in detect if name.startswith("images"))  # one per photo
     for image in face_previews:
         Image.open(io.BytesIO(server.view(image))).verify()
 

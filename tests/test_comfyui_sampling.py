@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from comfy_workflows import api_workflow, assert_server_healthy, node_id, saved_levels, set_inputs
+from comfy_workflows import assert_server_healthy, cheap_model_workflow, node_id, saved_levels, set_inputs
 from demo_cases import DemoCase, demo_cases
 from test_comfyui_demo_parity import case_prompt
 
@@ -27,16 +27,7 @@ def server(comfyui_tiny):
 
 
 def ksampler_prompt(workflow: str = KSAMPLER_WORKFLOW, **ksampler) -> dict:
-    """A bundled MODEL workflow on the tiny models at 64x64 with 4 steps."""
-    prompt = api_workflow(workflow)
-    if workflow == KSAMPLER_WORKFLOW:
-        set_inputs(prompt, "EmptyLatentImage", width=SIZE, height=SIZE)
-    else:
-        prompt["90"] = {"class_type": "ImageScale", "inputs": {
-            "image": list(prompt[node_id(prompt, "FlashFace_VAEEncode")]["inputs"]["pixels"]),
-            "upscale_method": "bilinear", "width": SIZE, "height": SIZE, "crop": "center"}}
-        prompt[node_id(prompt, "FlashFace_VAEEncode")]["inputs"]["pixels"] = ["90", 0]
-    return set_inputs(prompt, "KSampler", **{"steps": 4, **ksampler})
+    return cheap_model_workflow(workflow, SIZE, **ksampler)
 
 
 def run_images(server, prompt) -> torch.Tensor:
@@ -110,6 +101,7 @@ def test_ksampler_runs_with_comfyuis_samplers_and_reports_progress(server, sampl
     ksampler = node_id(prompt, "KSampler")
     steps = [m for m in run.of_type("progress") if m.get("node") == ksampler]
     assert [m["value"] for m in steps][-1] == 4 and all(m["max"] == 4 for m in steps)
+    assert run.previews >= 4  # ComfyUI's latent previews (latent2rgb), one a step
 
 
 def test_img2img_denoise_keeps_more_of_the_photo_at_a_lower_strength(server):
