@@ -17,8 +17,7 @@ from ..flashface.face import (
 )
 from .declare import FlashFaceNode, outputs
 from .images import image_batches_to_pil, pil_to_batch, pil_to_image
-from .inputs import expect
-from .load_model import FLASHFACE_MODEL, FlashFaceModel
+from .load_model import expect_model, model_input
 
 EXTRA_PHOTO_INPUTS = ("images_2", "images_3", "images_4")
 
@@ -54,7 +53,7 @@ class FlashFaceDetectFace(FlashFaceNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "flashface_model": (FLASHFACE_MODEL, {"tooltip": "From FlashFace Load Model (uses its face detector)."}),
+            "flashface_model": model_input('face detector'),
             "images": ("IMAGE", {"tooltip": "Reference photos of one person: one image, a batch, or a list of "
                                             "images of any sizes."}),
             "threshold": ("FLOAT", {
@@ -73,7 +72,7 @@ class FlashFaceDetectFace(FlashFaceNode):
         }}
 
     def detect(self, flashface_model, images, threshold, several_faces, **more_images):
-        model = expect(flashface_model[0], FlashFaceModel, "flashface_model", "FlashFace Load Model")
+        model = expect_model(flashface_model[0])
         threshold, several_faces = threshold[0], several_faces[0]
         photos = []
         for name, batches in (("images", images), *((name, more_images.get(name, [])) for name in EXTRA_PHOTO_INPUTS)):

@@ -15,7 +15,7 @@ from ..flashface.settings import PRESETS, GenerationSettings
 from .declare import FlashFaceNode, box_inputs, outputs, setting_input, settings_from_inputs
 from .images import image_batches_to_pil
 from .inputs import expect, expect_mask
-from .load_model import FLASHFACE_MODEL, FlashFaceModel
+from .load_model import expect_model, model_input
 from .text_encode import FLASHFACE_CONDITIONING
 
 NO_PRESET = "none"
@@ -58,7 +58,7 @@ class FlashFaceGenerator(FlashFaceNode):
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "flashface_model": (FLASHFACE_MODEL, {"tooltip": "From FlashFace Load Model."}),
+                "flashface_model": model_input(),
                 "positive": (FLASHFACE_CONDITIONING, {"tooltip": "The prompt, from FlashFace CLIP Text Encode."}),
                 "negative": (FLASHFACE_CONDITIONING, {
                     "tooltip": "What to avoid, from FlashFace CLIP Text Encode (also the context of the reference "
@@ -81,7 +81,7 @@ class FlashFaceGenerator(FlashFaceNode):
 
     def generate(self, flashface_model, positive, negative, reference_faces, preset=NO_PRESET, face_mask=None,
                  **inputs):
-        expect(flashface_model, FlashFaceModel, "flashface_model", "FlashFace Load Model")
+        expect_model(flashface_model)
         for name, prompt in (("positive", positive), ("negative", negative)):
             expect(prompt, EncodedPrompt, name, "FlashFace CLIP Text Encode (ComfyUI's own CLIP Text Encode cannot "
                                                 "be used: FlashFace needs its own text encoding)")

@@ -10,8 +10,8 @@ from ..flashface.errors import InvalidInputError
 from ..flashface.models.vae import LATENT_SCALE
 from ..flashface.pipeline import FlashFacePipeline, official_levels
 from .declare import FlashFaceNode, outputs
-from .inputs import expect, expect_image, expect_latent
-from .load_model import FLASHFACE_MODEL, FlashFaceModel
+from .inputs import expect_image, expect_latent
+from .load_model import FlashFaceModel, expect_model, model_input
 
 LATENT_FACTOR = 8  # pixels per latent cell along a side
 
@@ -34,12 +34,12 @@ class FlashFaceVAEEncode(FlashFaceNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "flashface_model": (FLASHFACE_MODEL, {"tooltip": "From FlashFace Load Model (uses its VAE)."}),
+            "flashface_model": model_input('VAE'),
             "pixels": ("IMAGE", {"tooltip": "The images to encode."}),
         }}
 
     def encode(self, flashface_model, pixels):
-        expect(flashface_model, FlashFaceModel, "flashface_model", "FlashFace Load Model")
+        expect_model(flashface_model)
         pixels = expect_image(pixels, "pixels")
         pixels = pixels[None] if pixels.dim() == 3 else pixels
         h, w = (side // LATENT_FACTOR * LATENT_FACTOR for side in pixels.shape[1:3])
@@ -66,12 +66,12 @@ class FlashFaceVAEDecode(FlashFaceNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "flashface_model": (FLASHFACE_MODEL, {"tooltip": "From FlashFace Load Model (uses its VAE)."}),
+            "flashface_model": model_input('VAE'),
             "samples": ("LATENT", {"tooltip": "Latents from KSampler or another sampler, or the Generator."}),
         }}
 
     def decode(self, flashface_model, samples):
-        expect(flashface_model, FlashFaceModel, "flashface_model", "FlashFace Load Model")
+        expect_model(flashface_model)
         latents = expect_latent(samples, "samples")
         with torch.no_grad():
             decoded = _pipeline(flashface_model).decode(latents * LATENT_SCALE)

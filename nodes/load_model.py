@@ -29,6 +29,7 @@ from ..flashface.utils.cache_utils import recorded_load_failure
 from . import model_files
 from .comfy_model import FlashFaceDiffusionModel
 from .declare import FlashFaceNode, outputs
+from .inputs import expect
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,16 @@ class FlashFaceModel:
     def device(self, part: str) -> torch.device:
         """Where ComfyUI runs that network: its load device, whatever part of it is loaded there."""
         return getattr(self, part).load_device
+
+
+def model_input(uses: str | None = None) -> tuple:
+    """The flashface_model input of a node (and which of the networks it uses)."""
+    return FLASHFACE_MODEL, {"tooltip": f"From FlashFace Load Model{f' (uses its {uses})' if uses else ''}."}
+
+
+def expect_model(value) -> FlashFaceModel:
+    """What arrived on a flashface_model input, if it is one (see `inputs.expect`)."""
+    return expect(value, FlashFaceModel, "flashface_model", "FlashFace Load Model")
 
 
 def _patcher(module: torch.nn.Module, load_device: torch.device) -> comfy.model_patcher.ModelPatcher:

@@ -11,8 +11,8 @@ from ..flashface.settings import GenerationSettings
 from .comfy_model import guided_model
 from .declare import FlashFaceNode, box_inputs, outputs, setting_input, settings_from_inputs
 from .images import image_batches_to_pil
-from .inputs import expect, expect_conditioning, expect_mask
-from .load_model import FLASHFACE_MODEL, FlashFaceModel
+from .inputs import expect_conditioning, expect_mask
+from .load_model import expect_model, model_input
 
 REFERENCE_SETTINGS = ("reference_feature_strength", "reference_feature_strength_before_launch",
                       "reference_guidance_strength", "launch_timestep")
@@ -35,7 +35,7 @@ class FlashFaceApply(FlashFaceNode):
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "flashface_model": (FLASHFACE_MODEL, {"tooltip": "From FlashFace Load Model."}),
+                "flashface_model": model_input(),
                 "reference_faces": ("IMAGE", {"tooltip": "Face crops of one person, from FlashFace Detect Face."}),
                 "negative": ("CONDITIONING", {
                     "tooltip": "The negative prompt given to the sampler (FlashFace CLIP Text Encode's negative "
@@ -54,7 +54,7 @@ class FlashFaceApply(FlashFaceNode):
         }
 
     def apply(self, flashface_model, reference_faces, negative, padding_seed, face_mask=None, **inputs):
-        expect(flashface_model, FlashFaceModel, "flashface_model", "FlashFace Load Model")
+        expect_model(flashface_model)
         context = expect_conditioning(negative, "negative")
         faces = image_batches_to_pil([reference_faces], "reference_faces")
         if face_mask is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..flashface.prompts import encode_prompt
 from .declare import FlashFaceNode, outputs
 from .inputs import expect
-from .load_model import FLASHFACE_MODEL, FlashFaceModel
+from .load_model import expect_model, model_input
 
 FLASHFACE_CONDITIONING = "FLASHFACE_CONDITIONING"
 """Carries a `flashface.prompts.EncodedPrompt`: the text encoded as written and with the official
@@ -34,7 +34,7 @@ class FlashFaceCLIPTextEncode(FlashFaceNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "flashface_model": (FLASHFACE_MODEL, {"tooltip": "From FlashFace Load Model (uses its CLIP text encoder)."}),
+            "flashface_model": model_input('CLIP text encoder'),
             "text": ("STRING", {
                 "multiline": True, "dynamicPrompts": True,
                 "tooltip": "The prompt. Describe the scene and the person's look; the identity comes from the "
@@ -42,7 +42,7 @@ class FlashFaceCLIPTextEncode(FlashFaceNode):
         }}
 
     def encode(self, flashface_model, text):
-        expect(flashface_model, FlashFaceModel, "flashface_model", "FlashFace Load Model")
+        expect_model(flashface_model)
         expect(text, str, "text", "a text (STRING)")
         (text_encoder,) = flashface_model.ready("text_encoder")
         encoded = encode_prompt(text_encoder, text, flashface_model.device("text_encoder"))
