@@ -10,10 +10,18 @@ import torch
 from flashface.errors import InvalidInputError
 from flashface.models.checkpoint import StateDictCheckpoint
 from flashface.models.unet import UNetSpeedOptions, load_unet
-from flashface.sampling.guidance import ReferenceGuidedDenoiser
-from flashface.settings import GenerationSettings
+from flashface.sampling.guidance import (
+    NEGATIVE,
+    POSITIVE,
+    POSITIVE_WITH_REFERENCES,
+    ReferenceGuidedDenoiser,
+    RowGuidance,
+)
+from flashface.sampling.mask import box_mask
+from flashface.sampling.noise_levels import vp_to_ve
 from flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
 from flashface.sampling.solvers import get_solver
+from flashface.settings import GenerationSettings
 from tiny_unet import tiny_unet_state_dict
 
 CONTEXT_DIM = 32
@@ -184,3 +192,42 @@ def test_guidance_and_rescale_formula():
 def test_settings_that_are_not_finite_or_out_of_range_are_refused(name, value):
     with pytest.raises(InvalidInputError, match=f"{name} must be a (finite|whole) number"):
         GenerationSettings(**{name: value})
+
+
+@pytest.mark.parametrize("timestep", [900, 400], ids=["before launch", "launched"])
+def test_row_guidance_gives_the_denoisers_x0_however_the_rows_are_batched(tiny_unet, timestep):
+    """What ComfyUI's samplers get through FlashFace Apply: rows evaluated by kind (all in one call,
+    or each kind in a call of its own), combined afterwards, equal the Generator's denoiser."""
+    inputs = random_inputs(batch=2)
+    settings = GenerationSettings(text_guidance=6.0, face_box=(0.25, 0.25, 0.75, 0.75))
+    schedule = NoiseSchedule()
+    sigma = float(schedule.sigmas[timestep])  # VP
+    mask = box_mask(settings.face_box, 64, 64)
+    reference_context = inputs.negative[:1].expand(len(inputs.references), -1, -1)
+    official = ReferenceGuidedDenoiser(tiny_unet, schedule, inputs.positive, inputs.negative, inputs.references, mask,
+                                       settings)(inputs.x, sigma)
+    guidance = RowGuidance(inputs.references, reference_context, settings, schedule=schedule)
+    level = vp_to_ve(sigma)
+    y = inputs.x / (1 - sigma ** 2) ** 0.5
+    kinds = [POSITIVE, NEGATIVE] + ([POSITIVE_WITH_REFERENCES] if guidance.with_references_row(level) else [])
+    assert (len(kinds) == 3) == (timestep <= settings.launch_timestep)
+    contexts = {POSITIVE: inputs.positive, NEGATIVE: inputs.negative, POSITIVE_WITH_REFERENCES: inputs.positive}
+    rows = [kind for kind in kinds for _ in range(2)]
+    together = guidance.denoise(tiny_unet, y.repeat(len(kinds), 1, 1, 1), torch.full((len(rows),), level),
+                                torch.cat([contexts[kind] for kind in kinds]), rows).chunk(len(kinds))
+    apart = [guidance.denoise(tiny_unet, y, level, contexts[kind], [kind] * 2) for kind in kinds]
+    for x0_together, x0_apart in zip(together, apart):
+        torch.testing.assert_close(x0_together, x0_apart, atol=1e-5, rtol=1e-5)
+    combined = guidance.combine(y, level, *together[:2], together[2] if len(together) > 2 else None, 6.0)
+    torch.testing.assert_close(combined, official, atol=1e-4, rtol=1e-4)
+
+
+def test_row_guidance_refuses_a_references_row_before_launch_and_mixed_sigmas(tiny_unet):
+    inputs = random_inputs(batch=1)
+    guidance = RowGuidance(inputs.references, inputs.negative.expand(len(inputs.references), -1, -1))
+    level = vp_to_ve(float(NoiseSchedule().sigmas[950]))
+    with pytest.raises(InvalidInputError, match="no row with references"):
+        guidance.denoise(tiny_unet, inputs.x, level, inputs.positive, [POSITIVE_WITH_REFERENCES])
+    with pytest.raises(InvalidInputError, match="one sigma"):
+        guidance.denoise(tiny_unet, inputs.x.repeat(2, 1, 1, 1), torch.tensor([level, level / 2]),
+                         inputs.positive.repeat(2, 1, 1), [POSITIVE, NEGATIVE])

@@ -197,13 +197,15 @@ class RowGuidance:
 
     def combine(self, x: torch.Tensor, sigma, positive: torch.Tensor, negative: torch.Tensor,
                 with_references: torch.Tensor | None, text_guidance: float) -> torch.Tensor:
-        """The guided x0 from the branch x0s (see `guided_eps`), computed in float64 through ε."""
+        """The guided x0 from the branch x0s (see `guided_eps`), computed through ε in float64
+        (float32 on MPS, which has no float64)."""
         level = float(torch.as_tensor(sigma, dtype=torch.float32).flatten()[0])
         sigma_t, alpha_t = self.schedule.coefficients(self.timestep(level))
-        x_vp = x.double() * ve_scale(level)
+        precise = torch.float32 if x.device.type == "mps" else torch.float64
+        x_vp = x.to(precise) * ve_scale(level)
 
         def eps(x0):
-            return None if x0 is None else (x_vp - alpha_t * x0.double()) / sigma_t
+            return None if x0 is None else (x_vp - alpha_t * x0.to(precise)) / sigma_t
 
         guided = guided_eps(eps(positive), eps(negative), eps(with_references), text_guidance, self.settings)
         return ((x_vp - sigma_t * guided) / alpha_t).to(x.dtype)
