@@ -1,6 +1,5 @@
 """RetinaFace-R50: parity with the official detector, strict loading of both namings, NMS, priors."""
 
-
 import pytest
 import torch
 
