@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from flashface.models.unet import FlashFaceUNet, UNetConfig
-from flashface.sampling.guidance import branch_weights
+from flashface.sampling.guidance import branch_kinds, row_weights
 from flashface.settings import GenerationSettings
 
 
@@ -68,6 +68,7 @@ def unet_call(model: FlashFaceUNet, inputs: StepInputs, branches: int, t: int, s
     rows = branches * inputs.batch
     settings = GenerationSettings(reference_feature_strength=strength,
                                   reference_feature_strength_before_launch=strength)
-    weights = branch_weights(settings, 999 if branches == 2 else 0, inputs.batch)
+    timestep = 999 if branches == 2 else 0  # a layout of `branches` rows per sample
+    weights = row_weights(settings, timestep, branch_kinds(settings, timestep, inputs.batch))
     return model(inputs.latent.repeat(branches, 1, 1, 1), torch.full((rows,), t), inputs.contexts(branches),
                  inputs.mask.repeat(branches, 1, 1), features, weights)
