@@ -15,16 +15,14 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
-from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from comfy_server import PACK_FOLDER_NAME, REPO_ROOT, ComfyServer, unavailable_reason  # noqa: E402
-from tiny_flashface_models import use_tiny_models, write_tiny_models  # noqa: E402
+from comfy_server import PACK_FOLDER_NAME, REPO_ROOT, unavailable_reason  # noqa: E402
+from tiny_flashface_models import tiny_model_server, use_tiny_models  # noqa: E402
 
 from bench.memory import PeakMemory, describe, resident  # noqa: E402
 
@@ -53,24 +51,15 @@ def main() -> int:
             generator = node["inputs"]
             generator.update({k: v for k, v in (("steps", args.steps), ("width", args.size), ("height", args.size))
                               if v is not None})
-    with tempfile.TemporaryDirectory(prefix="flashface-bench-") as workdir:
-        server = ComfyServer(Path(workdir))
-        server.prepare()
-        write_tiny_models(server.models_dir / "flashface")
-        for photo in (REPO_ROOT / "workflows" / "input").iterdir():
-            shutil.copy(photo, server.input_dir / photo.name)
-        server.start()
-        try:
-            version = server.get("/system_stats")["system"]["comfyui_version"]
-            idle = resident(server.process.pid)
-            with PeakMemory(server.process.pid) as peak:
-                first = server.run(prompt, timeout=1800)
-                generator["seed"] += 1
-                second = server.run(prompt, timeout=1800)
-            after = resident(server.process.pid)
-            import_seconds = pack_import_seconds(server.log_text())
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory(prefix="flashface-bench-") as workdir, tiny_model_server(workdir) as server:
+        version = server.get("/system_stats")["system"]["comfyui_version"]
+        idle = resident(server.process.pid)
+        with PeakMemory(server.process.pid) as peak:
+            first = server.run(prompt, timeout=1800)
+            generator["seed"] += 1
+            second = server.run(prompt, timeout=1800)
+        after = resident(server.process.pid)
+        import_seconds = pack_import_seconds(server.log_text())
     for run in (first, second):
         if run.status != "success":
             print(f"run failed: {run.status} {run.error_text()}", file=sys.stderr)

@@ -32,22 +32,17 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench.memory import PeakMemory  # noqa: E402
-from bench.workload import StepInputs, random_unet, unet_call  # noqa: E402
+from bench.workload import StepInputs, random_unet, synchronize, unet_call  # noqa: E402
 from flashface.models.unet import FlashFaceUNet, UNetConfig  # noqa: E402
 from flashface.pipeline import initial_noise  # noqa: E402
+from flashface.settings import default  # noqa: E402
 
 FULL = dict(config=UNetConfig(), sizes=(512, 768), reference_size=224)
 TINY = dict(config=UNetConfig(dim=32, num_heads=2, context_dim=64), sizes=(64, 96), reference_size=64)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 TIMESTEP = {2: 900, 3: 500}  # a step before and after the default launch timestep (750)
-STRENGTH = {2: 0.85, 3: 1.2}  # the official reference strengths before and after launch
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+# the official reference strengths before and after launch
+STRENGTH = {2: default("reference_feature_strength_before_launch"), 3: default("reference_feature_strength")}
 
 
 @contextlib.contextmanager

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
-from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from comfy_server import REPO_ROOT, ComfyServer, default_install, unavailable_reason  # noqa: E402
+from comfy_server import ComfyServer, default_install, unavailable_reason  # noqa: E402
 from comfy_workflows import api_workflow, cheap_model_workflow, set_inputs  # noqa: E402
-from tiny_flashface_models import write_tiny_models  # noqa: E402
+from tiny_flashface_models import tiny_model_server  # noqa: E402
 
 from bench.memory import PeakMemory  # noqa: E402
 
@@ -68,24 +66,15 @@ def main() -> int:
         "Apply + KSampler (ddim, ddim_uniform)":
             lambda steps, seed: ksampler_prompt(args.size, steps, seed, "ddim", "ddim_uniform"),
     }
-    with tempfile.TemporaryDirectory(prefix="flashface-bench-") as workdir:
-        server = ComfyServer(Path(workdir), default_install())
-        server.prepare()
-        write_tiny_models(server.models_dir / "flashface")
-        for photo in (REPO_ROOT / "workflows" / "input").iterdir():
-            shutil.copy(photo, server.input_dir / photo.name)
-        server.start()
-        try:
-            with PeakMemory(server.process.pid) as memory:
-                few, many = args.steps
-                print(f"ComfyUI {server.get('/system_stats')['system']['comfyui_version']}, CPU, tiny models, "
-                      f"{args.size}x{args.size}, one reference photo; steps {few} and {many}", flush=True)
-                for name, make in routes.items():
-                    short, long = seconds(server, make, few, args.repeats), seconds(server, make, many, args.repeats)
-                    print(f"{name:<42} {few} steps {short:6.2f} s, {many} steps {long:6.2f} s, "
-                          f"{(long - short) / (many - few) * 1000:6.1f} ms per step", flush=True)
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory(prefix="flashface-bench-") as workdir, \
+            tiny_model_server(workdir, default_install()) as server, PeakMemory(server.process.pid) as memory:
+        few, many = args.steps
+        print(f"ComfyUI {server.get('/system_stats')['system']['comfyui_version']}, CPU, tiny models, "
+              f"{args.size}x{args.size}, one reference photo; steps {few} and {many}", flush=True)
+        for name, make in routes.items():
+            short, long = seconds(server, make, few, args.repeats), seconds(server, make, many, args.repeats)
+            print(f"{name:<42} {few} steps {short:6.2f} s, {many} steps {long:6.2f} s, "
+                  f"{(long - short) / (many - few) * 1000:6.1f} ms per step", flush=True)
     print(f"server: {memory}")
     return 0
 

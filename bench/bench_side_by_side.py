@@ -7,7 +7,7 @@ same inputs, alternating A B A B. CPU, fp32.
     python bench/bench_side_by_side.py --official OFFICIAL_DIR --whole-run --steps 35
 
 OFFICIAL_DIR is an unpacked copy of ali-vilab/FlashFace (never committed here); it is imported as
-is, with `.cuda()` turned into a no-op so it runs on the CPU (it needs `easydict`). The inputs are
+is; its hard-wired device calls are sent to --device (default: the CPU) (it needs `easydict`). The inputs are
 what a sampling step really sees: one latent per sample repeated per branch, the same face mask,
 the contexts [positive | negative] (2 branches) or [positive | positive | negative] (3 branches),
 and `--refs` reference latents made of `--photos` distinct faces padded by repetition, as the
@@ -34,15 +34,21 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench.memory import PeakMemory  # noqa: E402
-from bench.workload import StepInputs, unet_call  # noqa: E402
+from bench.workload import StepInputs, synchronize, unet_call  # noqa: E402
+from flashface.settings import default  # noqa: E402
 
 TWO_BRANCH_CALLS, THREE_BRANCH_CALLS = 9, 26  # a default 35-step run with launch timestep 750
 CALL_TOLERANCE = 1e-4  # largest output difference (relative to the output's scale) that counts as agreeing
 
 
-def official_model(official_dir: str):
-    nn.Module.cuda = lambda self, *a, **k: self
-    torch.Tensor.cuda = lambda self, *a, **k: self
+OFFICIAL_DEVICE_METHOD = "cuda"  # the method the official code moves every module and tensor with
+BEFORE_LAUNCH = default("reference_feature_strength_before_launch")
+LAUNCHED = default("reference_feature_strength")
+
+
+def official_model(official_dir: str, device: torch.device):
+    for kind in (nn.Module, torch.Tensor):  # the official code's one way of placing things
+        setattr(kind, OFFICIAL_DEVICE_METHOD, lambda self, *a, **k: self.to(device))
     sys.path[:0] = [official_dir, os.path.join(official_dir, "flashface", "all_finetune")]
     from models import sd_v1_ref_unet  # the official flashface/all_finetune/models
 
@@ -62,12 +68,13 @@ def official_call(model, inputs: StepInputs, branches: int, t: int, strength: fl
 def timed(function, *args) -> tuple[float, torch.Tensor]:
     started = time.perf_counter()
     out = function(*args)
+    synchronize(out.device)
     return time.perf_counter() - started, out
 
 
 def compare_calls(official, ours, inputs: StepInputs, pairs: int) -> dict[int, tuple[float, float]]:
     medians = {}
-    for branches, strength in ((2, 0.85), (3, 1.2)):
+    for branches, strength in ((2, BEFORE_LAUNCH), (3, LAUNCHED)):
         a = official_call(official, inputs, branches, 500, strength)
         b = unet_call(ours, inputs, branches, 500, strength)
         difference = float((a - b).abs().max() / a.abs().max())
@@ -98,8 +105,8 @@ def official_run(official_dir: str, model, inputs: StepInputs, noise: torch.Tens
     diffusion.num_pairs = len(inputs.references)
     diffusion.classifier = 3.2
     model.share_cache.update(num_pairs=len(inputs.references), ref=inputs.references,
-                             similarity=torch.tensor(1.2), ori_similarity=torch.tensor(1.2),
-                             lamda_feat_before_ref_guidence=torch.tensor(0.85),
+                             similarity=torch.tensor(LAUNCHED), ori_similarity=torch.tensor(LAUNCHED),
+                             lamda_feat_before_ref_guidence=torch.tensor(BEFORE_LAUNCH),
                              ref_context=inputs.reference_context, masks=inputs.mask, classifier=3.2,
                              step_to_launch_face_guidence=750)
     return diffusion.sample(solver="ddim", noise=noise, model=model,
@@ -129,17 +136,19 @@ def main() -> None:
     parser.add_argument("--whole-run", action="store_true", help="also time both whole sampling loops")
     parser.add_argument("--steps", type=int, default=35)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="where both run (the official code's placement is redirected)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    device = torch.device(args.device)
     from flashface.models.checkpoint import StateDictCheckpoint
     from flashface.models.unet import load_unet
 
     with PeakMemory() as memory:
-        official = official_model(args.official)
-        ours = load_unet(StateDictCheckpoint(official.state_dict()))
-        inputs = StepInputs(args.size, args.refs, args.photos or args.refs, args.batch)
+        official = official_model(args.official, device)
+        ours = load_unet(StateDictCheckpoint(official.state_dict()), device=device)
+        inputs = StepInputs(args.size, args.refs, args.photos or args.refs, args.batch, device=device)
         print(f"{args.size} px, {args.refs} references of {args.photos or args.refs} photo(s), batch {args.batch}, "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
         medians = compare_calls(official, ours, inputs, args.pairs)
@@ -149,7 +158,7 @@ def main() -> None:
               f"three-branch calls): official {whole_official:.0f} s, ours {whole_ours:.0f} s, ratio "
               f"{whole_official / whole_ours:.2f}", flush=True)
         if args.whole_run:
-            noise = torch.randn(args.batch, 4, inputs.h, inputs.h, generator=torch.Generator().manual_seed(1))
+            noise = torch.randn(args.batch, 4, inputs.h, inputs.h, generator=torch.Generator().manual_seed(1)).to(device)
             seconds_official, x_official = timed(official_run, args.official, official, inputs, noise, args.steps)
             seconds_ours, x_ours = timed(our_run, ours, inputs, noise, args.steps)
             difference = float((x_official - x_ours).abs().max())

@@ -61,6 +61,14 @@ class StepInputs:
         return torch.cat(parts)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timings of asynchronous devices)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def unet_call(model: FlashFaceUNet, inputs: StepInputs, branches: int, t: int, strength: float) -> torch.Tensor:
     """One model evaluation of a sampling step: the reference pass, then the main pass on every
     branch row (3 branches: weights [strength, 0, 0] per sample; 2: strength on every row)."""

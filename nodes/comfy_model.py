@@ -22,10 +22,12 @@ import comfy.samplers
 import comfy.supported_models
 
 from ..flashface.errors import InvalidInputError
+from ..flashface.face import REFERENCE_SIZE
+from ..flashface.pipeline import OFFICIAL_REFERENCE_COUNT
 from ..flashface.sampling.guidance import POSITIVE, POSITIVE_WITH_REFERENCES, RowGuidance
+from ..flashface.sampling.mask import LATENT_FACTOR
 
 GUIDANCE = "flashface_guidance"  # the RowGuidance in a MODEL's model_options["transformer_options"]
-TYPICAL_REFERENCES = 4  # for memory estimates of the bare UNet (the official count)
 
 
 class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
@@ -56,7 +58,7 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
         patcher = self.current_patcher
         guidance = patcher.model_options["transformer_options"].get(GUIDANCE) if patcher is not None else None
         references, side = ((guidance.reference_latents.shape[0], guidance.reference_latents.shape[-1])
-                            if guidance is not None else (TYPICAL_REFERENCES, 28))
+                            if guidance is not None else (OFFICIAL_REFERENCE_COUNT, REFERENCE_SIZE // LATENT_FACTOR))
         extra = references * side * side / math.prod(input_shape[2:])
         rows = math.ceil(input_shape[0] * (1 + extra) + extra)
         return super().memory_required([rows, *input_shape[1:]], cond_shapes)

@@ -8,18 +8,11 @@ import torch
 
 from ..flashface.errors import InvalidInputError
 from ..flashface.models.vae import LATENT_SCALE
-from ..flashface.pipeline import FlashFacePipeline, official_levels
+from ..flashface.pipeline import official_levels
+from ..flashface.sampling.mask import LATENT_FACTOR
 from .declare import FlashFaceNode, outputs
 from .inputs import expect_image, expect_latent
-from .load_model import FlashFaceModel, expect_model, model_input
-
-LATENT_FACTOR = 8  # pixels per latent cell along a side
-
-
-def _pipeline(model: FlashFaceModel) -> FlashFacePipeline:
-    (vae,) = model.ready("vae")
-    return FlashFacePipeline(None, vae, device=model.device("vae"))
-
+from .load_model import expect_model, model_input
 
 class FlashFaceVAEEncode(FlashFaceNode):
     """Encodes images into a LATENT with the FlashFace VAE (the posterior mean, as FlashFace
@@ -39,7 +32,7 @@ class FlashFaceVAEEncode(FlashFaceNode):
         }}
 
     def encode(self, flashface_model, pixels):
-        expect_model(flashface_model)
+        flashface_model = expect_model(flashface_model)
         pixels = expect_image(pixels, "pixels")
         pixels = pixels[None] if pixels.dim() == 3 else pixels
         h, w = (side // LATENT_FACTOR * LATENT_FACTOR for side in pixels.shape[1:3])
@@ -51,7 +44,7 @@ class FlashFaceVAEEncode(FlashFaceNode):
         if pixels.shape[-1] == 1:
             pixels = pixels.expand(-1, -1, -1, 3)
         images = pixels.permute(0, 3, 1, 2).float() * 2 - 1
-        latents = _pipeline(flashface_model).encode_images(images)
+        latents = flashface_model.vae_pipeline().encode_images(images)
         return ({"samples": (latents / LATENT_SCALE).to(mm.intermediate_device())},)
 
 
@@ -71,8 +64,8 @@ class FlashFaceVAEDecode(FlashFaceNode):
         }}
 
     def decode(self, flashface_model, samples):
-        expect_model(flashface_model)
+        flashface_model = expect_model(flashface_model)
         latents = expect_latent(samples, "samples")
         with torch.no_grad():
-            decoded = _pipeline(flashface_model).decode(latents * LATENT_SCALE)
+            decoded = flashface_model.vae_pipeline().decode(latents * LATENT_SCALE)
         return (official_levels(decoded).to(mm.intermediate_device()).float() / 255,)

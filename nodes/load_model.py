@@ -25,6 +25,7 @@ from ..flashface.models.clip_text import load_text_encoder
 from ..flashface.models.retinaface import load_face_detector
 from ..flashface.models.unet import load_unet
 from ..flashface.models.vae import VAE_ATTENTIONS, load_vae
+from ..flashface.pipeline import FlashFacePipeline
 from ..flashface.utils.cache_utils import recorded_load_failure
 from . import model_files
 from .comfy_model import FlashFaceDiffusionModel
@@ -53,6 +54,11 @@ class FlashFaceModel:
         mm.load_models_gpu(patchers)
         # The UNet's patcher holds ComfyUI's model around it (`comfy_model`); the library takes the UNet.
         return [getattr(patcher.model, "diffusion_model", patcher.model) for patcher in patchers]
+
+    def vae_pipeline(self) -> FlashFacePipeline:
+        """The library's encode/decode (with its out-of-memory fallbacks) on the loaded VAE."""
+        (vae,) = self.ready("vae")
+        return FlashFacePipeline(None, vae, device=self.device("vae"))
 
     def device(self, part: str) -> torch.device:
         """Where ComfyUI runs that network: its load device, whatever part of it is loaded there."""

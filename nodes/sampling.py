@@ -3,7 +3,7 @@ SamplerCustom) and FlashFace Sigmas (the official noise levels as SIGMAS)."""
 
 from __future__ import annotations
 
-from ..flashface.pipeline import FlashFacePipeline, padded_references
+from ..flashface.pipeline import padded_references
 from ..flashface.sampling.guidance import RowGuidance
 from ..flashface.sampling.noise_levels import vp_to_ve
 from ..flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
@@ -62,8 +62,7 @@ class FlashFaceApply(FlashFaceNode):
         settings = settings_from_inputs(inputs)
         if settings.pad_references:
             faces = padded_references(faces, padding_seed)
-        (vae,) = flashface_model.ready("vae")
-        latents = FlashFacePipeline(None, vae, device=flashface_model.device("vae")).encode_references(faces)
+        latents = flashface_model.vae_pipeline().encode_references(faces)
         guidance = RowGuidance(latents.cpu(), context.cpu().expand(len(faces), -1, -1), settings, face_mask)
         return (guided_model(flashface_model.unet, guidance),)
 

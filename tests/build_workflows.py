@@ -68,12 +68,10 @@ def _model_loader(pos):
     return dict(key="model", type="FlashFace_LoadModel", pos=pos, widgets={**MODEL_FILES, "weight_dtype": "auto"})
 
 
-def _spec(title: str, what: str, prompt: str, generator_widgets: dict | None = None, one_photo: bool = True) -> dict:
-    """Load Model, the two prompts, Detect Face with its preview, Generator, Save Image, a note, and
-    (with `one_photo`) the example photo as the reference."""
+def _faces_and_prompts(note: str, prompt: str) -> tuple[list, list]:
+    """What every workflow has: a note, Load Model, Detect Face with its preview, the two prompts."""
     nodes = [
-        dict(key="note", type="MarkdownNote", pos=[20, -330], size=[640, 300],
-             widgets={"text": NOTE.format(title=title, what=what)}),
+        dict(key="note", type="MarkdownNote", pos=[20, -330], size=[640, 300], widgets={"text": note}),
         _model_loader([20, 20]),
         dict(key="detect", type="FlashFace_DetectFace", pos=[760, 20],
              widgets={"threshold": 0.6, "several_faces": "largest"}),
@@ -82,17 +80,23 @@ def _spec(title: str, what: str, prompt: str, generator_widgets: dict | None = N
              title="Positive prompt", widgets={"text": prompt}),
         dict(key="negative", type="FlashFace_CLIPTextEncode", pos=[380, 840], size=[360, 150],
              title="Negative prompt", widgets={"text": NEGATIVE}),
+    ]
+    links = [("model", "flashface_model", user, "flashface_model") for user in ("detect", "positive", "negative")]
+    links.append(("detect", "preview", "preview", "images"))
+    return nodes, links
+
+
+def _spec(title: str, what: str, prompt: str, generator_widgets: dict | None = None, one_photo: bool = True) -> dict:
+    """The common nodes, Generator, Save Image, and (with `one_photo`) the example photo as the reference."""
+    nodes, links = _faces_and_prompts(NOTE.format(title=title, what=what), prompt)
+    nodes += [
         dict(key="generator", type="FlashFace_Generator", pos=[1100, 20],
              widgets={"seed": 42, "control_after_generate": "fixed", **(generator_widgets or {})}),
         dict(key="save", type="SaveImage", pos=[1480, 20], size=[420, 460], widgets={"filename_prefix": "FlashFace"}),
     ]
-    links = [
-        ("model", "flashface_model", "detect", "flashface_model"),
-        ("model", "flashface_model", "positive", "flashface_model"),
-        ("model", "flashface_model", "negative", "flashface_model"),
+    links += [
         ("model", "flashface_model", "generator", "flashface_model"),
         ("detect", "faces", "generator", "reference_faces"),
-        ("detect", "preview", "preview", "images"),
         ("positive", "conditioning", "generator", "positive"),
         ("negative", "conditioning", "generator", "negative"),
         ("generator", "images", "save", "images"),
@@ -113,21 +117,12 @@ KSAMPLER_NOTE_STEPS = """1. Queue. **FlashFace Load Model** downloads the four o
 
 def _model_spec(title: str, what: str, prompt: str, ksampler: dict, latent_nodes: list, latent_link,
                 latent_links: list = ()) -> dict:
-    """Load Model, a photo, Detect Face, the prompts, FlashFace Apply, KSampler, FlashFace VAE Decode,
-    Save Image, a note; `latent_nodes` (linked by `latent_links`) make the KSampler's latent
-    (`latent_link` = (key, output))."""
-    nodes = [
-        dict(key="note", type="MarkdownNote", pos=[20, -330], size=[640, 300],
-             widgets={"text": f"## FlashFace: {title}\n\n{what}\n\n{KSAMPLER_NOTE_STEPS}"}),
-        _model_loader([20, 20]),
+    """The common nodes, the example photo, FlashFace Apply, KSampler, FlashFace VAE Decode, Save
+    Image; `latent_nodes` (linked by `latent_links`) make the KSampler's latent (`latent_link` =
+    (key, output))."""
+    nodes, links = _faces_and_prompts(f"## FlashFace: {title}\n\n{what}\n\n{KSAMPLER_NOTE_STEPS}", prompt)
+    nodes += [
         _photo("photo", PHOTO, [20, 240]),
-        dict(key="detect", type="FlashFace_DetectFace", pos=[760, 20],
-             widgets={"threshold": 0.6, "several_faces": "largest"}),
-        dict(key="preview", type="PreviewImage", pos=[760, 260], size=[300, 300], title="Detected faces"),
-        dict(key="positive", type="FlashFace_CLIPTextEncode", pos=[380, 620], size=[360, 180],
-             title="Positive prompt", widgets={"text": prompt}),
-        dict(key="negative", type="FlashFace_CLIPTextEncode", pos=[380, 840], size=[360, 150],
-             title="Negative prompt", widgets={"text": NEGATIVE}),
         dict(key="apply", type="FlashFace_Apply", pos=[1100, 20]),
         dict(key="ksampler", type="KSampler", pos=[1480, 20],
              widgets={"seed": 42, "control_after_generate": "fixed", **ksampler}),
@@ -135,15 +130,11 @@ def _model_spec(title: str, what: str, prompt: str, ksampler: dict, latent_nodes
         dict(key="save", type="SaveImage", pos=[1860, 160], size=[420, 460], widgets={"filename_prefix": "FlashFace"}),
         *latent_nodes,
     ]
-    links = [
-        ("model", "flashface_model", "detect", "flashface_model"),
-        ("model", "flashface_model", "positive", "flashface_model"),
-        ("model", "flashface_model", "negative", "flashface_model"),
+    links += [
         ("model", "flashface_model", "apply", "flashface_model"),
         ("model", "flashface_model", "decode", "flashface_model"),
         ("photo", "IMAGE", "detect", "images"),
         ("detect", "faces", "apply", "reference_faces"),
-        ("detect", "preview", "preview", "images"),
         ("negative", "negative", "apply", "negative"),
         ("apply", "model", "ksampler", "model"),
         ("positive", "positive", "ksampler", "positive"),

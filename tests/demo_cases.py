@@ -10,6 +10,7 @@ so a failing route says where the difference starts.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,14 @@ class DemoCase:
         if not files["detector_name"].exists():
             torch.save(self.detector_state(), files["detector_name"])
         return files
+
+    def copy_photos(self, folder: Path) -> list[str]:
+        """The case's photos copied into `folder` (a ComfyUI input folder) under names of the case."""
+        names = []
+        for number, path in enumerate(self.photos, 1):
+            names.append(f"{self.name}_photo_{number}{path.suffix}")
+            shutil.copy(path, folder / names[-1])
+        return names
 
     def settings(self):
         """The case's settings as `GenerationSettings` (the rest are the defaults)."""

@@ -5,8 +5,6 @@ detection threshold). The library and command-line routes are in test_demo_parit
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -54,10 +52,7 @@ def case_prompt(demo: DemoCase, files: dict, photos: list[str]) -> dict:
 def test_bundled_workflow_with_the_case_inputs_is_the_official_demo(comfyui, case, tmp_path_factory):
     demo = DemoCase(case)
     files = demo.model_files(comfyui.models_dir / "flashface")
-    photos = []
-    for number, path in enumerate(demo.photos, 1):
-        photos.append(f"{demo.name}_photo_{number}{path.suffix}")
-        shutil.copy(path, comfyui.input_dir / photos[-1])
+    photos = demo.copy_photos(comfyui.input_dir)
     prompt = case_prompt(demo, files, photos)
 
     run = comfyui.run(prompt, timeout=600)

@@ -5,8 +5,6 @@ interrupt, memory over many runs, and no state kept between runs."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -44,10 +42,7 @@ def test_sampler_custom_with_the_official_sigmas_and_ddim_is_the_generator(comfy
     demo = DemoCase(case)
     config = demo.config
     files = demo.model_files(comfyui.models_dir / "flashface")
-    photos = []
-    for number, path in enumerate(demo.photos, 1):
-        photos.append(f"{demo.name}_photo_{number}{path.suffix}")
-        shutil.copy(path, comfyui.input_dir / photos[-1])
+    photos = demo.copy_photos(comfyui.input_dir)
     prompt = case_prompt(demo, files, photos)
     generator = prompt[node_id(prompt, "FlashFace_Generator")]["inputs"]
     model, detect = generator["flashface_model"], generator["reference_faces"]

@@ -7,6 +7,8 @@ name makes Load Model verify the file against the real checksum.
 
 from __future__ import annotations
 
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from tiny_clip_text import write_tiny_clip_text
@@ -39,3 +41,21 @@ def use_tiny_models(prompt: dict) -> dict:
         if node["class_type"] == "FlashFace_LoadModel":
             node["inputs"].update(TINY_MODELS)
     return prompt
+
+
+@contextmanager
+def tiny_model_server(workdir: Path, install=None):
+    """A running ComfyUI test server (comfy_server.ComfyServer) with the tiny models in
+    models/flashface and the bundled workflows' example photos in input/; stopped afterwards."""
+    from comfy_server import REPO_ROOT, ComfyServer
+
+    server = ComfyServer(Path(workdir), install)
+    server.prepare()
+    write_tiny_models(server.models_dir / "flashface")
+    for photo in (REPO_ROOT / "workflows" / "input").iterdir():
+        shutil.copy(photo, server.input_dir / photo.name)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

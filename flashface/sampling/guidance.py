@@ -23,7 +23,7 @@ import torch
 
 from ..errors import InvalidInputError
 from ..settings import GenerationSettings
-from .mask import box_mask, resize_mask
+from .mask import LATENT_FACTOR, box_mask, resize_mask
 from .noise_levels import ve_scale, ve_to_vp
 from .schedule import NoiseSchedule
 
@@ -171,7 +171,7 @@ class RowGuidance:
 
     def latent_mask(self, rows: int, h: int, w: int, device) -> torch.Tensor:
         """The face-position channel [rows,h,w] for latents of h×w cells."""
-        width, height = 8 * w, 8 * h
+        width, height = LATENT_FACTOR * w, LATENT_FACTOR * h
         mask = (resize_mask(self.face_mask, width, height) if self.face_mask is not None
                 else box_mask(self.settings.face_box, width, height))
         return mask.to(device).expand(rows, h, w)
