@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import FaceDetectionError, GenerationCancelled, InvalidInputError
 from .models.retinaface import RetinaFace
@@ -157,7 +157,9 @@ def find_reference_faces(detector: RetinaFace, photos: list[Image.Image], thresh
     """The face-crop policy of every entry point: detect the faces in each photo and keep them as
     `several_faces` says (see SEVERAL_FACES). Stops with a message naming the photo when one has
     no face, too many, or is too small, and when the faces would be more than MAX_REFERENCES.
-    `should_cancel()` is asked before each photo (raising GenerationCancelled)."""
+    `should_cancel()` is asked before each photo (raising GenerationCancelled). A photo is first
+    turned upright by its EXIF orientation, as ComfyUI's Load Image does (phones store a portrait
+    as a landscape picture plus that tag); the returned `PhotoFaces.photo` is the upright one."""
     if several_faces not in SEVERAL_FACES:
         raise InvalidInputError(f"several_faces must be one of {', '.join(SEVERAL_FACES)}, not {several_faces!r}.")
     if not 0 <= threshold < 1:  # also refuses NaN
@@ -168,6 +170,7 @@ def find_reference_faces(detector: RetinaFace, photos: list[Image.Image], thresh
     for number, photo in enumerate(photos, 1):
         if should_cancel is not None and should_cancel():
             raise GenerationCancelled(f"Face detection cancelled before photo {number} of {len(photos)}.")
+        photo = ImageOps.exif_transpose(photo)
         where = f"reference photo {number} of {len(photos)} ({photo.width}x{photo.height})"
         if min(photo.size) < MIN_PHOTO_SIDE:
             raise FaceDetectionError(

@@ -210,3 +210,30 @@ def test_a_threshold_that_is_no_probability_is_refused(detector, threshold):
 
 def test_pad_to_square_never_makes_a_side_of_zero_pixels():
     assert pad_to_square(Image.new("RGB", (1, 2000)), 224).size == (224, 224)
+
+
+# EXIF orientation: how a phone stores an upright portrait (the pixels as the sensor read them) -------
+STORED_AS = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+             4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
+             7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED_AS))
+def test_a_photo_is_turned_upright_by_its_exif_orientation(detector, orientation, tmp_path):
+    """All eight EXIF orientations, read from a file as the command line reads it: the same faces and
+    crops as the upright photo, pixel for pixel."""
+    from flashface.__main__ import read_photo
+
+    upright = photo(300, 400, seed=2)
+    threshold = threshold_for_count(post_nms_scores(detector, upright), 2)
+    stored = upright if STORED_AS[orientation] is None else upright.transpose(STORED_AS[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    path = tmp_path / f"phone_{orientation}.png"  # lossless, so the crops can match exactly
+    stored.save(path, exif=exif)
+    (expected,) = find_reference_faces(detector, [upright], threshold, "cpu", "all")
+    (found,) = find_reference_faces(detector, [read_photo(path)], threshold, "cpu", "all")
+    assert found.photo.size == (300, 400)
+    assert np.asarray(found.photo).tobytes() == np.asarray(upright).tobytes()
+    assert found.faces == expected.faces and len(found.faces) == 2
+    assert [np.asarray(c).tobytes() for c in found.crops] == [np.asarray(c).tobytes() for c in expected.crops]
