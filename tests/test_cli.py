@@ -35,6 +35,7 @@ def run_cli(*arguments: str, env: dict | None = None) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_reference_photos_to_an_image_file(model_arguments, tmp_path):
     out = tmp_path / "portrait.png"
     refs = [arg for photo in PHOTOS for arg in ("--ref", str(photo))]
@@ -91,6 +92,7 @@ def test_user_errors_are_one_clear_line(model_arguments, tmp_path, capsys, probl
     assert not (tmp_path / "o.png").exists()
 
 
+@pytest.mark.slow
 def test_missing_model_while_offline_says_what_to_do(tmp_path):
     env = {**os.environ, "FLASHFACE_OFFLINE": "1"}
     done = run_cli("--ref", str(PHOTOS[0]), "--prompt", "x", "--out", str(tmp_path / "o.png"),

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from comfy_browser import ComfyPage, browser_unavailable_reason, workflow_node_types
+from comfy_browser import ComfyPage, browser_unavailable_reason, without_meta, workflow_node_types
 from comfy_server import REPO_ROOT
 from tiny_flashface_models import use_tiny_models
 
@@ -23,11 +23,11 @@ PACK_NODES = ["FlashFace Load Model", "FlashFace Detect Face", "FlashFace CLIP T
 
 
 @pytest.fixture(scope="module")
-def ui(comfyui):
+def ui(comfyui_for_browser):
     reason = browser_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    with ComfyPage(comfyui) as page:
+    with ComfyPage(comfyui_for_browser) as page:
         yield page
 
 
@@ -39,14 +39,14 @@ def test_workflows_folder_has_what_the_template_browser_needs():
         assert isinstance(json.loads(workflow.read_text()).get("nodes"), list), f"{workflow.name} is not UI format"
 
 
-def test_the_server_lists_the_pack_templates(comfyui):
-    templates = comfyui.get("/workflow_templates")
+def test_the_server_lists_the_pack_templates(comfyui_for_browser):
+    templates = comfyui_for_browser.get("/workflow_templates")
     (listed,) = templates.values()
     assert sorted(listed) == sorted(workflow.stem for workflow in UI_WORKFLOWS)
 
 
 @pytest.mark.parametrize("workflow", SAVED_WORKFLOWS, ids=lambda path: path.stem)
-def test_workflow_saved_by_an_earlier_version_loads_and_runs(ui, comfyui, workflow, tiny_model_files):
+def test_workflow_saved_by_an_earlier_version_loads_and_runs(ui, comfyui_for_browser, workflow, tiny_model_files):
     """ComfyUI stores widget values by position: inputs added since then take their defaults, an
     input removed since then (CLIP Text Encode's quality_postfix) is dropped, the graph runs."""
     data = json.loads(workflow.read_text())
@@ -55,18 +55,18 @@ def test_workflow_saved_by_an_earlier_version_loads_and_runs(ui, comfyui, workfl
     exported = ui.export_api()
     current = WORKFLOWS_DIR / "api" / workflow.name.split("_", 1)[1]
     if workflow.stem.endswith("one_photo"):  # the graph itself did not change since
-        assert exported == json.loads(current.read_text())
+        assert exported == without_meta(json.loads(current.read_text()))
     generator = next(node["inputs"] for node in exported.values() if node["class_type"] == "FlashFace_Generator")
     assert generator["seed"] == 42 and generator["steps"] == 35 and generator["preset"] == "none"
     assert generator["prompt_postfixes"] is True and generator["pad_references"] is True
-    folder = comfyui.models_dir / "flashface"
+    folder = comfyui_for_browser.models_dir / "flashface"
     folder.mkdir(parents=True, exist_ok=True)
     for path in tiny_model_files.values():
         if not (folder / path.name).exists():
             (folder / path.name).symlink_to(path)
     generator.update(steps=2, width=64, height=64)
-    run = comfyui.run(use_tiny_models(exported), timeout=600)
-    assert run.status == "success", run.error_text() or comfyui.log_tail()
+    run = comfyui_for_browser.run(use_tiny_models(exported), timeout=600)
+    assert run.status == "success", run.error_text() or comfyui_for_browser.log_tail()
 
 
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=lambda path: path.stem)
@@ -79,7 +79,7 @@ def test_bundled_workflow_opens_with_no_missing_node(ui, workflow, tmp_path_fact
     shot = ui.screenshot(tmp_path_factory.mktemp("screenshots") / f"{workflow.stem}.png")
     print(f"\nscreenshot: {shot}")
     exported = ui.export_api()
-    committed = json.loads((WORKFLOWS_DIR / "api" / workflow.name).read_text())
+    committed = without_meta(json.loads((WORKFLOWS_DIR / "api" / workflow.name).read_text()))
     assert exported == committed, "the UI workflow and its API copy differ: rerun tests/build_workflows.py"
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from comfy_browser import ComfyPage, browser_unavailable_reason
-from comfy_server import REPO_ROOT, ComfyServer, comfy_installs
+from comfy_server import REPO_ROOT, ComfyServer, browser_installs
 from tiny_flashface_models import TINY_MODELS, write_tiny_models
 
 pytestmark = pytest.mark.browser
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.browser
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 
 
-@pytest.fixture(scope="module", params=comfy_installs(), ids=lambda install: f"comfyui-{install.version}")
+@pytest.fixture(scope="module", params=browser_installs(), ids=lambda install: f"comfyui-{install.version}")
 def fresh_instance(request, tmp_path_factory):
     """A ComfyUI started for the first time with the pack: nothing copied into its input folder."""
     install = request.param

@@ -67,6 +67,7 @@ def test_library_generate_with_default_settings_is_the_official_demo(demo, model
     assert_reproduced(demo, library_images(pipeline, demo), pipeline, "the library's generate")
 
 
+@pytest.mark.slow
 def test_command_line_with_the_case_options_is_the_official_demo(demo, models_folder, tmp_path):
     files = demo.model_files(models_folder)
     out = tmp_path / "out.png"

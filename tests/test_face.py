@@ -218,22 +218,28 @@ STORED_AS = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROT
              7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
 
 
+@pytest.fixture(scope="module")
+def upright_photo_faces(detector):
+    """An upright photo, a threshold that finds two faces in it, and what the policy keeps of it."""
+    upright = photo(300, 400, seed=2)
+    threshold = threshold_for_count(post_nms_scores(detector, upright), 2)
+    (kept,) = find_reference_faces(detector, [upright], threshold, "cpu", "all")
+    return upright, threshold, kept
+
+
 @pytest.mark.parametrize("orientation", sorted(STORED_AS))
-def test_a_photo_is_turned_upright_by_its_exif_orientation(detector, orientation, tmp_path):
+def test_a_photo_is_turned_upright_by_its_exif_orientation(detector, upright_photo_faces, orientation, tmp_path):
     """All eight EXIF orientations, read from a file as the command line reads it: the same faces and
     crops as the upright photo, pixel for pixel."""
     from flashface.__main__ import read_photo
 
-    upright = photo(300, 400, seed=2)
-    threshold = threshold_for_count(post_nms_scores(detector, upright), 2)
+    upright, threshold, expected = upright_photo_faces
     stored = upright if STORED_AS[orientation] is None else upright.transpose(STORED_AS[orientation])
     exif = Image.Exif()
     exif[0x0112] = orientation  # Orientation
     path = tmp_path / f"phone_{orientation}.png"  # lossless, so the crops can match exactly
     stored.save(path, exif=exif)
-    (expected,) = find_reference_faces(detector, [upright], threshold, "cpu", "all")
     (found,) = find_reference_faces(detector, [read_photo(path)], threshold, "cpu", "all")
-    assert found.photo.size == (300, 400)
     assert np.asarray(found.photo).tobytes() == np.asarray(upright).tobytes()
     assert found.faces == expected.faces and len(found.faces) == 2
     assert [np.asarray(c).tobytes() for c in found.crops] == [np.asarray(c).tobytes() for c in expected.crops]

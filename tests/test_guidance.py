@@ -216,8 +216,10 @@ def test_row_guidance_gives_the_denoisers_x0_however_the_rows_are_batched(tiny_u
     together = guidance.denoise(tiny_unet, y.repeat(len(kinds), 1, 1, 1), torch.full((len(rows),), level),
                                 torch.cat([contexts[kind] for kind in kinds]), rows).chunk(len(kinds))
     apart = [guidance.denoise(tiny_unet, y, level, contexts[kind], [kind] * 2) for kind in kinds]
+    # x0 = (x - sigma eps) / alpha scales the fp32 rounding of eps (which depends on the batch size
+    # through the kernels picked) by sigma / alpha, about 4.7 at t = 900.
     for x0_together, x0_apart in zip(together, apart):
-        torch.testing.assert_close(x0_together, x0_apart, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(x0_together, x0_apart, atol=1e-4, rtol=1e-4)
     combined = guidance.combine(y, level, *together[:2], together[2] if len(together) > 2 else None, 6.0)
     torch.testing.assert_close(combined, official, atol=1e-4, rtol=1e-4)
 

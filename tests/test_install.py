@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import install
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +33,7 @@ def test_platform_markers_and_options_are_respected(tmp_path):
     assert install.requirement_lines(requirements) == ["numpy"]
 
 
+@pytest.mark.slow
 def test_dry_run_after_setup_has_nothing_to_install():
     result = subprocess.run([sys.executable, str(REPO / "install.py"), "--dry-run"], capture_output=True,
                             text=True, check=True, cwd=REPO)
@@ -57,6 +60,7 @@ def test_no_pack_code_imports_opencv():
             assert not any(n.split(".")[0] == "cv2" for n in names), f"{path} imports cv2"
 
 
+@pytest.mark.slow
 def test_modules_the_nodes_import_leave_open_clip_unimported():
     """ComfyUI imports the pack at every start; open_clip (with timm, 0.7 s) loads on first use."""
     modules = sorted({f"flashface.{m.group(1)}" for path in (REPO / "nodes").glob("*.py")

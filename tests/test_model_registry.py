@@ -324,6 +324,7 @@ def test_token_is_not_sent_to_other_hosts_and_their_etags_are_not_taken_for_chec
                        settings=FAST)
 
 
+@pytest.mark.slow
 def test_two_processes_asking_for_the_same_file_make_one_download(server, tmp_path):
     data = payload()
     url = server.add("/model.pth", data, delay=0.1)  # about 1.3 s of transfer
