@@ -23,6 +23,7 @@ import comfy.supported_models
 
 from ..flashface.errors import InvalidInputError
 from ..flashface.face import REFERENCE_SIZE
+from ..flashface.models.unet import UNetConfig
 from ..flashface.pipeline import OFFICIAL_REFERENCE_COUNT
 from ..flashface.sampling.guidance import POSITIVE, POSITIVE_WITH_REFERENCES, RowGuidance
 from ..flashface.sampling.mask import LATENT_FACTOR
@@ -30,9 +31,30 @@ from ..flashface.sampling.mask import LATENT_FACTOR
 GUIDANCE = "flashface_guidance"  # the RowGuidance in a MODEL's model_options["transformer_options"]
 
 
+def ldm_unet_config(config: UNetConfig) -> dict:
+    """The unet_config ComfyUI derives from an SD UNet's weights (`comfy.model_detection`), for the
+    FlashFace main path: what `comfy.utils.unet_to_diffusers` (diffusers-named LoRAs), FreeU and
+    the other stock nodes read. The reference network has no place in it."""
+    levels = len(config.dim_mult)
+    attention = [2.0 ** -level in config.attn_scales for level in range(levels)]
+    depth = [config.num_attn_blocks if attention[level] else 0 for level in range(levels)]
+    return {
+        "disable_unet_model_creation": True,
+        "in_channels": config.in_channels, "out_channels": config.out_channels, "model_channels": config.dim,
+        "num_res_blocks": [config.num_res_blocks] * levels, "channel_mult": list(config.dim_mult),
+        "transformer_depth": [depth[level] for level in range(levels) for _ in range(config.num_res_blocks)],
+        # ComfyUI lists the output blocks' depths from the last output block to the first
+        "transformer_depth_output": [depth[level] for level in range(levels) for _ in range(config.num_res_blocks + 1)],
+        "transformer_depth_middle": config.num_attn_blocks,
+        "context_dim": config.context_dim, "num_heads": config.num_heads, "num_head_channels": -1,
+        "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_attention": False,
+        "use_spatial_transformer": True, "legacy": False, "use_checkpoint": False, "image_size": 32,
+    }
+
+
 class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
     def __init__(self, unet, device=None):
-        config = comfy.supported_models.SD15({"disable_unet_model_creation": True})
+        config = comfy.supported_models.SD15(ldm_unet_config(unet.config))
         super().__init__(config, comfy.model_base.ModelType.EPS, device=device)
         self.diffusion_model = unet
         self.manual_cast_dtype = unet.manual_cast_dtype
@@ -45,8 +67,9 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
         if guidance is None:
             raise InvalidInputError("This MODEL has no reference faces: make it with FlashFace Apply.")
         if control is not None:
-            raise InvalidInputError("ControlNet cannot steer the FlashFace UNet (its blocks are not SD1.5's); "
-                                    "remove the ControlNet from this sampler.")
+            raise InvalidInputError("ControlNet does not steer the FlashFace UNet yet; remove the ControlNet "
+                                    "from this sampler.")
+        _refuse_unapplied_patches(transformer_options)
         chunks = transformer_options.get("cond_or_uncond") or [POSITIVE]
         rows = x.shape[0] // len(chunks)
         kinds = [kind for kind in chunks for _ in range(rows)]
@@ -62,6 +85,20 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
         extra = references * side * side / math.prod(input_shape[2:])
         rows = math.ceil(input_shape[0] * (1 + extra) + extra)
         return super().memory_required([rows, *input_shape[1:]], cond_shapes)
+
+
+def _refuse_unapplied_patches(transformer_options) -> None:
+    """Block and attention patches (FreeU, Self-Attention Guidance, PAG, Tome, attention multiply...)
+    are not applied by the FlashFace UNet yet: stop rather than ignore them."""
+    patches = {name: value for name, value in (transformer_options.get("patches") or {}).items() if value}
+    replaced = {name: value for name, value in (transformer_options.get("patches_replace") or {}).items() if value}
+    if patches or replaced:
+        kinds = ", ".join(sorted(patches) + [f"{name} replacement" for name in sorted(replaced)])
+        raise InvalidInputError(
+            f"This MODEL carries ComfyUI model patches ({kinds}), set by a node such as FreeU, Self-Attention "
+            "Guidance, Perturbed-Attention Guidance, Tome or UNet attention multiply. The FlashFace UNet does not "
+            "apply them yet: remove that node between FlashFace Apply and the sampler. (LoRAs and model merges "
+            "are weight patches and do work.)")
 
 
 def _guidance(model_options) -> RowGuidance:

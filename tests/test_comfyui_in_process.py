@@ -42,7 +42,7 @@ def small_gpu(patchers, **options):
         if patcher is unet:
             patcher.load(gpu, lowvram_model_memory=patcher.model_size() // 2)
             # whatever ComfyUI's order of loading, the first parameter stays behind, cast per call
-            first = patcher.model.diffusion_model.time_embedding.to_empty(device="cpu")
+            first = patcher.model.diffusion_model.time_embed.to_empty(device="cpu")
             for module in first.modules():
                 if hasattr(module, "comfy_cast_weights"):
                     module.comfy_cast_weights = True
@@ -75,7 +75,7 @@ def test_generator_runs_on_the_load_device_of_a_partially_loaded_unet(install, t
                                   width=TEXT_WIDTH)
     result = run_with_comfyui(install, snippet, tmp_path)
     assert result["lowvram"] and result["on_gpu"] > 0
-    assert "diffusion_model.time_embedding.0.weight" in result["on_cpu"]  # the case that used to send all to the CPU
+    assert "diffusion_model.time_embed.0.weight" in result["on_cpu"]  # the case that used to send all to the CPU
     assert result["images"] == ["meta", [2, 64, 64, 3]]
     assert result["latent"] == ["meta", [2, 4, 8, 8]]
 
@@ -193,7 +193,7 @@ _, swapped = patcher_classes()
 cast = mm.unet_manual_cast(torch.float16, mm.get_torch_device())
 result = dict(default=default, expected_default=expected_default, swapped=swapped,
               manual_cast_dtype=str(unet.model.manual_cast_dtype), expected_cast=str(cast),
-              weight_dtype=str(unet.model.get_dtype()), unet_weights=str(unet.model.diffusion_model.head[2].weight.dtype),
+              weight_dtype=str(unet.model.get_dtype()), unet_weights=str(unet.model.diffusion_model.out[2].weight.dtype),
               aliases={{name: getattr(node, "SEARCH_ALIASES", None) for name, node in NODE_CLASS_MAPPINGS.items()}})
 """
 
@@ -350,3 +350,36 @@ def test_the_model_path_estimates_its_memory_and_runs_partially_loaded(install, 
     assert estimates["four"] > estimates["one"] > estimates["sd15"] > 0
     assert result["lowvram"] and result["cast_layers"] > 0
     assert result["difference"] < 1e-5
+
+
+SD15_KEYS = """
+from pathlib import Path
+import comfy.utils
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+from flashface_pack.nodes import load_model
+from flashface_pack.nodes.comfy_model import ldm_unet_config
+
+unet = load_model._load_unet(Path({unet!r}), "fp32")
+config = dict(ldm_unet_config(unet.model.diffusion_model.config), in_channels=4)
+del config["disable_unet_model_creation"]
+with torch.device("meta"):
+    sd15 = UNetModel(**config, dtype=torch.float32)
+ours = {{key[len("diffusion_model."):]: list(value.shape) for key, value in unet.model.state_dict().items()
+        if key.startswith("diffusion_model.")}}
+result = dict(sd15={{key: list(value.shape) for key, value in sd15.state_dict().items()}}, ours=ours,
+              diffusers=sorted(set(comfy.utils.unet_to_diffusers(unet.model.model_config.unet_config).values())))
+"""
+
+
+def test_the_main_path_has_the_names_and_shapes_of_comfyuis_sd_unet(install, tiny_model_files, tmp_path):
+    """ComfyUI's own SD UNet (openaimodel.UNetModel) built with the FlashFace MODEL's unet_config
+    has exactly the FlashFace main path's tensors, name for name and shape for shape: what SD1.5
+    LoRAs, merges and ControlNets address is there. FlashFace's own tensors: the input conv's mask
+    channel, the reference attention, the reference network."""
+    result = run_with_comfyui(install, SD15_KEYS.format(unet=str(tiny_model_files["unet_name"])), tmp_path)
+    sd15, ours = result["sd15"], result["ours"]
+    own = {key for key in ours if key == "input_blocks.0.0.mask_weight" or ".reference_attn." in key
+           or key.startswith(("reference_input_blocks.", "reference_output_blocks."))}
+    assert {key: ours[key] for key in ours if key not in own} == sd15
+    assert set(sd15) <= set(result["diffusers"])  # diffusers-named LoRAs reach every one of them
+    assert len(own) > 100 and sd15["input_blocks.0.0.weight"][1] == 4

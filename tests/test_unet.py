@@ -85,7 +85,7 @@ def test_loads_the_real_key_set_on_meta():
 def test_plan_aliases_exactly_the_manifest_alias_groups():
     path, data = manifest_data()
     model = load_unet(ManifestCheckpoint(path), device="meta")
-    plan = checkpoint_plan(list(model.state_dict()))
+    plan = checkpoint_plan(list(model.state_dict()), model.config)
     planned = {frozenset(p.file_keys) for p in plan.values() if len(p.file_keys) > 1}
     assert planned == {frozenset(group) for group in data["alias_groups"]}
     read = {k for p in plan.values() for k in p.file_keys}
@@ -183,9 +183,11 @@ def test_reference_features_cover_middle_and_decoder_blocks(tiny_model):
     features = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"])
     shapes = {k: tuple(v.shape) for k, v in features.tokens.items()}
     # levels 7x7 (32 ch) and 4x4 (64 ch); the middle runs at 4x4
-    assert shapes == {"middle.1.blocks.0": (3, 16, 64),
-                      "decoder.0.1.blocks.0": (3, 16, 64), "decoder.1.1.blocks.0": (3, 16, 64),
-                      "decoder.2.1.blocks.0": (3, 49, 32), "decoder.3.1.blocks.0": (3, 49, 32)}
+    assert shapes == {"middle_block.1.transformer_blocks.0": (3, 16, 64),
+                      "output_blocks.0.1.transformer_blocks.0": (3, 16, 64),
+                      "output_blocks.1.1.transformer_blocks.0": (3, 16, 64),
+                      "output_blocks.2.1.transformer_blocks.0": (3, 49, 32),
+                      "output_blocks.3.1.transformer_blocks.0": (3, 49, 32)}
     assert features.num_references == 3
 
 
@@ -247,7 +249,7 @@ def test_shared_rows_and_merged_references_equal_the_full_computation(tiny_model
     their count as a logit bias: the same result as computing every row and every copy."""
     call = guidance_call(branches)
     convolved = []
-    hook = tiny_model.encoder[0].register_forward_hook(lambda module, args, out: convolved.append(out.shape[0]))
+    hook = tiny_model.input_blocks[0][0].register_forward_hook(lambda module, args, out: convolved.append(out.shape[0]))
     try:
         features = tiny_model.encode_references(call["reference_latents"], 400, call["reference_context"])
         shared = call_model(tiny_model, call, features)
@@ -293,7 +295,7 @@ def test_half_precision_runs_on_cpu_close_to_fp32(tmp_path, dtype, tolerance):
     model = load_unet(path, dtype=dtype)
     norms = [p for m in model.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) for p in m.parameters()]
     assert norms and all(p.dtype == torch.float32 for p in norms)
-    assert model.encoder[0].weight.dtype == dtype
+    assert model.input_blocks[0][0].weight.dtype == dtype
     features = model.encode_references(call["reference_latents"], 500, call["reference_context"])
     assert all(t.dtype == dtype for t in features.tokens.values())
     output = call_model(model, call, features)
@@ -313,7 +315,7 @@ class CountingLinear(nn.Linear):
 def test_operations_namespace_is_used():
     ops = type(TORCH_OPERATIONS)(**{**vars(TORCH_OPERATIONS), "Linear": CountingLinear})
     model = load_unet(StateDictCheckpoint(tiny_unet_state_dict(seed=3)), operations=ops)
-    assert isinstance(model.time_embedding[0], CountingLinear)
+    assert isinstance(model.time_embed[0], CountingLinear)
     CountingLinear.calls = 0
     call_model(model, random_call(2))
     assert CountingLinear.calls > 0
@@ -342,6 +344,6 @@ def test_manual_cast_layers_compute_in_the_chosen_dtype(tmp_path):
     features = model.encode_references(call["reference_latents"], 500, call["reference_context"])
     assert all(t.dtype == torch.float32 for t in features.tokens.values())
     output = call_model(model, call, features)
-    assert model.encoder[0].weight.dtype == torch.float16
+    assert model.input_blocks[0][0].weight.dtype == torch.float16
     error = (output - reference).abs().max() / reference.abs().max()
     assert 0 < error < 5e-3  # only the fp16 rounding of the stored weights

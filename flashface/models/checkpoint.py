@@ -265,6 +265,11 @@ class TensorPlan:
     def concat(cls, *keys: str, dim: int = 0) -> "TensorPlan":
         return cls(tuple(keys), lambda ts: torch.cat(list(ts), dim=dim))
 
+    def narrowed(self, dim: int, start: int, length: int) -> "TensorPlan":
+        """This plan's tensor, cut to `length` entries of dimension `dim` from `start`."""
+        combine = self.combine
+        return TensorPlan(self.file_keys, lambda ts: combine(ts).narrow(dim, start, length))
+
 
 class _AliasMismatch(Exception):
     pass

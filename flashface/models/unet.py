@@ -6,6 +6,15 @@ block), reference copies of the encoder and decoder, and a never-executed ``ref_
 main encoder/middle/decoder are stored twice (``encoder.*`` and ``ori_encoder.*`` ...). This
 module keeps one copy of each and drops ``ref_middle``.
 
+Module names are those of ComfyUI's (and LDM's) SD UNet -- ``time_embed``, ``input_blocks``,
+``middle_block``, ``output_blocks``, ``out``; ``in_layers``/``emb_layers``/``out_layers``/
+``skip_connection`` in residual blocks; ``norm``/``proj_in``/``transformer_blocks``/``proj_out``
+in attention sites; ``attn1``/``attn2``/``ff``/``norm1-3`` in transformer blocks -- so that
+ComfyUI's LoRA key maps, model merging and block patches find the main path where they find
+SD1.5's. FlashFace's own parts have names of their own: SA1 is ``reference_attn``, the reference
+copies are ``reference_input_blocks`` and ``reference_output_blocks``. `official_key` maps a
+module key to the published file's name of that tensor.
+
 One model evaluation is two explicit steps, with no state kept between calls:
 
 * `FlashFaceUNet.encode_references` runs the reference pass (reference encoder, the *main*
@@ -20,6 +29,7 @@ parameters stay fp32), convolutions, linears and attention in the compute dtype.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -32,7 +42,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
 from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
-from .ops import TORCH_OPERATIONS, at_least_fp32, count_indexed, norm_at_least_fp32, required_shape
+from .ops import TORCH_OPERATIONS, at_least_fp32, count_indexed, norm_at_least_fp32, required_shape, through_layers
 
 logger = logging.getLogger(__name__)
 
@@ -251,19 +261,19 @@ class Attention(nn.Module):
                 "pass the right num_heads for this checkpoint."
             )
         self.num_heads = num_heads
-        self.q = ops.Linear(dim, dim, bias=False)
-        self.k = ops.Linear(context_dim, dim, bias=False)
-        self.v = ops.Linear(context_dim, dim, bias=False)
-        self.o = ops.Linear(dim, dim)
+        self.to_q = ops.Linear(dim, dim, bias=False)
+        self.to_k = ops.Linear(context_dim, dim, bias=False)
+        self.to_v = ops.Linear(context_dim, dim, bias=False)
+        self.to_out = nn.Sequential(ops.Linear(dim, dim))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *, fused: bool = True,
                 bias: torch.Tensor | None = None):
         context = x if context is None else context
-        return self.attend(self.q(x), self.k(context), self.v(context), fused, bias)
+        return self.attend(self.to_q(x), self.to_k(context), self.to_v(context), fused, bias)
 
     def attend(self, q, k, v, fused: bool, bias: torch.Tensor | None = None) -> torch.Tensor:
         """Attention on already projected q/k/v, then the output projection."""
-        return self.o(_multihead_attention(q, k, v, self.num_heads, fused, bias))
+        return self.to_out(_multihead_attention(q, k, v, self.num_heads, fused, bias))
 
 
 def _reference_bias(own_tokens: int, ref_tokens: int, counts: tuple[int, ...] | None, like: torch.Tensor):
@@ -294,13 +304,13 @@ def _reference_attention(sa1: Attention, y: torch.Tensor, references: torch.Tens
     active_y = y if active_rows is None else y[active_rows]
     n_active = active_y.shape[0]
     if speed.project_references_once:
-        q, k, v = sa1.q(y), sa1.k(y), sa1.v(y)
+        q, k, v = sa1.to_q(y), sa1.to_k(y), sa1.to_v(y)
         plain = sa1.attend(q, k, v, fused)
         if n_active:
             if active_rows is not None:
                 q, k, v = q[active_rows], k[active_rows], v[active_rows]
-            ref_k = sa1.k(ref_tokens).expand(n_active, -1, -1)
-            ref_v = sa1.v(ref_tokens).expand(n_active, -1, -1)
+            ref_k = sa1.to_k(ref_tokens).expand(n_active, -1, -1)
+            ref_v = sa1.to_v(ref_tokens).expand(n_active, -1, -1)
             with_refs = sa1.attend(q, torch.cat([k, ref_k], 1), torch.cat([v, ref_v], 1), fused, bias)
     else:
         plain = sa1(y, fused=fused)
@@ -328,109 +338,151 @@ class GEGLU(nn.Module):
         return value * F.gelu(gate)
 
 
+class FeedForward(nn.Module):
+    """GEGLU, then a linear back to the width (LDM's ``ff.net``: its dropout is a no-op here)."""
+
+    def __init__(self, ops, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(ops, dim, 4 * dim), nn.Dropout(0.0), ops.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
 class TransformerBlock(nn.Module):
     """LN-SA, LN-CA, LN-GEGLU FFN; decoder/middle blocks also write or read reference tokens.
 
-    `feature_key` is the block's path inside its list ("decoder.3.1.blocks.0"), shared by a
-    reference-decoder block and its main-decoder twin; None for encoder blocks.
+    `feature_key` is the block's path inside its list ("output_blocks.3.1.transformer_blocks.0"),
+    shared by a reference-decoder block and its main-decoder twin; None for encoder blocks.
     """
 
     def __init__(self, ops, dim: int, context_dim: int, num_heads: int, reads_references: bool):
         super().__init__()
         self.feature_key: str | None = None
         self.norm1 = ops.LayerNorm(dim)
-        self.self_attn = Attention(ops, dim, dim, num_heads)
-        if reads_references:
-            self.self_attn.self_attn_first = Attention(ops, dim, dim, num_heads)
+        self.attn1 = Attention(ops, dim, dim, num_heads)
+        self.reference_attn = Attention(ops, dim, dim, num_heads) if reads_references else None
         self.norm2 = ops.LayerNorm(dim)
-        self.cross_attn = Attention(ops, dim, context_dim, num_heads)
+        self.attn2 = Attention(ops, dim, context_dim, num_heads)
         self.norm3 = ops.LayerNorm(dim)
-        # Index 1 is the (inference no-op) dropout slot of the published layout.
-        self.ffn = nn.ModuleList([GEGLU(ops, dim, 4 * dim), nn.Identity(), ops.Linear(4 * dim, dim)])
+        self.ff = FeedForward(ops, dim)
 
     def forward(self, x, run: _Pass):
         fused = run.speed.fused_attention
         y = norm_at_least_fp32(self.norm1, x)
-        x = x + self.self_attn(y, fused=fused)
+        x = x + self.attn1(y, fused=fused)
         if self.feature_key is not None:
             if run.recorded is not None:
                 run.recorded[self.feature_key] = y
             elif run.references is None:
-                x = x + self.self_attn.self_attn_first(y, fused=fused)
+                x = x + self.reference_attn(y, fused=fused)
             else:
                 x, y = run.move(WEIGHT, x, y)
                 weights, active_rows = run.weights()
                 x = x + _reference_attention(
-                    self.self_attn.self_attn_first, y, run.references.tokens[self.feature_key],
+                    self.reference_attn, y, run.references.tokens[self.feature_key],
                     run.references.counts, weights, active_rows, run.speed)
         (x,) = run.move(TEXT, x)
-        x = x + self.cross_attn(norm_at_least_fp32(self.norm2, x), run.text(), fused=fused)
-        return x + self.ffn[2](self.ffn[0](norm_at_least_fp32(self.norm3, x)))
+        x = x + self.attn2(norm_at_least_fp32(self.norm2, x), run.text(), fused=fused)
+        return x + self.ff(norm_at_least_fp32(self.norm3, x))
 
 
-class TransformerSite(nn.Module):
+class SpatialTransformer(nn.Module):
     """GroupNorm, 1x1 conv to tokens, transformer blocks, 1x1 conv back, plus the input."""
 
     def __init__(self, ops, dim: int, config: UNetConfig, reads_references: bool):
         super().__init__()
-        self.norm1 = ops.GroupNorm(32, dim, eps=1e-6)
-        self.conv1 = ops.Conv2d(dim, dim, 1)
-        self.blocks = nn.ModuleList([
+        self.norm = ops.GroupNorm(32, dim, eps=1e-6)
+        self.proj_in = ops.Conv2d(dim, dim, 1)
+        self.transformer_blocks = nn.ModuleList([
             TransformerBlock(ops, dim, config.context_dim, config.num_heads, reads_references)
             for _ in range(config.num_attn_blocks)
         ])
-        self.conv2 = ops.Conv2d(dim, dim, 1)
+        self.proj_out = ops.Conv2d(dim, dim, 1)
 
     def forward(self, x, run: _Pass):
         entered = run.space
         _, c, h, w = x.shape
-        tokens = self.conv1(norm_at_least_fp32(self.norm1, x)).flatten(2).transpose(1, 2)
-        for block in self.blocks:
+        tokens = self.proj_in(norm_at_least_fp32(self.norm, x)).flatten(2).transpose(1, 2)
+        for block in self.transformer_blocks:
             tokens = block(tokens, run)
-        return self.conv2(tokens.transpose(1, 2).reshape(-1, c, h, w)) + run.in_current(x, entered)
+        return self.proj_out(tokens.transpose(1, 2).reshape(-1, c, h, w)) + run.in_current(x, entered)
 
 
 class ResBlock(nn.Module):
-    """GN-SiLU-conv, plus the projected time embedding, GN-SiLU-conv, plus the shortcut.
-
-    The activation and dropout slots of the published nn.Sequential layout stay as
-    parameter-free entries so the state-dict indices match the checkpoint.
-    """
+    """GN-SiLU-conv, plus the projected time embedding, GN-SiLU-(dropout)-conv, plus the skip."""
 
     def __init__(self, ops, in_dim: int, embed_dim: int, out_dim: int):
         super().__init__()
-        self.layer1 = nn.ModuleList([ops.GroupNorm(32, in_dim, eps=1e-6), nn.SiLU(),
-                                     ops.Conv2d(in_dim, out_dim, 3, padding=1)])
-        self.embedding = nn.ModuleList([nn.SiLU(), ops.Linear(embed_dim, out_dim)])
-        self.layer2 = nn.ModuleList([ops.GroupNorm(32, out_dim, eps=1e-6), nn.SiLU(), nn.Identity(),
-                                     ops.Conv2d(out_dim, out_dim, 3, padding=1)])
-        self.shortcut = nn.Identity() if in_dim == out_dim else ops.Conv2d(in_dim, out_dim, 1)
+        self.in_layers = nn.Sequential(ops.GroupNorm(32, in_dim, eps=1e-6), nn.SiLU(),
+                                       ops.Conv2d(in_dim, out_dim, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), ops.Linear(embed_dim, out_dim))
+        self.out_layers = nn.Sequential(ops.GroupNorm(32, out_dim, eps=1e-6), nn.SiLU(), nn.Dropout(0.0),
+                                        ops.Conv2d(out_dim, out_dim, 3, padding=1))
+        self.skip_connection = nn.Identity() if in_dim == out_dim else ops.Conv2d(in_dim, out_dim, 1)
 
     def forward(self, x, emb):
-        h = self.layer1[2](F.silu(norm_at_least_fp32(self.layer1[0], x)))
-        h = h + self.embedding[1](F.silu(emb)).to(h.dtype)[:, :, None, None]
-        h = self.layer2[3](F.silu(norm_at_least_fp32(self.layer2[0], h)))
-        return h + self.shortcut(x)
+        h = through_layers(self.in_layers, x)
+        h = h + self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        return through_layers(self.out_layers, h) + self.skip_connection(x)
 
 
-class Upsample(nn.Module):
-    """Nearest resize to the size of the next skip tensor, then a 3x3 conv (stored at index 1)."""
+@functools.lru_cache(maxsize=None)
+def _latent_and_mask_conv_class(conv_class: type) -> type:
+    """`conv_class` (the Conv2d of an operations namespace) as FlashFace's input conv."""
+
+    class LatentAndMaskConv(conv_class):
+        """The main path's input conv over latent + face-position mask, stored as LDM's conv_in over
+        the latent channels (`weight`, `bias`: what SD1.5 LoRAs and merges patch) plus
+        `mask_weight` [out, 1, k, k] for the mask channel. The two are joined into one weight
+        before a single convolution, so the numbers are those of the published 5-channel conv."""
+
+        def __init__(self, latent_channels: int, out_channels: int):
+            super().__init__(latent_channels, out_channels, 3, padding=1)
+            self.mask_weight = nn.Parameter(torch.empty(out_channels, 1, 3, 3))
+
+        def _conv_forward(self, input, weight, bias):
+            return super()._conv_forward(input, torch.cat([weight, self.mask_weight.to(weight)], 1), bias)
+
+    return LatentAndMaskConv
+
+
+class Downsample(nn.Module):
+    """A stride-2 3x3 conv (n -> ceil(n/2))."""
 
     def __init__(self, ops, dim: int):
         super().__init__()
-        self.add_module("1", ops.Conv2d(dim, dim, 3, padding=1))
+        self.op = ops.Conv2d(dim, dim, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """Nearest resize to the size of the skip tensor that comes next, then a 3x3 conv."""
+
+    def __init__(self, ops, dim: int):
+        super().__init__()
+        self.conv = ops.Conv2d(dim, dim, 3, padding=1)
 
     def forward(self, x, size):
-        return self.get_submodule("1")(F.interpolate(x, size=size, mode="nearest"))
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
 
 
 class UNetBlock(nn.ModuleList):
-    """A residual block, optionally a transformer site, and (decoder) optionally an upsampler."""
+    """One entry of input_blocks / middle_block / output_blocks (LDM's TimestepEmbedSequential):
+    its layers in order, each given what it takes."""
 
     def forward(self, x, run: _Pass, upsample_size=None):
-        x = self[0](x, run.embedding())
-        for layer in self[1:]:
-            x = layer(x, run) if isinstance(layer, TransformerSite) else layer(x, upsample_size)
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, run.embedding())
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, run)
+            elif isinstance(layer, Upsample):
+                x = layer(x, upsample_size)
+            else:
+                x = layer(x)
         return x
 
 
@@ -438,19 +490,22 @@ def _attention_levels(config: UNetConfig) -> list[bool]:
     return [2.0 ** -level in config.attn_scales for level in range(len(config.dim_mult))]
 
 
-def build_encoder(ops, config: UNetConfig, in_channels: int) -> nn.ModuleList:
+def build_input_blocks(ops, config: UNetConfig, with_face_mask: bool) -> nn.ModuleList:
+    """LDM's input_blocks; the main path's input conv also reads the face-position mask."""
     dim, levels = config.dim, len(config.dim_mult)
-    layers = nn.ModuleList([ops.Conv2d(in_channels, dim, 3, padding=1)])
+    conv_in = (_latent_and_mask_conv_class(ops.Conv2d)(config.in_channels - 1, dim) if with_face_mask
+               else ops.Conv2d(config.ref_in_channels, dim, 3, padding=1))
+    layers = nn.ModuleList([UNetBlock([conv_in])])
     width = dim
     for level, (mult, has_attention) in enumerate(zip(config.dim_mult, _attention_levels(config))):
         for _ in range(config.num_res_blocks):
             block = [ResBlock(ops, width, config.embed_dim, dim * mult)]
             width = dim * mult
             if has_attention:
-                block.append(TransformerSite(ops, width, config, reads_references=False))
+                block.append(SpatialTransformer(ops, width, config, reads_references=False))
             layers.append(UNetBlock(block))
         if level != levels - 1:
-            layers.append(ops.Conv2d(width, width, 3, stride=2, padding=1))
+            layers.append(UNetBlock([Downsample(ops, width)]))
     return layers
 
 
@@ -464,16 +519,16 @@ def _skip_widths(config: UNetConfig) -> list[int]:
     return widths
 
 
-def build_middle(ops, config: UNetConfig, reads_references: bool) -> nn.ModuleList:
+def build_middle_block(ops, config: UNetConfig, reads_references: bool) -> UNetBlock:
     width = config.dim * config.dim_mult[-1]
-    return nn.ModuleList([
+    return UNetBlock([
         ResBlock(ops, width, config.embed_dim, width),
-        TransformerSite(ops, width, config, reads_references),
+        SpatialTransformer(ops, width, config, reads_references),
         ResBlock(ops, width, config.embed_dim, width),
     ])
 
 
-def build_decoder(ops, config: UNetConfig, reads_references: bool) -> nn.ModuleList:
+def build_output_blocks(ops, config: UNetConfig, reads_references: bool) -> nn.ModuleList:
     skips = _skip_widths(config)
     layers = nn.ModuleList()
     width = config.dim * config.dim_mult[-1]
@@ -484,14 +539,14 @@ def build_decoder(ops, config: UNetConfig, reads_references: bool) -> nn.ModuleL
             block = [ResBlock(ops, width + skips.pop(), config.embed_dim, out_width)]
             width = out_width
             if attention[level]:
-                block.append(TransformerSite(ops, width, config, reads_references))
+                block.append(SpatialTransformer(ops, width, config, reads_references))
             if level != 0 and j == config.num_res_blocks:
                 block.append(Upsample(ops, width))
             layers.append(UNetBlock(block))
     return layers
 
 
-def _name_feature_blocks(layers: nn.ModuleList, list_name: str) -> None:
+def _name_feature_blocks(layers: nn.Module, list_name: str) -> None:
     for path, module in layers.named_modules():
         if isinstance(module, TransformerBlock):
             module.feature_key = f"{list_name}.{path}"
@@ -508,26 +563,25 @@ class FlashFaceUNet(nn.Module):
         # The dtype layers compute in when it differs from the stored weights' (ComfyUI's name:
         # its model management reads it to estimate the memory of cast weights); None: the weights'.
         self.manual_cast_dtype: torch.dtype | None = None
-        self.time_embedding = nn.Sequential(
+        self.time_embed = nn.Sequential(
             ops.Linear(config.dim, config.embed_dim), nn.SiLU(), ops.Linear(config.embed_dim, config.embed_dim))
-        self.encoder = build_encoder(ops, config, config.in_channels)
-        self.middle = build_middle(ops, config, reads_references=True)
-        self.decoder = build_decoder(ops, config, reads_references=True)
-        # Index 1 is the SiLU slot of the published layout.
-        head_width = config.dim * config.dim_mult[0]
-        self.head = nn.ModuleList([
-            ops.GroupNorm(32, head_width, eps=1e-6), nn.SiLU(),
-            ops.Conv2d(head_width, config.out_channels, 3, padding=1)])
-        self.ref_encoder = build_encoder(ops, config, config.ref_in_channels)
-        self.ref_decoder = build_decoder(ops, config, reads_references=False)
-        _name_feature_blocks(self.middle, "middle")
-        _name_feature_blocks(self.decoder, "decoder")
-        _name_feature_blocks(self.ref_decoder, "decoder")
+        self.input_blocks = build_input_blocks(ops, config, with_face_mask=True)
+        self.middle_block = build_middle_block(ops, config, reads_references=True)
+        self.output_blocks = build_output_blocks(ops, config, reads_references=True)
+        out_width = config.dim * config.dim_mult[0]
+        self.out = nn.Sequential(ops.GroupNorm(32, out_width, eps=1e-6), nn.SiLU(),
+                                 ops.Conv2d(out_width, config.out_channels, 3, padding=1))
+        # The reference network: copies of the encoder and decoder (the middle block is shared).
+        self.reference_input_blocks = build_input_blocks(ops, config, with_face_mask=False)
+        self.reference_output_blocks = build_output_blocks(ops, config, reads_references=False)
+        _name_feature_blocks(self.middle_block, "middle_block")
+        _name_feature_blocks(self.output_blocks, "output_blocks")
+        _name_feature_blocks(self.reference_output_blocks, "output_blocks")
 
     @property
     def weight_dtype(self) -> torch.dtype:
         """Dtype the (non-norm) weights are stored in."""
-        return self.head[2].weight.dtype
+        return self.out[2].weight.dtype
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -541,24 +595,22 @@ class FlashFaceUNet(nn.Module):
         if t.shape != (rows,):
             raise InvalidInputError(f"{WHAT}: timesteps of shape {tuple(t.shape)} for {rows} rows; "
                                     f"give one timestep per row or a single one.")
-        return self.time_embedding(timestep_embedding(t, self.config.dim).to(self.compute_dtype))
+        return self.time_embed(timestep_embedding(t, self.config.dim).to(self.compute_dtype))
 
-    def _run(self, x, encoder, decoder, run: _Pass, with_head: bool):
+    def _run(self, x, input_blocks, output_blocks, run: _Pass, with_head: bool):
         skips = []
-        for layer in encoder:
-            x = layer(x, run) if isinstance(layer, UNetBlock) else layer(x)
+        for block in input_blocks:
+            x = block(x, run)
             skips.append((x, run.space))
-        x = self.middle[0](x, run.embedding())
-        x = self.middle[1](x, run)
-        x = self.middle[2](x, run.embedding())
-        for block in decoder:
+        x = self.middle_block(x, run)
+        for block in output_blocks:
             skip, space = skips.pop()
             x = torch.cat([x, run.in_current(skip, space)], dim=1)
             x = block(x, run, skips[-1][0].shape[-2:] if skips else None)
         if not with_head:
             return None
         (x,) = run.move(ROWS, x)
-        return self.head[2](F.silu(norm_at_least_fp32(self.head[0], x)))
+        return through_layers(self.out, x)
 
     @torch.no_grad()
     def encode_references(self, reference_latents: torch.Tensor, t, reference_context: torch.Tensor
@@ -589,7 +641,8 @@ class FlashFaceUNet(nn.Module):
         rows = len(reference_latents)
         run = _Pass(self.speed, RowSpaces.all_distinct(rows), self._embed_time(t, rows, device),
                     reference_context.to(dtype), recorded={})
-        self._run(reference_latents.to(dtype), self.ref_encoder, self.ref_decoder, run, with_head=False)
+        self._run(reference_latents.to(dtype), self.reference_input_blocks, self.reference_output_blocks, run,
+                  with_head=False)
         return ReferenceFeatures(tokens=run.recorded, counts=counts)
 
     @torch.no_grad()
@@ -628,7 +681,7 @@ class FlashFaceUNet(nn.Module):
                   else RowSpaces.all_distinct(rows))
         run = _Pass(self.speed, spaces, emb, context.to(dtype), references=references, row_weights=weights)
         inputs = torch.cat([x, mask[:, None].to(x.dtype)], 1).to(dtype)[spaces.representatives(INPUT)]
-        out = self._run(inputs, self.encoder, self.decoder, run, with_head=True)
+        out = self._run(inputs, self.input_blocks, self.output_blocks, run, with_head=True)
         return out.to(x.dtype)
 
 
@@ -673,25 +726,71 @@ def infer_config(checkpoint: Checkpoint, num_heads: int | None = None) -> UNetCo
     )
 
 
+# Module list names -> the published file's.
+OFFICIAL_LISTS = {"time_embed": "time_embedding", "input_blocks": "encoder", "middle_block": "middle",
+                  "output_blocks": "decoder", "out": "head", "reference_input_blocks": "ref_encoder",
+                  "reference_output_blocks": "ref_decoder"}
+# Module path pieces -> the published file's, in this order (each piece between dots).
+OFFICIAL_PIECES = (
+    # the input conv and each downsampling conv are entries of their own in the file
+    (".0.0.weight", ".0.weight"), (".0.0.bias", ".0.bias"), (".0.op.", "."),
+    (".conv.", ".1."),  # the upsampling conv sits at index 1 of the file's nn.Sequential
+    (".in_layers.", ".layer1."), (".emb_layers.", ".embedding."), (".out_layers.", ".layer2."),
+    (".skip_connection.", ".shortcut."),
+    (".norm.", ".norm1."), (".proj_in.", ".conv1."), (".proj_out.", ".conv2."), (".transformer_blocks.", ".blocks."),
+    (".reference_attn.", ".self_attn.self_attn_first."), (".attn1.", ".self_attn."), (".attn2.", ".cross_attn."),
+    (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."), (".to_out.0.", ".o."), (".ff.net.", ".ffn."),
+)
+
+
+def official_key(module_key: str) -> str:
+    """The published file's name of a module tensor ("input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
+    -> "encoder.1.1.blocks.0.self_attn.q.weight")."""
+    head, rest = module_key.split(".", 1)
+    rest = "." + rest
+    for piece, official in OFFICIAL_PIECES:
+        rest = rest.replace(piece, official)
+    return OFFICIAL_LISTS[head] + rest
+
+
+CONV_IN_WEIGHT = "input_blocks.0.0.weight"
+CONV_IN_MASK_WEIGHT = "input_blocks.0.0.mask_weight"  # the published conv_in's last input channel
+
+
 def _file_keys(module_key: str) -> tuple[str, ...]:
-    if module_key.split(".", 1)[0] in ALIASED_LISTS:
-        return (module_key, "ori_" + module_key)
-    return (module_key,)
+    key = official_key(CONV_IN_WEIGHT if module_key == CONV_IN_MASK_WEIGHT else module_key)
+    if key.split(".", 1)[0] in ALIASED_LISTS:
+        return (key, "ori_" + key)
+    return (key,)
 
 
-def checkpoint_plan(module_keys: Sequence[str]) -> dict[str, TensorPlan]:
-    """Module key -> file keys: aliased lists read both copies (checked equal), others one."""
-    return {key: TensorPlan.aliased(*_file_keys(key)) if len(_file_keys(key)) > 1 else TensorPlan.copy(key)
-            for key in module_keys}
+def checkpoint_plan(module_keys: Sequence[str], config: UNetConfig) -> dict[str, TensorPlan]:
+    """Module key -> file keys (`official_key`): aliased lists read both copies (checked equal),
+    others one; conv_in's latent and mask channels are cut from the published 5-channel weight."""
+    latent_channels = config.in_channels - 1
+    plans = {}
+    for key in module_keys:
+        file_keys = _file_keys(key)
+        plan = TensorPlan.aliased(*file_keys) if len(file_keys) > 1 else TensorPlan.copy(file_keys[0])
+        if key == CONV_IN_WEIGHT:
+            plan = plan.narrowed(1, 0, latent_channels)
+        elif key == CONV_IN_MASK_WEIGHT:
+            plan = plan.narrowed(1, latent_channels, 1)
+        plans[key] = plan
+    return plans
 
 
 def checkpoint_key_shapes(config: UNetConfig) -> dict[str, torch.Size]:
     """Keys and shapes of a file in the published layout (aliases and `ref_middle` included)."""
     with torch.device("meta"):
         model = FlashFaceUNet(config)
-        unused_middle = build_middle(TORCH_OPERATIONS, config, reads_references=False)
-    shapes = {file_key: tensor.shape for key, tensor in model.state_dict().items() for file_key in _file_keys(key)}
-    shapes.update({UNUSED_PREFIX + key: t.shape for key, t in unused_middle.state_dict().items()})
+        unused_middle = build_middle_block(TORCH_OPERATIONS, config, reads_references=False)
+    shapes = {file_key: tensor.shape for key, tensor in model.state_dict().items() for file_key in _file_keys(key)
+              if key != CONV_IN_MASK_WEIGHT}
+    for file_key in _file_keys(CONV_IN_WEIGHT):
+        shapes[file_key] = torch.Size((config.dim, config.in_channels, 3, 3))
+    shapes.update({UNUSED_PREFIX + official_key("middle_block." + key).split(".", 1)[1]: t.shape
+                   for key, t in unused_middle.state_dict().items()})
     return shapes
 
 
@@ -708,7 +807,7 @@ def load_unet(source: str | os.PathLike | Checkpoint, *, device: torch.device | 
         with torch.device("meta"):
             probe = FlashFaceUNet(config, ops)
         model = load_module(
-            lambda: FlashFaceUNet(config, ops), checkpoint, checkpoint_plan(list(probe.state_dict())),
+            lambda: FlashFaceUNet(config, ops), checkpoint, checkpoint_plan(list(probe.state_dict()), config),
             what=WHAT, device=device, dtype=dtype,
             ignore=lambda key: key.startswith(UNUSED_PREFIX),
         )

@@ -1,0 +1,105 @@
+"""ComfyUI's stock LoRA loaders and model merging on FlashFace Apply's MODEL, in a real server (every
+ComfyUI version the tests know): the UNet carries ComfyUI's own module names, so an SD1.5 LoRA in
+kohya (LoRA + LoCon), diffusers/PEFT or LDM naming patches the main path exactly as the same LoRA
+merged into the weights by hand, and ModelMergeSimple / Add / Subtract merge every matching weight."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfy_workflows import cheap_model_workflow, node_id, saved_levels
+from seeded_weights import save_state_dict
+from tiny_lora import write_loras, write_merged_unet
+from tiny_unet import tiny_unet_state_dict, write_tiny_unet
+
+pytestmark = pytest.mark.comfyui
+
+SIZE = 64
+MERGED_UNET = "tiny_unet_lora_merged_{}_{}.safetensors"
+SECOND_UNET = "tiny_unet_seed1.safetensors"
+
+
+@pytest.fixture(scope="module")
+def server(comfyui_tiny):
+    return comfyui_tiny
+
+
+@pytest.fixture(scope="module")
+def loras(server):
+    return write_loras(server.models_dir / "loras")
+
+
+def lora_prompt(lora: str | None = None, strength: float = 1.0, unet: str | None = None) -> dict:
+    """The bundled KSampler workflow on the tiny models (`unet` instead of the tiny UNet), with the
+    stock LoraLoaderModelOnly between FlashFace Apply and KSampler."""
+    prompt = cheap_model_workflow("flashface_ksampler", SIZE, steps=3, seed=5)
+    if unet is not None:
+        prompt[node_id(prompt, "FlashFace_LoadModel")]["inputs"]["unet_name"] = unet
+    if lora is not None:
+        sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
+        prompt["90"] = {"class_type": "LoraLoaderModelOnly",
+                        "inputs": {"model": sampler["model"], "lora_name": lora, "strength_model": strength}}
+        sampler["model"] = ["90", 0]
+    return prompt
+
+
+def images(server, prompt) -> torch.Tensor:
+    run = server.run(prompt, timeout=600)
+    assert run.status == "success", run.error_text() or server.log_tail()
+    return saved_levels(server, run, node_id(prompt, "SaveImage")).int()
+
+
+def levels(a: torch.Tensor, b: torch.Tensor) -> str:
+    difference = (a - b).abs()
+    return f"max {int(difference.max())}, mean {float(difference.float().mean()):.3f} levels"
+
+
+@pytest.mark.parametrize("lora_format", ["kohya", "diffusers", "ldm"])
+@pytest.mark.parametrize("strength", [1.0, -0.7])
+def test_a_lora_equals_the_same_lora_merged_into_the_weights(server, loras, lora_format, strength):
+    path, deltas = loras[lora_format]
+    merged = MERGED_UNET.format(lora_format, strength)
+    write_merged_unet(server.models_dir / "flashface" / merged, deltas, strength)
+    plain = images(server, lora_prompt())
+    with_lora = images(server, lora_prompt(path.name, strength))
+    by_hand = images(server, lora_prompt(unet=merged))
+    print(f"\n{lora_format} x{strength}: LoRA vs merged by hand {levels(with_lora, by_hand)}; "
+          f"vs no LoRA {levels(with_lora, plain)}")
+    assert (with_lora - plain).abs().float().mean() > 1  # it does something
+    assert (with_lora - by_hand).abs().max() <= 1
+    loaded = [line for line in server.log_text().splitlines() if "lora key not loaded" in line]
+    assert not [line for line in loaded if "lora_te_" not in line], loaded[-5:]
+
+
+def test_strength_zero_is_no_lora_and_the_text_encoder_part_is_left_alone(server, loras):
+    path, _ = loras["kohya"]
+    assert torch.equal(images(server, lora_prompt(path.name, 0.0)), images(server, lora_prompt()))
+
+
+def test_model_merging_merges_every_main_path_weight(server):
+    """ModelMergeSimple / Add / Subtract with a second FlashFace MODEL equal the weights merged by
+    hand. Between two FlashFace MODELs every weight has a partner; an SD1.5 MODEL has a partner for
+    every main-path weight but the input conv's mask channel (test_comfyui_in_process.py)."""
+    write_tiny_unet(server.models_dir / "flashface" / SECOND_UNET, seed=1, context_dim=32)
+    first, second = tiny_unet_state_dict(0, context_dim=32), tiny_unet_state_dict(1, context_dim=32)
+    cases = {"ModelMergeSimple": ({"ratio": 0.3}, lambda a, b: 0.7 * a + 0.3 * b),
+             "ModelAdd": ({}, lambda a, b: a + b),
+             # ComfyUI's ModelSubtract gives multiplier * (model1 - model2)
+             "ModelSubtract": ({"multiplier": 0.5}, lambda a, b: 0.5 * a - 0.5 * b)}
+    for node, (widgets, rule) in cases.items():
+        state = {key: rule(value, second[key]) for key, value in first.items()}
+        by_hand_name = f"tiny_unet_{node}.safetensors"
+        save_state_dict(state, server.models_dir / "flashface" / by_hand_name, {"num_heads": "8"})
+        prompt = lora_prompt()
+        sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
+        loader = prompt[node_id(prompt, "FlashFace_LoadModel")]
+        prompt["80"] = {"class_type": "FlashFace_LoadModel", "inputs": {**loader["inputs"], "unet_name": SECOND_UNET}}
+        prompt["81"] = {"class_type": "FlashFace_Apply",
+                        "inputs": {**prompt[sampler["model"][0]]["inputs"], "flashface_model": ["80", 0]}}
+        prompt["82"] = {"class_type": node, "inputs": {"model1": sampler["model"], "model2": ["81", 0], **widgets}}
+        sampler["model"] = ["82", 0]
+        merged = images(server, prompt)
+        by_hand = images(server, lora_prompt(unet=by_hand_name))
+        print(f"\n{node}: merged by ComfyUI vs by hand {levels(merged, by_hand)}")
+        assert (merged - by_hand).abs().max() <= 1
