@@ -147,6 +147,9 @@ def _model_spec(title: str, what: str, prompt: str, ksampler: dict, latent_nodes
     return dict(title=title, nodes=nodes, links=links)
 
 
+EXAMPLE_LORA = "your_sd15_lora.safetensors"  # a placeholder: the user picks a file of theirs
+
+
 def _photo(key: str, name: str, pos) -> dict:
     return dict(key=key, type="LoadImage", pos=pos, size=[320, 360], widgets={"image": name})
 
@@ -193,6 +196,20 @@ def workflow_specs() -> dict[str, dict]:
         "A woman astronaut smiling, portrait, on the street in the night, soft light", {**sampler, "denoise": 1.0},
         [dict(key="latent", type="EmptyLatentImage", pos=[1100, 520],
               widgets={"width": 768, "height": 768, "batch_size": 1})], ("latent", "LATENT"))
+    lora = specs["flashface_lora"] = _model_spec(
+        "an SD1.5 LoRA on FlashFace",
+        "FlashFace Apply's MODEL takes ComfyUI's stock LoRA loaders: LoraLoaderModelOnly patches the FlashFace UNet "
+        "with any SD1.5 LoRA or LoCon (kohya, diffusers/PEFT or LDM naming), here a style LoRA; put the file in "
+        "`ComfyUI/models/loras` and pick it. The LoRA patches the UNet's main path (as on SD1.5); the reference "
+        "network that reads the faces and FlashFace's reference attention are left as trained, so the identity "
+        "stays. A LoRA's text-encoder part is not used (FlashFace's text encoder is its own).",
+        "A woman astronaut smiling, portrait, on the street in the night, soft light", {**sampler, "denoise": 1.0},
+        [dict(key="latent", type="EmptyLatentImage", pos=[1100, 520],
+              widgets={"width": 768, "height": 768, "batch_size": 1}),
+         dict(key="lora", type="LoraLoaderModelOnly", pos=[1100, 720],
+              widgets={"lora_name": EXAMPLE_LORA, "strength_model": 0.8})], ("latent", "LATENT"))
+    lora["links"].remove(("apply", "model", "ksampler", "model"))
+    lora["links"] += [("apply", "model", "lora", "model"), ("lora", "MODEL", "ksampler", "model")]
     specs["flashface_img2img"] = _model_spec(
         "img2img from a photo",
         "A photo encoded with FlashFace VAE Encode is the start of KSampler; denoise 0.6 keeps its layout and colours "

@@ -1,7 +1,8 @@
 """ComfyUI's stock LoRA loaders and model merging on FlashFace Apply's MODEL, in a real server (every
 ComfyUI version the tests know): the UNet carries ComfyUI's own module names, so an SD1.5 LoRA in
 kohya (LoRA + LoCon), diffusers/PEFT or LDM naming patches the main path exactly as the same LoRA
-merged into the weights by hand, and ModelMergeSimple / Add / Subtract merge every matching weight."""
+merged into the weights by hand, and ModelMergeSimple / Add / Subtract / Blocks merge every matching
+weight."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from comfy_workflows import cheap_model_workflow, node_id, saved_levels
 from seeded_weights import save_state_dict
+from tiny_flashface_models import TEXT_WIDTH
 from tiny_lora import write_loras, write_merged_unet
 from tiny_unet import tiny_unet_state_dict, write_tiny_unet
 
@@ -27,7 +29,7 @@ def server(comfyui_tiny):
 
 @pytest.fixture(scope="module")
 def loras(server):
-    return write_loras(server.models_dir / "loras")
+    return write_loras(server.models_dir / "loras", context_dim=TEXT_WIDTH)
 
 
 def lora_prompt(lora: str | None = None, strength: float = 1.0, unet: str | None = None) -> dict:
@@ -55,40 +57,53 @@ def levels(a: torch.Tensor, b: torch.Tensor) -> str:
     return f"max {int(difference.max())}, mean {float(difference.float().mean()):.3f} levels"
 
 
-@pytest.mark.parametrize("lora_format", ["kohya", "diffusers", "ldm"])
-@pytest.mark.parametrize("strength", [1.0, -0.7])
-def test_a_lora_equals_the_same_lora_merged_into_the_weights(server, loras, lora_format, strength):
+@pytest.fixture(scope="module")
+def without_lora(server) -> torch.Tensor:
+    return images(server, lora_prompt())
+
+
+@pytest.mark.parametrize(("lora_format", "strength"), [("kohya", 1.0), ("kohya", -0.7), ("diffusers", 1.0),
+                                                       ("ldm", 1.0)])
+def test_a_lora_equals_the_same_lora_merged_into_the_weights(server, loras, without_lora, lora_format, strength):
     path, deltas = loras[lora_format]
     merged = MERGED_UNET.format(lora_format, strength)
-    write_merged_unet(server.models_dir / "flashface" / merged, deltas, strength)
-    plain = images(server, lora_prompt())
+    write_merged_unet(server.models_dir / "flashface" / merged, deltas, strength, context_dim=TEXT_WIDTH)
     with_lora = images(server, lora_prompt(path.name, strength))
     by_hand = images(server, lora_prompt(unet=merged))
     print(f"\n{lora_format} x{strength}: LoRA vs merged by hand {levels(with_lora, by_hand)}; "
-          f"vs no LoRA {levels(with_lora, plain)}")
-    assert (with_lora - plain).abs().float().mean() > 1  # it does something
+          f"vs no LoRA {levels(with_lora, without_lora)}")
+    assert (with_lora - without_lora).abs().float().mean() > 1  # it does something
     assert (with_lora - by_hand).abs().max() <= 1
     loaded = [line for line in server.log_text().splitlines() if "lora key not loaded" in line]
     assert not [line for line in loaded if "lora_te_" not in line], loaded[-5:]
 
 
-def test_strength_zero_is_no_lora_and_the_text_encoder_part_is_left_alone(server, loras):
+def test_strength_zero_is_no_lora(server, loras, without_lora):
     path, _ = loras["kohya"]
-    assert torch.equal(images(server, lora_prompt(path.name, 0.0)), images(server, lora_prompt()))
+    assert torch.equal(images(server, lora_prompt(path.name, 0.0)), without_lora)
 
 
-def test_model_merging_merges_every_main_path_weight(server):
-    """ModelMergeSimple / Add / Subtract with a second FlashFace MODEL equal the weights merged by
-    hand. Between two FlashFace MODELs every weight has a partner; an SD1.5 MODEL has a partner for
+def test_model_merging_merges_every_weight_with_a_partner(server, without_lora):
+    """ModelMergeSimple / Add / Subtract / Blocks with a second FlashFace MODEL equal the weights
+    merged by hand. Between two FlashFace MODELs every weight has a partner; an SD1.5 MODEL has a partner for
     every main-path weight but the input conv's mask channel (test_comfyui_in_process.py)."""
-    write_tiny_unet(server.models_dir / "flashface" / SECOND_UNET, seed=1, context_dim=32)
-    first, second = tiny_unet_state_dict(0, context_dim=32), tiny_unet_state_dict(1, context_dim=32)
-    cases = {"ModelMergeSimple": ({"ratio": 0.3}, lambda a, b: 0.7 * a + 0.3 * b),
-             "ModelAdd": ({}, lambda a, b: a + b),
-             # ComfyUI's ModelSubtract gives multiplier * (model1 - model2)
-             "ModelSubtract": ({"multiplier": 0.5}, lambda a, b: 0.5 * a - 0.5 * b)}
+    write_tiny_unet(server.models_dir / "flashface" / SECOND_UNET, seed=1, context_dim=TEXT_WIDTH)
+    first, second = tiny_unet_state_dict(0, context_dim=TEXT_WIDTH), tiny_unet_state_dict(1, context_dim=TEXT_WIDTH)
+    cases = {"ModelMergeSimple": ({"ratio": 0.3}, lambda a, b: 0.3 * a + 0.7 * b),  # ratio is model1's share
+             "ModelMergeAdd": ({}, lambda a, b: a + b),
+             # ComfyUI's ModelMergeSubtract gives multiplier * (model1 - model2)
+             "ModelMergeSubtract": ({"multiplier": 0.5}, lambda a, b: 0.5 * a - 0.5 * b),
+             # model1's share by block; other weights (time embedding, reference network) take the first
+             "ModelMergeBlocks": ({"input": 0.2, "middle": 0.5, "out": 0.8}, None)}
+    block_share = {"encoder": 0.2, "middle": 0.5, "decoder": 0.8, "head": 0.8}
     for node, (widgets, rule) in cases.items():
-        state = {key: rule(value, second[key]) for key, value in first.items()}
+        if rule is None:
+            state = {}
+            for key, value in first.items():
+                share = block_share.get(key.removeprefix("ori_").split(".")[0], 0.2)
+                state[key] = share * value + (1 - share) * second[key]
+        else:
+            state = {key: rule(value, second[key]) for key, value in first.items()}
         by_hand_name = f"tiny_unet_{node}.safetensors"
         save_state_dict(state, server.models_dir / "flashface" / by_hand_name, {"num_heads": "8"})
         prompt = lora_prompt()
@@ -101,5 +116,7 @@ def test_model_merging_merges_every_main_path_weight(server):
         sampler["model"] = ["82", 0]
         merged = images(server, prompt)
         by_hand = images(server, lora_prompt(unet=by_hand_name))
-        print(f"\n{node}: merged by ComfyUI vs by hand {levels(merged, by_hand)}")
+        print(f"\n{node}: merged by ComfyUI vs by hand {levels(merged, by_hand)}; vs unmerged "
+              f"{levels(merged, without_lora)}")
         assert (merged - by_hand).abs().max() <= 1
+        assert (merged - without_lora).abs().float().mean() > 1

@@ -11,7 +11,7 @@ import pytest
 
 from comfy_browser import ComfyPage, browser_unavailable_reason
 from comfy_server import REPO_ROOT, ComfyServer, browser_installs
-from tiny_flashface_models import TINY_MODELS, write_tiny_models
+from tiny_flashface_models import TINY_LORA, TINY_MODELS, write_tiny_lora, write_tiny_models
 
 pytestmark = pytest.mark.browser
 
@@ -30,6 +30,7 @@ def fresh_instance(request, tmp_path_factory):
     server = ComfyServer(tmp_path_factory.mktemp(f"fresh-{install.version}"), install)
     server.prepare()
     write_tiny_models(server.models_dir / "flashface")
+    write_tiny_lora(server.models_dir)
     server.start()
     try:
         yield server
@@ -53,6 +54,7 @@ def test_every_template_runs_with_one_queue_in_a_fresh_instance(fresh_instance, 
             assert not missing, missing  # e.g. 404 for a photo the Load Image nodes show
             assert not [d for d in ui.dialogs() if "missing" in d.lower()], ui.dialogs()
             assert ui.set_widgets("FlashFace_LoadModel", **TINY_MODELS) == 1
+            ui.set_widgets("LoraLoaderModelOnly", lora_name=TINY_LORA)
             if ui.set_widgets("FlashFace_Generator", width=64, height=64, steps=2) == 0:  # a MODEL template
                 assert ui.set_widgets("KSampler", steps=2) == 1
                 ui.set_widgets("EmptyLatentImage", width=64, height=64)

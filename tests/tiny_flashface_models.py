@@ -35,11 +35,26 @@ def write_tiny_models(folder: Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
+TINY_LORA = "tiny_kohya_locon.safetensors"  # in models/loras: what the bundled LoRA workflow gets
+
+
+def write_tiny_lora(models_dir: Path) -> Path:
+    """The tiny kohya LoRA + LoCon (tiny_lora.py) for the tiny UNet, in `models_dir`/loras."""
+    from tiny_lora import write_loras
+
+    path, _ = write_loras(Path(models_dir) / "loras", context_dim=TEXT_WIDTH)["kohya"]
+    assert path.name == TINY_LORA
+    return path
+
+
 def use_tiny_models(prompt: dict) -> dict:
-    """Point every FlashFace Load Model node of an API-format prompt at the tiny files."""
+    """Point every FlashFace Load Model node of an API-format prompt at the tiny files, and every
+    stock LoRA loader at the tiny LoRA."""
     for node in prompt.values():
         if node["class_type"] == "FlashFace_LoadModel":
             node["inputs"].update(TINY_MODELS)
+        elif node["class_type"] == "LoraLoaderModelOnly":
+            node["inputs"]["lora_name"] = TINY_LORA
     return prompt
 
 
@@ -52,6 +67,7 @@ def tiny_model_server(workdir: Path, install=None):
     server = ComfyServer(Path(workdir), install)
     server.prepare()
     write_tiny_models(server.models_dir / "flashface")
+    write_tiny_lora(server.models_dir)
     for photo in (REPO_ROOT / "workflows" / "input").iterdir():
         shutil.copy(photo, server.input_dir / photo.name)
     server.start()

@@ -24,7 +24,11 @@ class Target:
     diffusers: str  # the layer in diffusers' UNet naming (kohya files: dots as underscores)
     ldm: str  # the layer in LDM's / ComfyUI's naming
     published: str  # the published file's weight it changes
-    input_channels: slice = slice(None)  # the part of the published weight's dim 1 it changes
+    input_channels: tuple[int, int] | None = None  # (start, stop) of the part of its dim 1 it changes, else all
+
+    @property
+    def part(self) -> slice:
+        return slice(*self.input_channels) if self.input_channels else slice(None)
 
 
 # The tiny UNet: two levels of one residual block + attention site each.
@@ -38,7 +42,7 @@ KOHYA_TARGETS = (
     Target("up_blocks.0.attentions.0.proj_in", "output_blocks.0.1.proj_in", "decoder.0.1.conv1.weight"),
     # LoCon: 3x3 convolutions, the input conv's latent channels included (its mask channel stays)
     Target("down_blocks.1.resnets.0.conv1", "input_blocks.3.0.in_layers.2", "encoder.3.0.layer1.2.weight"),
-    Target("conv_in", "input_blocks.0.0", "encoder.0.weight", slice(0, 4)),
+    Target("conv_in", "input_blocks.0.0", "encoder.0.weight", (0, 4)),
 )
 DIFFUSERS_TARGETS = (
     Target("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_v",
@@ -69,7 +73,7 @@ def _delta(up: torch.Tensor, down: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def _layer_shape(published: dict[str, torch.Tensor], target: Target) -> torch.Size:
-    return published[target.published][:, target.input_channels].shape
+    return published[target.published][:, target.part].shape
 
 
 def write_loras(folder: Path, seed: int = 0, context_dim: int = 32) -> dict[str, tuple[Path, dict[Target, torch.Tensor]]]:
@@ -124,5 +128,5 @@ def write_merged_unet(path: Path, deltas: dict[Target, torch.Tensor], strength: 
     for target, delta in deltas.items():
         for key in (target.published, "ori_" + target.published):
             if key in state:
-                state[key][:, target.input_channels] += strength * delta.to(state[key].dtype)
+                state[key][:, target.part] += strength * delta.to(state[key].dtype)
     return save_state_dict(state, path, {"num_heads": "8"})
