@@ -6,7 +6,7 @@ pickle into a temporary folder under /tmp, then measures in a fresh subprocess e
 
   load_unet fp32 / fp16   our loader (lazy/mmap read, each alias pair compared and kept once,
                           ref_middle never read)
-  naive                   the official way: build the full model (aliases registered, ref_middle,
+  naive                   the official way: build the full model (ref_middle included,
                           default random init), read every tensor (torch.load without mmap /
                           safetensors load_file),
                           load_state_dict(strict=True)
@@ -40,13 +40,15 @@ from bench.memory import PeakMemory  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from flashface.models.unet import (  # noqa: E402
-    ALIASED_LISTS,
     TORCH_OPERATIONS,
+    UNUSED_PREFIX,
     FlashFaceUNet,
     UNetConfig,
-    build_middle,
+    build_middle_block,
     checkpoint_key_shapes,
+    checkpoint_plan,
     load_unet,
+    official_key,
 )
 
 PATTERN_VALUES = 1 << 24  # 64 MiB of fp32 values, repeated to fill every tensor
@@ -104,16 +106,20 @@ def evict_from_page_cache(path: str) -> None:
 
 
 def naive_load(path: str, config: UNetConfig) -> torch.nn.Module:
-    """What the official code does: full model with aliases and ref_middle, whole file in RAM."""
+    """What the official code does: the whole file in RAM, then the full model (`ref_middle`
+    included) filled from it."""
     model = FlashFaceUNet(config)
-    model.ref_middle = build_middle(TORCH_OPERATIONS, config, reads_references=False)
-    for name in ALIASED_LISTS:
-        setattr(model, "ori_" + name, getattr(model, name))
+    ref_middle = build_middle_block(TORCH_OPERATIONS, config, reads_references=False)
     if path.endswith(".safetensors"):
         state = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
+    plan = checkpoint_plan(list(model.state_dict()), config)
+    model.load_state_dict({key: tensor_plan.combine([state[k] for k in tensor_plan.file_keys])
+                           for key, tensor_plan in plan.items()}, strict=True)
+    ref_middle.load_state_dict({key: state[UNUSED_PREFIX + official_key("middle_block." + key).split(".", 1)[1]]
+                                for key in ref_middle.state_dict()}, strict=True)
+    model.ref_middle = ref_middle
     return model
 
 
