@@ -23,7 +23,7 @@ import comfy.supported_models
 
 from ..flashface.errors import InvalidInputError
 from ..flashface.face import REFERENCE_SIZE
-from ..flashface.models.unet import UNetConfig
+from ..flashface.models.unet import BLOCK_PATCHES, BlockAdditions, UNetConfig
 from ..flashface.pipeline import OFFICIAL_REFERENCE_COUNT
 from ..flashface.sampling.guidance import POSITIVE, POSITIVE_WITH_REFERENCES, RowGuidance
 from ..flashface.sampling.mask import LATENT_FACTOR
@@ -66,14 +66,12 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
         guidance = transformer_options.get(GUIDANCE)
         if guidance is None:
             raise InvalidInputError("This MODEL has no reference faces: make it with FlashFace Apply.")
-        if control is not None:
-            raise InvalidInputError("ControlNet does not steer the FlashFace UNet yet; remove the ControlNet "
-                                    "from this sampler.")
         _refuse_unapplied_patches(transformer_options)
         chunks = transformer_options.get("cond_or_uncond") or [POSITIVE]
         rows = x.shape[0] // len(chunks)
         kinds = [kind for kind in chunks for _ in range(rows)]
-        return guidance.denoise(self.diffusion_model, x, t, c_crossattn, kinds)
+        return guidance.denoise(self.diffusion_model, x, t, c_crossattn, kinds,
+                                BlockAdditions(control, transformer_options))
 
     def memory_required(self, input_shape, cond_shapes={}):
         """ComfyUI's SD1.5 estimate for more rows: the references' tokens join every decoder
@@ -88,17 +86,19 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
 
 
 def _refuse_unapplied_patches(transformer_options) -> None:
-    """Block and attention patches (FreeU, Self-Attention Guidance, PAG, Tome, attention multiply...)
-    are not applied by the FlashFace UNet yet: stop rather than ignore them."""
-    patches = {name: value for name, value in (transformer_options.get("patches") or {}).items() if value}
+    """Attention patches and replacements (Self-Attention Guidance, PAG, Tome, attention multiply...)
+    are not applied by the FlashFace UNet yet: stop rather than ignore them. Block patches
+    (BLOCK_PATCHES: FreeU, PatchModelAddDownscale) are applied."""
+    patches = {name: value for name, value in (transformer_options.get("patches") or {}).items()
+               if value and name not in BLOCK_PATCHES}
     replaced = {name: value for name, value in (transformer_options.get("patches_replace") or {}).items() if value}
     if patches or replaced:
         kinds = ", ".join(sorted(patches) + [f"{name} replacement" for name in sorted(replaced)])
         raise InvalidInputError(
-            f"This MODEL carries ComfyUI model patches ({kinds}), set by a node such as FreeU, Self-Attention "
+            f"This MODEL carries ComfyUI attention patches ({kinds}), set by a node such as Self-Attention "
             "Guidance, Perturbed-Attention Guidance, Tome or UNet attention multiply. The FlashFace UNet does not "
-            "apply them yet: remove that node between FlashFace Apply and the sampler. (LoRAs and model merges "
-            "are weight patches and do work.)")
+            "apply them yet: remove that node between FlashFace Apply and the sampler. (LoRAs, model merges, "
+            "ControlNet, FreeU and PatchModelAddDownscale do work.)")
 
 
 def _guidance(model_options) -> RowGuidance:

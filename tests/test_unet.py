@@ -12,6 +12,7 @@ from flashface.errors import InvalidInputError, ModelFileError
 from flashface.models.checkpoint import ManifestCheckpoint, StateDictCheckpoint
 from flashface.models.unet import (
     TORCH_OPERATIONS,
+    BlockAdditions,
     FlashFaceUNet,
     RowSpaces,
     UNetConfig,
@@ -347,3 +348,102 @@ def test_manual_cast_layers_compute_in_the_chosen_dtype(tmp_path):
     assert model.input_blocks[0][0].weight.dtype == torch.float16
     error = (output - reference).abs().max() / reference.abs().max()
     assert 0 < error < 5e-3  # only the fp16 rounding of the stored weights
+
+
+# ComfyUI's additions to a main pass: control residuals and block patches ------------------------------
+
+IDENTITY_PATCH = {"patches": {"input_block_patch": [lambda h, options: h]}}  # every row computed on its own
+
+
+def input_block_shapes(model, call, references) -> tuple[list, torch.Size]:
+    """The output shape of each input block and of the middle block in a call."""
+    shapes = []
+    hooks = [block.register_forward_hook(lambda m, a, out: shapes.append(out.shape))
+             for block in [*model.input_blocks, model.middle_block]]
+    try:
+        model(call["x"], call["t"], call["context"], call["mask"], references, call["similarity"],
+              BlockAdditions(transformer_options=dict(IDENTITY_PATCH)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return shapes[:-1], shapes[-1]
+
+
+def test_control_residuals_are_added_where_comfyuis_unet_adds_them(tiny_model):
+    """'input' residuals on each input block's output (the list used from its end), 'middle' on the
+    middle block's, 'output' on each skip as the decoder takes it (the last input block's first):
+    the same as forward hooks adding those tensors at those places."""
+    call = random_call(3, seed=11)
+    references = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"])
+    shapes, middle_shape = input_block_shapes(tiny_model, call, references)
+    g = torch.Generator().manual_seed(5)
+    inputs = [torch.randn(shape, generator=g) * 0.1 for shape in shapes]
+    skips = [torch.randn(shape, generator=g) * 0.1 for shape in shapes]
+    middle = torch.randn(middle_shape, generator=g) * 0.1
+    control = {"input": list(reversed(inputs)), "middle": [middle], "output": list(skips)}
+    controlled = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["similarity"],
+                            BlockAdditions(control))
+    assert len(control["input"]) == len(inputs) and control["middle"]  # the caller's lists are left as they were
+
+    def add_to_skip(residual):
+        def hook(module, args):
+            x, *rest = args
+            channels = residual.shape[1]
+            return (torch.cat([x[:, :-channels], x[:, -channels:] + residual], 1), *rest)
+        return hook
+
+    hooks = [block.register_forward_hook(lambda m, a, out, r=r: out + r)
+             for block, r in zip(tiny_model.input_blocks, inputs)]
+    hooks.append(tiny_model.middle_block.register_forward_hook(lambda m, a, out: out + middle))
+    hooks += [block.register_forward_pre_hook(add_to_skip(r))
+              for block, r in zip(tiny_model.output_blocks, reversed(skips))]
+    try:
+        hooked = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["similarity"],
+                            BlockAdditions(transformer_options=dict(IDENTITY_PATCH)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    torch.testing.assert_close(controlled, hooked, atol=1e-5, rtol=1e-5)
+    plain = call_model(tiny_model, call, references)
+    assert not torch.allclose(controlled, plain, atol=1e-3)
+    zeros = {place: [r * 0 for r in residuals] for place, residuals in control.items()}
+    torch.testing.assert_close(tiny_model(call["x"], call["t"], call["context"], call["mask"], references,
+                                          call["similarity"], BlockAdditions(zeros)), plain, atol=1e-5, rtol=1e-5)
+
+
+def test_block_patches_are_called_like_comfyuis_unet_calls_them(tiny_model):
+    call = random_call(2, seed=12)
+    references = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"])
+    seen = []
+
+    def record(kind):
+        def patch(*values):
+            *tensors, options = values
+            seen.append((kind, options["block"], tuple(tensors[0].shape)))
+            return tensors[0] if len(tensors) == 1 else tuple(tensors)
+        return patch
+
+    options = {"patches": {name: [record(name)] for name in ("input_block_patch", "input_block_patch_after_skip",
+                                                                "output_block_patch")}}
+    patched = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["similarity"],
+                         BlockAdditions(transformer_options=options))
+    blocks = len(tiny_model.input_blocks)
+    assert [entry[:2] for entry in seen[:2]] == [("input_block_patch", ("input", 0)),
+                                                 ("input_block_patch_after_skip", ("input", 0))]
+    assert [entry[1] for entry in seen if entry[0] == "output_block_patch"] == [("output", i) for i in range(blocks)]
+    torch.testing.assert_close(patched, call_model(tiny_model, call, references), atol=1e-5, rtol=1e-5)
+
+    def halve_skip(h, hsp, options):
+        return h, hsp * 0.5
+
+    halved = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["similarity"],
+                        BlockAdditions(transformer_options={"patches": {"output_block_patch": [halve_skip]}}))
+    assert not torch.allclose(halved, patched, atol=1e-3)
+
+
+def test_a_residual_for_another_model_size_is_refused_by_name(tiny_model):
+    call = random_call(2, seed=13)
+    references = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"])
+    with pytest.raises(InvalidInputError, match="made for another model"):
+        tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["similarity"],
+                   BlockAdditions({"middle": [torch.zeros(4, 1280, 1, 1)]}))

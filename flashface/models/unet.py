@@ -226,6 +226,63 @@ class _Pass:
         return weights.to(device), None if len(active) == len(weights) else active.to(device)
 
 
+def _broadcasts_to(tensor: torch.Tensor, target: torch.Tensor) -> bool:
+    try:
+        return tensor.dim() == target.dim() and torch.broadcast_shapes(tensor.shape, target.shape) == target.shape
+    except RuntimeError:
+        return False
+
+
+BLOCK_PATCHES = ("input_block_patch", "input_block_patch_after_skip", "output_block_patch")
+
+
+@dataclass
+class BlockAdditions:
+    """What ComfyUI's samplers add to a main pass, applied where its SD UNet (openaimodel.UNetModel)
+    applies them, so ControlNet, T2I-Adapter, FreeU and PatchModelAddDownscale work as on SD1.5:
+
+    * `control`: residuals by place ("input", "middle", "output": lists used from the end, one per
+      block, as ComfyUI's ControlNets and T2I-Adapters make them), added to the main pass only
+      (the reference pass reads the faces as trained);
+    * `transformer_options`: ComfyUI's, whose "patches" of the kinds in BLOCK_PATCHES are called
+      as ComfyUI calls them, with "block" set to the block being run.
+    """
+
+    control: dict | None = None
+    transformer_options: dict | None = None
+
+    def __post_init__(self):
+        # the lists are consumed as the blocks run: never those of the caller
+        self.control = {name: list(values) for name, values in (self.control or {}).items()}
+        patches = (self.transformer_options or {}).get("patches") or {}
+        self.patches = {name: list(patches.get(name) or ()) for name in BLOCK_PATCHES}
+
+    @property
+    def active(self) -> bool:
+        return any(self.control.values()) or any(self.patches.values())
+
+    def enter(self, place: str, index: int) -> None:
+        if self.transformer_options is not None:
+            self.transformer_options["block"] = (place, index)
+
+    def add_control(self, h: torch.Tensor, place: str) -> torch.Tensor:
+        residuals = self.control.get(place)
+        residual = residuals.pop() if residuals else None
+        if residual is None:
+            return h
+        if not _broadcasts_to(residual, h):
+            raise InvalidInputError(
+                f"A ControlNet / T2I-Adapter residual of shape {tuple(residual.shape)} does not fit the FlashFace "
+                f"UNet's {place} block output {tuple(h.shape)}: it was made for another model (use one for SD1.5).")
+        return h + residual.to(h.dtype)
+
+    def patch(self, name: str, *values):
+        for patch in self.patches[name]:
+            values = patch(*values, self.transformer_options)
+            values = values if isinstance(values, tuple) else (values,)
+        return values if len(values) > 1 else values[0]
+
+
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding [cos | sin] of integer timesteps, fp32 (official layout)."""
     half = dim // 2
@@ -597,15 +654,24 @@ class FlashFaceUNet(nn.Module):
                                     f"give one timestep per row or a single one.")
         return self.time_embed(timestep_embedding(t, self.config.dim).to(self.compute_dtype))
 
-    def _run(self, x, input_blocks, output_blocks, run: _Pass, with_head: bool):
+    def _run(self, x, input_blocks, output_blocks, run: _Pass, with_head: bool,
+             additions: BlockAdditions | None = None):
+        additions = additions or BlockAdditions()
         skips = []
-        for block in input_blocks:
-            x = block(x, run)
+        for index, block in enumerate(input_blocks):
+            additions.enter("input", index)
+            x = additions.add_control(block(x, run), "input")
+            x = additions.patch("input_block_patch", x)
             skips.append((x, run.space))
-        x = self.middle_block(x, run)
-        for block in output_blocks:
+            x = additions.patch("input_block_patch_after_skip", x)
+        additions.enter("middle", 0)
+        x = additions.add_control(self.middle_block(x, run), "middle")
+        for index, block in enumerate(output_blocks):
+            additions.enter("output", index)
             skip, space = skips.pop()
-            x = torch.cat([x, run.in_current(skip, space)], dim=1)
+            skip = additions.add_control(run.in_current(skip, space), "output")
+            x, skip = additions.patch("output_block_patch", x, skip)
+            x = torch.cat([x, skip], dim=1)
             x = block(x, run, skips[-1][0].shape[-2:] if skips else None)
         if not with_head:
             return None
@@ -647,7 +713,8 @@ class FlashFaceUNet(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, t, context: torch.Tensor, mask: torch.Tensor | None,
-                references: ReferenceFeatures | None, similarity) -> torch.Tensor:
+                references: ReferenceFeatures | None, similarity,
+                additions: BlockAdditions | None = None) -> torch.Tensor:
         """Predicted noise [R,4,h,w] for latents x [R,4,h,w] (returned in x's dtype).
 
         t: [R] or scalar; context [R,77,C]; mask [R,h,w] face-position channel (None = zeros);
@@ -677,11 +744,13 @@ class FlashFaceUNet(nn.Module):
             raise InvalidInputError(f"{WHAT}: nonzero similarity weights need reference features.")
         emb = self._embed_time(t, rows, x.device)
         t = torch.as_tensor(t).expand(rows) if torch.as_tensor(t).dim() == 0 else torch.as_tensor(t)
-        spaces = (RowSpaces(x, t, mask, context, weights, x.device) if self.speed.share_identical_rows
+        # Control residuals and block patches treat each row on its own: no rows are shared then.
+        spaces = (RowSpaces(x, t, mask, context, weights, x.device)
+                  if self.speed.share_identical_rows and not (additions and additions.active)
                   else RowSpaces.all_distinct(rows))
         run = _Pass(self.speed, spaces, emb, context.to(dtype), references=references, row_weights=weights)
         inputs = torch.cat([x, mask[:, None].to(x.dtype)], 1).to(dtype)[spaces.representatives(INPUT)]
-        out = self._run(inputs, self.input_blocks, self.output_blocks, run, with_head=True)
+        out = self._run(inputs, self.input_blocks, self.output_blocks, run, with_head=True, additions=additions)
         return out.to(x.dtype)
 
 

@@ -17,7 +17,7 @@ its features serve every row; the UNet skips the reference attention of rows who
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -26,6 +26,9 @@ from ..settings import GenerationSettings
 from .mask import LATENT_FACTOR, box_mask, resize_mask
 from .noise_levels import ve_scale, ve_to_vp
 from .schedule import NoiseSchedule
+
+if TYPE_CHECKING:
+    from ..models.unet import BlockAdditions
 
 
 # What a row of a model call is (ComfyUI's cond / uncond chunk indices, then ours).
@@ -177,9 +180,11 @@ class RowGuidance:
         return mask.to(device).expand(rows, h, w)
 
     @torch.no_grad()
-    def denoise(self, unet, x: torch.Tensor, sigma, context: torch.Tensor, kinds: Sequence[int]) -> torch.Tensor:
+    def denoise(self, unet, x: torch.Tensor, sigma, context: torch.Tensor, kinds: Sequence[int],
+                additions: BlockAdditions | None = None) -> torch.Tensor:
         """x0 [R,4,h,w] of VE latents x [R,4,h,w] at `sigma` (one level, or one per row, all equal),
-        row r with text `context[r]` and of kind `kinds[r]`."""
+        row r with text `context[r]` and of kind `kinds[r]`; `additions`: control residuals and block
+        patches for the main pass (see `BlockAdditions`)."""
         levels = torch.as_tensor(sigma, dtype=torch.float32).flatten()
         if len(levels) > 1 and not bool((levels == levels[0]).all()):
             raise InvalidInputError("FlashFace computes the rows of one step together: give them one sigma.")
@@ -191,7 +196,7 @@ class RowGuidance:
         references = unet.encode_references(self.reference_latents.to(device), t, self.reference_context.to(device))
         eps = unet(x * ve_scale(level), torch.full((len(kinds),), t, dtype=torch.long, device=device), context,
                    self.latent_mask(len(kinds), *x.shape[2:], device), references,
-                   row_weights(self.settings, t, kinds))
+                   row_weights(self.settings, t, kinds), additions)
         sigma_t, alpha_t = self.schedule.coefficients(t)
         return (x * ve_scale(level) - sigma_t * eps.float()) / alpha_t
 

@@ -1,0 +1,106 @@
+"""Stock nodes that add to the UNet's blocks, on FlashFace Apply's MODEL in a real server (every
+ComfyUI version the tests know): ControlNet through ComfyUI's own ControlNetLoader and Apply
+ControlNet (Advanced), FreeU and PatchModelAddDownscale; attention patches are refused by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfy_workflows import PHOTO, cheap_model_workflow, expect_node_error, node_id, saved_levels
+from tiny_controlnet import write_controlnet_unet, write_tiny_controlnet
+from tiny_flashface_models import TEXT_WIDTH
+
+pytestmark = pytest.mark.comfyui
+
+UNET = "tiny_unet_width64.safetensors"
+CONTROLNETS = {"random": "tiny_controlnet.safetensors", "zero": "tiny_controlnet_zero_outputs.safetensors"}
+
+
+@pytest.fixture(scope="module")
+def server(comfyui_tiny):
+    write_controlnet_unet(comfyui_tiny.models_dir / "flashface" / UNET, TEXT_WIDTH)
+    for kind, name in CONTROLNETS.items():
+        write_tiny_controlnet(comfyui_tiny.models_dir / "controlnet" / name, TEXT_WIDTH, zero_outputs=kind == "zero")
+    return comfyui_tiny
+
+
+def prompt_with(*controlnets: tuple[str, float, float, float], unet: str = UNET) -> dict:
+    """The bundled KSampler workflow on the tiny models with `unet`, and each (ControlNet file,
+    strength, start, end) applied in a chain by Apply ControlNet (Advanced) to the sampler's
+    positive and negative, the example photo as the hint."""
+    prompt = cheap_model_workflow("flashface_ksampler", 64, steps=3, seed=9)
+    prompt[node_id(prompt, "FlashFace_LoadModel")]["inputs"]["unet_name"] = unet
+    sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
+    prompt["70"] = {"class_type": "LoadImage", "inputs": {"image": PHOTO}}
+    for number, (name, strength, start, end) in enumerate(controlnets):
+        loader, apply = str(71 + 2 * number), str(72 + 2 * number)
+        prompt[loader] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}}
+        prompt[apply] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": sampler["positive"], "negative": sampler["negative"], "control_net": [loader, 0],
+            "image": ["70", 0], "strength": strength, "start_percent": start, "end_percent": end}}
+        sampler["positive"], sampler["negative"] = [apply, 0], [apply, 1]
+    return prompt
+
+
+def with_model_node(prompt: dict, node: str, **widgets) -> dict:
+    sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
+    prompt["60"] = {"class_type": node, "inputs": {"model": sampler["model"], **widgets}}
+    sampler["model"] = ["60", 0]
+    return prompt
+
+
+def images(server, prompt) -> torch.Tensor:
+    run = server.run(prompt, timeout=600)
+    assert run.status == "success", run.error_text() or server.log_tail()
+    return saved_levels(server, run, node_id(prompt, "SaveImage")).int()
+
+
+def levels(a: torch.Tensor, b: torch.Tensor) -> str:
+    difference = (a - b).abs()
+    return f"max {int(difference.max())}, mean {float(difference.float().mean()):.3f} levels"
+
+
+@pytest.fixture(scope="module")
+def plain(server) -> torch.Tensor:
+    return images(server, prompt_with())
+
+
+def test_a_controlnet_with_zero_output_convolutions_changes_nothing(server, plain):
+    zero = images(server, prompt_with((CONTROLNETS["zero"], 1.0, 0.0, 1.0)))
+    print(f"\nzero ControlNet vs none: {levels(zero, plain)}")
+    assert (zero - plain).abs().max() <= 1  # rows are computed one by one with control: fp32 rounding only
+
+
+def test_a_controlnet_steers_the_image_within_its_steps_and_strength(server, plain):
+    steered = images(server, prompt_with((CONTROLNETS["random"], 1.0, 0.0, 1.0)))
+    weaker = images(server, prompt_with((CONTROLNETS["random"], 0.3, 0.0, 1.0)))
+    never = images(server, prompt_with((CONTROLNETS["random"], 1.0, 1.0, 1.0)))  # its window holds no step
+    chained = images(server, prompt_with((CONTROLNETS["random"], 0.5, 0.0, 1.0), (CONTROLNETS["random"], 0.5, 0.0, 1.0)))
+    print(f"\nControlNet vs none: {levels(steered, plain)}; strength 0.3: {levels(weaker, plain)}; "
+          f"two chained at 0.5: {levels(chained, plain)} (vs one at 1.0: {levels(chained, steered)}); "
+          f"empty window: {levels(never, plain)}")
+    assert (steered - plain).abs().float().mean() > 2
+    assert (weaker - plain).abs().float().mean() < (steered - plain).abs().float().mean()
+    assert (never - plain).abs().max() <= 1
+    # two ControlNets at half strength add the same residuals as one at full strength
+    assert (chained - steered).abs().max() <= 1
+
+
+def test_freeu_and_downscale_patches_are_applied(server, plain):
+    freeu = images(server, with_model_node(prompt_with(), "FreeU_V2", b1=1.3, b2=1.4, s1=0.9, s2=0.2))
+    downscaled = images(server, with_model_node(
+        prompt_with(), "PatchModelAddDownscale", block_number=1, downscale_factor=2.0, start_percent=0.0,
+        end_percent=1.0, downscale_after_skip=True, downscale_method="bicubic", upscale_method="bicubic"))
+    print(f"\nFreeU_V2 vs none: {levels(freeu, plain)}; PatchModelAddDownscale vs none: {levels(downscaled, plain)}")
+    assert (freeu - plain).abs().float().mean() > 1
+    assert (downscaled - plain).abs().float().mean() > 1
+
+
+@pytest.mark.parametrize(("node", "widgets"), [
+    ("SelfAttentionGuidance", {"scale": 0.5, "blur_sigma": 2.0}),
+    ("PerturbedAttentionGuidance", {"scale": 3.0}),
+])
+def test_an_attention_patch_is_refused_by_name_not_ignored(server, node, widgets):
+    expect_node_error(server, with_model_node(prompt_with(), node, **widgets), "KSampler", "attention patches",
+                      "remove that node")
