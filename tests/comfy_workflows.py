@@ -51,6 +51,20 @@ def saved_levels(server, run, node: str) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.array(picture) for picture in pictures]))
 
 
+def run_to_levels(server, prompt, timeout: float = 600) -> torch.Tensor:
+    """Run `prompt` (it must succeed); the 8-bit images its SaveImage node wrote, [B,H,W,3] as int32
+    so that two can be subtracted."""
+    run = server.run(prompt, timeout=timeout)
+    assert run.status == "success", run.error_text() or server.log_tail()
+    return saved_levels(server, run, node_id(prompt, "SaveImage")).int()
+
+
+def level_difference(a: torch.Tensor, b: torch.Tensor) -> str:
+    """How far two images of `run_to_levels` are apart, in words."""
+    difference = (a - b).abs()
+    return f"max {int(difference.max())}, mean {float(difference.float().mean()):.3f} levels"
+
+
 def api_workflow(name: str) -> dict:
     """A bundled workflow with its Load Model pointed at the tiny models."""
     return use_tiny_models(load_api_workflow(name))

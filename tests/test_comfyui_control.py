@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_workflows import PHOTO, cheap_model_workflow, expect_node_error, node_id, saved_levels
+from comfy_workflows import PHOTO, cheap_model_workflow, expect_node_error, level_difference, node_id, run_to_levels
 from tiny_controlnet import write_controlnet_unet, write_tiny_controlnet
 from tiny_flashface_models import TEXT_WIDTH
 
@@ -50,36 +50,25 @@ def with_model_node(prompt: dict, node: str, **widgets) -> dict:
     return prompt
 
 
-def images(server, prompt) -> torch.Tensor:
-    run = server.run(prompt, timeout=600)
-    assert run.status == "success", run.error_text() or server.log_tail()
-    return saved_levels(server, run, node_id(prompt, "SaveImage")).int()
-
-
-def levels(a: torch.Tensor, b: torch.Tensor) -> str:
-    difference = (a - b).abs()
-    return f"max {int(difference.max())}, mean {float(difference.float().mean()):.3f} levels"
-
-
 @pytest.fixture(scope="module")
 def plain(server) -> torch.Tensor:
-    return images(server, prompt_with())
+    return run_to_levels(server, prompt_with())
 
 
 def test_a_controlnet_with_zero_output_convolutions_changes_nothing(server, plain):
-    zero = images(server, prompt_with((CONTROLNETS["zero"], 1.0, 0.0, 1.0)))
-    print(f"\nzero ControlNet vs none: {levels(zero, plain)}")
+    zero = run_to_levels(server, prompt_with((CONTROLNETS["zero"], 1.0, 0.0, 1.0)))
+    print(f"\nzero ControlNet vs none: {level_difference(zero, plain)}")
     assert (zero - plain).abs().max() <= 1  # rows are computed one by one with control: fp32 rounding only
 
 
 def test_a_controlnet_steers_the_image_within_its_steps_and_strength(server, plain):
-    steered = images(server, prompt_with((CONTROLNETS["random"], 1.0, 0.0, 1.0)))
-    weaker = images(server, prompt_with((CONTROLNETS["random"], 0.3, 0.0, 1.0)))
-    never = images(server, prompt_with((CONTROLNETS["random"], 1.0, 1.0, 1.0)))  # its window holds no step
-    chained = images(server, prompt_with((CONTROLNETS["random"], 0.5, 0.0, 1.0), (CONTROLNETS["random"], 0.5, 0.0, 1.0)))
-    print(f"\nControlNet vs none: {levels(steered, plain)}; strength 0.3: {levels(weaker, plain)}; "
-          f"two chained at 0.5: {levels(chained, plain)} (vs one at 1.0: {levels(chained, steered)}); "
-          f"empty window: {levels(never, plain)}")
+    steered = run_to_levels(server, prompt_with((CONTROLNETS["random"], 1.0, 0.0, 1.0)))
+    weaker = run_to_levels(server, prompt_with((CONTROLNETS["random"], 0.3, 0.0, 1.0)))
+    never = run_to_levels(server, prompt_with((CONTROLNETS["random"], 1.0, 1.0, 1.0)))  # its window holds no step
+    chained = run_to_levels(server, prompt_with((CONTROLNETS["random"], 0.5, 0.0, 1.0), (CONTROLNETS["random"], 0.5, 0.0, 1.0)))
+    print(f"\nControlNet vs none: {level_difference(steered, plain)}; strength 0.3: {level_difference(weaker, plain)}; "
+          f"two chained at 0.5: {level_difference(chained, plain)} (vs one at 1.0: {level_difference(chained, steered)}); "
+          f"empty window: {level_difference(never, plain)}")
     assert (steered - plain).abs().float().mean() > 2
     assert (weaker - plain).abs().float().mean() < (steered - plain).abs().float().mean()
     assert (never - plain).abs().max() <= 1
@@ -88,11 +77,11 @@ def test_a_controlnet_steers_the_image_within_its_steps_and_strength(server, pla
 
 
 def test_freeu_and_downscale_patches_are_applied(server, plain):
-    freeu = images(server, with_model_node(prompt_with(), "FreeU_V2", b1=1.3, b2=1.4, s1=0.9, s2=0.2))
-    downscaled = images(server, with_model_node(
+    freeu = run_to_levels(server, with_model_node(prompt_with(), "FreeU_V2", b1=1.3, b2=1.4, s1=0.9, s2=0.2))
+    downscaled = run_to_levels(server, with_model_node(
         prompt_with(), "PatchModelAddDownscale", block_number=1, downscale_factor=2.0, start_percent=0.0,
         end_percent=1.0, downscale_after_skip=True, downscale_method="bicubic", upscale_method="bicubic"))
-    print(f"\nFreeU_V2 vs none: {levels(freeu, plain)}; PatchModelAddDownscale vs none: {levels(downscaled, plain)}")
+    print(f"\nFreeU_V2 vs none: {level_difference(freeu, plain)}; PatchModelAddDownscale vs none: {level_difference(downscaled, plain)}")
     assert (freeu - plain).abs().float().mean() > 1
     assert (downscaled - plain).abs().float().mean() > 1
 

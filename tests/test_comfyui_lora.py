@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_workflows import cheap_model_workflow, node_id, saved_levels
+from comfy_workflows import cheap_model_workflow, level_difference, node_id, run_to_levels
 from seeded_weights import save_state_dict
 from tiny_flashface_models import TEXT_WIDTH
 from tiny_lora import write_loras, write_merged_unet
@@ -46,20 +46,9 @@ def lora_prompt(lora: str | None = None, strength: float = 1.0, unet: str | None
     return prompt
 
 
-def images(server, prompt) -> torch.Tensor:
-    run = server.run(prompt, timeout=600)
-    assert run.status == "success", run.error_text() or server.log_tail()
-    return saved_levels(server, run, node_id(prompt, "SaveImage")).int()
-
-
-def levels(a: torch.Tensor, b: torch.Tensor) -> str:
-    difference = (a - b).abs()
-    return f"max {int(difference.max())}, mean {float(difference.float().mean()):.3f} levels"
-
-
 @pytest.fixture(scope="module")
 def without_lora(server) -> torch.Tensor:
-    return images(server, lora_prompt())
+    return run_to_levels(server, lora_prompt())
 
 
 @pytest.mark.parametrize(("lora_format", "strength"), [("kohya", 1.0), ("kohya", -0.7), ("diffusers", 1.0),
@@ -68,10 +57,10 @@ def test_a_lora_equals_the_same_lora_merged_into_the_weights(server, loras, with
     path, deltas = loras[lora_format]
     merged = MERGED_UNET.format(lora_format, strength)
     write_merged_unet(server.models_dir / "flashface" / merged, deltas, strength, context_dim=TEXT_WIDTH)
-    with_lora = images(server, lora_prompt(path.name, strength))
-    by_hand = images(server, lora_prompt(unet=merged))
-    print(f"\n{lora_format} x{strength}: LoRA vs merged by hand {levels(with_lora, by_hand)}; "
-          f"vs no LoRA {levels(with_lora, without_lora)}")
+    with_lora = run_to_levels(server, lora_prompt(path.name, strength))
+    by_hand = run_to_levels(server, lora_prompt(unet=merged))
+    print(f"\n{lora_format} x{strength}: LoRA vs merged by hand {level_difference(with_lora, by_hand)}; "
+          f"vs no LoRA {level_difference(with_lora, without_lora)}")
     assert (with_lora - without_lora).abs().float().mean() > 1  # it does something
     assert (with_lora - by_hand).abs().max() <= 1
     loaded = [line for line in server.log_text().splitlines() if "lora key not loaded" in line]
@@ -80,7 +69,7 @@ def test_a_lora_equals_the_same_lora_merged_into_the_weights(server, loras, with
 
 def test_strength_zero_is_no_lora(server, loras, without_lora):
     path, _ = loras["kohya"]
-    assert torch.equal(images(server, lora_prompt(path.name, 0.0)), without_lora)
+    assert torch.equal(run_to_levels(server, lora_prompt(path.name, 0.0)), without_lora)
 
 
 def test_model_merging_merges_every_weight_with_a_partner(server, without_lora):
@@ -114,9 +103,9 @@ def test_model_merging_merges_every_weight_with_a_partner(server, without_lora):
                         "inputs": {**prompt[sampler["model"][0]]["inputs"], "flashface_model": ["80", 0]}}
         prompt["82"] = {"class_type": node, "inputs": {"model1": sampler["model"], "model2": ["81", 0], **widgets}}
         sampler["model"] = ["82", 0]
-        merged = images(server, prompt)
-        by_hand = images(server, lora_prompt(unet=by_hand_name))
-        print(f"\n{node}: merged by ComfyUI vs by hand {levels(merged, by_hand)}; vs unmerged "
-              f"{levels(merged, without_lora)}")
+        merged = run_to_levels(server, prompt)
+        by_hand = run_to_levels(server, lora_prompt(unet=by_hand_name))
+        print(f"\n{node}: merged by ComfyUI vs by hand {level_difference(merged, by_hand)}; vs unmerged "
+              f"{level_difference(merged, without_lora)}")
         assert (merged - by_hand).abs().max() <= 1
         assert (merged - without_lora).abs().float().mean() > 1

@@ -21,7 +21,7 @@ from comfy_workflows import (
     expect_node_error,
     node_id,
     quick_prompt,
-    saved_levels,
+    run_to_levels,
     set_inputs,
 )
 from tiny_flashface_models import TINY_MODELS
@@ -47,12 +47,6 @@ def victim(server, request):
     return slot, path
 
 
-def images_of(server, prompt) -> torch.Tensor:
-    run = server.run(prompt)
-    assert run.status == "success", run.error_text() or server.log_tail()
-    return saved_levels(server, run, node_id(prompt, "SaveImage"))
-
-
 def unet_file_like(server, name: str, seed: int):
     """A tiny UNet with other weights (the same size) under `name` in a scratch folder."""
     return write_tiny_unet(server.instance / "scratch" / name, seed=seed, context_dim=32)
@@ -63,41 +57,41 @@ def unet_file_like(server, name: str, seed: int):
 def test_truncating_a_loaded_model_file_leaves_the_server_up(server, victim):
     slot, path = victim
     prompt = set_inputs(quick_prompt(seed=31), "FlashFace_LoadModel", **{slot: path.name})
-    images_of(server, prompt)
+    run_to_levels(server, prompt)
     with open(path, "r+b") as file:  # what `truncate -s 0` does
         file.truncate(0)
     run = expect_node_error(server, prompt, "FlashFace_LoadModel", path.name, "empty (0 bytes)")
     assert run.error["exception_type"].endswith("ModelFileError")
-    images_of(server, quick_prompt(seed=31))  # the untouched files still work
+    run_to_levels(server, quick_prompt(seed=31))  # the untouched files still work
 
 
 @pytest.mark.parametrize("victim", ["unet_name"], indirect=True)
 def test_a_model_file_overwritten_in_place_or_replaced_is_loaded_again(server, victim):
     _, path = victim
     prompt = set_inputs(quick_prompt(seed=32), "FlashFace_LoadModel", unet_name=path.name)
-    before = images_of(server, prompt)
+    before = run_to_levels(server, prompt)
     other = unet_file_like(server, "other_unet.safetensors", seed=5)
     with open(path, "r+b") as file:  # cp / curl -o: the same file (inode), new bytes
         file.write(other.read_bytes())
-    overwritten = images_of(server, prompt)
+    overwritten = run_to_levels(server, prompt)
     shutil.copy(other, server.models_dir / "flashface" / "reference_unet.safetensors")
-    reference = images_of(server, set_inputs(quick_prompt(seed=32), "FlashFace_LoadModel",
+    reference = run_to_levels(server, set_inputs(quick_prompt(seed=32), "FlashFace_LoadModel",
                                              unet_name="reference_unet.safetensors"))
     assert torch.equal(overwritten, reference) and not torch.equal(overwritten, before)
 
     replacement = unet_file_like(server, "replacement_unet.safetensors", seed=6)
     os.replace(replacement, path)  # an atomic replace: a new file under the old name
-    replaced = images_of(server, prompt)
+    replaced = run_to_levels(server, prompt)
     assert not torch.equal(replaced, overwritten)
 
 
 def test_a_corrupt_file_picked_by_mistake_keeps_the_good_model_loaded(server):
     good = quick_prompt(seed=33)
-    images_of(server, good)
+    run_to_levels(server, good)
     loads = server.log_text().count(f"from {server.models_dir / 'flashface' / TINY_MODELS['unet_name']}")
     expect_node_error(server, set_inputs(quick_prompt(seed=33), "FlashFace_LoadModel", unet_name=CORRUPT_MODEL),
                       "FlashFace_LoadModel", CORRUPT_MODEL)
-    images_of(server, good)
+    run_to_levels(server, good)
     assert server.log_text().count(f"from {server.models_dir / 'flashface' / TINY_MODELS['unet_name']}") == loads
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_workflows import assert_server_healthy, cheap_model_workflow, node_id, saved_levels, set_inputs
+from comfy_workflows import assert_server_healthy, cheap_model_workflow, node_id, run_to_levels, saved_levels, set_inputs
 from demo_cases import DemoCase, demo_cases
 from test_comfyui_demo_parity import case_prompt
 
@@ -26,12 +26,6 @@ def server(comfyui_tiny):
 
 def ksampler_prompt(workflow: str = KSAMPLER_WORKFLOW, **ksampler) -> dict:
     return cheap_model_workflow(workflow, SIZE, **ksampler)
-
-
-def run_images(server, prompt) -> torch.Tensor:
-    run = server.run(prompt, timeout=600)
-    assert run.status == "success", run.error_text() or server.log_tail()
-    return saved_levels(server, run, node_id(prompt, "SaveImage"))
 
 
 # ------------------------------------------------------------------ exact: the official run
@@ -102,14 +96,14 @@ def test_ksampler_runs_with_comfyuis_samplers_and_reports_progress(server, sampl
 def test_img2img_denoise_keeps_more_of_the_photo_at_a_lower_strength(server):
     def decoded(denoise):
         prompt = ksampler_prompt(IMG2IMG_WORKFLOW, denoise=denoise, seed=5)
-        return run_images(server, prompt).float()
+        return run_to_levels(server, prompt).float()
 
     photo_prompt = ksampler_prompt(IMG2IMG_WORKFLOW)
     encoder = node_id(photo_prompt, "FlashFace_VAEEncode")
     decoder = node_id(photo_prompt, "FlashFace_VAEDecode")
     photo_prompt[decoder]["inputs"]["samples"] = [encoder, 0]  # the photo through the VAE alone
     del photo_prompt[node_id(photo_prompt, "KSampler")]
-    photo = run_images(server, photo_prompt).float()
+    photo = run_to_levels(server, photo_prompt).float()
     half, full = (decoded(denoise) for denoise in (0.5, 1.0))
     change_half, change_full = (float((image - photo).abs().mean()) for image in (half, full))
     print(f"\nmean change from the photo: denoise 0.5 {change_half:.1f}, 1.0 {change_full:.1f} levels")
@@ -154,12 +148,12 @@ def test_set_latent_noise_mask_keeps_the_unmasked_region(server):
 
 def test_no_state_stays_between_runs(server):
     """Runs with other references, another face box and another size in between do not change a result."""
-    first = run_images(server, ksampler_prompt(seed=7))
+    first = run_to_levels(server, ksampler_prompt(seed=7))
     other = ksampler_prompt(seed=8)
     set_inputs(other, "FlashFace_Apply", face_x1=0.0, face_y1=0.0, face_x2=0.5, face_y2=0.5, pad_references=False)
     set_inputs(other, "EmptyLatentImage", width=96, height=64)
-    run_images(server, other)
-    assert torch.equal(run_images(server, ksampler_prompt(seed=7)), first)
+    run_to_levels(server, other)
+    assert torch.equal(run_to_levels(server, ksampler_prompt(seed=7)), first)
 
 
 def test_interrupt_during_ksampler_then_a_clean_run(server):
@@ -173,15 +167,15 @@ def test_interrupt_during_ksampler_then_a_clean_run(server):
     run = server.run(ksampler_prompt(steps=40, seed=9), on_message=interrupt_at_the_first_step)
     assert sent and run.status == "interrupted", run.error_text()
     assert_server_healthy(server)
-    assert run_images(server, ksampler_prompt(seed=9)).shape == (1, SIZE, SIZE, 3)
+    assert run_to_levels(server, ksampler_prompt(seed=9)).shape == (1, SIZE, SIZE, 3)
 
 
 def test_ten_ksampler_runs_keep_server_memory_flat(server):
     for index in range(2):
-        run_images(server, ksampler_prompt(seed=100 + index))
+        run_to_levels(server, ksampler_prompt(seed=100 + index))
     before = server.rss_bytes()
     for index in range(2, 12):
-        run_images(server, ksampler_prompt(seed=100 + index))
+        run_to_levels(server, ksampler_prompt(seed=100 + index))
     after = server.rss_bytes()
     print(f"\nserver RSS before 10 KSampler runs {before / 2**20:.0f} MiB, after {after / 2**20:.0f} MiB")
     assert after - before < 100 * 2**20
