@@ -18,8 +18,10 @@ from __future__ import annotations
 import math
 
 import comfy.model_base
+import comfy.model_sampling
 import comfy.samplers
 import comfy.supported_models
+import torch
 
 from ..flashface.errors import InvalidInputError
 from ..flashface.face import REFERENCE_SIZE
@@ -29,6 +31,7 @@ from ..flashface.sampling.guidance import POSITIVE, POSITIVE_WITH_REFERENCES, Ro
 from ..flashface.sampling.mask import LATENT_FACTOR
 
 GUIDANCE = "flashface_guidance"  # the RowGuidance in a MODEL's model_options["transformer_options"]
+BATCHED_BY_FLASHFACE = "flashface_rows"  # set in transformer_options by the MODEL's own batching hook
 
 
 def ldm_unet_config(config: UNetConfig) -> dict:
@@ -58,6 +61,8 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
         super().__init__(config, comfy.model_base.ModelType.EPS, device=device)
         self.diffusion_model = unet
         self.manual_cast_dtype = unet.manual_cast_dtype
+        # FlashFace predicts ε on SD1.5's schedule: what a model-sampling node must leave as it is
+        self.official_sigmas = self.model_sampling.sigmas.detach().cpu().clone()
 
     def get_dtype(self):
         return self.diffusion_model.weight_dtype
@@ -66,6 +71,12 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
         guidance = transformer_options.get(GUIDANCE)
         if guidance is None:
             raise InvalidInputError("This MODEL has no reference faces: make it with FlashFace Apply.")
+        if not transformer_options.get(BATCHED_BY_FLASHFACE):
+            raise InvalidInputError(
+                "This FlashFace MODEL was evaluated outside the positive/negative sampling of KSampler, SamplerCustom "
+                "and CFGGuider (by a guider such as DualCFGGuider or PerpNegGuider, or a node that calls the model "
+                "itself). FlashFace combines its positive, negative and reference branches itself: sample it with "
+                "KSampler, SamplerCustom or CFGGuider, one positive and one negative.")
         _refuse_unapplied_patches(transformer_options)
         chunks = transformer_options.get("cond_or_uncond") or [POSITIVE]
         rows = x.shape[0] // len(chunks)
@@ -109,16 +120,34 @@ def _calc_cond_batch(args):
     """ComfyUI's batching of the conds, with the positive conds once more as the third branch
     once reference guidance is launched."""
     conds, options = args["conds"], args["model_options"]
+    _refuse_other_model_sampling(args["model"])
     if _guidance(options).with_references_row(args["sigma"].flatten()[0]):
         conds = [conds[0], conds[1], conds[0]]
-    return comfy.samplers.calc_cond_batch(args["model"], conds, args["input"], args["sigma"], options)
+    marked = dict(options, transformer_options={**options["transformer_options"], BATCHED_BY_FLASHFACE: True})
+    return comfy.samplers.calc_cond_batch(args["model"], conds, args["input"], args["sigma"], marked)
+
+
+def _refuse_other_model_sampling(model) -> None:
+    sampling = model.model_sampling
+    official = (type(sampling).calculate_denoised is comfy.model_sampling.EPS.calculate_denoised
+                and torch.equal(sampling.sigmas.detach().cpu(), model.official_sigmas))
+    if not official:
+        raise InvalidInputError(
+            "This MODEL's sampling was changed (by a node such as ModelSamplingDiscrete: v_prediction, lcm, x0 or "
+            "zsnr). FlashFace predicts the noise (eps) on SD1.5's schedule: remove that node.")
 
 
 def _combine_branches(args):
     """The official combination of the branch x0s, given to ComfyUI's CFG as both cond and uncond."""
-    out = args["conds_out"]
+    out, options = args["conds_out"], args["model_options"]
     if out[1] is None:
         raise InvalidInputError("FlashFace needs the negative prompt at every step; connect one.")
+    if "sampler_cfg_function" in options or options.get("sampler_post_cfg_function"):
+        raise InvalidInputError(
+            "This MODEL carries a CFG function (from a node such as RescaleCFG, CFGNorm, TCFG, RenormCFG or "
+            "Self-Attention / Perturbed-Attention Guidance). FlashFace combines its branches the official way "
+            "(text guidance = cfg, reference guidance, guide rescale), which such a function would not see: remove "
+            "that node (the reference settings are on FlashFace Apply).")
     guided = _guidance(args["model_options"]).combine(args["input"], args["sigma"], out[0], out[1],
                                                       out[POSITIVE_WITH_REFERENCES] if len(out) > 2 else None,
                                                       args["cond_scale"])

@@ -9,7 +9,7 @@ import torch
 
 from comfy_workflows import PHOTO, cheap_model_workflow, expect_node_error, level_difference, node_id, run_to_levels
 from tiny_controlnet import write_controlnet_unet, write_tiny_controlnet
-from tiny_flashface_models import TEXT_WIDTH
+from tiny_flashface_models import TEXT_WIDTH, TINY_MODELS
 
 pytestmark = pytest.mark.comfyui
 
@@ -86,10 +86,46 @@ def test_freeu_and_downscale_patches_are_applied(server, plain):
     assert (downscaled - plain).abs().float().mean() > 1
 
 
-@pytest.mark.parametrize(("node", "widgets"), [
-    ("SelfAttentionGuidance", {"scale": 0.5, "blur_sigma": 2.0}),
-    ("PerturbedAttentionGuidance", {"scale": 3.0}),
+@pytest.mark.parametrize(("node", "widgets", "named"), [
+    ("SelfAttentionGuidance", {"scale": 0.5, "blur_sigma": 2.0}, "Self-Attention Guidance"),
+    # PAG's attention replacement lives in its post-CFG function: that is what is refused first
+    ("PerturbedAttentionGuidance", {"scale": 3.0}, "Perturbed-Attention Guidance"),
 ])
-def test_an_attention_patch_is_refused_by_name_not_ignored(server, node, widgets):
-    expect_node_error(server, with_model_node(prompt_with(), node, **widgets), "KSampler", "attention patches",
-                      "remove that node")
+def test_an_attention_patch_is_refused_by_name_not_ignored(server, node, widgets, named):
+    expect_node_error(server, with_model_node(prompt_with(), node, **widgets), "KSampler", named, "remove that node")
+
+
+def test_a_cfg_function_is_refused_by_name_not_ignored(server):
+    expect_node_error(server, with_model_node(prompt_with(), "RescaleCFG", multiplier=0.7), "KSampler",
+                      "CFG function", "RescaleCFG", "remove that node")
+
+
+def test_changed_model_sampling_is_refused(server):
+    prompt = with_model_node(prompt_with(), "ModelSamplingDiscrete", sampling="v_prediction", zsnr=False)
+    expect_node_error(server, prompt, "KSampler", "ModelSamplingDiscrete", "remove that node")
+    same = with_model_node(prompt_with(unet=TINY_MODELS["unet_name"]), "ModelSamplingDiscrete", sampling="eps",
+                           zsnr=False)
+    unchanged = run_to_levels(server, prompt_with(unet=TINY_MODELS["unet_name"]))
+    assert torch.equal(run_to_levels(server, same), unchanged)  # eps on SD1.5's schedule is what FlashFace is
+
+
+def test_a_guider_that_is_not_positive_negative_is_refused(server):
+    """DualCFGGuider evaluates three conditionings through its own calls, which FlashFace would
+    read as its own branches."""
+    prompt = prompt_with()
+    sampler = prompt.pop(node_id(prompt, "KSampler"))["inputs"]
+    decode = prompt[node_id(prompt, "FlashFace_VAEDecode")]["inputs"]
+    prompt.update({
+        "50": {"class_type": "DualCFGGuider", "inputs": {
+            "model": sampler["model"], "cond1": sampler["positive"], "cond2": sampler["positive"],
+            "negative": sampler["negative"], "cfg_conds": 7.5, "cfg_cond2_negative": 3.0, "style": "regular"}},
+        "51": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "52": {"class_type": "BasicScheduler", "inputs": {"model": sampler["model"], "scheduler": "normal",
+                                                          "steps": 2, "denoise": 1.0}},
+        "53": {"class_type": "RandomNoise", "inputs": {"noise_seed": 1}},
+        "54": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["53", 0], "guider": ["50", 0], "sampler": ["51", 0], "sigmas": ["52", 0],
+            "latent_image": sampler["latent_image"]}},
+    })
+    decode["samples"] = ["54", 0]
+    expect_node_error(server, prompt, "SamplerCustomAdvanced", "DualCFGGuider", "CFGGuider")
