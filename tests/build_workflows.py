@@ -147,7 +147,8 @@ def _model_spec(title: str, what: str, prompt: str, ksampler: dict, latent_nodes
     return dict(title=title, nodes=nodes, links=links)
 
 
-EXAMPLE_LORA = "your_sd15_lora.safetensors"  # a placeholder: the user picks a file of theirs
+EXAMPLE_LORA = "your_sd15_lora.safetensors"  # placeholders: the user picks a file of theirs
+EXAMPLE_CONTROLNET = "control_v11p_sd15_canny.pth"
 
 
 def _photo(key: str, name: str, pos) -> dict:
@@ -210,6 +211,26 @@ def workflow_specs() -> dict[str, dict]:
               widgets={"lora_name": EXAMPLE_LORA, "strength_model": 0.8})], ("latent", "LATENT"))
     lora["links"].remove(("apply", "model", "ksampler", "model"))
     lora["links"] += [("apply", "model", "lora", "model"), ("lora", "MODEL", "ksampler", "model")]
+    control = specs["flashface_controlnet"] = _model_spec(
+        "ControlNet: the pose of a photo",
+        "FlashFace Apply's MODEL takes ComfyUI's stock ControlNets for SD1.5: here the edges of a photo (Canny) "
+        "steer the layout while the reference faces give the identity. Put an SD1.5 ControlNet (e.g. "
+        "control_v11p_sd15_canny) in `ComfyUI/models/controlnet` and pick it. Apply ControlNet's positive and "
+        "negative go to KSampler; FlashFace Apply keeps the plain negative.",
+        "A woman astronaut smiling, portrait, on the street in the night, soft light", {**sampler, "denoise": 1.0},
+        [dict(key="latent", type="EmptyLatentImage", pos=[1100, 520],
+              widgets={"width": 768, "height": 768, "batch_size": 1}),
+         _photo("pose", PHOTO_MIRRORED, [20, 1040]),
+         dict(key="canny", type="Canny", pos=[380, 1040], widgets={"low_threshold": 0.4, "high_threshold": 0.8}),
+         dict(key="controlnet", type="ControlNetLoader", pos=[380, 1240], widgets={"control_net_name": EXAMPLE_CONTROLNET}),
+         dict(key="control", type="ControlNetApplyAdvanced", pos=[1100, 760],
+              widgets={"strength": 0.8, "start_percent": 0.0, "end_percent": 0.8})], ("latent", "LATENT"))
+    control["links"].remove(("positive", "positive", "ksampler", "positive"))
+    control["links"].remove(("negative", "negative", "ksampler", "negative"))
+    control["links"] += [("pose", "IMAGE", "canny", "image"), ("canny", "IMAGE", "control", "image"),
+                         ("controlnet", "CONTROL_NET", "control", "control_net"),
+                         ("positive", "positive", "control", "positive"), ("negative", "negative", "control", "negative"),
+                         ("control", "positive", "ksampler", "positive"), ("control", "negative", "ksampler", "negative")]
     specs["flashface_img2img"] = _model_spec(
         "img2img from a photo",
         "A photo encoded with FlashFace VAE Encode is the start of KSampler; denoise 0.6 keeps its layout and colours "

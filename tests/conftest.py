@@ -47,16 +47,17 @@ def comfyui_for_browser(request, tmp_path_factory):
 @pytest.fixture(scope="session")
 def comfyui_tiny(comfyui):
     """The session's ComfyUI with the tiny models in models/flashface (plus a second detector file
-    and a corrupt UNet file), the tiny LoRAs in models/loras and a face-less photo in input/ (names
-    in comfy_workflows.py)."""
+    and a corrupt UNet file), the tiny LoRA, the tiny ControlNets with their width-64 UNet and a
+    face-less photo in input/ (names in comfy_workflows.py and tiny_flashface_models.py)."""
     from PIL import Image
 
     from comfy_workflows import BLANK_PHOTO, CORRUPT_MODEL, SECOND_DETECTOR
-    from tiny_flashface_models import TINY_MODELS, write_tiny_lora, write_tiny_models
+    from tiny_flashface_models import TINY_MODELS, write_tiny_controlnets, write_tiny_lora, write_tiny_models
 
     folder = comfyui.models_dir / "flashface"
     write_tiny_models(folder)
     write_tiny_lora(comfyui.models_dir)
+    write_tiny_controlnets(comfyui.models_dir)
     shutil.copy(folder / TINY_MODELS["detector_name"], folder / SECOND_DETECTOR)
     (folder / CORRUPT_MODEL).write_bytes(b"\x00" * 64 + b"not a model")
     Image.new("RGB", (320, 240), (128, 128, 128)).save(comfyui.input_dir / BLANK_PHOTO)

@@ -8,24 +8,16 @@ import pytest
 import torch
 
 from comfy_workflows import PHOTO, cheap_model_workflow, expect_node_error, level_difference, node_id, run_to_levels
-from tiny_controlnet import write_controlnet_unet, write_tiny_controlnet
-from tiny_flashface_models import TEXT_WIDTH, TINY_MODELS
+from tiny_flashface_models import CONTROLNET_UNET, TINY_CONTROLNETS, TINY_MODELS
 
 pytestmark = pytest.mark.comfyui
 
-UNET = "tiny_unet_width64.safetensors"
-CONTROLNETS = {"random": "tiny_controlnet.safetensors", "zero": "tiny_controlnet_zero_outputs.safetensors"}
-
-
 @pytest.fixture(scope="module")
 def server(comfyui_tiny):
-    write_controlnet_unet(comfyui_tiny.models_dir / "flashface" / UNET, TEXT_WIDTH)
-    for kind, name in CONTROLNETS.items():
-        write_tiny_controlnet(comfyui_tiny.models_dir / "controlnet" / name, TEXT_WIDTH, zero_outputs=kind == "zero")
     return comfyui_tiny
 
 
-def prompt_with(*controlnets: tuple[str, float, float, float], unet: str = UNET) -> dict:
+def prompt_with(*controlnets: tuple[str, float, float, float], unet: str = CONTROLNET_UNET) -> dict:
     """The bundled KSampler workflow on the tiny models with `unet`, and each (ControlNet file,
     strength, start, end) applied in a chain by Apply ControlNet (Advanced) to the sampler's
     positive and negative, the example photo as the hint."""
@@ -56,16 +48,17 @@ def plain(server) -> torch.Tensor:
 
 
 def test_a_controlnet_with_zero_output_convolutions_changes_nothing(server, plain):
-    zero = run_to_levels(server, prompt_with((CONTROLNETS["zero"], 1.0, 0.0, 1.0)))
+    zero = run_to_levels(server, prompt_with((TINY_CONTROLNETS["zero"], 1.0, 0.0, 1.0)))
     print(f"\nzero ControlNet vs none: {level_difference(zero, plain)}")
     assert (zero - plain).abs().max() <= 1  # rows are computed one by one with control: fp32 rounding only
 
 
 def test_a_controlnet_steers_the_image_within_its_steps_and_strength(server, plain):
-    steered = run_to_levels(server, prompt_with((CONTROLNETS["random"], 1.0, 0.0, 1.0)))
-    weaker = run_to_levels(server, prompt_with((CONTROLNETS["random"], 0.3, 0.0, 1.0)))
-    never = run_to_levels(server, prompt_with((CONTROLNETS["random"], 1.0, 1.0, 1.0)))  # its window holds no step
-    chained = run_to_levels(server, prompt_with((CONTROLNETS["random"], 0.5, 0.0, 1.0), (CONTROLNETS["random"], 0.5, 0.0, 1.0)))
+    steered = run_to_levels(server, prompt_with((TINY_CONTROLNETS["random"], 1.0, 0.0, 1.0)))
+    weaker = run_to_levels(server, prompt_with((TINY_CONTROLNETS["random"], 0.3, 0.0, 1.0)))
+    never = run_to_levels(server, prompt_with((TINY_CONTROLNETS["random"], 1.0, 1.0, 1.0)))  # its window holds no step
+    half = (TINY_CONTROLNETS["random"], 0.5, 0.0, 1.0)
+    chained = run_to_levels(server, prompt_with(half, half))
     print(f"\nControlNet vs none: {level_difference(steered, plain)}; strength 0.3: {level_difference(weaker, plain)}; "
           f"two chained at 0.5: {level_difference(chained, plain)} (vs one at 1.0: {level_difference(chained, steered)}); "
           f"empty window: {level_difference(never, plain)}")

@@ -11,7 +11,15 @@ import pytest
 
 from comfy_browser import ComfyPage, browser_unavailable_reason
 from comfy_server import REPO_ROOT, ComfyServer, browser_installs
-from tiny_flashface_models import TINY_LORA, TINY_MODELS, write_tiny_lora, write_tiny_models
+from tiny_flashface_models import (
+    CONTROLNET_UNET,
+    TINY_CONTROLNETS,
+    TINY_LORA,
+    TINY_MODELS,
+    write_tiny_controlnets,
+    write_tiny_lora,
+    write_tiny_models,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -31,6 +39,7 @@ def fresh_instance(request, tmp_path_factory):
     server.prepare()
     write_tiny_models(server.models_dir / "flashface")
     write_tiny_lora(server.models_dir)
+    write_tiny_controlnets(server.models_dir)
     server.start()
     try:
         yield server
@@ -55,6 +64,8 @@ def test_every_template_runs_with_one_queue_in_a_fresh_instance(fresh_instance, 
             assert not [d for d in ui.dialogs() if "missing" in d.lower()], ui.dialogs()
             assert ui.set_widgets("FlashFace_LoadModel", **TINY_MODELS) == 1
             ui.set_widgets("LoraLoaderModelOnly", lora_name=TINY_LORA)
+            if ui.set_widgets("ControlNetLoader", control_net_name=TINY_CONTROLNETS["random"]):
+                ui.set_widgets("FlashFace_LoadModel", unet_name=CONTROLNET_UNET)
             if ui.set_widgets("FlashFace_Generator", width=64, height=64, steps=2) == 0:  # a MODEL template
                 assert ui.set_widgets("KSampler", steps=2) == 1
                 ui.set_widgets("EmptyLatentImage", width=64, height=64)

@@ -47,14 +47,35 @@ def write_tiny_lora(models_dir: Path) -> Path:
     return path
 
 
+# in models/flashface and models/controlnet: a tiny UNet of width 64 and a ControlNet for it
+# (tiny_controlnet.py says why 64)
+CONTROLNET_UNET = "tiny_unet_width64.safetensors"
+TINY_CONTROLNETS = {"random": "tiny_controlnet.safetensors", "zero": "tiny_controlnet_zero_outputs.safetensors"}
+
+
+def write_tiny_controlnets(models_dir: Path) -> None:
+    """The width-64 tiny UNet and its tiny ControlNets (random, and with zero output convolutions)."""
+    from tiny_controlnet import write_controlnet_unet, write_tiny_controlnet
+
+    write_controlnet_unet(Path(models_dir) / "flashface" / CONTROLNET_UNET, TEXT_WIDTH)
+    for kind, name in TINY_CONTROLNETS.items():
+        write_tiny_controlnet(Path(models_dir) / "controlnet" / name, TEXT_WIDTH, zero_outputs=kind == "zero")
+
+
 def use_tiny_models(prompt: dict) -> dict:
-    """Point every FlashFace Load Model node of an API-format prompt at the tiny files, and every
-    stock LoRA loader at the tiny LoRA."""
+    """Point every FlashFace Load Model node of an API-format prompt at the tiny files (the width-64
+    UNet where a ControlNet steers it), every stock LoRA loader at the tiny LoRA and every
+    ControlNet loader at the tiny ControlNet."""
+    with_controlnet = any(node["class_type"] == "ControlNetLoader" for node in prompt.values())
     for node in prompt.values():
         if node["class_type"] == "FlashFace_LoadModel":
             node["inputs"].update(TINY_MODELS)
+            if with_controlnet:
+                node["inputs"]["unet_name"] = CONTROLNET_UNET
         elif node["class_type"] == "LoraLoaderModelOnly":
             node["inputs"]["lora_name"] = TINY_LORA
+        elif node["class_type"] == "ControlNetLoader":
+            node["inputs"]["control_net_name"] = TINY_CONTROLNETS["random"]
     return prompt
 
 
@@ -68,6 +89,7 @@ def tiny_model_server(workdir: Path, install=None):
     server.prepare()
     write_tiny_models(server.models_dir / "flashface")
     write_tiny_lora(server.models_dir)
+    write_tiny_controlnets(server.models_dir)
     for photo in (REPO_ROOT / "workflows" / "input").iterdir():
         shutil.copy(photo, server.input_dir / photo.name)
     server.start()
