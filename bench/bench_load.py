@@ -41,14 +41,13 @@ from safetensors.torch import load_file  # noqa: E402
 
 from flashface.models.unet import (  # noqa: E402
     TORCH_OPERATIONS,
-    UNUSED_PREFIX,
     FlashFaceUNet,
     UNetConfig,
     build_middle_block,
     checkpoint_key_shapes,
     checkpoint_plan,
     load_unet,
-    official_key,
+    unused_middle_file_key,
 )
 
 PATTERN_VALUES = 1 << 24  # 64 MiB of fp32 values, repeated to fill every tensor
@@ -114,11 +113,11 @@ def naive_load(path: str, config: UNetConfig) -> torch.nn.Module:
         state = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    plan = checkpoint_plan(list(model.state_dict()), config)
+    plan = checkpoint_plan(config)
     model.load_state_dict({key: tensor_plan.combine([state[k] for k in tensor_plan.file_keys])
                            for key, tensor_plan in plan.items()}, strict=True)
-    ref_middle.load_state_dict({key: state[UNUSED_PREFIX + official_key("middle_block." + key).split(".", 1)[1]]
-                                for key in ref_middle.state_dict()}, strict=True)
+    ref_middle.load_state_dict({key: state[unused_middle_file_key(key)] for key in ref_middle.state_dict()},
+                               strict=True)
     model.ref_middle = ref_middle
     return model
 

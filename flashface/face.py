@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from .errors import FaceDetectionError, GenerationCancelled, InvalidInputError
 from .models.retinaface import RetinaFace
@@ -170,7 +170,8 @@ def find_reference_faces(detector: RetinaFace, photos: list[Image.Image], thresh
     for number, photo in enumerate(photos, 1):
         if should_cancel is not None and should_cancel():
             raise GenerationCancelled(f"Face detection cancelled before photo {number} of {len(photos)}.")
-        photo = ImageOps.exif_transpose(photo)
+        if photo.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+            photo = ImageOps.exif_transpose(photo)
         where = f"reference photo {number} of {len(photos)} ({photo.width}x{photo.height})"
         if min(photo.size) < MIN_PHOTO_SIDE:
             raise FaceDetectionError(

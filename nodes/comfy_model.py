@@ -16,6 +16,7 @@ settings) into a clone's transformer options and hooks ComfyUI's sampling so tha
 from __future__ import annotations
 
 import math
+import weakref
 
 import comfy.model_base
 import comfy.model_sampling
@@ -63,6 +64,7 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
         self.manual_cast_dtype = unet.manual_cast_dtype
         # FlashFace predicts ε on SD1.5's schedule: what a model-sampling node must leave as it is
         self.official_sigmas = self.model_sampling.sigmas.detach().cpu().clone()
+        self.accepted_sampling = weakref.ref(self.model_sampling)  # a weak reference: not a submodule
 
     def get_dtype(self):
         return self.diffusion_model.weight_dtype
@@ -97,7 +99,7 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
 
 
 def _refuse_unapplied_patches(transformer_options) -> None:
-    """Attention patches and replacements (Self-Attention Guidance, PAG, Tome, attention multiply...)
+    """Attention patches and replacements (Self-Attention Guidance, PAG, Tome, HyperTile...)
     are not applied by the FlashFace UNet yet: stop rather than ignore them. Block patches
     (BLOCK_PATCHES: FreeU, PatchModelAddDownscale) are applied."""
     patches = {name: value for name, value in (transformer_options.get("patches") or {}).items()
@@ -107,7 +109,7 @@ def _refuse_unapplied_patches(transformer_options) -> None:
         kinds = ", ".join(sorted(patches) + [f"{name} replacement" for name in sorted(replaced)])
         raise InvalidInputError(
             f"This MODEL carries ComfyUI attention patches ({kinds}), set by a node such as Self-Attention "
-            "Guidance, Perturbed-Attention Guidance, Tome or UNet attention multiply. The FlashFace UNet does not "
+            "Guidance, Perturbed-Attention Guidance, Tome or HyperTile. The FlashFace UNet does not "
             "apply them yet: remove that node between FlashFace Apply and the sampler. (LoRAs, model merges, "
             "ControlNet, FreeU and PatchModelAddDownscale do work.)")
 
@@ -120,34 +122,47 @@ def _calc_cond_batch(args):
     """ComfyUI's batching of the conds, with the positive conds once more as the third branch
     once reference guidance is launched."""
     conds, options = args["conds"], args["model_options"]
-    _refuse_other_model_sampling(args["model"])
+    _refuse_what_the_combination_would_drop(args["model"], options)
     if _guidance(options).with_references_row(args["sigma"].flatten()[0]):
         conds = [conds[0], conds[1], conds[0]]
     marked = dict(options, transformer_options={**options["transformer_options"], BATCHED_BY_FLASHFACE: True})
     return comfy.samplers.calc_cond_batch(args["model"], conds, args["input"], args["sigma"], marked)
 
 
-def _refuse_other_model_sampling(model) -> None:
+def _refuse_what_the_combination_would_drop(model, model_options) -> None:
+    """What stock nodes put on a MODEL that FlashFace's own combination of its branches would not
+    see, checked before each step's evaluation: a changed model sampling (once per model-sampling
+    object: a sampling node puts a new one in place), CFG functions, post-CFG functions and other
+    pre-CFG functions."""
+    if "sampler_cfg_function" in model_options or model_options.get("sampler_post_cfg_function"):
+        raise InvalidInputError(
+            "This MODEL carries a CFG function (from a node such as RescaleCFG, CFGNorm, TCFG, RenormCFG, "
+            "Mahiro, CFGZeroStar, Self-Attention Guidance or Perturbed-Attention Guidance). FlashFace combines its "
+            "branches the official way (text guidance = cfg, reference guidance, guide rescale), which such a "
+            "function would not see: remove that node (the reference settings are on FlashFace Apply).")
+    others = [function for function in model_options.get("sampler_pre_cfg_function", [])
+              if function is not _combine_branches]
+    if others:
+        raise InvalidInputError(
+            "This MODEL carries another pre-CFG function (from a node such as APG). FlashFace's own combination "
+            "of its branches hands ComfyUI's CFG one guided result, so that function would change nothing: remove "
+            "that node.")
     sampling = model.model_sampling
-    official = (type(sampling).calculate_denoised is comfy.model_sampling.EPS.calculate_denoised
-                and torch.equal(sampling.sigmas.detach().cpu(), model.official_sigmas))
-    if not official:
+    if sampling is model.accepted_sampling():
+        return
+    if not (type(sampling).calculate_denoised is comfy.model_sampling.EPS.calculate_denoised
+            and torch.equal(sampling.sigmas.detach().cpu(), model.official_sigmas)):
         raise InvalidInputError(
             "This MODEL's sampling was changed (by a node such as ModelSamplingDiscrete: v_prediction, lcm, x0 or "
             "zsnr). FlashFace predicts the noise (eps) on SD1.5's schedule: remove that node.")
+    model.accepted_sampling = weakref.ref(sampling)
 
 
 def _combine_branches(args):
     """The official combination of the branch x0s, given to ComfyUI's CFG as both cond and uncond."""
-    out, options = args["conds_out"], args["model_options"]
+    out = args["conds_out"]
     if out[1] is None:
         raise InvalidInputError("FlashFace needs the negative prompt at every step; connect one.")
-    if "sampler_cfg_function" in options or options.get("sampler_post_cfg_function"):
-        raise InvalidInputError(
-            "This MODEL carries a CFG function (from a node such as RescaleCFG, CFGNorm, TCFG, RenormCFG or "
-            "Self-Attention / Perturbed-Attention Guidance). FlashFace combines its branches the official way "
-            "(text guidance = cfg, reference guidance, guide rescale), which such a function would not see: remove "
-            "that node (the reference settings are on FlashFace Apply).")
     guided = _guidance(args["model_options"]).combine(args["input"], args["sigma"], out[0], out[1],
                                                       out[POSITIVE_WITH_REFERENCES] if len(out) > 2 else None,
                                                       args["cond_scale"])

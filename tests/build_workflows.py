@@ -151,6 +151,14 @@ EXAMPLE_LORA = "your_sd15_lora.safetensors"  # placeholders: the user picks a fi
 EXAMPLE_CONTROLNET = "control_v11p_sd15_canny.pth"
 
 
+MODEL_PROMPT = "A woman astronaut smiling, portrait, on the street in the night, soft light"
+
+
+def _empty_latent() -> dict:
+    return dict(key="latent", type="EmptyLatentImage", pos=[1100, 520],
+                widgets={"width": 768, "height": 768, "batch_size": 1})
+
+
 def _photo(key: str, name: str, pos) -> dict:
     return dict(key=key, type="LoadImage", pos=pos, size=[320, 360], widgets={"image": name})
 
@@ -194,9 +202,8 @@ def workflow_specs() -> dict[str, dict]:
         "KSampler with FlashFace Apply",
         "FlashFace as a MODEL: any KSampler sampler and scheduler, here dpmpp_2m with karras. An empty latent sets "
         "the size.",
-        "A woman astronaut smiling, portrait, on the street in the night, soft light", {**sampler, "denoise": 1.0},
-        [dict(key="latent", type="EmptyLatentImage", pos=[1100, 520],
-              widgets={"width": 768, "height": 768, "batch_size": 1})], ("latent", "LATENT"))
+        MODEL_PROMPT, {**sampler, "denoise": 1.0},
+        [_empty_latent()], ("latent", "LATENT"))
     lora = specs["flashface_lora"] = _model_spec(
         "an SD1.5 LoRA on FlashFace",
         "FlashFace Apply's MODEL takes ComfyUI's stock LoRA loaders: LoraLoaderModelOnly patches the FlashFace UNet "
@@ -204,9 +211,8 @@ def workflow_specs() -> dict[str, dict]:
         "`ComfyUI/models/loras` and pick it. The LoRA patches the UNet's main path (as on SD1.5); the reference "
         "network that reads the faces and FlashFace's reference attention are left as trained, so the identity "
         "stays. A LoRA's text-encoder part is not used (FlashFace's text encoder is its own).",
-        "A woman astronaut smiling, portrait, on the street in the night, soft light", {**sampler, "denoise": 1.0},
-        [dict(key="latent", type="EmptyLatentImage", pos=[1100, 520],
-              widgets={"width": 768, "height": 768, "batch_size": 1}),
+        MODEL_PROMPT, {**sampler, "denoise": 1.0},
+        [_empty_latent(),
          dict(key="lora", type="LoraLoaderModelOnly", pos=[1100, 720],
               widgets={"lora_name": EXAMPLE_LORA, "strength_model": 0.8})], ("latent", "LATENT"))
     lora["links"].remove(("apply", "model", "ksampler", "model"))
@@ -217,9 +223,8 @@ def workflow_specs() -> dict[str, dict]:
         "steer the layout while the reference faces give the identity. Put an SD1.5 ControlNet (e.g. "
         "control_v11p_sd15_canny) in `ComfyUI/models/controlnet` and pick it. Apply ControlNet's positive and "
         "negative go to KSampler; FlashFace Apply keeps the plain negative.",
-        "A woman astronaut smiling, portrait, on the street in the night, soft light", {**sampler, "denoise": 1.0},
-        [dict(key="latent", type="EmptyLatentImage", pos=[1100, 520],
-              widgets={"width": 768, "height": 768, "batch_size": 1}),
+        MODEL_PROMPT, {**sampler, "denoise": 1.0},
+        [_empty_latent(),
          _photo("pose", PHOTO_MIRRORED, [20, 1040]),
          dict(key="canny", type="Canny", pos=[380, 1040], widgets={"low_threshold": 0.4, "high_threshold": 0.8}),
          dict(key="controlnet", type="ControlNetLoader", pos=[380, 1240], widgets={"control_net_name": EXAMPLE_CONTROLNET}),

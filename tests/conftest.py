@@ -52,12 +52,10 @@ def comfyui_tiny(comfyui):
     from PIL import Image
 
     from comfy_workflows import BLANK_PHOTO, CORRUPT_MODEL, SECOND_DETECTOR
-    from tiny_flashface_models import TINY_MODELS, write_tiny_controlnets, write_tiny_lora, write_tiny_models
+    from tiny_flashface_models import TINY_MODELS, write_tiny_model_folders
 
+    write_tiny_model_folders(comfyui.models_dir)
     folder = comfyui.models_dir / "flashface"
-    write_tiny_models(folder)
-    write_tiny_lora(comfyui.models_dir)
-    write_tiny_controlnets(comfyui.models_dir)
     shutil.copy(folder / TINY_MODELS["detector_name"], folder / SECOND_DETECTOR)
     (folder / CORRUPT_MODEL).write_bytes(b"\x00" * 64 + b"not a model")
     Image.new("RGB", (320, 240), (128, 128, 128)).save(comfyui.input_dir / BLANK_PHOTO)

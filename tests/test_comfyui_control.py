@@ -93,6 +93,11 @@ def test_a_cfg_function_is_refused_by_name_not_ignored(server):
                       "CFG function", "RescaleCFG", "remove that node")
 
 
+def test_another_pre_cfg_function_is_refused_by_name_not_ignored(server):
+    expect_node_error(server, with_model_node(prompt_with(), "APG", eta=1.0, norm_threshold=5.0, momentum=-0.5),
+                      "KSampler", "pre-CFG function", "APG", "remove that node")
+
+
 def test_changed_model_sampling_is_refused(server):
     prompt = with_model_node(prompt_with(), "ModelSamplingDiscrete", sampling="v_prediction", zsnr=False)
     expect_node_error(server, prompt, "KSampler", "ModelSamplingDiscrete", "remove that node")

@@ -11,15 +11,7 @@ import pytest
 
 from comfy_browser import ComfyPage, browser_unavailable_reason
 from comfy_server import REPO_ROOT, ComfyServer, browser_installs
-from tiny_flashface_models import (
-    CONTROLNET_UNET,
-    TINY_CONTROLNETS,
-    TINY_LORA,
-    TINY_MODELS,
-    write_tiny_controlnets,
-    write_tiny_lora,
-    write_tiny_models,
-)
+from tiny_flashface_models import CONTROLNET_UNET, TINY_CONTROLNETS, TINY_LORA, TINY_MODELS, write_tiny_model_folders
 
 pytestmark = pytest.mark.browser
 
@@ -37,9 +29,7 @@ def fresh_instance(request, tmp_path_factory):
         pytest.skip(reason)
     server = ComfyServer(tmp_path_factory.mktemp(f"fresh-{install.version}"), install)
     server.prepare()
-    write_tiny_models(server.models_dir / "flashface")
-    write_tiny_lora(server.models_dir)
-    write_tiny_controlnets(server.models_dir)
+    write_tiny_model_folders(server.models_dir)
     server.start()
     try:
         yield server

@@ -62,6 +62,16 @@ def write_tiny_controlnets(models_dir: Path) -> None:
         write_tiny_controlnet(Path(models_dir) / "controlnet" / name, TEXT_WIDTH, zero_outputs=kind == "zero")
 
 
+def write_tiny_model_folders(models_dir: Path) -> dict[str, Path]:
+    """Everything a test ComfyUI instance gets in its models/ folder: the tiny set in flashface/, the
+    tiny LoRA in loras/, the tiny ControlNets in controlnet/ with their width-64 UNet; the paths of
+    the tiny set."""
+    paths = write_tiny_models(Path(models_dir) / "flashface")
+    write_tiny_lora(models_dir)
+    write_tiny_controlnets(models_dir)
+    return paths
+
+
 def use_tiny_models(prompt: dict) -> dict:
     """Point every FlashFace Load Model node of an API-format prompt at the tiny files (the width-64
     UNet where a ControlNet steers it), every stock LoRA loader at the tiny LoRA and every
@@ -87,9 +97,7 @@ def tiny_model_server(workdir: Path, install=None):
 
     server = ComfyServer(Path(workdir), install)
     server.prepare()
-    write_tiny_models(server.models_dir / "flashface")
-    write_tiny_lora(server.models_dir)
-    write_tiny_controlnets(server.models_dir)
+    write_tiny_model_folders(server.models_dir)
     for photo in (REPO_ROOT / "workflows" / "input").iterdir():
         shutil.copy(photo, server.input_dir / photo.name)
     server.start()

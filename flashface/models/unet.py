@@ -801,8 +801,7 @@ OFFICIAL_LISTS = {"time_embed": "time_embedding", "input_blocks": "encoder", "mi
                   "reference_output_blocks": "ref_decoder"}
 # Module path pieces -> the published file's, in this order (each piece between dots).
 OFFICIAL_PIECES = (
-    # the input conv and each downsampling conv are entries of their own in the file
-    (".0.0.weight", ".0.weight"), (".0.0.bias", ".0.bias"), (".0.op.", "."),
+    (".0.op.", "."),  # a downsampling conv is an entry of its own in the file
     (".conv.", ".1."),  # the upsampling conv sits at index 1 of the file's nn.Sequential
     (".in_layers.", ".layer1."), (".emb_layers.", ".embedding."), (".out_layers.", ".layer2."),
     (".skip_connection.", ".shortcut."),
@@ -817,6 +816,8 @@ def official_key(module_key: str) -> str:
     -> "encoder.1.1.blocks.0.self_attn.q.weight")."""
     head, rest = module_key.split(".", 1)
     rest = "." + rest
+    if head.endswith("input_blocks") and rest.startswith(".0.0."):  # the input conv is an entry of its own too
+        rest = rest[len(".0"):]
     for piece, official in OFFICIAL_PIECES:
         rest = rest.replace(piece, official)
     return OFFICIAL_LISTS[head] + rest
@@ -833,10 +834,18 @@ def _file_keys(module_key: str) -> tuple[str, ...]:
     return (key,)
 
 
-def checkpoint_plan(module_keys: Sequence[str], config: UNetConfig) -> dict[str, TensorPlan]:
-    """Module key -> file keys (`official_key`): aliased lists read both copies (checked equal),
-    others one; conv_in's latent and mask channels are cut from the published 5-channel weight."""
+def unused_middle_file_key(middle_block_key: str) -> str:
+    """The published name of a tensor of the never-run `ref_middle`, from its key in a middle block."""
+    return UNUSED_PREFIX + official_key("middle_block." + middle_block_key).split(".", 1)[1]
+
+
+def checkpoint_plan(config: UNetConfig) -> dict[str, TensorPlan]:
+    """Module key -> file keys (`official_key`) for a UNet of `config`: aliased lists read both
+    copies (checked equal), others one; conv_in's latent and mask channels are cut from the
+    published 5-channel weight."""
     latent_channels = config.in_channels - 1
+    with torch.device("meta"):
+        module_keys = list(FlashFaceUNet(config).state_dict())
     plans = {}
     for key in module_keys:
         file_keys = _file_keys(key)
@@ -858,8 +867,7 @@ def checkpoint_key_shapes(config: UNetConfig) -> dict[str, torch.Size]:
               if key != CONV_IN_MASK_WEIGHT}
     for file_key in _file_keys(CONV_IN_WEIGHT):
         shapes[file_key] = torch.Size((config.dim, config.in_channels, 3, 3))
-    shapes.update({UNUSED_PREFIX + official_key("middle_block." + key).split(".", 1)[1]: t.shape
-                   for key, t in unused_middle.state_dict().items()})
+    shapes.update({unused_middle_file_key(key): t.shape for key, t in unused_middle.state_dict().items()})
     return shapes
 
 
@@ -873,10 +881,8 @@ def load_unet(source: str | os.PathLike | Checkpoint, *, device: torch.device | 
     with checkpoint_source(source) as checkpoint:
         config = infer_config(checkpoint, num_heads)
         ops = operations or TORCH_OPERATIONS
-        with torch.device("meta"):
-            probe = FlashFaceUNet(config, ops)
         model = load_module(
-            lambda: FlashFaceUNet(config, ops), checkpoint, checkpoint_plan(list(probe.state_dict()), config),
+            lambda: FlashFaceUNet(config, ops), checkpoint, checkpoint_plan(config),
             what=WHAT, device=device, dtype=dtype,
             ignore=lambda key: key.startswith(UNUSED_PREFIX),
         )
