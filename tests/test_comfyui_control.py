@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from comfy_workflows import PHOTO, cheap_model_workflow, expect_node_error, level_difference, node_id, run_to_levels
-from tiny_flashface_models import CONTROLNET_UNET, TINY_CONTROLNETS, TINY_MODELS
+from tiny_flashface_models import ADAPTER_UNET, CONTROLNET_UNET, TINY_CONTROLNETS, TINY_MODELS, TINY_T2I_ADAPTERS
 
 pytestmark = pytest.mark.comfyui
 
@@ -67,6 +67,21 @@ def test_a_controlnet_steers_the_image_within_its_steps_and_strength(server, pla
     assert (never - plain).abs().max() <= 1
     # two ControlNets at half strength add the same residuals as one at full strength
     assert (chained - steered).abs().max() <= 1
+
+
+def test_a_t2i_adapter_steers_the_image_at_its_four_levels(server):
+    """ComfyUI's T2I-Adapter gives residuals after input blocks 2, 5, 8 and 11 of SD1.5's layout
+    (ControlNetLoader loads it; one hint image serves every row of every step, also once the
+    third branch joins)."""
+    plain = run_to_levels(server, prompt_with(unet=ADAPTER_UNET))
+    zero = run_to_levels(server, prompt_with((TINY_T2I_ADAPTERS["zero"], 1.0, 0.0, 1.0), unet=ADAPTER_UNET))
+    steered = run_to_levels(server, prompt_with((TINY_T2I_ADAPTERS["random"], 1.0, 0.0, 1.0), unet=ADAPTER_UNET))
+    weaker = run_to_levels(server, prompt_with((TINY_T2I_ADAPTERS["random"], 0.3, 0.0, 1.0), unet=ADAPTER_UNET))
+    print(f"\nT2I-Adapter vs none: {level_difference(steered, plain)}; strength 0.3: "
+          f"{level_difference(weaker, plain)}; all-zero adapter: {level_difference(zero, plain)}")
+    assert (zero - plain).abs().max() <= 1
+    assert (steered - plain).abs().float().mean() > 2
+    assert 0 < (weaker - plain).abs().float().mean() < (steered - plain).abs().float().mean()
 
 
 def test_freeu_and_downscale_patches_are_applied(server, plain):

@@ -51,15 +51,22 @@ def write_tiny_lora(models_dir: Path) -> Path:
 # (tiny_controlnet.py says why 64)
 CONTROLNET_UNET = "tiny_unet_width64.safetensors"
 TINY_CONTROLNETS = {"random": "tiny_controlnet.safetensors", "zero": "tiny_controlnet_zero_outputs.safetensors"}
+# and a four-level tiny UNet with a T2I-Adapter for it (in models/controlnet, where ComfyUI looks)
+ADAPTER_UNET = "tiny_unet_four_levels.safetensors"
+TINY_T2I_ADAPTERS = {"random": "tiny_t2i_adapter.safetensors", "zero": "tiny_t2i_adapter_zero.safetensors"}
 
 
 def write_tiny_controlnets(models_dir: Path) -> None:
-    """The width-64 tiny UNet and its tiny ControlNets (random, and with zero output convolutions)."""
-    from tiny_controlnet import write_controlnet_unet, write_tiny_controlnet
+    """The width-64 tiny UNet and its tiny ControlNets (random, and with zero output convolutions);
+    the four-level tiny UNet and its T2I-Adapters (random, and all zero)."""
+    from tiny_controlnet import write_adapter_unet, write_controlnet_unet, write_tiny_controlnet, write_tiny_t2i_adapter
 
     write_controlnet_unet(Path(models_dir) / "flashface" / CONTROLNET_UNET, TEXT_WIDTH)
     for kind, name in TINY_CONTROLNETS.items():
         write_tiny_controlnet(Path(models_dir) / "controlnet" / name, TEXT_WIDTH, zero_outputs=kind == "zero")
+    write_adapter_unet(Path(models_dir) / "flashface" / ADAPTER_UNET, TEXT_WIDTH)
+    for kind, name in TINY_T2I_ADAPTERS.items():
+        write_tiny_t2i_adapter(Path(models_dir) / "controlnet" / name, zero=kind == "zero")
 
 
 def write_tiny_model_folders(models_dir: Path) -> dict[str, Path]:
