@@ -4,6 +4,10 @@ Every message says what went wrong and what to do about it. Nodes and the comman
 these propagate unchanged; anything else is a bug.
 """
 
+from __future__ import annotations
+
+from typing import Callable
+
 
 class FlashFaceError(Exception):
     """Base class of every user-facing FlashFace failure."""
@@ -30,4 +34,13 @@ class InvalidInputError(FlashFaceError, ValueError):
 
 
 class GenerationCancelled(FlashFaceError):
-    """The caller asked to stop between two sampling steps."""
+    """The caller asked to stop (checked between sampling steps, photos, images and tiles)."""
+
+
+CancelCheck = Callable[[], bool]
+
+
+def stop_if_cancelled(should_cancel: CancelCheck | None, what: str) -> None:
+    """Raise GenerationCancelled(`what`) if `should_cancel()` says so."""
+    if should_cancel is not None and should_cancel():
+        raise GenerationCancelled(what)

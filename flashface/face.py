@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 
-from .errors import FaceDetectionError, GenerationCancelled, InvalidInputError
+from .errors import CancelCheck, FaceDetectionError, InvalidInputError, stop_if_cancelled
 from .models.retinaface import RetinaFace
 
 logger = logging.getLogger(__name__)
@@ -151,9 +150,28 @@ class PhotoFaces:
     crops: tuple[Image.Image, ...]
 
 
+def face_region_mask(found: PhotoFaces) -> torch.Tensor:
+    """[H, W] float32 of the photo: 1 inside each kept face's box (rounded as the crop is, clipped to
+    the photo), 0 elsewhere; the region a face fix redraws (ComfyUI's MASK convention)."""
+    mask = torch.zeros(found.photo.height, found.photo.width)
+    for face in found.faces:
+        x1, y1, x2, y2 = _crop_box(face)
+        mask[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = 1.0
+    return mask
+
+
+def check_reference_count(count: int) -> None:
+    """The limit on reference faces of every entry point (the Generator, FlashFace Apply, the library)."""
+    if count > MAX_REFERENCES:
+        raise InvalidInputError(
+            f"{count} reference faces were given; FlashFace takes at most {MAX_REFERENCES} (the official demo uses "
+            f"4, and every face adds attention work and memory). Give fewer faces: in Detect Face, fewer photos or "
+            f"several_faces 'largest'.")
+
+
 def find_reference_faces(detector: RetinaFace, photos: list[Image.Image], threshold: float,
                          device: torch.device | str, several_faces: str = "largest",
-                         should_cancel: Callable[[], bool] | None = None) -> list[PhotoFaces]:
+                         should_cancel: CancelCheck | None = None) -> list[PhotoFaces]:
     """The face-crop policy of every entry point: detect the faces in each photo and keep them as
     `several_faces` says (see SEVERAL_FACES). Stops with a message naming the photo when one has
     no face, too many, or is too small, and when the faces would be more than MAX_REFERENCES.
@@ -168,8 +186,7 @@ def find_reference_faces(detector: RetinaFace, photos: list[Image.Image], thresh
         raise FaceDetectionError("No reference photo was given: give at least one photo of the person.")
     found, kept = [], 0
     for number, photo in enumerate(photos, 1):
-        if should_cancel is not None and should_cancel():
-            raise GenerationCancelled(f"Face detection cancelled before photo {number} of {len(photos)}.")
+        stop_if_cancelled(should_cancel, f"Face detection cancelled before photo {number} of {len(photos)}.")
         if photo.getexif().get(ExifTags.Base.Orientation, 1) != 1:
             photo = ImageOps.exif_transpose(photo)
         where = f"reference photo {number} of {len(photos)} ({photo.width}x{photo.height})"

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InvalidInputError
-from .face import DEFAULT_DETECTION_THRESHOLD, MAX_REFERENCES, find_reference_faces, prepare_reference
+from .errors import CancelCheck, InvalidInputError, stop_if_cancelled
+from .face import DEFAULT_DETECTION_THRESHOLD, check_reference_count, find_reference_faces, prepare_reference
 from .models.vae import LATENT_SCALE
 from .prompts import EncodedPrompt, prompt_text
 from .sampling.guidance import ReferenceGuidedDenoiser
@@ -166,26 +166,35 @@ class FlashFacePipeline:
         return self.encode_images(images)
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, images: torch.Tensor, should_cancel: CancelCheck | None = None) -> torch.Tensor:
         """Latents [B,4,H/8,W/8] (posterior mean, scaled), on the VAE's device, of images [B,3,H,W]
-        in [-1, 1]; out of memory, one image at a time."""
-        images = images.to(self.vae_device)
-        latents = first_that_fits([
-            ("as a whole", lambda: self.vae.encode(images)),
-            ("one image at a time", lambda: torch.cat([self.vae.encode(image[None]) for image in images])),
-        ], self.vae_device)
-        return latents.float() * LATENT_SCALE
+        in [-1, 1], one image at a time (`should_cancel()` asked before each)."""
+        latents = []
+        for number, image in enumerate(images.to(self.vae_device), 1):
+            stop_if_cancelled(should_cancel, f"Encoding cancelled before image {number} of {len(images)}.")
+            latents.append(self.vae.encode(image[None]))
+        return torch.cat(latents).float() * LATENT_SCALE
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images [B,3,H,W] in about [-1,1] from scaled latents, on the VAE's device. Out of
-        memory, the VAE decodes one image at a time, then in tiles (see `AutoencoderKL.decode_tiled`)."""
-        unscaled = (latents / LATENT_SCALE).to(self.vae_device)
-        return first_that_fits([
-            ("as a whole", lambda: self.vae.decode(unscaled).float()),
-            ("one image at a time", lambda: torch.cat([self.vae.decode(z[None]).float() for z in unscaled])),
-            ("in tiles", lambda: torch.cat([self.vae.decode_tiled(z[None]) for z in unscaled])),
-        ], self.vae_device)
+    def decode(self, latents: torch.Tensor, should_cancel: CancelCheck | None = None) -> torch.Tensor:
+        """Images [B,3,H,W] in about [-1,1] from scaled latents, on the VAE's device, one image at a
+        time (`should_cancel()` asked before each and between tiles); an image that does not fit in
+        memory is decoded in tiles (see `AutoencoderKL.decode_tiled`). A latent that decodes to
+        values that are not numbers (it holds NaN, or values far outside a VAE latent's) is refused."""
+        images = []
+        for number, z in enumerate((latents / LATENT_SCALE).to(self.vae_device), 1):
+            stop_if_cancelled(should_cancel, f"Decoding cancelled before image {number} of {len(latents)}.")
+            image = first_that_fits([
+                ("as a whole", lambda z=z: self.vae.decode(z[None]).float()),
+                ("in tiles", lambda z=z: self.vae.decode_tiled(z[None], should_cancel=should_cancel)),
+            ], self.vae_device)
+            if not torch.isfinite(image).all():
+                raise InvalidInputError(
+                    f"Latent {number} of {len(latents)} decodes to values that are not numbers: it holds NaN or "
+                    f"infinite values, or values far outside an SD1.5 latent's (largest magnitude "
+                    f"{float(z.abs().nan_to_num(float('inf')).max()):.3g}). Check the sampler or node that made it.")
+            images.append(image)
+        return torch.cat(images)
 
     @torch.no_grad()
     def generate(
@@ -198,7 +207,7 @@ class FlashFacePipeline:
         face_mask: torch.Tensor | None = None,
         output_device: torch.device | str = "cpu",
         progress: Progress | None = None,
-        should_cancel: Callable[[], bool] | None = None,
+        should_cancel: CancelCheck | None = None,
     ) -> GenerationResult:
         """Generate `settings.batch_size` images of the reference person (see `GenerationSettings`;
         its defaults are the official demo's).
@@ -209,11 +218,7 @@ class FlashFacePipeline:
         """
         if not isinstance(settings, GenerationSettings):
             raise InvalidInputError(f"settings must be a GenerationSettings, not {type(settings).__name__}.")
-        if len(reference_faces) > MAX_REFERENCES:
-            raise InvalidInputError(
-                f"{len(reference_faces)} reference faces were given; FlashFace takes at most {MAX_REFERENCES} (the "
-                f"official demo uses 4, and every face adds attention work and memory). Give fewer faces: in "
-                f"Detect Face, fewer photos or several_faces 'largest'.")
+        check_reference_count(len(reference_faces))
         h, w = latent_size(settings.width, settings.height)
         device, batch = self.device, settings.batch_size
 
@@ -233,6 +238,6 @@ class FlashFacePipeline:
                     settings.solver, len(reference_latents), settings.width, settings.height, settings.seed, device)
         latents = run_solver(denoiser, x, sigmas, callback=progress, should_cancel=should_cancel, generator=generator)
 
-        images = official_levels(self.decode(latents)).to(output_device).float() / 255
+        images = official_levels(self.decode(latents, should_cancel)).to(output_device).float() / 255
         return GenerationResult(images=images, latents=latents.float().to(output_device), seed=settings.seed,
                                 model_timesteps=denoiser.model_timesteps)

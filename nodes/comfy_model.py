@@ -20,6 +20,7 @@ import weakref
 
 import comfy.model_base
 import comfy.model_sampling
+import comfy.patcher_extension
 import comfy.samplers
 import comfy.supported_models
 import torch
@@ -30,6 +31,7 @@ from ..flashface.models.unet import BLOCK_PATCHES, BlockAdditions, UNetConfig
 from ..flashface.pipeline import OFFICIAL_REFERENCE_COUNT
 from ..flashface.sampling.guidance import POSITIVE, POSITIVE_WITH_REFERENCES, RowGuidance
 from ..flashface.sampling.mask import LATENT_FACTOR
+from .inputs import check_text_embedding
 
 GUIDANCE = "flashface_guidance"  # the RowGuidance in a MODEL's model_options["transformer_options"]
 BATCHED_BY_FLASHFACE = "flashface_rows"  # set in transformer_options by the MODEL's own batching hook
@@ -80,6 +82,12 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
                 "itself). FlashFace combines its positive, negative and reference branches itself: sample it with "
                 "KSampler, SamplerCustom or CFGGuider, one positive and one negative.")
         _refuse_unapplied_patches(transformer_options)
+        if self.manual_cast_dtype != self.diffusion_model.manual_cast_dtype:
+            raise InvalidInputError(
+                f"This MODEL's compute dtype was set to {self.manual_cast_dtype or 'its weights dtype'} (by a node such "
+                f"as ModelComputeDtype); the FlashFace UNet computes in "
+                f"{self.diffusion_model.manual_cast_dtype or self.diffusion_model.weight_dtype}, chosen when it is "
+                "loaded: remove that node and set weight_dtype on FlashFace Load Model instead.")
         chunks = transformer_options.get("cond_or_uncond") or [POSITIVE]
         rows = x.shape[0] // len(chunks)
         kinds = [kind for kind in chunks for _ in range(rows)]
@@ -99,9 +107,19 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
 
 
 def _refuse_unapplied_patches(transformer_options) -> None:
-    """Attention patches and replacements (Self-Attention Guidance, PAG, Tome, HyperTile...)
-    are not applied by the FlashFace UNet yet: stop rather than ignore them. Block patches
-    (BLOCK_PATCHES: FreeU, PatchModelAddDownscale) are applied."""
+    """Attention patches and replacements (Self-Attention Guidance, PAG, Tome, HyperTile,
+    hypernetworks...) and wrappers of the diffusion model's forward (EasyCache) are not applied by
+    the FlashFace UNet: stop rather than ignore them. Block patches (BLOCK_PATCHES: FreeU,
+    PatchModelAddDownscale) are applied; wrappers of the steps around it (sampling, CFG, batching,
+    apply_model) are ComfyUI's to run and do run."""
+    forward_wrappers = (transformer_options.get("wrappers") or {}).get(
+        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL) or {}
+    wrapped = sorted(key for key, wrappers in forward_wrappers.items() if wrappers)
+    if wrapped:
+        raise InvalidInputError(
+            f"This MODEL carries wrappers of the UNet's forward pass ({', '.join(wrapped)}), set by a node such as "
+            "EasyCache. The FlashFace UNet runs its reference and main passes itself and does not call them: remove "
+            "that node (LazyCache, which caches whole steps, does work).")
     patches = {name: value for name, value in (transformer_options.get("patches") or {}).items()
                if value and name not in BLOCK_PATCHES}
     replaced = {name: value for name, value in (transformer_options.get("patches_replace") or {}).items() if value}
@@ -109,8 +127,8 @@ def _refuse_unapplied_patches(transformer_options) -> None:
         kinds = ", ".join(sorted(patches) + [f"{name} replacement" for name in sorted(replaced)])
         raise InvalidInputError(
             f"This MODEL carries ComfyUI attention patches ({kinds}), set by a node such as Self-Attention "
-            "Guidance, Perturbed-Attention Guidance, Tome or HyperTile. The FlashFace UNet does not "
-            "apply them yet: remove that node between FlashFace Apply and the sampler. (LoRAs, model merges, "
+            "Guidance, Perturbed-Attention Guidance, Tome, HyperTile or Load Hypernetwork. The FlashFace UNet does "
+            "not apply them: remove that node between FlashFace Apply and the sampler. (LoRAs, model merges, "
             "ControlNet, FreeU and PatchModelAddDownscale do work.)")
 
 
@@ -122,8 +140,14 @@ def _calc_cond_batch(args):
     """ComfyUI's batching of the conds, with the positive conds once more as the third branch
     once reference guidance is launched."""
     conds, options = args["conds"], args["model_options"]
+    if conds[1] is None:  # ComfyUI would return zeros for it
+        raise InvalidInputError(
+            "FlashFace needs a negative prompt at every step, and this sampler gives none (BasicGuider and Train "
+            "LoRA give only a positive): use CFGGuider, KSampler or SamplerCustom with a negative.")
     _refuse_what_the_combination_would_drop(args["model"], options)
-    if _guidance(options).with_references_row(args["sigma"].flatten()[0]):
+    with_references = _guidance(options).with_references_row(args["sigma"].flatten()[0])  # checks the sigma
+    _check_step_inputs(args["model"], args["input"], args["sigma"], conds)
+    if with_references:
         conds = [conds[0], conds[1], conds[0]]
     marked = dict(options, transformer_options={**options["transformer_options"], BATCHED_BY_FLASHFACE: True})
     return comfy.samplers.calc_cond_batch(args["model"], conds, args["input"], args["sigma"], marked)
@@ -158,14 +182,44 @@ def _refuse_what_the_combination_would_drop(model, model_options) -> None:
     model.accepted_sampling = weakref.ref(sampling)
 
 
+def _check_step_inputs(model, x: torch.Tensor, sigma: torch.Tensor, conds) -> None:
+    """What enters a step: a finite latent, and conditioning FlashFace can read (finite, the text
+    encoder's width, over the whole latent)."""
+    if not torch.isfinite(x).all():
+        raise InvalidInputError(
+            f"The latent entering the step at noise level {float(sigma.flatten()[0]):.4g} has values that are not "
+            "numbers (NaN or infinite): the LATENT given to the sampler (or its noise) holds them. Check the node that "
+            "made the latent.")
+    for side, entries in (("positive", conds[0]), ("negative", conds[1])):
+        if not entries:
+            raise InvalidInputError(f"The sampler's {side} conditioning is empty (a node let no conditioning "
+                                    f"through): connect FlashFace CLIP Text Encode's {side} output.")
+        for entry in entries:
+            if "area" in entry or "mask" in entry:
+                raise InvalidInputError(
+                    f"The {side} conditioning is limited to an area or a mask (by a node such as ConditioningSetArea "
+                    "or ConditioningSetMask). FlashFace lays the face out over the whole latent and does not place it "
+                    "within such an area: remove that node, and place the face with FlashFace Apply's face box or "
+                    "face_mask.")
+            if "cross_attn" in entry:
+                check_text_embedding(entry["cross_attn"], model.diffusion_model.config.context_dim,
+                                     f"sampler's {side} conditioning")
+
+
 def _combine_branches(args):
     """The official combination of the branch x0s, given to ComfyUI's CFG as both cond and uncond."""
-    out = args["conds_out"]
-    if out[1] is None:
-        raise InvalidInputError("FlashFace needs the negative prompt at every step; connect one.")
-    guided = _guidance(args["model_options"]).combine(args["input"], args["sigma"], out[0], out[1],
-                                                      out[POSITIVE_WITH_REFERENCES] if len(out) > 2 else None,
-                                                      args["cond_scale"])
+    out, sigma, cfg = args["conds_out"], args["sigma"], args["cond_scale"]
+    if not math.isfinite(cfg):
+        raise InvalidInputError(f"The sampler's cfg is {cfg}: give a finite number (FlashFace's official text "
+                                "guidance is 7.5).")
+    guidance = _guidance(args["model_options"])
+    guided = guidance.combine(args["input"], sigma, out[0], out[1],
+                              out[POSITIVE_WITH_REFERENCES] if len(out) > 2 else None, cfg)
+    if not torch.isfinite(guided).all():
+        raise InvalidInputError(
+            f"The prediction at timestep {guidance.timestep(sigma.flatten()[0])} has values that are not numbers "
+            "(NaN or infinite). Check what feeds the sampler: cfg, the latent, the conditioning, and the strengths of "
+            "any LoRA, ControlNet or patch on the MODEL.")
     return [guided, guided]
 
 

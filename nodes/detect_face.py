@@ -1,20 +1,20 @@
-"""FlashFace Detect Face: reference photos (any sizes) -> aligned face crops as an IMAGE batch."""
+"""FlashFace Detect Face: reference photos (any sizes) -> aligned face crops as an IMAGE batch, and
+where the faces are in each photo."""
 
 from __future__ import annotations
 
 from PIL import ImageDraw
 
-import comfy.model_management as mm
-
-from ..flashface.errors import GenerationCancelled
 from ..flashface.face import (
     DEFAULT_DETECTION_THRESHOLD,
     MAX_REFERENCES,
     REFERENCE_SIZE,
     SEVERAL_FACES,
+    face_region_mask,
     find_reference_faces,
     pad_to_square,
 )
+from .cancel import comfy_cancel
 from .declare import FlashFaceNode, outputs
 from .images import image_batches_to_pil, pil_to_batch, pil_to_image
 from .load_model import expect_model, model_input
@@ -46,8 +46,10 @@ class FlashFaceDetectFace(FlashFaceNode):
         ("faces", "IMAGE", "The face crops, one 224x224 image per face, for the Generator's reference_faces."),
         ("preview", "IMAGE", "Each photo with the kept faces outlined (green box, red landmarks)."),
         ("face_count", "INT", "How many faces were kept."),
+        ("face_masks", "MASK", "For each photo, a mask of its kept faces' boxes (white = face), the photo's size: "
+                               "the region to redraw in a face fix, or Apply's face position."),
     )
-    OUTPUT_IS_LIST = (False, True, False)
+    OUTPUT_IS_LIST = (False, True, False, True)
     FUNCTION = "detect"
 
     @classmethod
@@ -78,11 +80,10 @@ class FlashFaceDetectFace(FlashFaceNode):
         for name, batches in (("images", images), *((name, more_images.get(name, [])) for name in EXTRA_PHOTO_INPUTS)):
             photos += image_batches_to_pil(batches, name)
         (detector,) = model.ready("detector")
-        try:
+        with comfy_cancel() as should_cancel:
             found = find_reference_faces(detector, photos, threshold, model.device("detector"), several_faces,
-                                         should_cancel=mm.processing_interrupted)
-        except GenerationCancelled as cancelled:
-            raise mm.InterruptProcessingException() from cancelled
+                                         should_cancel=should_cancel)
         crops = [pad_to_square(crop, REFERENCE_SIZE) for photo in found for crop in photo.crops]
         previews = [pil_to_image(_draw_faces(photo.photo, photo.faces)) for photo in found]
-        return (pil_to_batch(crops), previews, len(crops))
+        masks = [face_region_mask(photo)[None] for photo in found]
+        return (pil_to_batch(crops), previews, len(crops), masks)

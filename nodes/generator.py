@@ -7,11 +7,11 @@ import comfy.model_management as mm
 import comfy.utils
 import latent_preview
 
-from ..flashface.errors import GenerationCancelled
 from ..flashface.models.vae import LATENT_SCALE
 from ..flashface.pipeline import FlashFacePipeline
 from ..flashface.prompts import EncodedPrompt
 from ..flashface.settings import PRESETS, GenerationSettings
+from .cancel import comfy_cancel
 from .declare import FlashFaceNode, box_inputs, outputs, setting_input, settings_from_inputs
 from .images import image_batches_to_pil
 from .inputs import expect, expect_mask
@@ -100,10 +100,8 @@ class FlashFaceGenerator(FlashFaceNode):
             preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer is not None else None
             bar.update_absolute(step + 1, total, preview)
 
-        try:
+        with comfy_cancel() as should_cancel:
             result = pipeline.generate(faces, positive, negative, settings, face_mask=face_mask,
                                        output_device=mm.intermediate_device(), progress=progress,
-                                       should_cancel=mm.processing_interrupted)
-        except GenerationCancelled as cancelled:
-            raise mm.InterruptProcessingException() from cancelled
+                                       should_cancel=should_cancel)
         return (result.images, {"samples": result.latents / LATENT_SCALE})

@@ -4,12 +4,12 @@ attention), for the MODEL path (img2img, inpainting, hires chains)."""
 from __future__ import annotations
 
 import comfy.model_management as mm
-import torch
 
 from ..flashface.errors import InvalidInputError
 from ..flashface.models.vae import LATENT_SCALE
 from ..flashface.pipeline import official_levels
 from ..flashface.sampling.mask import LATENT_FACTOR
+from .cancel import comfy_cancel
 from .declare import FlashFaceNode, outputs
 from .inputs import expect_image, expect_latent
 from .load_model import expect_model, model_input
@@ -44,7 +44,8 @@ class FlashFaceVAEEncode(FlashFaceNode):
         if pixels.shape[-1] == 1:
             pixels = pixels.expand(-1, -1, -1, 3)
         images = pixels.permute(0, 3, 1, 2).float() * 2 - 1
-        latents = flashface_model.vae_pipeline().encode_images(images)
+        with comfy_cancel() as should_cancel:
+            latents = flashface_model.vae_pipeline().encode_images(images, should_cancel)
         return ({"samples": (latents / LATENT_SCALE).to(mm.intermediate_device())},)
 
 
@@ -66,6 +67,6 @@ class FlashFaceVAEDecode(FlashFaceNode):
     def decode(self, flashface_model, samples):
         flashface_model = expect_model(flashface_model)
         latents = expect_latent(samples, "samples")
-        with torch.no_grad():
-            decoded = flashface_model.vae_pipeline().decode(latents * LATENT_SCALE)
+        with comfy_cancel() as should_cancel:
+            decoded = flashface_model.vae_pipeline().decode(latents * LATENT_SCALE, should_cancel)
         return (official_levels(decoded).to(mm.intermediate_device()).float() / 255,)

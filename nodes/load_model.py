@@ -60,6 +60,11 @@ class FlashFaceModel:
         (vae,) = self.ready("vae")
         return FlashFacePipeline(None, vae, device=self.device("vae"))
 
+    @property
+    def prompt_width(self) -> int:
+        """The width of the text embeddings the UNet reads (its cross-attention context)."""
+        return self.unet.model.diffusion_model.config.context_dim
+
     def device(self, part: str) -> torch.device:
         """Where ComfyUI runs that network: its load device, whatever part of it is loaded there."""
         return getattr(self, part).load_device

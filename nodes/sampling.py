@@ -3,6 +3,7 @@ SamplerCustom) and FlashFace Sigmas (the official noise levels as SIGMAS)."""
 
 from __future__ import annotations
 
+from ..flashface.face import check_reference_count
 from ..flashface.pipeline import padded_references
 from ..flashface.sampling.guidance import RowGuidance
 from ..flashface.sampling.noise_levels import vp_to_ve
@@ -55,8 +56,9 @@ class FlashFaceApply(FlashFaceNode):
 
     def apply(self, flashface_model, reference_faces, negative, padding_seed, face_mask=None, **inputs):
         expect_model(flashface_model)
-        context = expect_conditioning(negative, "negative")
+        context = expect_conditioning(negative, "negative", flashface_model.prompt_width)
         faces = image_batches_to_pil([reference_faces], "reference_faces")
+        check_reference_count(len(faces))
         if face_mask is not None:
             face_mask = expect_mask(face_mask, "face_mask")
         settings = settings_from_inputs(inputs)

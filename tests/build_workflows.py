@@ -236,6 +236,31 @@ def workflow_specs() -> dict[str, dict]:
                          ("controlnet", "CONTROL_NET", "control", "control_net"),
                          ("positive", "positive", "control", "positive"), ("negative", "negative", "control", "negative"),
                          ("control", "positive", "ksampler", "positive"), ("control", "negative", "ksampler", "negative")]
+    fix = specs["flashface_face_fix"] = _model_spec(
+        "face fix: redraw the face of a picture",
+        "Redraws only the face of any picture (a photo, an image from another SD1.5 model) with the reference "
+        "identity: a second Detect Face finds the face in the picture; its mask, grown a little, tells FlashFace Apply "
+        "where the face is and limits the redraw (Set Latent Noise Mask) and the paste-back (ImageCompositeMasked). "
+        "Denoise 0.55 keeps the pose and light; raise it for a stronger likeness. Pictures up to about 1024 px "
+        "work whole; for larger ones use Impact Pack's FaceDetailer (see the README).",
+        "A woman astronaut, portrait photo, detailed face, soft light", {**sampler, "denoise": 0.55},
+        [_photo("picture", PHOTO_CLOSEUP, [1100, 520]),
+         dict(key="find", type="FlashFace_DetectFace", pos=[1100, 920], title="Face in the picture",
+              widgets={"threshold": 0.6, "several_faces": "largest"}),
+         dict(key="grow", type="GrowMask", pos=[1480, 520], widgets={"expand": 24, "tapered_corners": True}),
+         dict(key="encode", type="FlashFace_VAEEncode", pos=[1480, 680]),
+         dict(key="noise_mask", type="SetLatentNoiseMask", pos=[1480, 820]),
+         dict(key="paste", type="ImageCompositeMasked", pos=[2240, 20],
+              widgets={"x": 0, "y": 0, "resize_source": False})],
+        ("noise_mask", "LATENT"),
+        [("model", "flashface_model", "find", "flashface_model"), ("picture", "IMAGE", "find", "images"),
+         ("find", "face_masks", "grow", "mask"), ("grow", "MASK", "apply", "face_mask"),
+         ("model", "flashface_model", "encode", "flashface_model"), ("picture", "IMAGE", "encode", "pixels"),
+         ("encode", "latent", "noise_mask", "samples"), ("grow", "MASK", "noise_mask", "mask"),
+         ("picture", "IMAGE", "paste", "destination"), ("decode", "images", "paste", "source"),
+         ("grow", "MASK", "paste", "mask")])
+    fix["links"].remove(("decode", "images", "save", "images"))
+    fix["links"].append(("paste", "IMAGE", "save", "images"))
     specs["flashface_img2img"] = _model_spec(
         "img2img from a photo",
         "A photo encoded with FlashFace VAE Encode is the start of KSampler; denoise 0.6 keeps its layout and colours "

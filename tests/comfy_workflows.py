@@ -19,6 +19,7 @@ PHOTO = "flashface_astronaut.jpg"
 BLANK_PHOTO = "flashface_test_blank.png"
 SECOND_DETECTOR = "tiny_retinaface_copy.pth"
 CORRUPT_MODEL = "corrupt_unet.safetensors"
+TEXT_AS_MODEL = "notes_saved_as_model.pth"  # a text file under a model's suffix
 
 
 def load_api_workflow(name: str) -> dict:
@@ -79,16 +80,16 @@ def quick_prompt(seed: int = 0, **generator) -> dict:
 
 def cheap_model_workflow(name: str, size: int = 64, steps: int = 4, **ksampler) -> dict:
     """A bundled MODEL workflow (FlashFace Apply + KSampler) on the tiny models at size x size px
-    with `steps` steps: an empty latent of that size, or the start photo scaled to it."""
+    with `steps` steps: an empty latent of that size, or the start picture scaled to it."""
     prompt = api_workflow(name)
     if "EmptyLatentImage" in {node["class_type"] for node in prompt.values()}:
         set_inputs(prompt, "EmptyLatentImage", width=size, height=size)
-    else:
-        encoder = prompt[node_id(prompt, "FlashFace_VAEEncode")]["inputs"]
-        prompt["90"] = {"class_type": "ImageScale", "inputs": {"image": list(encoder["pixels"]),
-                                                               "upscale_method": "bilinear", "width": size,
-                                                               "height": size, "crop": "center"}}
-        encoder["pixels"] = ["90", 0]
+    else:  # the start picture scaled, for every node that takes it (a face fix pastes onto it)
+        picture = list(prompt[node_id(prompt, "FlashFace_VAEEncode")]["inputs"]["pixels"])
+        for node in prompt.values():
+            node["inputs"].update({name: ["90", 0] for name, value in node["inputs"].items() if value == picture})
+        prompt["90"] = {"class_type": "ImageScale", "inputs": {"image": picture, "upscale_method": "bilinear",
+                                                               "width": size, "height": size, "crop": "center"}}
     return set_inputs(prompt, "KSampler", **{"steps": steps, **ksampler})
 
 

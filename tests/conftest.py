@@ -10,16 +10,19 @@ import pytest
 from comfy_server import REPO_ROOT, ComfyInstall, ComfyServer, browser_installs, comfy_installs
 
 EXAMPLE_PHOTOS = REPO_ROOT / "workflows" / "input"
+VALUE_SOURCE_NODES = Path(__file__).parent / "data" / "value_source_nodes"  # a test-only node pack
 
 
 @contextmanager
 def running_comfyui(install: ComfyInstall, workdir: Path):
-    """A running ComfyUI of `install` (--cpu, 127.0.0.1, free port) with this pack in custom_nodes/
-    and the bundled workflows' example photos in its input/ folder; skips where it cannot run."""
+    """A running ComfyUI of `install` (--cpu, 127.0.0.1, free port) with this pack and the test-only
+    TestValueSource node in custom_nodes/ and the bundled workflows' example photos in its input/
+    folder; skips where it cannot run."""
     if install.missing:
         pytest.skip(install.missing)
     server = ComfyServer(workdir, install)
     server.prepare()
+    (server.instance / "custom_nodes" / VALUE_SOURCE_NODES.name).symlink_to(VALUE_SOURCE_NODES, target_is_directory=True)
     for photo in EXAMPLE_PHOTOS.iterdir():
         shutil.copy(photo, server.input_dir / photo.name)
     server.start()
@@ -51,13 +54,14 @@ def comfyui_tiny(comfyui):
     face-less photo in input/ (names in comfy_workflows.py and tiny_flashface_models.py)."""
     from PIL import Image
 
-    from comfy_workflows import BLANK_PHOTO, CORRUPT_MODEL, SECOND_DETECTOR
+    from comfy_workflows import BLANK_PHOTO, CORRUPT_MODEL, SECOND_DETECTOR, TEXT_AS_MODEL
     from tiny_flashface_models import TINY_MODELS, write_tiny_model_folders
 
     write_tiny_model_folders(comfyui.models_dir)
     folder = comfyui.models_dir / "flashface"
     shutil.copy(folder / TINY_MODELS["detector_name"], folder / SECOND_DETECTOR)
     (folder / CORRUPT_MODEL).write_bytes(b"\x00" * 64 + b"not a model")
+    (folder / TEXT_AS_MODEL).write_text("notes: the detector is retinaface_resnet50.pth\n")
     Image.new("RGB", (320, 240), (128, 128, 128)).save(comfyui.input_dir / BLANK_PHOTO)
     return comfyui
 

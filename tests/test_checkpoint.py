@@ -110,11 +110,28 @@ class NotATensor:
     pass
 
 
-def test_pickle_with_code_objects_is_refused(tmp_path):
+def test_pickle_with_code_objects_is_refused_without_advice_to_load_unsafely(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"w": torch.zeros(1), "payload": NotATensor()}, path)
-    with pytest.raises(ModelFileError, match="for safety"):
+    with pytest.raises(ModelFileError, match="could run code") as refused:
         open_checkpoint(path)
+    assert "NotATensor" in str(refused.value) and "weights_only" not in str(refused.value)
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("detector.pth", b"<html><body>404 Not Found</body></html>\n"),  # a web page saved under a model's name
+    ("unet.ckpt", b"version https://git-lfs.github.com/spec/v1\noid sha256:0\n"),  # a Git LFS pointer
+    ("vae.safetensors", b"just some notes about my models\n"),
+    ("clip.pth", bytes(range(200, 256)) * 4),  # binary, neither zip nor pickle
+])
+def test_a_file_that_is_no_model_at_all_says_so(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match="is not a model file") as refused:
+        open_checkpoint(path)
+    message = str(refused.value)
+    assert "incompletely downloaded" not in message and "weights_only" not in message
+    assert ("looks like text" in message) == (content[0] < 128)
 
 
 def test_wrong_key_set_names_the_model():

@@ -146,8 +146,9 @@ def test_bundled_workflow_runs_to_an_image(server, workflow):
     for image in saved:
         picture = Image.open(io.BytesIO(server.view(image)))
         assert picture.size == size
-    face_previews = run.outputs[node_id(prompt, "PreviewImage")]["images"]
-    detect = prompt[node_id(prompt, "FlashFace_DetectFace")]["inputs"]
+    preview = node_id(prompt, "PreviewImage")
+    face_previews = run.outputs[preview]["images"]
+    detect = prompt[prompt[preview]["inputs"]["images"][0]]["inputs"]  # the Detect Face of the reference photos
     assert len(face_previews) == sum(1 for name in detect if name.startswith("images"))  # one per photo
     for image in face_previews:
         Image.open(io.BytesIO(server.view(image))).verify()

@@ -11,10 +11,12 @@ from flashface.face import (
     MAX_REFERENCES,
     MIN_PHOTO_SIDE,
     Face,
+    PhotoFaces,
     crop_face,
     detect_faces,
     find_reference_faces,
     eye_levelling_angle,
+    face_region_mask,
     image_to_tensor,
     largest_face,
     pad_to_square,
@@ -148,6 +150,18 @@ def test_threshold_helper_yields_the_wanted_face_count(detector):
     scores = post_nms_scores(detector, image)
     for count in (0, 1, 2):
         assert len(detect_faces(detector, image, threshold_for_count(scores, count), "cpu")) == count
+
+
+def test_the_face_region_mask_covers_each_kept_box_as_cropped_within_the_photo():
+    photo = Image.new("RGB", (40, 30))
+    eyes = ((0.0, 0.0),) * 5
+    inside, over_the_edge = Face((4.6, 2.4, 10.4, 8.0), 1.0, eyes), Face((-10.4, 20.0, 29.6, 49.5), 1.0, eyes)
+    mask = face_region_mask(PhotoFaces(photo, (inside, over_the_edge), ()))
+    expected = torch.zeros(30, 40)
+    expected[2:8, 5:10] = 1  # rounded as the crop is: x 5..10, y 2..8
+    expected[20:30, 0:30] = 1  # x -10..30, y 20..50, clipped
+    assert mask.dtype == torch.float32 and torch.equal(mask, expected)
+    assert face_region_mask(PhotoFaces(photo, (), ())).sum() == 0
 
 
 def test_largest_face():

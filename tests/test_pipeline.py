@@ -248,7 +248,7 @@ def test_no_reference_face_is_explained(pipeline):
 
 class RunsOutOfMemory(torch.nn.Module):
     """The pipeline's VAE on a device with little memory: it raises the allocator's error for a
-    decode of more than `max_cells` latent cells, or an encode of more than one face."""
+    decode of more than `max_cells` latent cells."""
 
     def __init__(self, vae, max_cells: int):
         super().__init__()
@@ -256,8 +256,6 @@ class RunsOutOfMemory(torch.nn.Module):
 
     def encode(self, images):
         self.calls.append(("encode", images.shape[0]))
-        if images.shape[0] > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return self.vae.encode(images)
 
     def decode(self, latents):
@@ -266,35 +264,59 @@ class RunsOutOfMemory(torch.nn.Module):
             raise RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)")
         return self.vae.decode(latents)
 
-    def decode_tiled(self, latents):
-        return type(self.vae).decode_tiled(self, latents, tile=4, overlap=2)
+    def decode_tiled(self, latents, should_cancel=None):
+        return type(self.vae).decode_tiled(self, latents, tile=4, overlap=2, should_cancel=should_cancel)
 
     @property
     def scale_factor(self):
         return self.vae.scale_factor
 
 
-@pytest.mark.parametrize("max_cells, expected", [(64, "one image at a time"), (16, "in tiles")])
-def test_out_of_memory_in_the_vae_falls_back_to_smaller_pieces(pipeline, max_cells, expected):
+@pytest.mark.parametrize("max_cells, expected", [(64, "each image whole"), (16, "in tiles")])
+def test_the_vae_works_image_by_image_and_out_of_memory_decodes_in_tiles(pipeline, max_cells, expected):
     faces = random_faces(2)
     whole = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=3, batch_size=2, **QUICK))
     small = RunsOutOfMemory(pipeline.vae, max_cells)
     constrained = FlashFacePipeline(pipeline.unet, small, pipeline.text_encoder, device="cpu")
     result = constrained.generate(faces, "a portrait", "", GenerationSettings(seed=3, batch_size=2, **QUICK))
-    # the references encoded one by one: the same latents up to the order of float sums
-    torch.testing.assert_close(result.latents, whole.latents, atol=1e-3, rtol=1e-3)
-    assert [call for call in small.calls if call[0] == "encode"] == [("encode", 4), *[("encode", 1)] * 4]
+    torch.testing.assert_close(result.latents, whole.latents, atol=0, rtol=0)
+    assert [call for call in small.calls if call[0] == "encode"] == [("encode", 1)] * 4  # the 4 references
     decodes = [shape for kind, shape in small.calls if kind == "decode"]
-    assert decodes[0] == (2, 4, 8, 8) and decodes[1] == (1, 4, 8, 8)
+    assert decodes[0] == (1, 4, 8, 8)
     unscaled = result.latents / LATENT_SCALE
     with torch.no_grad():
-        if expected == "one image at a time":
+        if expected == "each image whole":
+            assert decodes == [(1, 4, 8, 8)] * 2
             decoded = torch.cat([pipeline.vae.decode(z[None]) for z in unscaled])
         else:
-            assert all(shape[-2:] == (4, 4) for shape in decodes[2:])
+            whole_tries = [shape for shape in decodes if shape[-2:] != (4, 4)]
+            assert whole_tries == [(1, 4, 8, 8)] * 2 and len(decodes) > 2  # each image tried whole, then tiled
             decoded = torch.cat([small.decode_tiled(z[None]) for z in unscaled])
     levels = (decoded.permute(0, 2, 3, 1) * 127.5 + 127.5).clamp(0, 255).to(torch.uint8)
     assert torch.equal(result.images, levels.float() / 255)
+
+
+def test_decoding_stops_between_images_and_between_tiles_when_cancelled(pipeline):
+    latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    asked = []
+
+    def cancel_on_second_question():
+        asked.append(True)
+        return len(asked) == 2
+
+    with pytest.raises(GenerationCancelled, match="before image 2 of 3"):
+        pipeline.decode(latents, cancel_on_second_question)
+    tiling = FlashFacePipeline(pipeline.unet, RunsOutOfMemory(pipeline.vae, 16), pipeline.text_encoder, device="cpu")
+    asked.clear()
+    with pytest.raises(GenerationCancelled, match="between two tiles"):
+        tiling.decode(latents, cancel_on_second_question)  # image 1 asked, then its first tile
+
+
+def test_a_latent_that_decodes_to_no_numbers_is_refused(pipeline):
+    latents = torch.zeros(2, 4, 8, 8)
+    latents[1, 0, 0, 0] = 1e30
+    with pytest.raises(InvalidInputError, match="Latent 2 of 2 decodes to values that are not numbers"):
+        pipeline.decode(latents)
 
 
 def test_an_error_that_is_not_out_of_memory_is_not_retried(pipeline):

@@ -11,6 +11,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 from tiny_clip_text import write_tiny_clip_text
 from tiny_retinaface import write_retinaface
 from tiny_unet import write_tiny_unet
@@ -69,13 +71,30 @@ def write_tiny_controlnets(models_dir: Path) -> None:
         write_tiny_t2i_adapter(Path(models_dir) / "controlnet" / name, zero=kind == "zero")
 
 
+TINY_HYPERNETWORK = "tiny_hypernetwork.pt"  # in models/hypernetworks
+
+
+def write_tiny_hypernetwork(models_dir: Path, seed: int = 0) -> Path:
+    """A tiny hypernetwork in the A1111 layout ComfyUI's HypernetworkLoader reads: for the prompt
+    width, two small residual MLPs (for the keys and the values of cross-attention)."""
+    from seeded_weights import save_state_dict, seeded_state_dict
+
+    shapes = {"linear.0.weight": (2 * TEXT_WIDTH, TEXT_WIDTH), "linear.0.bias": (2 * TEXT_WIDTH,),
+              "linear.1.weight": (TEXT_WIDTH, 2 * TEXT_WIDTH), "linear.1.bias": (TEXT_WIDTH,)}
+    layers = [seeded_state_dict({key: torch.Size(shape) for key, shape in shapes.items()}, seed + index)
+              for index in range(2)]
+    return save_state_dict({TEXT_WIDTH: layers, "activation_func": "linear", "is_layer_norm": False},
+                           Path(models_dir) / "hypernetworks" / TINY_HYPERNETWORK)
+
+
 def write_tiny_model_folders(models_dir: Path) -> dict[str, Path]:
     """Everything a test ComfyUI instance gets in its models/ folder: the tiny set in flashface/, the
-    tiny LoRA in loras/, the tiny ControlNets in controlnet/ with their width-64 UNet; the paths of
-    the tiny set."""
+    tiny LoRA in loras/, the tiny ControlNets and T2I-Adapters in controlnet/ with their UNets, the
+    tiny hypernetwork in hypernetworks/; the paths of the tiny set."""
     paths = write_tiny_models(Path(models_dir) / "flashface")
     write_tiny_lora(models_dir)
     write_tiny_controlnets(models_dir)
+    write_tiny_hypernetwork(models_dir)
     return paths
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -162,18 +163,59 @@ def _damage(path: str) -> str | None:
     return None
 
 
+_ZIP_MAGIC, _PICKLE_PROTOCOL = b"PK\x03\x04", b"\x80"  # torch.save: a zip archive, or (legacy) a pickle
+
+
+def _foreign_format(path: str) -> str | None:
+    """Why the file's first bytes are not those of any checkpoint format its name claims (a text
+    file or an image renamed .pth, say), or None."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(16)
+    except OSError:
+        return None
+    if not head.strip(b"\0"):
+        return None  # empty or zero-filled: `_damage` says which
+    if path.lower().endswith(SAFETENSORS_SUFFIXES):
+        if len(head) > 8 and head[8:9] == b"{":
+            return None
+        kind = "a safetensors file (which starts with its JSON header's length, then '{')"
+    elif head.startswith((_ZIP_MAGIC, _PICKLE_PROTOCOL)):
+        return None
+    else:
+        kind = "a PyTorch checkpoint (a zip archive or a pickle)"
+    looks = "text" if all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head) else "something else"
+    return f"it is not {kind}: it starts with {head!r}, which looks like {looks}"
+
+
 def _corrupt(path: str, exc: BaseException) -> ModelFileError:
+    foreign = _foreign_format(path)
+    if foreign:
+        return ModelFileError(f"The file {path} is not a model file: {foreign}. Pick the right file, or download "
+                              "the model again if this one was saved by mistake.")
     damage = _damage(path)
-    reason = damage or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    reason = damage or f"{type(exc).__name__}: {_first_line(exc)}"
     return ModelFileError(
         f"The model file {path} could not be read: {reason}. It is corrupt or incompletely downloaded: "
         "delete it and download it again."
     )
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's message, without PyTorch's advice to load unsafely."""
+    line = str(exc).splitlines()[0] if str(exc) else ""
+    return line.split(" Re-running `torch.load`")[0].split(" Re-running torch.load")[0]
+
+
 def _is_unsafe_pickle(exc: BaseException) -> bool:
     """torch.load(weights_only=True) refused a pickle because it holds Python objects."""
     return "Unsupported global" in str(exc)
+
+
+def _unsafe_globals(exc: BaseException) -> str:
+    """The Python objects a refused pickle names (`Unsupported global: GLOBAL x.y`), for the message."""
+    names = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    return ", ".join(dict.fromkeys(names)) or "not named"
 
 
 def _unwrap_pickle(obj: object, path: str) -> Mapping[str, torch.Tensor]:
@@ -208,8 +250,8 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     except Exception as exc:
         if _is_unsafe_pickle(exc) and _damage(path) is None:
             raise ModelFileError(
-                f"The model file {path} contains Python objects other than tensors and was not "
-                f"loaded, for safety ({exc}). Use the published checkpoint or a .safetensors file."
+                f"The model file {path} contains Python objects other than tensors ({_unsafe_globals(exc)}) and "
+                "was not loaded: loading them could run code. Use the published checkpoint or a .safetensors file."
             ) from exc
         raise _corrupt(path, exc) from exc
     return StateDictCheckpoint(_unwrap_pickle(obj, path), path=path)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidInputError, ModelFileError
+from ..errors import CancelCheck, InvalidInputError, ModelFileError, stop_if_cancelled
 from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
 from .ops import TORCH_OPERATIONS, norm_at_least_fp32, required_shape, through_layers
 
@@ -175,17 +175,19 @@ class AutoencoderKL(nn.Module):
         """Pixels per latent cell along a side."""
         return 2 ** (len(self.config.dim_mult) - 1)
 
-    def decode_tiled(self, latents: torch.Tensor, tile: int = TILE_LATENT, overlap: int = TILE_OVERLAP
-                     ) -> torch.Tensor:
+    def decode_tiled(self, latents: torch.Tensor, tile: int = TILE_LATENT, overlap: int = TILE_OVERLAP,
+                     should_cancel: CancelCheck | None = None) -> torch.Tensor:
         """`decode` in overlapping tiles of `tile`² latent cells, blended linearly across the
         overlap: a fraction of the memory of a whole decode. The result differs slightly from a
-        whole decode (each tile's convolutions and mid-block attention see only that tile)."""
+        whole decode (each tile's convolutions and mid-block attention see only that tile).
+        `should_cancel()` is asked before each tile (raising GenerationCancelled)."""
         b, _, h, w = latents.shape
         factor, overlap = self.scale_factor, min(overlap, tile // 2)
         out = latents.new_zeros((b, 3, h * factor, w * factor), dtype=torch.float32)
         total = latents.new_zeros((1, 1, h * factor, w * factor), dtype=torch.float32)
         for top in _tile_starts(h, tile, tile - overlap):
             for left in _tile_starts(w, tile, tile - overlap):
+                stop_if_cancelled(should_cancel, "Decoding cancelled between two tiles.")
                 part = latents[:, :, top:top + tile, left:left + tile]
                 weight = _feather(part.shape[-2:], (top, left), (h, w), overlap, factor).to(out.device)
                 rows = slice(top * factor, (top + part.shape[-2]) * factor)

@@ -16,6 +16,8 @@ its features serve every row; the UNet skips the reference attention of rows who
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
@@ -165,8 +167,12 @@ class RowGuidance:
                                     f"{self.reference_latents.shape[0]} references.")
 
     def timestep(self, sigma) -> int:
-        """The official integer model timestep of a VE sigma."""
-        return self.schedule.model_timestep(ve_to_vp(float(sigma)))
+        """The official integer model timestep of a VE sigma (a finite, non-negative number)."""
+        level = float(sigma)
+        if not math.isfinite(level) or level < 0:
+            raise InvalidInputError(f"A noise level (sigma) of {level} was given to FlashFace: sigmas must be finite, "
+                                    "non-negative numbers. Check the SIGMAS given to the sampler.")
+        return self.schedule.model_timestep(ve_to_vp(level))
 
     def with_references_row(self, sigma) -> bool:
         """Whether the step at `sigma` needs the third branch (reference guidance launched)."""
@@ -186,12 +192,12 @@ class RowGuidance:
         row r with text `context[r]` and of kind `kinds[r]`; `additions`: control residuals and block
         patches for the main pass (see `BlockAdditions`)."""
         levels = torch.as_tensor(sigma, dtype=torch.float32).flatten()
+        level = float(levels[0])
+        t = self.timestep(level)
         if len(levels) > 1 and not bool((levels == levels[0]).all()):
             raise InvalidInputError("FlashFace computes the rows of one step together: give them one sigma.")
         if len(kinds) != x.shape[0]:
             raise InvalidInputError(f"{len(kinds)} row kinds for {x.shape[0]} latent rows.")
-        level = float(levels[0])
-        t = self.timestep(level)
         device = x.device
         references = unet.encode_references(self.reference_latents.to(device), t, self.reference_context.to(device))
         eps = unet(x * ve_scale(level), torch.full((len(kinds),), t, dtype=torch.long, device=device), context,

@@ -25,19 +25,17 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..errors import GenerationCancelled, InvalidInputError
+from ..errors import CancelCheck, InvalidInputError, stop_if_cancelled
 from .noise_levels import ve_scale, vp_to_ve
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 StepCallback = Callable[[int, int, torch.Tensor], None]
-CancelCheck = Callable[[], bool]
 
 
 def _steps(sigmas, should_cancel: CancelCheck | None) -> Iterator[int]:
     """Step indices 0 … len(sigmas)−2, checking for cancellation before each."""
     for i in range(len(sigmas) - 1):
-        if should_cancel is not None and should_cancel():
-            raise GenerationCancelled(f"Generation cancelled before step {i + 1} of {len(sigmas) - 1}.")
+        stop_if_cancelled(should_cancel, f"Generation cancelled before step {i + 1} of {len(sigmas) - 1}.")
         yield i
 
 
