@@ -190,10 +190,16 @@ def _check_step_inputs(model, x: torch.Tensor, sigma: torch.Tensor, conds) -> No
             f"The latent entering the step at noise level {float(sigma.flatten()[0]):.4g} has values that are not "
             "numbers (NaN or infinite): the LATENT given to the sampler (or its noise) holds them. Check the node that "
             "made the latent.")
+    level = float(sigma.flatten()[0])
     for side, entries in (("positive", conds[0]), ("negative", conds[1])):
         if not entries:
             raise InvalidInputError(f"The sampler's {side} conditioning is empty (a node let no conditioning "
                                     f"through): connect FlashFace CLIP Text Encode's {side} output.")
+        if not any(_active_at(entry, level) for entry in entries):  # ComfyUI would give zeros for that side
+            raise InvalidInputError(
+                f"At noise level {level:.4g} no part of the sampler's {side} conditioning is active (a node such as "
+                f"ConditioningSetTimestepRange limits it to other steps). FlashFace needs a {side} prompt at every "
+                "step: let the ranges cover the whole run.")
         for entry in entries:
             if "area" in entry or "mask" in entry:
                 raise InvalidInputError(
@@ -204,6 +210,11 @@ def _check_step_inputs(model, x: torch.Tensor, sigma: torch.Tensor, conds) -> No
             if "cross_attn" in entry:
                 check_text_embedding(entry["cross_attn"], model.diffusion_model.config.context_dim,
                                      f"sampler's {side} conditioning")
+
+
+def _active_at(entry: dict, sigma: float) -> bool:
+    """Whether ComfyUI evaluates a conditioning entry at `sigma` (its start/end percent, as sigmas)."""
+    return not (sigma > entry.get("timestep_start", math.inf) or sigma < entry.get("timestep_end", -math.inf))
 
 
 def _combine_branches(args):

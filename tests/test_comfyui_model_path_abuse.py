@@ -98,6 +98,29 @@ def test_area_conditioning_is_refused_rather_than_placing_the_face_in_the_area(s
                       "face box or face_mask")
 
 
+def test_a_negative_that_stops_halfway_is_refused_rather_than_read_as_zero(server):
+    prompt = model_prompt()
+    sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
+    prompt["93"] = {"class_type": "ConditioningSetTimestepRange", "inputs": {
+        "conditioning": sampler["negative"], "start": 0.0, "end": 0.5}}
+    sampler["negative"] = ["93", 0]
+    expect_node_error(server, prompt, "KSampler", "no part of the sampler's negative conditioning is active",
+                      "ConditioningSetTimestepRange")
+
+
+def test_prompts_scheduled_over_the_steps_still_work(server):
+    prompt = model_prompt()
+    sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
+    for key, (start, end) in (("91", (0.0, 0.5)), ("92", (0.5, 1.0))):
+        prompt[key] = {"class_type": "ConditioningSetTimestepRange", "inputs": {
+            "conditioning": sampler["negative"], "start": start, "end": end}}
+    prompt["93"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["91", 0],
+                                                                    "conditioning_2": ["92", 0]}}
+    sampler["negative"] = ["93", 0]
+    run = server.run(prompt)
+    assert run.status == "success", run.error_text()
+
+
 def test_apply_takes_as_many_reference_faces_as_the_generator(server):
     prompt = model_prompt()
     apply = prompt[node_id(prompt, "FlashFace_Apply")]["inputs"]
