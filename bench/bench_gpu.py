@@ -6,13 +6,14 @@
 
 Prints
 * seconds per sampling step (one model call: reference pass + main pass) for 2 and 3 branches,
-  512 and 768 px, batch 1 and 4, fp16 and bf16 weights, 4 distinct references, with the peak
+  512 and 768 px, batch 1 and 4, fp16, bf16 and fp8 weights (fp8: computing in fp16), 4 distinct
+  references, with the peak
   device memory of each (CUDA: peak allocated by torch; CPU: peak resident memory, anonymous and
   file-backed);
 * with --comfyui: the same step (512 px, batch 1, fp16) with the UNet loaded through ComfyUI's
   ModelPatcher into a budget of --budget of its size, as ComfyUI's model management does on a
   small GPU or with --lowvram: the rest stays on the CPU and is cast per layer at each call;
-* the deviation of one fp16 and one bf16 call from the fp32 call with the same weights and inputs
+* the deviation of one fp16, bf16, fp8_e4m3fn and fp8_e5m2 call from the fp32 call with the same weights and inputs
   (fp32 computed on the device if it fits, else on the CPU);
 * whether ``noise="device"`` gives the same latent noise as ``torch.manual_seed(seed)`` followed by
   ``torch.empty(..., device=device).normal_()`` (what the official code does on CUDA).
@@ -33,13 +34,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from bench.memory import PeakMemory  # noqa: E402
 from bench.workload import StepInputs, random_unet, synchronize, unet_call  # noqa: E402
+from flashface.models.ops import (  # noqa: E402
+    CASTING_OPERATIONS,
+    STORAGE_ONLY_DTYPES,
+    WEIGHT_DTYPES,
+    compute_dtype_for,
+)
 from flashface.models.unet import FlashFaceUNet, UNetConfig  # noqa: E402
 from flashface.pipeline import initial_noise  # noqa: E402
 from flashface.settings import default  # noqa: E402
 
 FULL = dict(config=UNetConfig(), sizes=(512, 768), reference_size=224)
 TINY = dict(config=UNetConfig(dim=32, num_heads=2, context_dim=64), sizes=(64, 96), reference_size=64)
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {name: WEIGHT_DTYPES[name] for name in ("fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2")}
 TIMESTEP = {2: 900, 3: 500}  # a step before and after the default launch timestep (750)
 # the official reference strengths before and after launch
 STRENGTH = {2: default("reference_feature_strength_before_launch"), 3: default("reference_feature_strength")}
@@ -61,9 +68,13 @@ def peak_memory(device: torch.device):
 
 def on_device(source: FlashFaceUNet, dtype: torch.dtype, device: torch.device, operations=None) -> FlashFaceUNet:
     """A copy of `source` on `device` with weights in `dtype` (norms stay fp32), copied tensor by
-    tensor so the device never holds more than the copy."""
+    tensor so the device never holds more than the copy; fp8 weights compute in the device's
+    compute dtype through casting layers, as `load_unet` loads them."""
+    storage_only = dtype in STORAGE_ONLY_DTYPES
     with torch.device("meta"):
-        model = FlashFaceUNet(source.config, operations)
+        model = FlashFaceUNet(source.config, operations or (CASTING_OPERATIONS if storage_only else None))
+    if storage_only:
+        model.manual_cast_dtype = compute_dtype_for(device)
     norms = (torch.nn.GroupNorm, torch.nn.LayerNorm)
     sources = dict(source.named_modules())
     for name, module in model.named_modules():
@@ -91,14 +102,14 @@ def out_of_memory(error: BaseException) -> bool:
 
 
 def step_table(source, sizes, batches, dtypes, repeats, reference_size, device) -> None:
-    print(f"{'dtype':<6}{'px':>5}{'batch':>6}{'branches':>9}{'s/step':>9}  range          memory", flush=True)
+    print(f"{'dtype':<11}{'px':>5}{'batch':>6}{'branches':>9}{'s/step':>9}  range          memory", flush=True)
     for dtype_name in dtypes:
         model = on_device(source, DTYPES[dtype_name], device)
         for size in sizes:
             for batch in batches:
                 inputs = StepInputs(size, 4, 4, batch, source.config.context_dim, reference_size, device)
                 for branches in (2, 3):
-                    row = f"{dtype_name:<6}{size:>5}{batch:>6}{branches:>9}"
+                    row = f"{dtype_name:<11}{size:>5}{batch:>6}{branches:>9}"
                     try:
                         with peak_memory(device) as memory:
                             seconds = time_calls(model, inputs, branches, repeats, device)

@@ -22,12 +22,12 @@ from .errors import FlashFaceError, InvalidInputError
 from .face import DEFAULT_DETECTION_THRESHOLD, SEVERAL_FACES
 from .models.model_registry import KINDS, entries_of_kind, get_model_path
 from .utils.cache_utils import recorded_load_failure
+from .models.ops import WEIGHT_DTYPES
 from .models.vae import VAE_ATTENTIONS
 from .pipeline import FlashFacePipeline
 from .sampling.mask import latent_size
 from .settings import PRESETS, GenerationSettings, describe
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # Flags of earlier versions, still accepted.
@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--several-faces", choices=SEVERAL_FACES, default="largest",
                      help="a photo with several faces: keep the largest (default), stop (error), or keep all")
     gen.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
-    gen.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="UNet precision")
+    gen.add_argument("--dtype", choices=list(WEIGHT_DTYPES), default="fp32",
+                     help="UNet weight precision (fp8: stored in fp8, computed in fp32 on the CPU, fp16 on a GPU)")
     gen.add_argument("--vae-attention", choices=VAE_ATTENTIONS, default=VAE_ATTENTIONS[0],
                      help="official: the VAE mid-block attention exactly as the official code computes it "
                           "(default); standard: the usual SD attention, as ComfyUI's own VAE Decode")
@@ -120,7 +121,7 @@ def load_pipeline(args: argparse.Namespace) -> FlashFacePipeline:
     from .models.vae import load_vae
 
     device = torch.device(args.device)
-    unet = _load(load_unet, args.unet, "unet", args.models_dir, device=device, dtype=DTYPES[args.dtype])
+    unet = _load(load_unet, args.unet, "unet", args.models_dir, device=device, dtype=WEIGHT_DTYPES[args.dtype])
     vae = _load(load_vae, args.vae, "vae", args.models_dir, device=device, dtype=torch.float32,
                 attention=args.vae_attention)
     text_encoder = _load(load_text_encoder, args.text_encoder, "text_encoder", args.models_dir, device=device, dtype=torch.float32)

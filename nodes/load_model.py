@@ -22,6 +22,7 @@ import comfy.ops
 import torch
 
 from ..flashface.models.clip_text import load_text_encoder
+from ..flashface.models.ops import WEIGHT_DTYPES
 from ..flashface.models.retinaface import load_face_detector
 from ..flashface.models.unet import load_unet
 from ..flashface.models.vae import VAE_ATTENTIONS, load_vae
@@ -35,7 +36,7 @@ from .inputs import expect
 logger = logging.getLogger(__name__)
 
 FLASHFACE_MODEL = "FLASHFACE_MODEL"
-WEIGHT_DTYPES = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+UNET_WEIGHT_DTYPES = {"auto": None, **WEIGHT_DTYPES}  # auto: what ComfyUI picks for the device
 
 
 @dataclass(eq=False)
@@ -91,7 +92,7 @@ def _patcher(module: torch.nn.Module, load_device: torch.device) -> comfy.model_
 
 def _load_unet(path: Path, weight_dtype: str) -> comfy.model_patcher.ModelPatcher:
     device = mm.get_torch_device()
-    dtype = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(device)
+    dtype = UNET_WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(device)
     manual_cast_dtype = mm.unet_manual_cast(dtype, device)
     operations = comfy.ops.manual_cast if manual_cast_dtype is not None else comfy.ops.disable_weight_init
     unet = load_unet(path, device=mm.unet_offload_device(), dtype=dtype, operations=operations)
@@ -163,11 +164,13 @@ class FlashFaceLoadModel(FlashFaceNode):
             "detector_name": (model_files.choices("detector"), {
                 "tooltip": "RetinaFace ResNet-50 face detector (retinaface_resnet50.pth or facexlib's "
                            "detection_Resnet50_Final.pth, from models/flashface or models/facedetection)."}),
-            "weight_dtype": (list(WEIGHT_DTYPES), {
+            "weight_dtype": (list(UNET_WEIGHT_DTYPES), {
                 "default": "auto",
                 "tooltip": "Precision of the UNet weights. auto: what ComfyUI picks for your device (fp16 on most "
-                           "GPUs, fp32 on CPU). fp16/bf16 halve the memory; layers then compute in a type your "
-                           "device supports. The VAE, CLIP and detector always run in fp32, as in the official code."}),
+                           "GPUs, fp32 on CPU). fp16/bf16 halve the memory; fp8_e4m3fn/fp8_e5m2 halve it again "
+                           "(weights stored in fp8, each layer computing in fp16 on a GPU, fp32 on the CPU; slightly "
+                           "less exact). Layers compute in a type your device supports. The VAE, CLIP and detector "
+                           "always run in fp32, as in the official code."}),
         }, "optional": {  # optional so that prompts saved before these inputs existed still run
             "vae_attention": (list(VAE_ATTENTIONS), {
                 "default": VAE_ATTENTIONS[0],

@@ -25,14 +25,16 @@ def test_gpu_benchmark_runs_at_a_tiny_size_on_the_cpu():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    for dtype in ("fp16", "bf16"):
+    # largest difference from the fp32 call, relative to the output's spread: rounding, not a broken cast
+    deviation_bound = {"fp16": 0.05, "bf16": 0.3, "fp8_e4m3fn": 0.8, "fp8_e5m2": 1.5}
+    for dtype, bound in deviation_bound.items():
         for size in (64, 96):
             for batch in (1, 2):
                 for branches in (2, 3):
                     assert re.search(rf"^{dtype}\s+{size}\s+{batch}\s+{branches}\s+{NUMBER}\s+\[.*peak RSS", out,
                                      re.M), (dtype, size, batch, branches, out)
         deviation = re.search(rf"^{dtype} vs fp32 .* max relative to std ({NUMBER})", out, re.M)
-        assert deviation and 0 < float(deviation.group(1)) < 0.5, out  # rounding, not a broken cast
+        assert deviation and 0 < float(deviation.group(1)) < bound, out
     partial = re.search(rf"budget 50% of ({NUMBER}) GiB: weights loaded to cpu ({NUMBER}) GiB, cast per layer "
                         rf"at each call ({NUMBER}) GiB", out)
     assert partial and float(partial.group(3)) > 0, out

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -47,6 +48,19 @@ def test_reference_photos_to_an_image_file(model_arguments, tmp_path):
         assert image.size == (96, 64) and image.mode == "RGB"
         colours = image.getcolors(maxcolors=96 * 64)
     assert colours is None or len(colours) > 10  # a picture, not a flat fill  # a picture, not a flat fill
+
+
+@pytest.mark.slow
+def test_fp8_weights_from_the_command_line(model_arguments, tmp_path):
+    images = {}
+    for dtype in ("fp32", "fp8_e4m3fn"):
+        out = tmp_path / f"{dtype}.png"
+        done = run_cli("--ref", str(PHOTOS[0]), "--prompt", "a portrait", "--out", str(out), "--steps", "2",
+                       "--width", "64", "--height", "64", "--seed", "5", "--dtype", dtype, *model_arguments)
+        assert done.returncode == 0, done.stderr
+        images[dtype] = np.asarray(Image.open(out), dtype=np.int32)
+    difference = np.abs(images["fp8_e4m3fn"] - images["fp32"])
+    assert 0 < difference.mean() < 40  # fp8's rounding of the weights: near, not equal
 
 
 def test_same_seed_writes_the_same_image_and_several_samples_get_numbered_files(model_arguments, tmp_path):

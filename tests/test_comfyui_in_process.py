@@ -211,6 +211,37 @@ def test_models_use_comfyuis_patcher_class_and_report_their_cast_dtype(install, 
         assert aliases and all(isinstance(alias, str) and alias == alias.lower() for alias in aliases), name
 
 
+FP8_STORAGE = """
+from pathlib import Path
+from flashface_pack.nodes import load_model
+
+sizes, dtypes = {{}}, {{}}
+for name in ("fp16", "fp8_e4m3fn", "fp8_e5m2"):
+    unet = load_model._load_unet(Path({unet!r}), name)
+    model = unet.model.diffusion_model
+    sizes[name] = unet.model_size()
+    dtypes[name] = dict(stored=str(unet.model.get_dtype()), compute=str(unet.model.manual_cast_dtype),
+                        layer=type(model.input_blocks[1][0].in_layers[2]).__module__)
+kept_bytes = sum(p.numel() * 4 for m in model.modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm))
+                 for p in m.parameters())  # the norms, in fp32
+kept_bytes += sum(t.numel() * t.element_size() for key, t in unet.model.state_dict().items()
+                  if not key.startswith("diffusion_model."))  # ComfyUI's own buffers (model sampling's sigmas)
+result = dict(sizes=sizes, dtypes=dtypes, kept_bytes=kept_bytes)
+"""
+
+
+def test_fp8_weights_halve_the_size_comfyui_accounts_for(install, tiny_model_files, tmp_path):
+    """ComfyUI's memory management (partial loading, eviction) reads the patcher's model size: fp8
+    storage halves it against fp16, apart from the norms kept in fp32 (and ComfyUI's own buffers); layers are ComfyUI's
+    manual-cast ones computing in fp32 on the CPU."""
+    result = run_with_comfyui(install, FP8_STORAGE.format(unet=str(tiny_model_files["unet_name"])), tmp_path)
+    sizes, kept = result["sizes"], result["kept_bytes"]
+    for name in ("fp8_e4m3fn", "fp8_e5m2"):
+        assert sizes[name] - kept == (sizes["fp16"] - kept) // 2, sizes
+        assert result["dtypes"][name] == dict(stored=f"torch.float8_{name[4:]}", compute="torch.float32",
+                                              layer="comfy.ops"), result["dtypes"]
+
+
 LAYOUT = """
 from flashface_pack.flashface.models.model_registry import MODEL_REGISTRY, get_model_path, model_entry
 from flashface_pack.flashface.utils.cache_utils import DownloadSettings

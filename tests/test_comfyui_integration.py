@@ -23,9 +23,11 @@ from comfy_workflows import (
     assert_server_healthy,
     cheap_model_workflow,
     expect_node_error,
+    level_difference,
     node_id,
     node_ids,
     quick_prompt,
+    run_to_levels,
     saved_levels,
     set_inputs,
 )
@@ -56,7 +58,7 @@ NODE_INPUTS = {
 }
 NODE_OUTPUTS = {
     "FlashFace_LoadModel": ["FLASHFACE_MODEL"],
-    "FlashFace_DetectFace": ["IMAGE", "IMAGE", "INT"],
+    "FlashFace_DetectFace": ["IMAGE", "IMAGE", "INT", "MASK"],
     "FlashFace_CLIPTextEncode": ["FLASHFACE_CONDITIONING", "CONDITIONING", "CONDITIONING", "CONDITIONING"],
     "FlashFace_Apply": ["MODEL"],
     "FlashFace_Sigmas": ["SIGMAS"],
@@ -195,6 +197,18 @@ def test_loads_are_cached_between_runs(server):
     assert first.status == second.status == "success"
     cached = [node for m in second.of_type("execution_cached") for node in m["nodes"]]
     assert node_id(quick_prompt(), "FlashFace_LoadModel") in cached
+
+
+@pytest.mark.parametrize("weight_dtype", ["fp8_e4m3fn", "fp8_e5m2"])
+def test_fp8_weights_run_the_generator_and_the_model_path(server, weight_dtype):
+    """UNet weights stored in fp8 (computing in fp32 on the CPU): both routes make an image near the
+    fp32 one, not equal to it."""
+    for prompt in (quick_prompt(seed=21), cheap_model_workflow("flashface_ksampler", 64, steps=3, seed=21)):
+        full = run_to_levels(server, set_inputs(prompt, "FlashFace_LoadModel", weight_dtype="fp32"))
+        fp8 = run_to_levels(server, set_inputs(prompt, "FlashFace_LoadModel", weight_dtype=weight_dtype))
+        print(f"\n{weight_dtype} vs fp32: {level_difference(fp8, full)}")
+        assert not torch.equal(fp8, full)
+        assert (fp8 - full).abs().float().mean() < 40
 
 
 def test_latent_output_decodes_to_the_image_as_stock_vae_decode_expects(server):

@@ -197,15 +197,18 @@ def test_face_mask_replaces_the_box(pipeline):
     assert not torch.allclose(box.latents, no_hint.latents)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_unet_runs_close_to_fp32(tiny_model_files, pipeline, dtype):
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.bfloat16, 0.1), (torch.float16, 0.1),
+                                                  (torch.float8_e4m3fn, 0.3), (torch.float8_e5m2, 0.5)])
+def test_lower_precision_unet_runs_close_to_fp32(tiny_model_files, pipeline, dtype, tolerance):
     half = FlashFacePipeline(load_unet(tiny_model_files["unet_name"], dtype=dtype), pipeline.vae,
                              pipeline.text_encoder, device="cpu")
     faces = random_faces(1)
     reference = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=4, **QUICK))
     result = half.generate(faces, "a portrait", "", GenerationSettings(seed=4, **QUICK))
     assert result.latents.dtype == torch.float32 and torch.isfinite(result.latents).all()
-    assert (result.latents - reference.latents).abs().max() < 0.1 * reference.latents.abs().max()
+    deviation = float((result.latents - reference.latents).abs().max() / reference.latents.abs().max())
+    print(f"\n{dtype}: latents off by {deviation:.3f} of their largest value")
+    assert deviation < tolerance
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -10,6 +10,7 @@ from torch import nn
 
 from flashface.errors import InvalidInputError, ModelFileError
 from flashface.models.checkpoint import ManifestCheckpoint, StateDictCheckpoint
+from flashface.models.ops import CASTING_OPERATIONS
 from flashface.models.unet import (
     TORCH_OPERATIONS,
     BlockAdditions,
@@ -322,25 +323,11 @@ def test_operations_namespace_is_used():
     assert CountingLinear.calls > 0
 
 
-class CastingLinear(nn.Linear):
-    """Like ComfyUI's manual-cast layers: weights stored in one dtype, cast to the input's."""
-
-    def forward(self, x):
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return nn.functional.linear(x, self.weight.to(x.dtype), bias)
-
-
-class CastingConv2d(nn.Conv2d):
-    def forward(self, x):
-        return self._conv_forward(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
-
-
 def test_manual_cast_layers_compute_in_the_chosen_dtype(tmp_path):
     path = write_tiny_unet(tmp_path / "unet.safetensors", seed=6)
     call = random_call(3)
     reference = call_model(load_unet(path), call)
-    ops = type(TORCH_OPERATIONS)(**{**vars(TORCH_OPERATIONS), "Linear": CastingLinear, "Conv2d": CastingConv2d})
-    model = load_unet(path, dtype=torch.float16, operations=ops)
+    model = load_unet(path, dtype=torch.float16, operations=CASTING_OPERATIONS)  # as ComfyUI's manual-cast layers
     model.manual_cast_dtype = torch.float32  # fp16 storage, fp32 arithmetic
     features = model.encode_references(call["reference_latents"], 500, call["reference_context"])
     assert all(t.dtype == torch.float32 for t in features.tokens.values())
@@ -348,6 +335,30 @@ def test_manual_cast_layers_compute_in_the_chosen_dtype(tmp_path):
     assert model.input_blocks[0][0].weight.dtype == torch.float16
     error = (output - reference).abs().max() / reference.abs().max()
     assert 0 < error < 5e-3  # only the fp16 rounding of the stored weights
+
+
+def _stored_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float8_e4m3fn, 0.2), (torch.float8_e5m2, 0.35)])
+def test_fp8_storage_computes_in_fp32_on_the_cpu_close_to_fp32(tmp_path, dtype, tolerance):
+    path = write_tiny_unet(tmp_path / "unet.safetensors", seed=4)
+    call = random_call(3)
+    reference = call_model(load_unet(path), call)
+    model = load_unet(path, dtype=dtype)
+    assert model.weight_dtype == dtype and model.compute_dtype == torch.float32
+    norms = [p for m in model.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) for p in m.parameters()]
+    assert norms and all(p.dtype == torch.float32 for p in norms)
+    output = call_model(model, call)
+    assert output.dtype == torch.float32 and torch.isfinite(output).all()
+    half = call_model(load_unet(path, dtype=torch.float16, operations=CASTING_OPERATIONS), call)
+    error, half_error = (float((out - reference).norm() / reference.norm()) for out in (output, half))
+    print(f"\n{dtype}: relative RMS error {error:.4f} (fp16 storage: {half_error:.4f})")
+    assert half_error < error < tolerance  # fp8's rounding of the weights, no more
+    norm_bytes = sum(p.numel() * 4 for p in norms)
+    fp16_bytes = _stored_bytes(load_unet(path, dtype=torch.float16))
+    assert _stored_bytes(model) - norm_bytes == (fp16_bytes - norm_bytes) // 2  # every other weight: one byte
 
 
 # ComfyUI's additions to a main pass: control residuals and block patches ------------------------------

@@ -2,7 +2,9 @@
 
 * `TORCH_OPERATIONS`: the layer namespace (``Linear``, ``Conv2d``, ``GroupNorm``, ``LayerNorm``)
   every network takes as ``operations``; ComfyUI passes ``comfy.ops`` namespaces of the same
-  names, whose layers cast weights per call.
+  names, whose layers cast weights per call. `CASTING_OPERATIONS` are the library's own such
+  layers, for weights stored in a dtype nothing computes in (fp8).
+* `WEIGHT_DTYPES`: the storage dtypes a UNet can be loaded in, by the names users pick.
 * Precision: normalizations (and the explicit softmax) never compute below fp32, and norm
   parameters are stored in at least fp32 (`norm_parameter_names`). This is what the official
   fp16 autocast does: its GroupNorm runs in fp32 and its LayerNorm returns fp32, which the next
@@ -16,6 +18,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelFileError
@@ -26,10 +29,38 @@ if TYPE_CHECKING:
 TORCH_OPERATIONS = SimpleNamespace(Linear=nn.Linear, Conv2d=nn.Conv2d, GroupNorm=nn.GroupNorm, LayerNorm=nn.LayerNorm)
 NORMS = (nn.GroupNorm, nn.LayerNorm)  # comfy.ops norms are subclasses
 
+WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                 "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+STORAGE_ONLY_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)  # weights only: layers compute in another dtype
+
+
+def compute_dtype_for(device: torch.device | str) -> torch.dtype:
+    """What layers compute in when the weights are stored in a storage-only dtype: fp16 on a GPU,
+    fp32 on the CPU (which has no fast fp16)."""
+    return torch.float32 if torch.device(device).type == "cpu" else torch.float16
+
+
+class CastingLinear(nn.Linear):
+    """A Linear whose weights are cast to the input's dtype at each call (stored in fp8, say)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+class CastingConv2d(nn.Conv2d):
+    """A Conv2d whose weights are cast to the input's dtype at each call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+CASTING_OPERATIONS = SimpleNamespace(Linear=CastingLinear, Conv2d=CastingConv2d, GroupNorm=nn.GroupNorm,
+                                     LayerNorm=nn.LayerNorm)
+
 
 def at_least_fp32(dtype: torch.dtype) -> torch.dtype:
-    """fp32 for fp16/bf16/fp32, fp64 stays fp64 (used by the float64 parity checks)."""
-    return torch.promote_types(dtype, torch.float32)
+    """fp32 for fp8/fp16/bf16/fp32, fp64 stays fp64 (used by the float64 parity checks)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def norm_at_least_fp32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

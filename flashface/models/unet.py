@@ -42,7 +42,17 @@ from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
 from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
-from .ops import TORCH_OPERATIONS, at_least_fp32, count_indexed, norm_at_least_fp32, required_shape, through_layers
+from .ops import (
+    CASTING_OPERATIONS,
+    STORAGE_ONLY_DTYPES,
+    TORCH_OPERATIONS,
+    at_least_fp32,
+    compute_dtype_for,
+    count_indexed,
+    norm_at_least_fp32,
+    required_shape,
+    through_layers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -876,15 +886,20 @@ def load_unet(source: str | os.PathLike | Checkpoint, *, device: torch.device | 
     """Load the FlashFace UNet from a path or an open `Checkpoint` into `dtype` on `device`.
 
     Norm parameters stay fp32. Each aliased tensor pair is checked equal and kept once;
-    `ref_middle.*` is never read.
+    `ref_middle.*` is never read. Weights stored in fp8 (`STORAGE_ONLY_DTYPES`) are cast per layer
+    to the compute dtype (`compute_dtype_for(device)`, the `manual_cast_dtype`), by the library's
+    casting layers unless `operations` (ComfyUI's cast layers) are given.
     """
+    storage_only = dtype in STORAGE_ONLY_DTYPES
     with checkpoint_source(source) as checkpoint:
         config = infer_config(checkpoint, num_heads)
-        ops = operations or TORCH_OPERATIONS
+        ops = operations or (CASTING_OPERATIONS if storage_only else TORCH_OPERATIONS)
         model = load_module(
             lambda: FlashFaceUNet(config, ops), checkpoint, checkpoint_plan(config),
             what=WHAT, device=device, dtype=dtype,
             ignore=lambda key: key.startswith(UNUSED_PREFIX),
         )
+    if storage_only:
+        model.manual_cast_dtype = compute_dtype_for(device)
     logger.info("loaded %s %s from %s", WHAT, config, checkpoint.path)
     return model
