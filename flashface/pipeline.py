@@ -178,14 +178,15 @@ class FlashFacePipeline:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, should_cancel: CancelCheck | None = None) -> torch.Tensor:
         """Images [B,3,H,W] in about [-1,1] from scaled latents, on the VAE's device, one image at a
-        time (`should_cancel()` asked before each and between tiles); an image that does not fit in
+        time (`should_cancel()` asked before each, between the decoder's blocks and between tiles); an
+        image that does not fit in
         memory is decoded in tiles (see `AutoencoderKL.decode_tiled`). A latent that decodes to
         values that are not numbers (it holds NaN, or values far outside a VAE latent's) is refused."""
         images = []
         for number, z in enumerate((latents / LATENT_SCALE).to(self.vae_device), 1):
             stop_if_cancelled(should_cancel, f"Decoding cancelled before image {number} of {len(latents)}.")
             image = first_that_fits([
-                ("as a whole", lambda z=z: self.vae.decode(z[None]).float()),
+                ("as a whole", lambda z=z: self.vae.decode(z[None], should_cancel).float()),
                 ("in tiles", lambda z=z: self.vae.decode_tiled(z[None], should_cancel=should_cancel)),
             ], self.vae_device)
             if not torch.isfinite(image).all():

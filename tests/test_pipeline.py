@@ -261,11 +261,11 @@ class RunsOutOfMemory(torch.nn.Module):
         self.calls.append(("encode", images.shape[0]))
         return self.vae.encode(images)
 
-    def decode(self, latents):
+    def decode(self, latents, should_cancel=None):
         self.calls.append(("decode", tuple(latents.shape)))
         if latents[0, 0].numel() * latents.shape[0] > self.max_cells:
             raise RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)")
-        return self.vae.decode(latents)
+        return self.vae.decode(latents, should_cancel)
 
     def decode_tiled(self, latents, should_cancel=None):
         return type(self.vae).decode_tiled(self, latents, tile=4, overlap=2, should_cancel=should_cancel)
@@ -299,7 +299,7 @@ def test_the_vae_works_image_by_image_and_out_of_memory_decodes_in_tiles(pipelin
     assert torch.equal(result.images, levels.float() / 255)
 
 
-def test_decoding_stops_between_images_and_between_tiles_when_cancelled(pipeline):
+def test_decoding_stops_between_images_blocks_and_tiles_when_cancelled(pipeline):
     latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     asked = []
 
@@ -307,7 +307,11 @@ def test_decoding_stops_between_images_and_between_tiles_when_cancelled(pipeline
         asked.append(True)
         return len(asked) == 2
 
-    with pytest.raises(GenerationCancelled, match="before image 2 of 3"):
+    blocks = len(pipeline.vae.decoder.upsamples)
+    with pytest.raises(GenerationCancelled, match="before image 2 of 3"):  # image 1, its blocks, then image 2
+        pipeline.decode(latents, lambda: bool(asked.append(True)) or len(asked) == 2 + blocks)
+    asked.clear()
+    with pytest.raises(GenerationCancelled, match="inside an image"):
         pipeline.decode(latents, cancel_on_second_question)
     tiling = FlashFacePipeline(pipeline.unet, RunsOutOfMemory(pipeline.vae, 16), pipeline.text_encoder, device="cpu")
     asked.clear()
@@ -324,7 +328,7 @@ def test_a_latent_that_decodes_to_no_numbers_is_refused(pipeline):
 
 def test_an_error_that_is_not_out_of_memory_is_not_retried(pipeline):
     class Broken(RunsOutOfMemory):
-        def decode(self, latents):
+        def decode(self, latents, should_cancel=None):
             raise RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED")
 
     broken = FlashFacePipeline(pipeline.unet, Broken(pipeline.vae, 0), pipeline.text_encoder, device="cpu")

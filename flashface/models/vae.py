@@ -144,8 +144,13 @@ class Decoder(nn.Module):
         self.upsamples = nn.Sequential(*blocks)
         self.head = _head(ops, dims[-1], 3)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return through_layers(self.head, self.upsamples(self.middle(self.conv1(z))))
+    def forward(self, z: torch.Tensor, should_cancel: CancelCheck | None = None) -> torch.Tensor:
+        """`should_cancel()` is asked before each upsampling block (most of a decode's time)."""
+        x = self.middle(self.conv1(z))
+        for block in self.upsamples:
+            stop_if_cancelled(should_cancel, "Decoding cancelled inside an image.")
+            x = block(x)
+        return through_layers(self.head, x)
 
 
 class AutoencoderKL(nn.Module):
@@ -166,9 +171,10 @@ class AutoencoderKL(nn.Module):
         moments = self.conv1(self.encoder(images.to(self._dtype())))
         return moments[:, :self.config.z_dim]
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images in about [-1, 1] from unscaled latents."""
-        return self.decoder(self.conv2(latents.to(self._dtype())))
+    def decode(self, latents: torch.Tensor, should_cancel: CancelCheck | None = None) -> torch.Tensor:
+        """Images in about [-1, 1] from unscaled latents; `should_cancel()` is asked between the
+        decoder's blocks (raising GenerationCancelled)."""
+        return self.decoder(self.conv2(latents.to(self._dtype())), should_cancel)
 
     @property
     def scale_factor(self) -> int:
@@ -192,7 +198,7 @@ class AutoencoderKL(nn.Module):
                 weight = _feather(part.shape[-2:], (top, left), (h, w), overlap, factor).to(out.device)
                 rows = slice(top * factor, (top + part.shape[-2]) * factor)
                 columns = slice(left * factor, (left + part.shape[-1]) * factor)
-                out[:, :, rows, columns] += self.decode(part).float() * weight
+                out[:, :, rows, columns] += self.decode(part, should_cancel).float() * weight
                 total[:, :, rows, columns] += weight
         return out / total
 
