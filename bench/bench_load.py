@@ -10,6 +10,8 @@ pickle into a temporary folder under /tmp, then measures in a fresh subprocess e
                           default random init), read every tensor (torch.load without mmap /
                           safetensors load_file),
                           load_state_dict(strict=True)
+  convert fp16 / fp8      `python -m flashface convert` of the .safetensors file (tensor by tensor),
+                          then the compact files loaded by load_unet in their dtype
 
 The file is evicted from the page cache before each run (cold read). Peak RSS is the kernel's
 ru_maxrss (anonymous memory plus resident file pages of memory-mapped files); peak anon is the
@@ -31,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -39,6 +42,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from bench.memory import PeakMemory  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from flashface.models.convert import convert_unet, write_safetensors  # noqa: E402
+from flashface.models.ops import WEIGHT_DTYPES  # noqa: E402
 from flashface.models.unet import (  # noqa: E402
     TORCH_OPERATIONS,
     FlashFaceUNet,
@@ -53,28 +58,12 @@ from flashface.models.unet import (  # noqa: E402
 PATTERN_VALUES = 1 << 24  # 64 MiB of fp32 values, repeated to fill every tensor
 
 
-def write_safetensors(path: str, shapes: dict, metadata: dict) -> None:
-    """Stream the file tensor by tensor; each tensor is the start of one fixed random pattern,
-    so aliased tensors (same shape) are byte-identical, as in the real file."""
-    pattern = (torch.randn(PATTERN_VALUES, generator=torch.Generator().manual_seed(0)) * 0.02).numpy().tobytes()
-    header, offset = {"__metadata__": metadata}, 0
-    for key, shape in shapes.items():
-        size = 4 * shape.numel()
-        header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
-        for shape in shapes.values():
-            remaining = 4 * shape.numel()
-            while remaining:
-                chunk = min(remaining, len(pattern))
-                f.write(memoryview(pattern)[:chunk])
-                remaining -= chunk
-        f.flush()
-        os.fsync(f.fileno())
+def write_published_layout(path: str, shapes: dict, metadata: dict) -> None:
+    """Stream the file tensor by tensor (the library's writer); each tensor is the start of one
+    fixed random pattern, so aliased tensors (same shape) are byte-identical, as in the real file."""
+    pattern = torch.randn(PATTERN_VALUES, generator=torch.Generator().manual_seed(0)) * 0.02
+    write_safetensors(Path(path), [(key, torch.float32, tuple(shape)) for key, shape in shapes.items()],
+                      lambda key, dtype: pattern[:shapes[key].numel()].view(shapes[key]), metadata)
 
 
 def write_pickle_from(safetensors_path: str, path: str) -> None:
@@ -128,13 +117,19 @@ def child(method: str, path: str, dtype: str, dim: str) -> None:
         start = time.perf_counter()
         if method == "naive":
             model = naive_load(path, UNetConfig(dim=int(dim)))
+        elif method == "convert":  # path -> path.<dtype>.safetensors
+            model = load_unet(convert_unet(path, compact_path(path, dtype), WEIGHT_DTYPES[dtype]), device="meta")
         else:
-            model = load_unet(path, dtype=getattr(torch, dtype))
+            model = load_unet(path, dtype=WEIGHT_DTYPES[dtype])
         seconds = time.perf_counter() - start
     params = sum(p.numel() for p in model.parameters())
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, memory.peak)
     print(json.dumps({"seconds": seconds, "peak_rss": peak, "peak_anon": memory.peak_anon,
                       "peak_file": memory.peak_file, "parameters": params}))
+
+
+def compact_path(path: str, dtype: str) -> str:
+    return f"{os.path.splitext(path)[0]}.{dtype}.safetensors"
 
 
 def measure(method: str, path: str, dtype: str, dim: int) -> dict:
@@ -163,19 +158,25 @@ def main() -> None:
         safetensors_path = os.path.join(folder, "flashface.safetensors")
         pickle_path = os.path.join(folder, "flashface.ckpt")
         start = time.perf_counter()
-        write_safetensors(safetensors_path, shapes, {"num_heads": "8"})
+        write_published_layout(safetensors_path, shapes, {"num_heads": "8"})
         write_pickle_from(safetensors_path, pickle_path)
         print(f"wrote {len(shapes)} keys: {os.path.getsize(safetensors_path) / 1e9:.2f} GB .safetensors, "
               f"{os.path.getsize(pickle_path) / 1e9:.2f} GB .ckpt in {time.perf_counter() - start:.0f} s; "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads; cold page cache per run")
-        print(f"{'file':<14} {'method':<16} {'seconds':>8} {'peak RSS GiB':>13} {'peak anon GiB':>14} {'file-backed':>12} {'params G':>9}")
-        for path in (safetensors_path, pickle_path):
-            for method, dtype in (("load_unet", "float32"), ("load_unet", "float16"), ("naive", "float32")):
-                r = measure(method, path, dtype, args.dim)
-                label = f"{method} {dtype.replace('float', 'fp')}"
-                print(f"{os.path.splitext(path)[1]:<14} {label:<16} {r['seconds']:8.1f} "
-                      f"{r['peak_rss'] / 2**30:13.2f} {r['peak_anon'] / 2**30:14.2f} {r['peak_file'] / 2**30:12.2f} {r['parameters'] / 1e9:9.3f}",
-                      flush=True)
+        print(f"{'file':<24} {'method':<20} {'seconds':>8} {'peak RSS GiB':>13} {'peak anon GiB':>14} {'file-backed':>12} {'params G':>9}")
+        runs = [(path, method, dtype) for path in (safetensors_path, pickle_path)
+                for method, dtype in (("load_unet", "fp32"), ("load_unet", "fp16"), ("naive", "fp32"))]
+        runs += [(safetensors_path, "convert", "fp16"), (safetensors_path, "convert", "fp8_e4m3fn"),
+                 (compact_path(safetensors_path, "fp16"), "load_unet", "fp16"),
+                 (compact_path(safetensors_path, "fp8_e4m3fn"), "load_unet", "fp8_e4m3fn")]
+        for path, method, dtype in runs:
+            r = measure(method, path, dtype, args.dim)
+            name = os.path.basename(path).replace("flashface", "")
+            print(f"{name:<24} {method + ' ' + dtype:<20} {r['seconds']:8.1f} {r['peak_rss'] / 2**30:13.2f} "
+                  f"{r['peak_anon'] / 2**30:14.2f} {r['peak_file'] / 2**30:12.2f} {r['parameters'] / 1e9:9.3f}",
+                  flush=True)
+        for dtype in ("fp16", "fp8_e4m3fn"):
+            print(f"compact {dtype}: {os.path.getsize(compact_path(safetensors_path, dtype)) / 1e9:.2f} GB")
     finally:
         if not args.keep_dir:
             shutil.rmtree(folder, ignore_errors=True)

@@ -4,6 +4,9 @@ Missing model files are downloaded through the model registry (into --models-dir
 FLASHFACE_MODELS_DIR or the user cache directory); --unet/--vae/--text-encoder/--detector use given
 files instead. The generation settings (`settings.GenerationSettings`) each have a flag of the
 same name with dashes. The UNet runs in --dtype; the VAE, text encoder and detector run in fp32 as officially.
+
+``python -m flashface convert flashface.ckpt flashface_fp16.safetensors --dtype fp16`` writes the
+compact UNet file (each tensor once, in one dtype), which every loader takes in place of the original.
 """
 
 from __future__ import annotations
@@ -94,7 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
         gen.add_argument(f"--{kind.replace('_', '-')}", *(["--clip"] if kind == "text_encoder" else []), dest=kind,
                          type=Path, metavar="FILE", help=f"a file to use instead of the registry's {entries_of_kind(kind)[0].description}")
     gen.add_argument("--verbose", action="store_true")
+    conv = commands.add_parser("convert", help="write the compact UNet file: each tensor once, in one dtype "
+                                               "(fp16: about a third of the published 10.6 GB)")
+    conv.add_argument("source", type=Path, help="the FlashFace UNet file (flashface.ckpt)")
+    conv.add_argument("out", type=Path, help="the new .safetensors file (never overwritten)")
+    conv.add_argument("--dtype", choices=list(WEIGHT_DTYPES), default="fp16",
+                      help="weight dtype of the file (norms stay fp32); default fp16")
+    conv.add_argument("--verbose", action="store_true")
     return parser
+
+
+def convert(args: argparse.Namespace) -> list[Path]:
+    from .models.convert import convert_unet
+
+    with tqdm(total=None, unit="B", unit_scale=True, desc="converting", disable=None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return [convert_unet(args.source, args.out, WEIGHT_DTYPES[args.dtype], progress)]
 
 
 def read_photo(path: Path) -> Image.Image:
@@ -162,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        for path in generate(args):
+        for path in (convert(args) if args.command == "convert" else generate(args)):
             print(path)
     except FlashFaceError as error:
         print(f"flashface: error: {error}", file=sys.stderr)

@@ -11,6 +11,7 @@ cannot show or a 0.3.75 graph cannot send:
 from __future__ import annotations
 
 import pytest
+import torch
 
 from comfy_process import run_with_comfyui
 from comfy_server import comfy_installs
@@ -240,6 +241,26 @@ def test_fp8_weights_halve_the_size_comfyui_accounts_for(install, tiny_model_fil
         assert sizes[name] - kept == (sizes["fp16"] - kept) // 2, sizes
         assert result["dtypes"][name] == dict(stored=f"torch.float8_{name[4:]}", compute="torch.float32",
                                               layer="comfy.ops"), result["dtypes"]
+
+
+COMPACT_FILE = """
+from pathlib import Path
+from flashface_pack.nodes import load_model
+
+published = load_model._load_unet(Path({published!r}), "fp16").model.diffusion_model.state_dict()
+compact = load_model._load_unet(Path({compact!r}), "fp16").model.diffusion_model.state_dict()
+result = dict(same_keys=list(published) == list(compact),
+              equal=all(torch.equal(published[key], compact[key]) for key in published))
+"""
+
+
+def test_load_model_takes_the_compact_file_in_place_of_the_published_one(install, tiny_model_files, tmp_path):
+    from flashface.models.convert import convert_unet
+
+    compact = convert_unet(tiny_model_files["unet_name"], tmp_path / "compact_fp16.safetensors", torch.float16)
+    result = run_with_comfyui(install, COMPACT_FILE.format(published=str(tiny_model_files["unet_name"]),
+                                                           compact=str(compact)), tmp_path)
+    assert result == dict(same_keys=True, equal=True)
 
 
 LAYOUT = """

@@ -42,6 +42,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
 from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
+from .convert import compact_view
 from .ops import (
     CASTING_OPERATIONS,
     STORAGE_ONLY_DTYPES,
@@ -886,12 +887,13 @@ def load_unet(source: str | os.PathLike | Checkpoint, *, device: torch.device | 
     """Load the FlashFace UNet from a path or an open `Checkpoint` into `dtype` on `device`.
 
     Norm parameters stay fp32. Each aliased tensor pair is checked equal and kept once;
-    `ref_middle.*` is never read. Weights stored in fp8 (`STORAGE_ONLY_DTYPES`) are cast per layer
+    `ref_middle.*` is never read. A compact file (`convert.convert_unet`) loads the same way. Weights stored in fp8 (`STORAGE_ONLY_DTYPES`) are cast per layer
     to the compute dtype (`compute_dtype_for(device)`, the `manual_cast_dtype`), by the library's
     casting layers unless `operations` (ComfyUI's cast layers) are given.
     """
     storage_only = dtype in STORAGE_ONLY_DTYPES
-    with checkpoint_source(source) as checkpoint:
+    with checkpoint_source(source) as opened:
+        checkpoint = compact_view(opened)
         config = infer_config(checkpoint, num_heads)
         ops = operations or (CASTING_OPERATIONS if storage_only else TORCH_OPERATIONS)
         model = load_module(

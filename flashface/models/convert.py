@@ -1,0 +1,139 @@
+"""A compact FlashFace UNet file: the published checkpoint's tensors, each once, in one dtype.
+
+The published `flashface.ckpt` (10.6 GB, fp32) stores every tensor the main and reference paths
+share twice (`encoder.*` and `ori_encoder.*`, ...) and a reference middle block that never runs
+(`ref_middle.*`). `convert_unet` writes a safetensors file with the official key names, each
+aliased pair once (the `ori_` copy dropped, after checking the two are equal), no `ref_middle`,
+weights in the chosen dtype (norm parameters stay fp32, as every loader keeps them), and metadata
+saying so. `compact_view` lets every loader read it as the published file: the dropped `ori_`
+names answer with the tensor kept. Loading the compact file in its dtype gives the same tensors,
+bit for bit, as loading the published file in that dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from ..errors import InvalidInputError, ModelFileError
+from .checkpoint import Checkpoint, checkpoint_source
+from .ops import at_least_fp32, norm_parameter_names
+
+COMPACT_FORMAT = "flashface-unet-compact"
+ALIAS_PREFIX = "ori_"
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
+Progress = Callable[[int, int], None]  # (bytes written, bytes in all)
+
+
+class CompactCheckpoint(Checkpoint):
+    """A compact file seen as the published one: each dropped `ori_` name reads the kept tensor."""
+
+    def __init__(self, stored: Checkpoint):
+        self.stored, self.path = stored, stored.path
+        self.aliases = {ALIAS_PREFIX + key: key for key in json.loads(stored.metadata().get("aliased", "[]"))}
+
+    def keys(self) -> list[str]:
+        return self.stored.keys() + list(self.aliases)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.stored.shape(self.aliases.get(key, key))
+
+    def tensor(self, key: str) -> torch.Tensor:
+        return self.stored.tensor(self.aliases.get(key, key))
+
+    def metadata(self) -> dict[str, str]:
+        return self.stored.metadata()
+
+    def close(self) -> None:
+        self.stored.close()
+
+
+def compact_view(checkpoint: Checkpoint) -> Checkpoint:
+    """`checkpoint` as the published layout: a CompactCheckpoint for a compact file, else itself."""
+    return CompactCheckpoint(checkpoint) if checkpoint.metadata().get("format") == COMPACT_FORMAT else checkpoint
+
+
+def convert_unet(source: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype,
+                 progress: Progress | None = None) -> Path:
+    """Write the compact file of the FlashFace UNet `source` to `out` (a new .safetensors file),
+    reading and writing one tensor at a time; the file appears only once complete."""
+    from .unet import WHAT, FlashFaceUNet, checkpoint_plan, infer_config
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise InvalidInputError(f"{out}: the compact file is a safetensors file; give a name ending in .safetensors.")
+    if out.exists():
+        raise InvalidInputError(f"{out} already exists; convert never overwrites a file: give a new name.")
+    if dtype not in _SAFETENSORS_DTYPES:
+        raise InvalidInputError(f"Cannot store weights as {dtype}; choose one of fp32, fp16, bf16, fp8_e4m3fn, fp8_e5m2.")
+    with checkpoint_source(source) as checkpoint:
+        if checkpoint.metadata().get("format") == COMPACT_FORMAT:
+            raise InvalidInputError(f"{checkpoint.path} is already a compact FlashFace UNet file.")
+        config = infer_config(checkpoint)
+        plan = checkpoint_plan(config)
+        with torch.device("meta"):
+            module = FlashFaceUNet(config)
+        norm_keys = {key for name in norm_parameter_names(module) for key in plan[name].file_keys}
+        wanted = {key for tensor_plan in plan.values() for key in tensor_plan.file_keys}
+        missing = sorted(wanted - set(checkpoint.keys()))
+        if missing:
+            raise ModelFileError(f"{checkpoint.path} is not a {WHAT} checkpoint: {len(missing)} expected tensors are "
+                                 f"missing (e.g. {', '.join(missing[:3])}).")
+        aliased = sorted(key for key in wanted if ALIAS_PREFIX + key in wanted)
+        stored = sorted(key for key in wanted if not (key.startswith(ALIAS_PREFIX) and key[len(ALIAS_PREFIX):] in wanted))
+
+        def converted(key: str, target: torch.dtype) -> torch.Tensor:
+            tensor = checkpoint.tensor(key)
+            if key in aliased and not torch.equal(tensor, checkpoint.tensor(ALIAS_PREFIX + key)):
+                raise ModelFileError(f"{checkpoint.path}: the tensors {key} and {ALIAS_PREFIX}{key} should be identical "
+                                     f"copies but differ, so this is not an unmodified {WHAT} file.")
+            return tensor.to(target)
+
+        entries = [(key, at_least_fp32(dtype) if key in norm_keys else dtype, tuple(checkpoint.shape(key)))
+                   for key in stored]
+        metadata = {"format": COMPACT_FORMAT, "num_heads": str(config.num_heads),
+                    "weights": _SAFETENSORS_DTYPES[dtype], "aliased": json.dumps(aliased),
+                    "source": Path(checkpoint.path).name}
+        write_safetensors(out, entries, converted, metadata, progress)
+    return out
+
+
+def write_safetensors(path: Path, entries: Iterable[tuple[str, torch.dtype, tuple[int, ...]]],
+                      tensor: Callable[[str, torch.dtype], torch.Tensor], metadata: dict[str, str],
+                      progress: Progress | None = None) -> None:
+    """A safetensors file written tensor by tensor (the header first, from the shapes), so memory
+    holds one tensor at a time; written beside `path` and renamed onto it when complete."""
+    entries = list(entries)
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for key, dtype, shape in entries:
+        size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(partial, "wb") as file:
+            file.write(struct.pack("<Q", len(encoded)) + encoded)
+            written = 0
+            for key, dtype, shape in entries:
+                value = tensor(key, dtype).contiguous()
+                if value.dtype != dtype or tuple(value.shape) != tuple(shape):
+                    raise AssertionError(f"{key}: {value.dtype} {tuple(value.shape)} is not {dtype} {shape}")
+                data = value.reshape(-1).view(torch.uint8).numpy().tobytes()
+                file.write(data)
+                written += len(data)
+                if progress is not None:
+                    progress(written, offset)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
