@@ -3,6 +3,7 @@
     python bench/bench_gpu.py                              # CUDA, SD1.5 size
     python bench/bench_gpu.py --comfyui /path/to/ComfyUI   # + the UNet partially loaded by ComfyUI
     python bench/bench_gpu.py --tiny --device cpu          # the same code at a tiny size (a test runs this)
+    python bench/bench_gpu.py --device cpu --deviation-only  # full-size deviations from fp32 on a CPU
 
 Prints
 * seconds per sampling step (one model call: reference pass + main pass) for 2 and 3 branches,
@@ -207,6 +208,8 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--comfyui", help="a ComfyUI source tree: also time the UNet partially loaded by it")
     parser.add_argument("--budget", type=float, default=0.5, help="part of the UNet ComfyUI may load (0-1)")
+    parser.add_argument("--deviation-only", action="store_true",
+                        help="only the deviation from fp32 (e.g. at full size on a CPU, where the step table is slow)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     device = torch.device(args.device)
@@ -218,12 +221,13 @@ def main() -> None:
     source = random_unet(shape["config"], torch.float32, "cpu")
     print(f"random fp32 weights: {sum(p.numel() for p in source.parameters()) / 1e9:.3f} G parameters, "
           f"{time.perf_counter() - start:.1f} s", flush=True)
-    step_table(source, shape["sizes"], args.batches, args.dtypes, args.repeats, shape["reference_size"], device)
-    if args.comfyui:
-        partial_load(source, args.comfyui, args.budget, shape["sizes"][0], args.repeats, shape["reference_size"],
-                     device)
-    else:
-        print("partial load through ComfyUI: not measured (give --comfyui /path/to/ComfyUI)")
+    if not args.deviation_only:
+        step_table(source, shape["sizes"], args.batches, args.dtypes, args.repeats, shape["reference_size"], device)
+        if args.comfyui:
+            partial_load(source, args.comfyui, args.budget, shape["sizes"][0], args.repeats,
+                         shape["reference_size"], device)
+        else:
+            print("partial load through ComfyUI: not measured (give --comfyui /path/to/ComfyUI)")
     deviation(source, args.dtypes, shape["sizes"][0], shape["reference_size"], device)
     noise_check(device)
     print(f"total {time.perf_counter() - start:.0f} s")

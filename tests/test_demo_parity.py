@@ -16,6 +16,7 @@ from PIL import Image
 
 from demo_cases import DemoCase, demo_cases, diagnose, levels_of
 from flashface.models.clip_text import load_text_encoder
+from flashface.models.ops import WEIGHT_DTYPES
 from flashface.models.retinaface import load_face_detector
 from flashface.models.unet import load_unet
 from flashface.models.vae import load_vae
@@ -87,3 +88,18 @@ def test_each_official_default_is_needed(demo, models_folder, switched_off):
         pytest.skip("four photos or more are never padded")
     difference = demo.difference(library_images(pipeline, demo, **{switched_off: False}))
     assert not difference.within(demo.image_tolerance), difference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("weights", "mean_bound"), [("fp16", 1.0), ("bf16", 5.0), ("fp8_e4m3fn", 25.0),
+                                                     ("fp8_e5m2", 40.0)])
+def test_the_demo_with_lower_precision_weights_stays_near_the_official_image(demo, models_folder, weights,
+                                                                            mean_bound):
+    """The UNet stored in `weights` (fp8: computing in fp32 on the CPU), everything else as the
+    official fp32 demo: how far the image moves (printed; TECHNICAL.md quotes it)."""
+    exact = case_pipeline(demo, models_folder)
+    unet = load_unet(demo.model_files(models_folder)["unet_name"], dtype=WEIGHT_DTYPES[weights])
+    lower = FlashFacePipeline(unet, exact.vae, exact.text_encoder, exact.detector, device="cpu")
+    difference = demo.difference(library_images(lower, demo))
+    print(f"\n{demo.name} with {weights} UNet weights: {difference} from the official fp32 image")
+    assert 0 < difference.mean_levels < mean_bound
