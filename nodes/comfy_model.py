@@ -146,7 +146,7 @@ def _calc_cond_batch(args):
             "LoRA give only a positive): use CFGGuider, KSampler or SamplerCustom with a negative.")
     _refuse_what_the_combination_would_drop(args["model"], options)
     with_references = _guidance(options).with_references_row(args["sigma"].flatten()[0])  # checks the sigma
-    _check_step_inputs(args["model"], args["input"], args["sigma"], conds)
+    _check_step_inputs(args["model"], args["sigma"], conds)
     if with_references:
         conds = [conds[0], conds[1], conds[0]]
     marked = dict(options, transformer_options={**options["transformer_options"], BATCHED_BY_FLASHFACE: True})
@@ -182,14 +182,11 @@ def _refuse_what_the_combination_would_drop(model, model_options) -> None:
     model.accepted_sampling = weakref.ref(sampling)
 
 
-def _check_step_inputs(model, x: torch.Tensor, sigma: torch.Tensor, conds) -> None:
-    """What enters a step: a finite latent, and conditioning FlashFace can read (finite, the text
-    encoder's width, over the whole latent)."""
-    if not torch.isfinite(x).all():
-        raise InvalidInputError(
-            f"The latent entering the step at noise level {float(sigma.flatten()[0]):.4g} has values that are not "
-            "numbers (NaN or infinite): the LATENT given to the sampler (or its noise) holds them. Check the node that "
-            "made the latent.")
+def _check_step_inputs(model, sigma: torch.Tensor, conds) -> None:
+    """What can be checked of a step's inputs without reading values off the device (no host sync
+    per step): each side's conditioning is present, active at this sigma, over the whole latent and
+    as wide as the text encoder's output. Values (NaN, infinity) are examined only when a step's
+    prediction is not finite (`_name_what_is_not_finite`)."""
     level = float(sigma.flatten()[0])
     for side, entries in (("positive", conds[0]), ("negative", conds[1])):
         if not entries:
@@ -209,7 +206,26 @@ def _check_step_inputs(model, x: torch.Tensor, sigma: torch.Tensor, conds) -> No
                     "face_mask.")
             if "cross_attn" in entry:
                 check_text_embedding(entry["cross_attn"], model.diffusion_model.config.context_dim,
-                                     f"sampler's {side} conditioning")
+                                     f"sampler's {side} conditioning", values=False)
+
+
+def _name_what_is_not_finite(x: torch.Tensor, sigma: torch.Tensor, conds, timestep: int) -> InvalidInputError:
+    """The error for a step whose prediction is not finite, naming the input that caused it."""
+    if not torch.isfinite(x).all():
+        return InvalidInputError(
+            f"The latent entering the step at noise level {float(sigma.flatten()[0]):.4g} has values that are not "
+            "numbers (NaN or infinite): the LATENT given to the sampler (or its noise) holds them. Check the node that "
+            "made the latent.")
+    for side, entries in (("positive", conds[0]), ("negative", conds[1])):
+        for entry in entries:
+            if "cross_attn" in entry and not torch.isfinite(entry["cross_attn"]).all():
+                return InvalidInputError(f"The sampler's {side} conditioning has values that are not numbers (NaN or "
+                                         "infinite); check the nodes that made it (encode the prompt with FlashFace "
+                                         "CLIP Text Encode).")
+    return InvalidInputError(
+        f"The prediction at timestep {timestep} has values that are not numbers (NaN or infinite). Check what feeds "
+        "the sampler: cfg, the latent, the conditioning, and the strengths of any LoRA, ControlNet or patch on the "
+        "MODEL.")
 
 
 def _active_at(entry: dict, sigma: float) -> bool:
@@ -226,11 +242,8 @@ def _combine_branches(args):
     guidance = _guidance(args["model_options"])
     guided = guidance.combine(args["input"], sigma, out[0], out[1],
                               out[POSITIVE_WITH_REFERENCES] if len(out) > 2 else None, cfg)
-    if not torch.isfinite(guided).all():
-        raise InvalidInputError(
-            f"The prediction at timestep {guidance.timestep(sigma.flatten()[0])} has values that are not numbers "
-            "(NaN or infinite). Check what feeds the sampler: cfg, the latent, the conditioning, and the strengths of "
-            "any LoRA, ControlNet or patch on the MODEL.")
+    if not torch.isfinite(guided).all():  # the one read of values per step
+        raise _name_what_is_not_finite(args["input"], sigma, args["conds"], guidance.timestep(sigma.flatten()[0]))
     return [guided, guided]
 
 

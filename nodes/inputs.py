@@ -51,15 +51,16 @@ def expect_mask(value, input_name: str) -> torch.Tensor:
     return mask
 
 
-def check_text_embedding(embedding: torch.Tensor, width: int, where: str) -> None:
-    """A prompt's embedding [.., tokens, C] must be finite and as wide as the loaded text encoder's
-    output (the UNet's context width): SDXL's or another model's conditioning is not."""
+def check_text_embedding(embedding: torch.Tensor, width: int, where: str, values: bool = True) -> None:
+    """A prompt's embedding [.., tokens, C] must be as wide as the loaded text encoder's output (the
+    UNet's context width: SDXL's or another model's conditioning is not) and, with `values`,
+    finite."""
     if embedding.shape[-1] != width:
         raise InvalidInputError(
             f"The {where} is {embedding.shape[-1]} wide, but the FlashFace UNet reads prompts {width} wide (SD1.5's "
             "CLIP-L). It comes from another model's text encoder (SDXL's is 2048): encode the prompt with FlashFace "
             "CLIP Text Encode.")
-    if not torch.isfinite(embedding).all():
+    if values and not torch.isfinite(embedding).all():
         raise InvalidInputError(f"The {where} has values that are not numbers (NaN or infinite); check the nodes "
                                 "that made it (encode the prompt with FlashFace CLIP Text Encode).")
 

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..errors import InvalidInputError, ModelFileError
-from .checkpoint import Checkpoint, checkpoint_source
+from .checkpoint import Checkpoint, check_plan, checkpoint_source
 from .ops import at_least_fp32, norm_parameter_names
 
 COMPACT_FORMAT = "flashface-unet-compact"
@@ -63,7 +63,7 @@ def convert_unet(source: str | os.PathLike, out: str | os.PathLike, dtype: torch
                  progress: Progress | None = None) -> Path:
     """Write the compact file of the FlashFace UNet `source` to `out` (a new .safetensors file),
     reading and writing one tensor at a time; the file appears only once complete."""
-    from .unet import WHAT, FlashFaceUNet, checkpoint_plan, infer_config
+    from .unet import UNUSED_PREFIX, WHAT, FlashFaceUNet, checkpoint_plan, infer_config
 
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -79,12 +79,9 @@ def convert_unet(source: str | os.PathLike, out: str | os.PathLike, dtype: torch
         plan = checkpoint_plan(config)
         with torch.device("meta"):
             module = FlashFaceUNet(config)
+        check_plan(checkpoint, plan, WHAT, ignore=lambda key: key.startswith(UNUSED_PREFIX))
         norm_keys = {key for name in norm_parameter_names(module) for key in plan[name].file_keys}
         wanted = {key for tensor_plan in plan.values() for key in tensor_plan.file_keys}
-        missing = sorted(wanted - set(checkpoint.keys()))
-        if missing:
-            raise ModelFileError(f"{checkpoint.path} is not a {WHAT} checkpoint: {len(missing)} expected tensors are "
-                                 f"missing (e.g. {', '.join(missing[:3])}).")
         aliased = sorted(key for key in wanted if ALIAS_PREFIX + key in wanted)
         stored = sorted(key for key in wanted if not (key.startswith(ALIAS_PREFIX) and key[len(ALIAS_PREFIX):] in wanted))
 
@@ -113,7 +110,7 @@ def write_safetensors(path: Path, entries: Iterable[tuple[str, torch.dtype, tupl
     header: dict[str, object] = {"__metadata__": metadata}
     offset = 0
     for key, dtype, shape in entries:
-        size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        size = torch.Size(shape).numel() * dtype.itemsize
         header[key] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
