@@ -58,12 +58,19 @@ from flashface.models.unet import (  # noqa: E402
 PATTERN_VALUES = 1 << 24  # 64 MiB of fp32 values, repeated to fill every tensor
 
 
+def _pattern_of(pattern: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The start of the pattern, repeated as often as a tensor of `shape` needs."""
+    repeats = -(-shape.numel() // len(pattern))
+    return (pattern.repeat(repeats) if repeats > 1 else pattern)[:shape.numel()].view(shape)
+
+
 def write_published_layout(path: str, shapes: dict, metadata: dict) -> None:
     """Stream the file tensor by tensor (the library's writer); each tensor is the start of one
-    fixed random pattern, so aliased tensors (same shape) are byte-identical, as in the real file."""
+    fixed random pattern (repeated for the largest), so aliased tensors (same shape) are
+    byte-identical, as in the real file."""
     pattern = torch.randn(PATTERN_VALUES, generator=torch.Generator().manual_seed(0)) * 0.02
     write_safetensors(Path(path), [(key, torch.float32, tuple(shape)) for key, shape in shapes.items()],
-                      lambda key, dtype: pattern[:shapes[key].numel()].view(shapes[key]), metadata)
+                      lambda key, dtype: _pattern_of(pattern, shapes[key]), metadata)
 
 
 def write_pickle_from(safetensors_path: str, path: str) -> None:

@@ -1,5 +1,8 @@
 """Command line: ``python -m flashface generate --ref a.jpg --ref b.jpg --prompt "…" --out out.png``.
 
+Several people (experimental): ``--person a.jpg,b.jpg@0.1,0.2,0.35,0.45 --person c.jpg@0.6,0.2,0.85,0.45``
+in place of --ref, each with their photos and face box (see `flashface.people`).
+
 Missing model files are downloaded through the model registry (into --models-dir, else
 FLASHFACE_MODELS_DIR or the user cache directory); --unet/--vae/--text-encoder/--detector use given
 files instead. The generation settings (`settings.GenerationSettings`) each have a flag of the
@@ -27,8 +30,9 @@ from .models.model_registry import KINDS, entries_of_kind, get_model_path
 from .utils.cache_utils import recorded_load_failure
 from .models.ops import WEIGHT_DTYPES
 from .models.vae import VAE_ATTENTIONS
+from .people import Person
 from .pipeline import FlashFacePipeline
-from .sampling.mask import latent_size
+from .sampling.mask import check_face_box, latent_size
 from .settings import PRESETS, GenerationSettings, describe
 
 
@@ -74,8 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flashface", description="FlashFace portrait generation.")
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate images of the person in the reference photos")
-    gen.add_argument("--ref", action="append", required=True, metavar="IMAGE",
+    who = gen.add_mutually_exclusive_group(required=True)
+    who.add_argument("--ref", action="append", metavar="IMAGE",
                      help="reference photo (repeat for several; one face is detected and cropped in each)")
+    who.add_argument("--person", action="append", type=person_argument, metavar="PHOTO[,PHOTO...]@X1,Y1,X2,Y2",
+                     help="one person of several (experimental: the published weights were trained with one "
+                          "person): their photos and face box as fractions of the image; repeat per person. "
+                          "Each part of the image takes the likeness of the person whose box is nearest")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--out", required=True, type=Path,
@@ -116,6 +125,21 @@ def convert(args: argparse.Namespace) -> list[Path]:
             bar.update(done - bar.n)
 
         return [convert_unet(args.source, args.out, WEIGHT_DTYPES[args.dtype], progress)]
+
+
+def person_argument(value: str) -> tuple[list[Path], tuple[float, ...]]:
+    """--person PHOTO[,PHOTO...]@X1,Y1,X2,Y2 -> (photos, box)."""
+    photos, at, box = value.rpartition("@")
+    try:
+        corners = tuple(float(v) for v in box.split(","))
+        check_face_box(corners)
+    except (ValueError, InvalidInputError):
+        corners = ()
+    if not at or not photos or len(corners) != 4:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not PHOTO[,PHOTO...]@X1,Y1,X2,Y2: give the person's photos, then @ and their face box as "
+            "four fractions of the image between 0 and 1, e.g. me.jpg,me2.jpg@0.1,0.2,0.4,0.5")
+    return [Path(photo) for photo in photos.split(",")], corners
 
 
 def read_photo(path: Path) -> Image.Image:
@@ -162,16 +186,19 @@ def output_paths(out: Path, count: int) -> list[Path]:
 def generate(args: argparse.Namespace) -> list[Path]:
     settings = settings_from_args(args)  # reject bad settings before loading gigabytes
     latent_size(settings.width, settings.height)
-    photos = [read_photo(path) for path in args.ref]
+    given = [(args.ref, None)] if args.ref else args.person
+    photos = [[read_photo(path) for path in paths] for paths, _ in given]
     pipeline = load_pipeline(args)
-    faces = photos if args.no_detect else pipeline.crop_reference_faces(photos, args.detection_threshold,
-                                                                         args.several_faces)
+    faces = [person if args.no_detect else pipeline.crop_reference_faces(person, args.detection_threshold,
+                                                                          args.several_faces)
+             for person in photos]
+    references = faces[0] if args.ref else [Person(crops, box) for crops, (_, box) in zip(faces, given)]
     with tqdm(desc="sampling", unit="step") as bar:
         def progress(step: int, total: int, x0: torch.Tensor) -> None:
             bar.total = total
             bar.update(1)
 
-        result = pipeline.generate(faces, args.prompt, args.negative_prompt, settings, progress=progress)
+        result = pipeline.generate(references, args.prompt, args.negative_prompt, settings, progress=progress)
     paths = output_paths(args.out, settings.batch_size)
     for image, path in zip(result.to_pil(), paths):
         path.parent.mkdir(parents=True, exist_ok=True)

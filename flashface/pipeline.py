@@ -21,7 +21,6 @@ consumes the seeded global ``random``. No global RNG is ever seeded.
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -30,11 +29,12 @@ import torch
 from PIL import Image
 
 from .errors import CancelCheck, InvalidInputError, stop_if_cancelled
-from .face import DEFAULT_DETECTION_THRESHOLD, check_reference_count, find_reference_faces, prepare_reference
+from .face import DEFAULT_DETECTION_THRESHOLD, find_reference_faces, prepare_reference
 from .models.vae import LATENT_SCALE
+from .people import PeopleLayout, Person, as_people, padded_people
 from .prompts import EncodedPrompt, prompt_text
 from .sampling.guidance import ReferenceGuidedDenoiser
-from .sampling.mask import box_mask, latent_size, resize_mask
+from .sampling.mask import latent_size
 from .sampling.schedule import NoiseSchedule, sampling_sigmas
 from .sampling.solvers import get_solver
 from .settings import NOISE_SOURCES, GenerationSettings
@@ -42,27 +42,8 @@ from .utils.memory import first_that_fits
 
 logger = logging.getLogger(__name__)
 
-OFFICIAL_REFERENCE_COUNT = 4
-
 Progress = Callable[[int, int, torch.Tensor], None]
 Prompt = str | EncodedPrompt | torch.Tensor
-
-
-def padded_references(faces: Sequence[Image.Image] | torch.Tensor, seed: int):
-    """1-3 faces padded to four as the official demo does (more, or none, stay as they are)."""
-    if not 0 < len(faces) < OFFICIAL_REFERENCE_COUNT:
-        return faces
-    indices = padded_reference_indices(len(faces), seed)
-    return faces[indices] if isinstance(faces, torch.Tensor) else [faces[i] for i in indices]
-
-
-def padded_reference_indices(available: int, seed: int, count: int = OFFICIAL_REFERENCE_COUNT) -> list[int]:
-    """The official padding: all faces, then random choices among them until there are `count`."""
-    rng = random.Random(seed)
-    indices = list(range(available))
-    while len(indices) < count:
-        indices.append(rng.choice(range(available)))
-    return indices
 
 
 def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device, source: str
@@ -165,6 +146,10 @@ class FlashFacePipeline:
             raise InvalidInputError("Give at least one reference face (a face crop, or a [N,3,224,224] tensor).")
         return self.encode_images(images)
 
+    def encode_people(self, people: Sequence[Person]) -> torch.Tensor:
+        """The reference latents of every person, person after person (see `encode_references`)."""
+        return torch.cat([self.encode_references(person.faces) for person in people])
+
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, should_cancel: CancelCheck | None = None) -> torch.Tensor:
         """Latents [B,4,H/8,W/8] (posterior mean, scaled), on the VAE's device, of images [B,3,H,W]
@@ -200,7 +185,7 @@ class FlashFacePipeline:
     @torch.no_grad()
     def generate(
         self,
-        reference_faces: Sequence[Image.Image] | torch.Tensor,
+        reference_faces: Sequence[Image.Image] | torch.Tensor | Sequence[Person],
         prompt: Prompt,
         negative_prompt: Prompt = "",
         settings: GenerationSettings = GenerationSettings(),
@@ -213,32 +198,40 @@ class FlashFacePipeline:
         """Generate `settings.batch_size` images of the reference person (see `GenerationSettings`;
         its defaults are the official demo's).
 
-        Prompts: see `encode_prompts`. `face_mask` (a [H',W'] mask in [0,1]) replaces the face box.
+        `reference_faces`: one person's face crops (or prepared tensors, see `encode_references`),
+        placed at the settings' face box, or at `face_mask` (a [H',W'] mask in [0,1]) when one is
+        given; or several `Person`s, each with their own faces and place (experimental, see
+        `flashface.people`; one `Person` is exactly the same as their faces and place given directly).
+        Prompts: see `encode_prompts`.
         `progress(step, total, x0)` is called after every solver step, `should_cancel()` before
         each (raising GenerationCancelled). The result is on `output_device`.
         """
         if not isinstance(settings, GenerationSettings):
             raise InvalidInputError(f"settings must be a GenerationSettings, not {type(settings).__name__}.")
-        check_reference_count(len(reference_faces))
+        people = as_people(reference_faces, settings.face_box, face_mask)
         h, w = latent_size(settings.width, settings.height)
         device, batch = self.device, settings.batch_size
 
-        faces = padded_references(reference_faces, settings.seed) if settings.pad_references else reference_faces
-        reference_latents = self.encode_references(faces).to(device)
+        if settings.pad_references:
+            people = padded_people(people, settings.seed)
+        layout = PeopleLayout.of(people)
+        reference_latents = self.encode_people(people).to(device)
 
         positive, negative = self.encode_prompts(prompt, negative_prompt, batch, settings.prompt_postfixes)
-        mask = (resize_mask(face_mask, settings.width, settings.height) if face_mask is not None
-                else box_mask(settings.face_box, settings.width, settings.height))
+        mask = layout.face_position(settings.width, settings.height)
 
         denoiser = ReferenceGuidedDenoiser(self.unet, self.schedule, positive.to(device), negative.to(device),
-                                           reference_latents, mask.to(device), settings)
+                                           reference_latents, mask.to(device), settings, owners=layout.owners,
+                                           regions=layout.regions(settings.width, settings.height))
         sigmas = sampling_sigmas(self.schedule, settings.steps, settings.discretization, settings.sigma_spacing)
         run_solver = get_solver(settings.solver)
         x, generator = initial_noise((batch, 4, h, w), settings.seed, device, settings.noise)
-        logger.info("sampling %d step(s) with %s, %d reference(s), %dx%d, seed %d on %s", len(sigmas) - 1,
-                    settings.solver, len(reference_latents), settings.width, settings.height, settings.seed, device)
+        logger.info("sampling %d step(s) with %s, %d person(s), %d reference(s), %dx%d, seed %d on %s",
+                    len(sigmas) - 1, settings.solver, layout.count, len(reference_latents), settings.width,
+                    settings.height, settings.seed, device)
         latents = run_solver(denoiser, x, sigmas, callback=progress, should_cancel=should_cancel, generator=generator)
 
         images = official_levels(self.decode(latents, should_cancel)).to(output_device).float() / 255
         return GenerationResult(images=images, latents=latents.float().to(output_device), seed=settings.seed,
                                 model_timesteps=denoiser.model_timesteps)
+

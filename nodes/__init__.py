@@ -1,7 +1,8 @@
 """The ComfyUI nodes (V1 API). Thin: validate, convert, call `flashface`, report progress.
 
 The four core nodes (Load Model, Detect Face, CLIP Text Encode, Generator: the official run), and
-the MODEL path into ComfyUI's own sampling (Apply, Sigmas, VAE Encode / Decode)."""
+the MODEL path into ComfyUI's own sampling (Apply, Sigmas, VAE Encode / Decode), and Person (several
+people in one picture)."""
 
 import folder_paths
 
@@ -11,6 +12,7 @@ from .generator import FlashFaceGenerator
 from .latents import FlashFaceVAEDecode, FlashFaceVAEEncode
 from .load_model import FlashFaceLoadModel
 from .model_files import register_flashface_folder
+from .people import FlashFacePerson
 from .sampling import FlashFaceApply, FlashFaceSigmas
 from .text_encode import FlashFaceCLIPTextEncode
 
@@ -26,6 +28,7 @@ NODE_CLASS_MAPPINGS = {
     "FlashFace_Sigmas": FlashFaceSigmas,
     "FlashFace_VAEEncode": FlashFaceVAEEncode,
     "FlashFace_VAEDecode": FlashFaceVAEDecode,
+    "FlashFace_Person": FlashFacePerson,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "FlashFace_LoadModel": "FlashFace Load Model",
@@ -36,4 +39,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FlashFace_Sigmas": "FlashFace Sigmas",
     "FlashFace_VAEEncode": "FlashFace VAE Encode",
     "FlashFace_VAEDecode": "FlashFace VAE Decode",
+    "FlashFace_Person": "FlashFace Person (experimental)",
 }

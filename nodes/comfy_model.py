@@ -28,7 +28,7 @@ import torch
 from ..flashface.errors import InvalidInputError
 from ..flashface.face import REFERENCE_SIZE
 from ..flashface.models.unet import BLOCK_PATCHES, BlockAdditions, UNetConfig
-from ..flashface.pipeline import OFFICIAL_REFERENCE_COUNT
+from ..flashface.people import OFFICIAL_REFERENCE_COUNT
 from ..flashface.sampling.guidance import POSITIVE, POSITIVE_WITH_REFERENCES, RowGuidance
 from ..flashface.sampling.mask import LATENT_FACTOR
 from .inputs import check_text_embedding

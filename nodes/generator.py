@@ -13,9 +13,9 @@ from ..flashface.prompts import EncodedPrompt
 from ..flashface.settings import PRESETS, GenerationSettings
 from .cancel import comfy_cancel
 from .declare import FlashFaceNode, box_inputs, outputs, setting_input, settings_from_inputs
-from .images import image_batches_to_pil
 from .inputs import expect, expect_mask
 from .load_model import expect_model, model_input
+from .people import faces_or_people, people_input
 from .text_encode import FLASHFACE_CONDITIONING
 
 NO_PRESET = "none"
@@ -63,29 +63,31 @@ class FlashFaceGenerator(FlashFaceNode):
                 "negative": (FLASHFACE_CONDITIONING, {
                     "tooltip": "What to avoid, from FlashFace CLIP Text Encode (also the context of the reference "
                                "faces, as in the official code)."}),
-                "reference_faces": ("IMAGE", {
-                    "tooltip": "Face crops of one person, from FlashFace Detect Face (1 to 4 is typical; more is "
-                               "allowed). Other images are padded to a square and used as they are."}),
                 **{name: setting_input(name) for name in REQUIRED_SETTINGS},
                 **box_inputs(),
                 **{name: setting_input(name) for name in SIZE_SETTINGS},
                 "preset": ([NO_PRESET, *PRESETS], {"default": NO_PRESET, "tooltip": _preset_help()}),
             },
             "optional": {
+                "reference_faces": ("IMAGE", {
+                    "tooltip": "Face crops of one person, from FlashFace Detect Face (1 to 4 is typical; more is "
+                               "allowed). Other images are padded to a square and used as they are."}),
                 "face_mask": ("MASK", {
                     "tooltip": "Where the face goes (white = face); replaces the face box. Any size: it is "
                                "resized to the image."}),
+                "people": people_input("Several people, each with their own faces and place (from FlashFace Person), "
+                                       "in place of reference_faces, the face box and face_mask."),
                 **{name: setting_input(name) for name in OPTIONAL_SETTINGS},
             },
         }
 
-    def generate(self, flashface_model, positive, negative, reference_faces, preset=NO_PRESET, face_mask=None,
-                 **inputs):
+    def generate(self, flashface_model, positive, negative, reference_faces=None, preset=NO_PRESET, face_mask=None,
+                 people=None, **inputs):
         expect_model(flashface_model)
         for name, prompt in (("positive", positive), ("negative", negative)):
             expect(prompt, EncodedPrompt, name, "FlashFace CLIP Text Encode (ComfyUI's own CLIP Text Encode cannot "
                                                 "be used: FlashFace needs its own text encoding)")
-        faces = image_batches_to_pil([reference_faces], "reference_faces")
+        faces = faces_or_people(reference_faces, people)
         if face_mask is not None:
             face_mask = expect_mask(face_mask, "face_mask")
         settings = _settings(inputs, preset)

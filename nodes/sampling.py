@@ -3,17 +3,16 @@ SamplerCustom) and FlashFace Sigmas (the official noise levels as SIGMAS)."""
 
 from __future__ import annotations
 
-from ..flashface.face import check_reference_count
-from ..flashface.pipeline import padded_references
+from ..flashface.people import PeopleLayout, as_people, padded_people
 from ..flashface.sampling.guidance import RowGuidance
 from ..flashface.sampling.noise_levels import vp_to_ve
 from ..flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
 from ..flashface.settings import GenerationSettings
 from .comfy_model import guided_model
 from .declare import FlashFaceNode, box_inputs, outputs, setting_input, settings_from_inputs
-from .images import image_batches_to_pil
 from .inputs import expect_conditioning, expect_mask
 from .load_model import expect_model, model_input
+from .people import faces_or_people, people_input
 
 REFERENCE_SETTINGS = ("reference_feature_strength", "reference_feature_strength_before_launch",
                       "reference_guidance_strength", "launch_timestep")
@@ -37,7 +36,6 @@ class FlashFaceApply(FlashFaceNode):
         return {
             "required": {
                 "flashface_model": model_input(),
-                "reference_faces": ("IMAGE", {"tooltip": "Face crops of one person, from FlashFace Detect Face."}),
                 "negative": ("CONDITIONING", {
                     "tooltip": "The negative prompt given to the sampler (FlashFace CLIP Text Encode's negative "
                                "output): the reference faces are encoded with it as context, as officially."}),
@@ -50,22 +48,27 @@ class FlashFaceApply(FlashFaceNode):
                                "seed; give the same here for the same references."}),
             },
             "optional": {
+                "reference_faces": ("IMAGE", {"tooltip": "Face crops of one person, from FlashFace Detect Face."}),
                 "face_mask": ("MASK", {"tooltip": "Where the face goes (white = face); replaces the face box."}),
+                "people": people_input("Several people, each with their own faces and place (from FlashFace Person), "
+                                       "in place of reference_faces, the face box and face_mask."),
             },
         }
 
-    def apply(self, flashface_model, reference_faces, negative, padding_seed, face_mask=None, **inputs):
+    def apply(self, flashface_model, negative, padding_seed, reference_faces=None, face_mask=None, people=None,
+              **inputs):
         expect_model(flashface_model)
         context = expect_conditioning(negative, "negative", flashface_model.prompt_width)
-        faces = image_batches_to_pil([reference_faces], "reference_faces")
-        check_reference_count(len(faces))
+        faces = faces_or_people(reference_faces, people)
         if face_mask is not None:
             face_mask = expect_mask(face_mask, "face_mask")
         settings = settings_from_inputs(inputs)
+        people = as_people(faces, settings.face_box, face_mask)
         if settings.pad_references:
-            faces = padded_references(faces, padding_seed)
-        latents = flashface_model.vae_pipeline().encode_references(faces)
-        guidance = RowGuidance(latents.cpu(), context.cpu().expand(len(faces), -1, -1), settings, face_mask)
+            people = padded_people(people, padding_seed)
+        layout = PeopleLayout.of(people)
+        latents = flashface_model.vae_pipeline().encode_people(people)
+        guidance = RowGuidance(latents.cpu(), context.cpu().expand(len(latents), -1, -1), settings, layout)
         return (guided_model(flashface_model.unet, guidance),)
 
 

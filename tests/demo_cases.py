@@ -134,7 +134,7 @@ def diagnose(demo: DemoCase, pipeline) -> list[str]:
     """Each stored intermediate recomputed with the library (the pipeline's networks), in the
     order of the flow; one line each, "OK" or what differs."""
     from flashface.face import REFERENCE_SIZE, pad_to_square
-    from flashface.pipeline import padded_reference_indices
+    from flashface.people import padded_reference_indices
     from flashface.prompts import prompt_text
     from flashface.sampling.mask import box_mask
 

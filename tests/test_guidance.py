@@ -117,12 +117,12 @@ class RecordingUNet:
     def __init__(self):
         self.reference_passes, self.calls = [], []
 
-    def encode_references(self, latents, t, context):
+    def encode_references(self, latents, t, context, owners=None):
         self.reference_passes.append((t, latents.shape[0], context.clone()))
         return "features"
 
-    def __call__(self, x, t, context, mask, references, similarity):
-        assert references == "features"
+    def __call__(self, x, t, context, mask, references, similarity, additions=None, regions=None):
+        assert references == "features" and regions is None
         self.calls.append(SimpleNamespace(rows=x.shape[0], t=t.tolist(), context=context, mask=mask,
                                           similarity=similarity.tolist()))
         return torch.zeros_like(x)
@@ -172,7 +172,7 @@ def test_guidance_and_rescale_formula():
     class ScalingUNet(RecordingUNet):
         """Branch rows [with refs | cond | uncond] of one sample predict 3x, x and 0."""
 
-        def __call__(self, x, t, context, mask, references, similarity):
+        def __call__(self, x, t, context, mask, references, similarity, additions=None, regions=None):
             return x * torch.tensor([3.0, 1.0, 0.0]).view(3, 1, 1, 1)
 
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))

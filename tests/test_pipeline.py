@@ -11,7 +11,8 @@ from flashface.errors import GenerationCancelled, InvalidInputError
 from flashface.models.clip_text import load_text_encoder
 from flashface.models.unet import load_unet
 from flashface.models.vae import LATENT_SCALE, load_vae
-from flashface.pipeline import FlashFacePipeline, padded_reference_indices
+from flashface.people import padded_reference_indices
+from flashface.pipeline import FlashFacePipeline
 from flashface.settings import PRESETS, GenerationSettings
 from flashface.prompts import (
     NEGATIVE_POSTFIX,

@@ -33,7 +33,7 @@ import functools
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
@@ -111,10 +111,12 @@ class UNetSpeedOptions:
 @dataclass(frozen=True)
 class ReferenceFeatures:
     """Result of the reference pass: per transformer block key, tokens [N', L_ref, C] of the N'
-    distinct references, and how many times each was given (`counts`)."""
+    distinct references, how many times each was given (`counts`), and whose each is (`owners`,
+    the person of each distinct reference when there are several people, see `flashface.people`)."""
 
     tokens: Mapping[str, torch.Tensor]
     counts: tuple[int, ...] | None = None  # None: each once
+    owners: tuple[int, ...] | None = None  # None: one person
 
     @property
     def num_references(self) -> int:
@@ -207,6 +209,8 @@ class _Pass:
     recorded: dict | None = None  # reference pass: collects the tokens
     references: ReferenceFeatures | None = None  # main pass: the tokens to attend to
     row_weights: torch.Tensor | None = None  # main pass: [rows of the call] similarity weights (CPU)
+    regions: torch.Tensor | None = None  # main pass, several people: [h, w] person of each latent cell
+    _region_positions: dict = field(default_factory=dict)
 
     def embedding(self) -> torch.Tensor:
         return self.emb[self.rows.representatives(self.space)]
@@ -225,6 +229,17 @@ class _Pass:
     def in_current(self, tensor: torch.Tensor, space: int) -> torch.Tensor:
         """A tensor computed in `space` (e.g. a skip connection), expanded to the current space."""
         return self.rows.expand(tensor, space, self.space)
+
+    def region_positions(self, grid: tuple[int, int]) -> list[torch.Tensor] | None:
+        """For each person, the token positions of a grid (h', w') in their region (indices on the
+        device), from the latent cells' regions sampled at nearest; None with one person."""
+        if self.regions is None:
+            return None
+        if grid not in self._region_positions:
+            labels = F.interpolate(self.regions[None, None].float(), size=grid, mode="nearest").flatten().long()
+            self._region_positions[grid] = [(labels == person).nonzero().flatten().to(self.emb.device)
+                                            for person in range(max(self.references.owners) + 1)]
+        return self._region_positions[grid]
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(reference weight of each current row on its device, indices of the rows whose weight is
@@ -358,13 +373,19 @@ def _reference_bias(own_tokens: int, ref_tokens: int, counts: tuple[int, ...] | 
 
 def _reference_attention(sa1: Attention, y: torch.Tensor, references: torch.Tensor, counts,
                          weights: torch.Tensor, active_rows: torch.Tensor | None,
-                         speed: UNetSpeedOptions) -> torch.Tensor:
+                         speed: UNetSpeedOptions, owners: tuple[int, ...] | None = None,
+                         positions: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Per row r: w_r * SA1(y_r, [y_r; all references]) + (1 - w_r) * SA1(y_r).
 
     `references` [N', L_ref, C] are shared by every row (flattened along the tokens, reference 1
     first); `counts` how many times each stands (see `_reference_bias`). `active_rows` indexes
-    the rows whose term includes the reference attention (None = all rows).
+    the rows whose term includes the reference attention (None = all rows). With several people,
+    `owners` gives the person of each reference and `positions` each person's token positions:
+    see `_regional_reference_attention`.
     """
+    if positions is not None:
+        return _regional_reference_attention(sa1, y, references, counts, weights, active_rows, speed.fused_attention,
+                                             owners, positions)
     rows = y.shape[0]
     fused = speed.fused_attention
     bias = _reference_bias(y.shape[1], references.shape[1], counts, y)
@@ -393,6 +414,36 @@ def _reference_attention(sa1: Attention, y: torch.Tensor, references: torch.Tens
     w = weights[active_rows].to(y.dtype).view(n_active, 1, 1)
     term = plain.clone()
     term[active_rows] = with_refs * w + (1 - w) * plain[active_rows]
+    return term
+
+
+def _regional_reference_attention(sa1: Attention, y: torch.Tensor, references: torch.Tensor, counts,
+                                  weights: torch.Tensor, active_rows: torch.Tensor | None, fused: bool,
+                                  owners: tuple[int, ...], positions: list[torch.Tensor]) -> torch.Tensor:
+    """The reference attention with several people: a query at a position of person p's region
+    attends to [y_r; p's references] alone, with its row's weight; a position in no region gets
+    SA1(y_r). Each person's queries are gathered and attend once (no masked logits: the same
+    work as one person, and the fused kernels stay usable)."""
+    q, k, v = sa1.to_q(y), sa1.to_k(y), sa1.to_v(y)
+    plain = sa1.attend(q, k, v, fused)
+    rows = torch.arange(y.shape[0], device=y.device) if active_rows is None else active_rows
+    if not len(rows):
+        return plain
+    q, k, v = q[rows], k[rows], v[rows]
+    w = weights[rows].to(y.dtype).view(-1, 1, 1)
+    ref_k, ref_v = sa1.to_k(references), sa1.to_v(references)  # [N', L_ref, C]
+    term = plain.clone()
+    for person, where in enumerate(positions):
+        if not len(where):
+            continue
+        mine = [index for index, owner in enumerate(owners) if owner == person]
+        own_counts = None if counts is None else tuple(counts[index] for index in mine)
+        keys = torch.cat([k, ref_k[mine].reshape(1, -1, k.shape[-1]).expand(len(rows), -1, -1)], 1)
+        values = torch.cat([v, ref_v[mine].reshape(1, -1, v.shape[-1]).expand(len(rows), -1, -1)], 1)
+        bias = _reference_bias(y.shape[1], references.shape[1], own_counts, y)
+        with_refs = sa1.attend(q[:, where], keys, values, fused, bias)
+        cells = (rows[:, None], where[None, :])
+        term[cells] = with_refs * w + (1 - w) * plain[cells]
     return term
 
 
@@ -435,7 +486,7 @@ class TransformerBlock(nn.Module):
         self.norm3 = ops.LayerNorm(dim)
         self.ff = FeedForward(ops, dim)
 
-    def forward(self, x, run: _Pass):
+    def forward(self, x, run: _Pass, grid: tuple[int, int]):
         fused = run.speed.fused_attention
         y = norm_at_least_fp32(self.norm1, x)
         x = x + self.attn1(y, fused=fused)
@@ -449,7 +500,8 @@ class TransformerBlock(nn.Module):
                 weights, active_rows = run.weights()
                 x = x + _reference_attention(
                     self.reference_attn, y, run.references.tokens[self.feature_key],
-                    run.references.counts, weights, active_rows, run.speed)
+                    run.references.counts, weights, active_rows, run.speed, run.references.owners,
+                    run.region_positions(grid))
         (x,) = run.move(TEXT, x)
         x = x + self.attn2(norm_at_least_fp32(self.norm2, x), run.text(), fused=fused)
         return x + self.ff(norm_at_least_fp32(self.norm3, x))
@@ -473,7 +525,7 @@ class SpatialTransformer(nn.Module):
         _, c, h, w = x.shape
         tokens = self.proj_in(norm_at_least_fp32(self.norm, x)).flatten(2).transpose(1, 2)
         for block in self.transformer_blocks:
-            tokens = block(tokens, run)
+            tokens = block(tokens, run, (h, w))
         return self.proj_out(tokens.transpose(1, 2).reshape(-1, c, h, w)) + run.in_current(x, entered)
 
 
@@ -690,14 +742,15 @@ class FlashFaceUNet(nn.Module):
         return through_layers(self.out, x)
 
     @torch.no_grad()
-    def encode_references(self, reference_latents: torch.Tensor, t, reference_context: torch.Tensor
-                          ) -> ReferenceFeatures:
+    def encode_references(self, reference_latents: torch.Tensor, t, reference_context: torch.Tensor,
+                          owners: Sequence[int] | None = None) -> ReferenceFeatures:
         """The reference pass on latents [N,4,r,r] at timestep t (a scalar, or [N]).
 
         `reference_context` [N,77,C] is its cross-attention context (officially the negative
         prompt). Runs the reference encoder, the main middle block and the reference decoder.
-        Identical references (same latent, context and timestep) are computed once
-        (`UNetSpeedOptions.merge_identical_references`).
+        Identical references (same latent, context and timestep, and of the same person) are
+        computed once (`UNetSpeedOptions.merge_identical_references`). `owners`: with several
+        people, the person (0, 1, ...) of each reference (`flashface.people.PeopleLayout.owners`).
         """
         n = reference_latents.shape[0]
         if reference_latents.dim() != 4 or reference_latents.shape[1] != self.config.ref_in_channels:
@@ -705,27 +758,33 @@ class FlashFaceUNet(nn.Module):
                                     f"got {tuple(reference_latents.shape)}.")
         if reference_context.shape[0] != n:
             raise InvalidInputError(f"{WHAT}: {reference_context.shape[0]} reference contexts for {n} references.")
+        if owners is not None:
+            owners = tuple(int(owner) for owner in owners)
+            if len(owners) != n or sorted(set(owners)) != list(range(max(owners) + 1)):
+                raise InvalidInputError(f"{WHAT}: the owners of {n} references must be one person number per "
+                                        f"reference, numbered from 0 without gaps; got {list(owners)}.")
         device, dtype = reference_latents.device, self.compute_dtype
         t = torch.as_tensor(t).expand(n) if torch.as_tensor(t).dim() == 0 else torch.as_tensor(t)
         counts = None
         if self.speed.merge_identical_references:
             group_of, first = _groups(list(zip(_row_bytes(reference_latents), _row_bytes(reference_context),
-                                               _row_bytes(t))))
+                                               _row_bytes(t), owners or [0] * n)))
             if len(first) < n:
                 counts = tuple(group_of.count(group) for group in range(len(first)))
                 keep = torch.tensor(first, device=device)
                 reference_latents, reference_context, t = reference_latents[keep], reference_context[keep], t[first]
+                owners = None if owners is None else tuple(owners[index] for index in first)
         rows = len(reference_latents)
         run = _Pass(self.speed, RowSpaces.all_distinct(rows), self._embed_time(t, rows, device),
                     reference_context.to(dtype), recorded={})
         self._run(reference_latents.to(dtype), self.reference_input_blocks, self.reference_output_blocks, run,
                   with_head=False)
-        return ReferenceFeatures(tokens=run.recorded, counts=counts)
+        return ReferenceFeatures(tokens=run.recorded, counts=counts, owners=owners)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, t, context: torch.Tensor, mask: torch.Tensor | None,
                 references: ReferenceFeatures | None, similarity,
-                additions: BlockAdditions | None = None) -> torch.Tensor:
+                additions: BlockAdditions | None = None, regions: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted noise [R,4,h,w] for latents x [R,4,h,w] (returned in x's dtype).
 
         t: [R] or scalar; context [R,77,C]; mask [R,h,w] face-position channel (None = zeros);
@@ -733,7 +792,9 @@ class FlashFaceUNet(nn.Module):
         given on the CPU).
         Rows with weight 0 still get SA1(y): they are not plain SD. With `references` None
         every weight must be 0. Rows that are identical are computed once as far as they stay
-        identical (`RowSpaces`, `UNetSpeedOptions.share_identical_rows`).
+        identical (`RowSpaces`, `UNetSpeedOptions.share_identical_rows`). With references of several
+        people, `regions` [h, w] gives the person whose references each latent cell reads
+        (`flashface.people.PeopleLayout.regions`, NO_REGION: none), the same for every row.
         """
         rows, dtype = x.shape[0], self.compute_dtype
         if x.dim() != 4 or x.shape[1] != self.config.in_channels - 1:
@@ -753,16 +814,34 @@ class FlashFaceUNet(nn.Module):
             raise InvalidInputError(f"{WHAT}: {tuple(weights.shape)} similarity weights for {rows} rows.")
         if references is None and bool((weights != 0).any()):
             raise InvalidInputError(f"{WHAT}: nonzero similarity weights need reference features.")
+        self._check_regions(regions, references, x.shape[2:])
         emb = self._embed_time(t, rows, x.device)
         t = torch.as_tensor(t).expand(rows) if torch.as_tensor(t).dim() == 0 else torch.as_tensor(t)
         # Control residuals and block patches treat each row on its own: no rows are shared then.
         spaces = (RowSpaces(x, t, mask, context, weights, x.device)
                   if self.speed.share_identical_rows and not (additions and additions.active)
                   else RowSpaces.all_distinct(rows))
-        run = _Pass(self.speed, spaces, emb, context.to(dtype), references=references, row_weights=weights)
+        run = _Pass(self.speed, spaces, emb, context.to(dtype), references=references, row_weights=weights,
+                    regions=None if regions is None else regions.cpu())
         inputs = torch.cat([x, mask[:, None].to(x.dtype)], 1).to(dtype)[spaces.representatives(INPUT)]
         out = self._run(inputs, self.input_blocks, self.output_blocks, run, with_head=True, additions=additions)
         return out.to(x.dtype)
+
+
+    @staticmethod
+    def _check_regions(regions: torch.Tensor | None, references: ReferenceFeatures | None, size) -> None:
+        owners = references.owners if references is not None else None
+        if regions is None and owners is None:
+            return
+        if regions is None or owners is None:
+            raise InvalidInputError(f"{WHAT}: references of several people need the regions of the image that read "
+                                    "each (and regions need references of several people).")
+        if tuple(regions.shape) != tuple(size) or regions.dtype != torch.long:
+            raise InvalidInputError(f"{WHAT}: regions must be one int64 person number per latent cell, "
+                                    f"{list(size)}; got {regions.dtype} {list(regions.shape)}.")
+        if int(regions.min()) < -1 or int(regions.max()) > max(owners):
+            raise InvalidInputError(f"{WHAT}: regions name a person with no references (people 0 to {max(owners)} "
+                                    "have some; -1 is no region).")
 
 
 def _require(checkpoint: Checkpoint, key: str) -> tuple[int, ...]:

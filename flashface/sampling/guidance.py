@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from ..errors import InvalidInputError
+from ..people import PeopleLayout
 from ..settings import GenerationSettings
-from .mask import LATENT_FACTOR, box_mask, resize_mask
+from .mask import LATENT_FACTOR
 from .noise_levels import ve_scale, ve_to_vp
 from .schedule import NoiseSchedule
 
@@ -88,14 +89,17 @@ class ReferenceGuidedDenoiser:
     positive/negative: text embeddings [B,77,C]; reference_latents [N,4,r,r] (already scaled by
     the VAE factor); mask [B,h,w] or [h,w] or None; `settings`: the guidance fields of a
     `GenerationSettings`; reference_context [N,77,C] defaults to the
-    first negative embedding repeated per reference, as officially.
+    first negative embedding repeated per reference, as officially. With several people: `owners`
+    the person of each reference and `regions` [h,w] the person each latent cell reads (see
+    `flashface.people.PeopleLayout`).
     `model_timesteps` records the integer timestep of every call.
     """
 
     def __init__(self, unet, schedule: NoiseSchedule, positive: torch.Tensor, negative: torch.Tensor,
                  reference_latents: torch.Tensor, mask: torch.Tensor | None = None,
                  settings: GenerationSettings = GenerationSettings(),
-                 reference_context: torch.Tensor | None = None):
+                 reference_context: torch.Tensor | None = None, *, owners: Sequence[int] | None = None,
+                 regions: torch.Tensor | None = None):
         if positive.shape != negative.shape:
             raise InvalidInputError(f"positive {tuple(positive.shape)} and negative {tuple(negative.shape)} "
                                     "text embeddings must have the same shape [B,77,C].")
@@ -107,7 +111,7 @@ class ReferenceGuidedDenoiser:
         self.schedule = schedule
         self.settings = settings
         self.positive, self.negative, self.mask = positive, negative, mask
-        self.reference_latents = reference_latents
+        self.reference_latents, self.owners, self.regions = reference_latents, owners, regions
         self.reference_context = (negative[:1].expand(len(reference_latents), -1, -1)
                                   if reference_context is None else reference_context)
         self.model_timesteps: list[int] = []
@@ -120,7 +124,8 @@ class ReferenceGuidedDenoiser:
         kinds = branch_kinds(self.settings, timestep, batch)
         contexts = {POSITIVE_WITH_REFERENCES: self.positive, POSITIVE: self.positive, NEGATIVE: self.negative}
         branches = list(dict.fromkeys(kinds))
-        references = self.unet.encode_references(self.reference_latents, timestep, self.reference_context)
+        references = self.unet.encode_references(self.reference_latents, timestep, self.reference_context,
+                                                 self.owners)
         out = self.unet(
             x.repeat(len(branches), 1, 1, 1),
             torch.full((len(kinds),), timestep, dtype=torch.long, device=x.device),
@@ -128,6 +133,7 @@ class ReferenceGuidedDenoiser:
             None if self.mask is None else self.mask.repeat(len(branches), 1, 1),
             references,
             row_weights(self.settings, timestep, kinds),
+            regions=self.regions,
         )
         eps = dict(zip(branches, out.chunk(len(branches))))
         return guided_eps(eps[POSITIVE], eps[NEGATIVE], eps.get(POSITIVE_WITH_REFERENCES), self.settings.text_guidance,
@@ -149,14 +155,15 @@ class RowGuidance:
     exploding (y = x/α, s = σ/α), as such samplers use them; x0 is the same in both.
 
     reference_latents [N,4,r,r] (scaled) and reference_context [N,77,C] (officially the negative
-    prompt); `settings` gives λ, λ0, c, the launch timestep, the guide rescale and the face box
-    (replaced by `face_mask` [H',W'] when one is given). Nothing changes between calls.
+    prompt); `settings` gives λ, λ0, c, the launch timestep and the guide rescale; `people` where
+    each person is and which references are theirs (default: one person at the settings' face
+    box). Nothing changes between calls.
     """
 
     reference_latents: torch.Tensor
     reference_context: torch.Tensor
     settings: GenerationSettings = GenerationSettings()
-    face_mask: torch.Tensor | None = None
+    people: PeopleLayout | None = None
     schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
 
     def __post_init__(self):
@@ -165,6 +172,12 @@ class RowGuidance:
         if self.reference_context.shape[0] != self.reference_latents.shape[0]:
             raise InvalidInputError(f"{self.reference_context.shape[0]} reference contexts for "
                                     f"{self.reference_latents.shape[0]} references.")
+        if self.people is None:
+            object.__setattr__(self, "people", PeopleLayout.one_person(self.settings.face_box, None,
+                                                                       len(self.reference_latents)))
+        if sum(self.people.reference_counts) != len(self.reference_latents):
+            raise InvalidInputError(f"The people have {sum(self.people.reference_counts)} references between them, "
+                                    f"but {len(self.reference_latents)} reference latents were given.")
 
     def timestep(self, sigma) -> int:
         """The official integer model timestep of a VE sigma (a finite, non-negative number)."""
@@ -180,10 +193,7 @@ class RowGuidance:
 
     def latent_mask(self, rows: int, h: int, w: int, device) -> torch.Tensor:
         """The face-position channel [rows,h,w] for latents of h×w cells."""
-        width, height = LATENT_FACTOR * w, LATENT_FACTOR * h
-        mask = (resize_mask(self.face_mask, width, height) if self.face_mask is not None
-                else box_mask(self.settings.face_box, width, height))
-        return mask.to(device).expand(rows, h, w)
+        return self.people.face_position(LATENT_FACTOR * w, LATENT_FACTOR * h).to(device).expand(rows, h, w)
 
     @torch.no_grad()
     def denoise(self, unet, x: torch.Tensor, sigma, context: torch.Tensor, kinds: Sequence[int],
@@ -199,10 +209,13 @@ class RowGuidance:
         if len(kinds) != x.shape[0]:
             raise InvalidInputError(f"{len(kinds)} row kinds for {x.shape[0]} latent rows.")
         device = x.device
-        references = unet.encode_references(self.reference_latents.to(device), t, self.reference_context.to(device))
+        references = unet.encode_references(self.reference_latents.to(device), t, self.reference_context.to(device),
+                                            self.people.owners)
+        h, w = x.shape[2:]
         eps = unet(x * ve_scale(level), torch.full((len(kinds),), t, dtype=torch.long, device=device), context,
-                   self.latent_mask(len(kinds), *x.shape[2:], device), references,
-                   row_weights(self.settings, t, kinds), additions)
+                   self.latent_mask(len(kinds), h, w, device), references,
+                   row_weights(self.settings, t, kinds), additions,
+                   regions=self.people.regions(LATENT_FACTOR * w, LATENT_FACTOR * h))
         sigma_t, alpha_t = self.schedule.coefficients(t)
         return (x * ve_scale(level) - sigma_t * eps.float()) / alpha_t
 

@@ -36,15 +36,28 @@ def latent_size(width: int, height: int) -> tuple[int, int]:
     return height // LATENT_FACTOR, width // LATENT_FACTOR
 
 
-def box_mask(box: Sequence[float], width: int, height: int) -> torch.Tensor:
-    """Latent mask [h, w] (float32, 0/1) of the official face square for a normalized box."""
-    h, w = latent_size(width, height)
+def check_face_box(box: Sequence[float]) -> tuple[float, float, float, float]:
+    """The box as four floats, or an error saying what a face box is."""
     if len(box) != 4 or not all(0 <= float(v) <= 1 for v in box):
         raise InvalidInputError(f"The face box must be four numbers x1, y1, x2, y2 between 0 and 1, got {list(box)}.")
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return x1, y1, x2, y2
+
+
+def face_square(box: Sequence[float], width: int, height: int) -> tuple[int, int, int]:
+    """(left, top, side) in pixels of the official face square of a normalized box (see the module
+    docstring)."""
+    check_face_box(box)
     left, top, right, bottom = (int(float(v) * size) for v, size in zip(box, (width, height, width, height)))
     if right < left or bottom < top:
         raise InvalidInputError(f"The face box {list(box)} has x2 < x1 or y2 < y1; give the top-left corner first.")
-    side = max(right - left, bottom - top)
+    return left, top, max(right - left, bottom - top)
+
+
+def box_mask(box: Sequence[float], width: int, height: int) -> torch.Tensor:
+    """Latent mask [h, w] (float32, 0/1) of the official face square for a normalized box."""
+    h, w = latent_size(width, height)
+    left, top, side = face_square(box, width, height)
     rows = torch.arange(h) * LATENT_FACTOR
     columns = torch.arange(w) * LATENT_FACTOR
     inside_rows = (rows >= top) & (rows < top + side)
