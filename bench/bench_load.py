@@ -14,7 +14,8 @@ pickle into a temporary folder under /tmp, then measures in a fresh subprocess e
                           then the compact files loaded by load_unet in their dtype
 
 The file is evicted from the page cache before each run (cold read). Peak RSS is the kernel's
-ru_maxrss (anonymous memory plus resident file pages of memory-mapped files); peak anon is the
+high-water mark VmHWM of the child (anonymous memory plus resident file pages of memory-mapped
+files; not ru_maxrss, which a child inherits from the parent that wrote the files); peak anon is the
 anonymous part alone, sampled from /proc. The folder is deleted at the end.
 
     python bench/bench_load.py [--dim 320] [--keep-dir DIR]
@@ -26,7 +27,6 @@ import argparse
 import json
 import mmap
 import os
-import resource
 import shutil
 import struct
 import subprocess
@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench.memory import PeakMemory  # noqa: E402
+from bench.memory import PeakMemory, peak_rss  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from flashface.models.convert import convert_unet, write_safetensors  # noqa: E402
@@ -130,7 +130,7 @@ def child(method: str, path: str, dtype: str, dim: str) -> None:
             model = load_unet(path, dtype=WEIGHT_DTYPES[dtype])
         seconds = time.perf_counter() - start
     params = sum(p.numel() for p in model.parameters())
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, memory.peak)
+    peak = max(peak_rss(), memory.peak)
     print(json.dumps({"seconds": seconds, "peak_rss": peak, "peak_anon": memory.peak_anon,
                       "peak_file": memory.peak_file, "parameters": params}))
 

@@ -17,6 +17,17 @@ def resident(pid: int | str = "self") -> tuple[int, int]:
     return values.get("RssAnon", 0), values.get("RssFile", 0) + values.get("RssShmem", 0)
 
 
+def peak_rss(pid: int | str = "self") -> int:
+    """The kernel's high-water mark of the process's resident memory (VmHWM), in bytes. Unlike
+    getrusage's ru_maxrss it starts anew at exec, so a child does not report its parent's peak."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key == "VmHWM":
+                return int(rest.split()[0]) * 1024
+    return 0
+
+
 def rss(pid: int | str = "self") -> int:
     """Resident set size in bytes: anonymous plus file-backed."""
     return sum(resident(pid))

@@ -269,6 +269,35 @@ def workflow_specs() -> dict[str, dict]:
         [_photo("start", PHOTO, [1100, 520]), dict(key="encode", type="FlashFace_VAEEncode", pos=[1100, 920])],
         ("encode", "latent"),
         [("model", "flashface_model", "encode", "flashface_model"), ("start", "IMAGE", "encode", "pixels")])
+    two = specs["flashface_two_people"] = _spec(
+        "two people in one picture (experimental)",
+        "Each FlashFace Person node holds one person's faces and face box; chained, they go to the Generator's "
+        "people input (its own face box is then not used). Each part of the picture takes the likeness of the "
+        "person whose face box is nearest; a mask on a Person node marks that person's part instead. "
+        "Experimental: the published FlashFace weights were trained with one person per image, so likenesses may "
+        "blend. Here the example photo and its mirror image stand for two people: load a photo of each person.",
+        "Two women astronauts standing side by side, smiling, portrait, on a street at night, soft light",
+        {"width": 768, "height": 512}, one_photo=False)
+    two["nodes"] += [
+        _photo("photo_a", PHOTO, [20, 240]), _photo("photo_b", PHOTO_MIRRORED, [20, 640]),
+        dict(key="detect_b", type="FlashFace_DetectFace", pos=[760, 600], title="FlashFace Detect Face (person 2)",
+             widgets={"threshold": 0.6, "several_faces": "largest"}),
+        dict(key="preview_b", type="PreviewImage", pos=[760, 840], size=[300, 300], title="Detected faces (person 2)"),
+        dict(key="person_a", type="FlashFace_Person", pos=[1100, 620], title="Person 1 (left)",
+             widgets={"face_x1": 0.12, "face_y1": 0.15, "face_x2": 0.37, "face_y2": 0.52}),
+        dict(key="person_b", type="FlashFace_Person", pos=[1100, 900], title="Person 2 (right)",
+             widgets={"face_x1": 0.63, "face_y1": 0.15, "face_x2": 0.88, "face_y2": 0.52}),
+    ]
+    two["links"].remove(("detect", "faces", "generator", "reference_faces"))
+    two["links"] += [("photo_a", "IMAGE", "detect", "images"), ("photo_b", "IMAGE", "detect_b", "images"),
+                     ("model", "flashface_model", "detect_b", "flashface_model"),
+                     ("detect_b", "preview", "preview_b", "images"),
+                     ("detect", "faces", "person_a", "reference_faces"),
+                     ("detect_b", "faces", "person_b", "reference_faces"),
+                     ("person_a", "people", "person_b", "people"), ("person_b", "people", "generator", "people")]
+    two["nodes"][0]["widgets"]["text"] = two["nodes"][0]["widgets"]["text"].replace(
+        "Load your own photos of one person in the Load Image nodes.",
+        "Load photos of each person in their Load Image node (one person per Detect Face).")
     return specs
 
 

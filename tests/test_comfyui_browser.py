@@ -32,7 +32,7 @@ def ui(comfyui_for_browser):
 
 
 def test_workflows_folder_has_what_the_template_browser_needs():
-    assert len(UI_WORKFLOWS) == 9
+    assert len(UI_WORKFLOWS) == 10
     for workflow in UI_WORKFLOWS:
         assert workflow.with_suffix(".jpg").is_file(), f"{workflow.name} has no thumbnail"
         assert (WORKFLOWS_DIR / "api" / workflow.name).is_file(), f"{workflow.name} has no API copy"

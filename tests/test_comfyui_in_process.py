@@ -353,8 +353,8 @@ _, positive, negative, _ = text_encode.FlashFaceCLIPTextEncode().encode(flashfac
 
 def model_with(faces):
     return sampling.FlashFaceApply().apply(
-        flashface, torch.rand(faces, 224, 224, 3, generator=torch.Generator().manual_seed(faces)), negative,
-        padding_seed=0, pad_references=False, reference_feature_strength=1.2,
+        flashface, reference_faces=torch.rand(faces, 224, 224, 3, generator=torch.Generator().manual_seed(faces)),
+        negative=negative, padding_seed=0, pad_references=False, reference_feature_strength=1.2,
         reference_feature_strength_before_launch=0.85, reference_guidance_strength=3.2, launch_timestep=750,
         face_x1=0.3, face_y1=0.1, face_x2=0.6, face_y2=0.4)[0]
 

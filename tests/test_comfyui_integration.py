@@ -46,7 +46,7 @@ NODE_INPUTS = {
     "FlashFace_Apply": {
         "flashface_model", "reference_faces", "negative", "reference_feature_strength",
         "reference_feature_strength_before_launch", "reference_guidance_strength", "launch_timestep", "face_x1",
-        "face_y1", "face_x2", "face_y2", "pad_references", "padding_seed", "face_mask"},
+        "face_y1", "face_x2", "face_y2", "pad_references", "padding_seed", "face_mask", "people"},
     "FlashFace_Sigmas": {"steps", "discretization", "sigma_spacing"},
     "FlashFace_VAEEncode": {"flashface_model", "pixels"},
     "FlashFace_VAEDecode": {"flashface_model", "samples"},
@@ -54,7 +54,8 @@ NODE_INPUTS = {
         "flashface_model", "positive", "negative", "reference_faces", "seed", "steps", "solver", "discretization",
         "sigma_spacing", "text_guidance", "reference_feature_strength", "reference_guidance_strength",
         "launch_timestep", "face_x1", "face_y1", "face_x2", "face_y2", "width", "height", "batch_size", "preset",
-        "face_mask", "prompt_postfixes", "reference_feature_strength_before_launch", "pad_references"},
+        "face_mask", "prompt_postfixes", "reference_feature_strength_before_launch", "pad_references", "people"},
+    "FlashFace_Person": {"reference_faces", "face_x1", "face_y1", "face_x2", "face_y2", "face_mask", "people"},
 }
 NODE_OUTPUTS = {
     "FlashFace_LoadModel": ["FLASHFACE_MODEL"],
@@ -65,6 +66,7 @@ NODE_OUTPUTS = {
     "FlashFace_VAEEncode": ["LATENT"],
     "FlashFace_VAEDecode": ["IMAGE"],
     "FlashFace_Generator": ["IMAGE", "LATENT"],
+    "FlashFace_Person": ["FLASHFACE_PEOPLE"],
 }
 
 
@@ -148,12 +150,12 @@ def test_bundled_workflow_runs_to_an_image(server, workflow):
     for image in saved:
         picture = Image.open(io.BytesIO(server.view(image)))
         assert picture.size == size
-    preview = node_id(prompt, "PreviewImage")
-    face_previews = run.outputs[preview]["images"]
-    detect = prompt[prompt[preview]["inputs"]["images"][0]]["inputs"]  # the Detect Face of the reference photos
-    assert len(face_previews) == sum(1 for name in detect if name.startswith("images"))  # one per photo
-    for image in face_previews:
-        Image.open(io.BytesIO(server.view(image))).verify()
+    for preview in node_ids(prompt, "PreviewImage"):  # one per Detect Face of reference photos
+        face_previews = run.outputs[preview]["images"]
+        detect = prompt[prompt[preview]["inputs"]["images"][0]]["inputs"]
+        assert len(face_previews) == sum(1 for name in detect if name.startswith("images"))  # one per photo
+        for image in face_previews:
+            Image.open(io.BytesIO(server.view(image))).verify()
 
 
 @pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=lambda path: path.stem)
