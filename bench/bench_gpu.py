@@ -8,7 +8,7 @@
 Prints
 * seconds per sampling step (one model call: reference pass + main pass) for 2 and 3 branches,
   512 and 768 px, batch 1 and 4, fp16, bf16 and fp8 weights (fp8: computing in fp16), 4 distinct
-  references, with the peak
+  references, and two people of 4 references each side by side (batch 1; experimental), with the peak
   device memory of each (CUDA: peak allocated by torch; CPU: peak resident memory, anonymous and
   file-backed);
 * with --comfyui: the same step (512 px, batch 1, fp16) with the UNet loaded through ComfyUI's
@@ -103,14 +103,16 @@ def out_of_memory(error: BaseException) -> bool:
 
 
 def step_table(source, sizes, batches, dtypes, repeats, reference_size, device) -> None:
-    print(f"{'dtype':<11}{'px':>5}{'batch':>6}{'branches':>9}{'s/step':>9}  range          memory", flush=True)
+    print(f"{'dtype':<11}{'px':>5}{'batch':>6}{'people':>7}{'branches':>9}{'s/step':>9}  range          memory",
+          flush=True)
     for dtype_name in dtypes:
         model = on_device(source, DTYPES[dtype_name], device)
         for size in sizes:
-            for batch in batches:
-                inputs = StepInputs(size, 4, 4, batch, source.config.context_dim, reference_size, device)
+            for batch, people in [(batch, 1) for batch in batches] + [(batches[0], 2)]:
+                inputs = StepInputs(size, 4, 4, batch, source.config.context_dim, reference_size, device,
+                                    people=people)
                 for branches in (2, 3):
-                    row = f"{dtype_name:<11}{size:>5}{batch:>6}{branches:>9}"
+                    row = f"{dtype_name:<11}{size:>5}{batch:>6}{people:>7}{branches:>9}"
                     try:
                         with peak_memory(device) as memory:
                             seconds = time_calls(model, inputs, branches, repeats, device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from flashface.models.unet import FlashFaceUNet, UNetConfig
+from flashface.people import PeopleLayout
 from flashface.sampling.guidance import branch_kinds, row_weights
 from flashface.settings import GenerationSettings
 
@@ -34,15 +35,22 @@ def random_unet(config: UNetConfig, dtype: torch.dtype, device: str | torch.devi
     return model.requires_grad_(False).eval()
 
 
+def people_boxes(people: int) -> list[tuple[float, float, float, float]]:
+    """Face boxes of `people` people side by side, a quarter of each one's share of the width wide."""
+    return [((p + 0.25) / people, 0.2, (p + 0.5) / people, 0.2 + 0.25 / people) for p in range(people)]
+
+
 class StepInputs:
     """One sampling step's inputs as the sampler builds them: one latent per sample repeated per
     branch, one face mask, the contexts [positive | negative] (2 branches) or
     [positive | positive | negative] (3 branches), and `refs` reference latents made of `photos`
     distinct faces padded by repetition (the official demo pads 1-3 photos to four); the
-    reference context is the negative prompt, as officially."""
+    reference context is the negative prompt, as officially. With `people` > 1, each person has
+    `refs` references of their own `photos` faces and a face box (`people_boxes`); `owners` and
+    `regions` say whose references each reference and each latent cell is."""
 
     def __init__(self, size: int, refs: int, photos: int, batch: int, context_dim: int = 768,
-                 reference_size: int = 224, device: str | torch.device = "cpu", seed: int = 0):
+                 reference_size: int = 224, device: str | torch.device = "cpu", seed: int = 0, people: int = 1):
         g = torch.Generator().manual_seed(seed)
         self.h = size // 8
         self.batch = batch
@@ -50,11 +58,17 @@ class StepInputs:
         self.latent = torch.randn(batch, 4, self.h, self.h, generator=g).to(device)
         self.positive = torch.randn(batch, 77, context_dim, generator=g).to(device)
         self.negative = torch.randn(batch, 77, context_dim, generator=g).to(device)
-        faces = torch.randn(photos, 4, r, r, generator=g).to(device)
-        self.references = faces[[i % photos for i in range(refs)]]
-        self.reference_context = self.negative[:1].expand(refs, -1, -1)
-        self.mask = torch.zeros(batch, self.h, self.h, device=device)
-        self.mask[:, self.h // 10: self.h // 10 + self.h * 3 // 10, self.h * 3 // 10: self.h * 6 // 10] = 1
+        faces = torch.randn(photos * people, 4, r, r, generator=g).to(device)
+        self.references = faces[[person * photos + i % photos for person in range(people) for i in range(refs)]]
+        self.reference_context = self.negative[:1].expand(refs * people, -1, -1)
+        self.owners = self.regions = None
+        if people == 1:
+            self.mask = torch.zeros(batch, self.h, self.h, device=device)
+            self.mask[:, self.h // 10: self.h // 10 + self.h * 3 // 10, self.h * 3 // 10: self.h * 6 // 10] = 1
+        else:
+            layout = PeopleLayout(tuple(people_boxes(people)), (None,) * people, (refs,) * people)
+            self.owners, self.regions = layout.owners, layout.regions(size, size)
+            self.mask = layout.face_position(size, size).to(device).expand(batch, -1, -1)
 
     def contexts(self, branches: int) -> torch.Tensor:
         parts = [self.positive, self.positive, self.negative] if branches == 3 else [self.positive, self.negative]
@@ -72,11 +86,11 @@ def synchronize(device: torch.device) -> None:
 def unet_call(model: FlashFaceUNet, inputs: StepInputs, branches: int, t: int, strength: float) -> torch.Tensor:
     """One model evaluation of a sampling step: the reference pass, then the main pass on every
     branch row (3 branches: weights [strength, 0, 0] per sample; 2: strength on every row)."""
-    features = model.encode_references(inputs.references, t, inputs.reference_context)
+    features = model.encode_references(inputs.references, t, inputs.reference_context, inputs.owners)
     rows = branches * inputs.batch
     settings = GenerationSettings(reference_feature_strength=strength,
                                   reference_feature_strength_before_launch=strength)
     timestep = 999 if branches == 2 else 0  # a layout of `branches` rows per sample
     weights = row_weights(settings, timestep, branch_kinds(settings, timestep, inputs.batch))
     return model(inputs.latent.repeat(branches, 1, 1, 1), torch.full((rows,), t), inputs.contexts(branches),
-                 inputs.mask.repeat(branches, 1, 1), features, weights)
+                 inputs.mask.repeat(branches, 1, 1), features, weights, regions=inputs.regions)

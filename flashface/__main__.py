@@ -186,6 +186,8 @@ def output_paths(out: Path, count: int) -> list[Path]:
 def generate(args: argparse.Namespace) -> list[Path]:
     settings = settings_from_args(args)  # reject bad settings before loading gigabytes
     latent_size(settings.width, settings.height)
+    if args.person and args.face_box is not None:
+        raise InvalidInputError("--face-box places one person: with --person give each person's box after the @.")
     given = [(args.ref, None)] if args.ref else args.person
     photos = [[read_photo(path) for path in paths] for paths, _ in given]
     pipeline = load_pipeline(args)

@@ -29,10 +29,10 @@ def test_gpu_benchmark_runs_at_a_tiny_size_on_the_cpu():
     deviation_bound = {"fp16": 0.05, "bf16": 0.3, "fp8_e4m3fn": 0.8, "fp8_e5m2": 1.5}
     for dtype, bound in deviation_bound.items():
         for size in (64, 96):
-            for batch in (1, 2):
+            for batch, people in ((1, 1), (2, 1), (1, 2)):
                 for branches in (2, 3):
-                    assert re.search(rf"^{dtype}\s+{size}\s+{batch}\s+{branches}\s+{NUMBER}\s+\[.*peak RSS", out,
-                                     re.M), (dtype, size, batch, branches, out)
+                    assert re.search(rf"^{dtype}\s+{size}\s+{batch}\s+{people}\s+{branches}\s+{NUMBER}\s+\[.*peak RSS",
+                                     out, re.M), (dtype, size, batch, people, branches, out)
         deviation = re.search(rf"^{dtype} vs fp32 .* max relative to std ({NUMBER})", out, re.M)
         assert deviation and 0 < float(deviation.group(1)) < bound, out
     partial = re.search(rf"budget 50% of ({NUMBER}) GiB: weights loaded to cpu ({NUMBER}) GiB, cast per layer "

@@ -82,6 +82,46 @@ def test_face_crops_can_be_given_without_detection(model_arguments, tmp_path):
     assert Image.open(out).size == (64, 64)
 
 
+def test_one_person_flag_is_the_same_image_as_the_reference_photos_and_their_box(model_arguments, tmp_path):
+    box = ["0.2", "0.15", "0.55", "0.5"]
+    common = ["--prompt", "a portrait", "--steps", "2", "--width", "64", "--height", "64", "--seed", "4",
+              *model_arguments]
+    refs = [arg for photo in PHOTOS for arg in ("--ref", str(photo))]
+    assert main(["generate", *refs, "--face-box", *box, *common, "--out", str(tmp_path / "refs.png")]) == 0
+    person = ",".join(str(photo) for photo in PHOTOS) + "@" + ",".join(box)
+    assert main(["generate", "--person", person, *common, "--out", str(tmp_path / "person.png")]) == 0
+    assert (tmp_path / "refs.png").read_bytes() == (tmp_path / "person.png").read_bytes()
+
+
+@pytest.mark.slow
+def test_two_people_from_the_command_line(model_arguments, tmp_path):
+    out = tmp_path / "two.png"
+    done = run_cli("--person", f"{PHOTOS[0]}@0.05,0.2,0.35,0.5", "--person", f"{PHOTOS[1]}@0.6,0.2,0.9,0.5",
+                   "--prompt", "two astronauts", "--out", str(out), "--steps", "2", "--width", "96", "--height", "64",
+                   *model_arguments)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (96, 64)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--person", "a.jpg"], "is not PHOTO[,PHOTO...]@X1,Y1,X2,Y2"),
+    (["--person", "a.jpg@0.1,0.2,0.3"], "is not PHOTO[,PHOTO...]@X1,Y1,X2,Y2"),
+    (["--person", "a.jpg@0.1,0.2,0.3,1.5"], "is not PHOTO[,PHOTO...]@X1,Y1,X2,Y2"),
+    (["--person", "a.jpg@0.1,0.2,0.3,0.4", "--ref", "b.jpg"], "not allowed with argument"),
+    ([], "one of the arguments --ref --person is required"),
+])
+def test_person_flags_that_cannot_be_used_are_explained(arguments, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["generate", *arguments, "--prompt", "x", "--out", "o.png"])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_face_box_beside_people_is_refused(model_arguments, tmp_path, capsys):
+    code = main(["generate", "--person", f"{PHOTOS[0]}@0.1,0.2,0.3,0.4", "--face-box", "0.1", "0.1", "0.4", "0.4",
+                 "--prompt", "x", "--out", str(tmp_path / "o.png"), *model_arguments])
+    assert code == 1 and "--face-box places one person" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("problem, message", [
     ("unreadable", "Cannot read the reference image"),
     ("no_face", "No face found in reference photo 1"),
