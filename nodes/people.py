@@ -44,7 +44,8 @@ class FlashFacePerson(FlashFaceNode):
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "reference_faces": ("IMAGE", {"tooltip": "Face crops of this person, from FlashFace Detect Face."}),
+                "reference_faces": ("IMAGE", {"tooltip": f"Face crops of this person, from FlashFace Detect Face. "
+                                                         f"{EXPERIMENTAL}"}),
                 **box_inputs(),
             },
             "optional": {

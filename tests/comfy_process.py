@@ -41,6 +41,18 @@ result = None
 """
 _REPORT = "\nprint('RESULT ' + json.dumps(result))\n"
 
+# A snippet's start that loads the tiny models as Load Model does (format with unet, vae, clip paths):
+# `unet`, `vae`, `clip` patchers and `flashface`, the FLASHFACE_MODEL of them.
+TINY_FLASHFACE = """
+from pathlib import Path
+from flashface_pack.nodes import load_model
+
+unet = load_model._load_unet(Path({unet!r}), "fp32")
+vae = load_model._load_vae(Path({vae!r}), "official")
+clip = load_model._load_text_encoder(Path({clip!r}))
+flashface = load_model.FlashFaceModel(unet=unet, vae=vae, text_encoder=clip, detector=None)
+"""
+
 
 def run_with_comfyui(install: ComfyInstall, snippet: str, workdir: Path, timeout: float = 600, *,
                      arguments: dict | None = None, extra_model_paths: Path | None = None) -> object:

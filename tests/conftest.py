@@ -39,6 +39,15 @@ def comfyui(request, tmp_path_factory):
         yield server
 
 
+@pytest.fixture(params=comfy_installs(), ids=lambda install: f"comfyui-{install.version}")
+def comfy_install(request) -> ComfyInstall:
+    """Each ComfyUI version the tests know in turn, installed (for tests that run ComfyUI's modules in
+    a process of their own, `comfy_process.run_with_comfyui`)."""
+    if request.param.missing:
+        pytest.skip(request.param.missing)
+    return request.param
+
+
 @pytest.fixture(scope="module", params=browser_installs(), ids=lambda install: f"comfyui-{install.version}")
 def comfyui_for_browser(request, tmp_path_factory):
     """A running ComfyUI for the web-UI tests: each version with its own frontend, and 0.8.0 with the
@@ -72,3 +81,15 @@ def tiny_model_files(tmp_path_factory):
     from tiny_flashface_models import write_tiny_models
 
     return write_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_model_files):
+    """A FlashFacePipeline of the tiny UNet, VAE and text encoder, on the CPU."""
+    from flashface.models.clip_text import load_text_encoder
+    from flashface.models.unet import load_unet
+    from flashface.models.vae import load_vae
+    from flashface.pipeline import FlashFacePipeline
+
+    return FlashFacePipeline(load_unet(tiny_model_files["unet_name"]), load_vae(tiny_model_files["vae_name"]),
+                             load_text_encoder(tiny_model_files["clip_name"]), device="cpu")

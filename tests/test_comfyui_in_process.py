@@ -13,17 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_process import run_with_comfyui
-from comfy_server import comfy_installs
+from comfy_process import TINY_FLASHFACE, run_with_comfyui
 
 pytestmark = pytest.mark.comfyui
 
-
-@pytest.fixture(params=comfy_installs(), ids=lambda install: f"comfyui-{install.version}")
-def install(request):
-    if request.param.missing:
-        pytest.skip(request.param.missing)
-    return request.param
 
 PARTIAL_LOAD = """
 from pathlib import Path
@@ -69,12 +62,12 @@ result = dict(images=[images.device.type, list(images.shape)],
 """
 
 
-def test_generator_runs_on_the_load_device_of_a_partially_loaded_unet(install, tiny_model_files, tmp_path):
+def test_generator_runs_on_the_load_device_of_a_partially_loaded_unet(comfy_install, tiny_model_files, tmp_path):
     from tiny_flashface_models import TEXT_WIDTH
 
     snippet = PARTIAL_LOAD.format(unet=str(tiny_model_files["unet_name"]), vae=str(tiny_model_files["vae_name"]),
                                   width=TEXT_WIDTH)
-    result = run_with_comfyui(install, snippet, tmp_path)
+    result = run_with_comfyui(comfy_install, snippet, tmp_path)
     assert result["lowvram"] and result["on_gpu"] > 0
     assert "diffusion_model.time_embed.0.weight" in result["on_cpu"]  # the case that used to send all to the CPU
     assert result["images"] == ["meta", [2, 64, 64, 3]]
@@ -123,8 +116,8 @@ for name, call in calls.items():
 """
 
 
-def test_a_value_of_the_wrong_type_on_any_input_is_explained(install, tmp_path):
-    messages = run_with_comfyui(install, WRONG_TYPES, tmp_path)
+def test_a_value_of_the_wrong_type_on_any_input_is_explained(comfy_install, tmp_path):
+    messages = run_with_comfyui(comfy_install, WRONG_TYPES, tmp_path)
     expected = {
         "generator positive text": "The positive input got text; connect FlashFace CLIP Text Encode",
         "generator negative conditioning": "The negative input got a list (a ComfyUI CONDITIONING is one)",
@@ -164,8 +157,8 @@ result = dict(first=first, second=second, third=third, walked_first=walked_first
 """
 
 
-def test_model_lists_are_listed_again_only_when_a_folder_changed(install, tmp_path):
-    listed = run_with_comfyui(install, LISTING.replace("FOLDER", repr(str(tmp_path / "models" / "flashface"))),
+def test_model_lists_are_listed_again_only_when_a_folder_changed(comfy_install, tmp_path):
+    listed = run_with_comfyui(comfy_install, LISTING.replace("FOLDER", repr(str(tmp_path / "models" / "flashface"))),
                               tmp_path)
     assert "deep/er/first.safetensors" in listed["first"] and listed["second"] == listed["first"]
     assert listed["walked_first"] > 0 and listed["walked_second"] == 0
@@ -199,10 +192,10 @@ result = dict(default=default, expected_default=expected_default, swapped=swappe
 """
 
 
-def test_models_use_comfyuis_patcher_class_and_report_their_cast_dtype(install, tiny_model_files, tmp_path):
+def test_models_use_comfyuis_patcher_class_and_report_their_cast_dtype(comfy_install, tiny_model_files, tmp_path):
     """Newer ComfyUI builds models with CoreModelPatcher (its dynamic-VRAM patcher once enabled)
     and reads manual_cast_dtype for its memory estimates; older ones have neither."""
-    result = run_with_comfyui(install, PATCHERS.format(unet=str(tiny_model_files["unet_name"]),
+    result = run_with_comfyui(comfy_install, PATCHERS.format(unet=str(tiny_model_files["unet_name"]),
                                                        vae=str(tiny_model_files["vae_name"])), tmp_path)
     assert result["default"] == [result["expected_default"]] * 2
     assert result["swapped"] == ["DynamicStandIn"] * 2
@@ -231,11 +224,11 @@ result = dict(sizes=sizes, dtypes=dtypes, kept_bytes=kept_bytes)
 """
 
 
-def test_fp8_weights_halve_the_size_comfyui_accounts_for(install, tiny_model_files, tmp_path):
+def test_fp8_weights_halve_the_size_comfyui_accounts_for(comfy_install, tiny_model_files, tmp_path):
     """ComfyUI's memory management (partial loading, eviction) reads the patcher's model size: fp8
     storage halves it against fp16, apart from the norms kept in fp32 (and ComfyUI's own buffers); layers are ComfyUI's
     manual-cast ones computing in fp32 on the CPU."""
-    result = run_with_comfyui(install, FP8_STORAGE.format(unet=str(tiny_model_files["unet_name"])), tmp_path)
+    result = run_with_comfyui(comfy_install, FP8_STORAGE.format(unet=str(tiny_model_files["unet_name"])), tmp_path)
     sizes, kept = result["sizes"], result["kept_bytes"]
     for name in ("fp8_e4m3fn", "fp8_e5m2"):
         assert sizes[name] - kept == (sizes["fp16"] - kept) // 2, sizes
@@ -254,11 +247,11 @@ result = dict(same_keys=list(published) == list(compact),
 """
 
 
-def test_load_model_takes_the_compact_file_in_place_of_the_published_one(install, tiny_model_files, tmp_path):
+def test_load_model_takes_the_compact_file_in_place_of_the_published_one(comfy_install, tiny_model_files, tmp_path):
     from flashface.models.convert import convert_unet
 
     compact = convert_unet(tiny_model_files["unet_name"], tmp_path / "compact_fp16.safetensors", torch.float16)
-    result = run_with_comfyui(install, COMPACT_FILE.format(published=str(tiny_model_files["unet_name"]),
+    result = run_with_comfyui(comfy_install, COMPACT_FILE.format(published=str(tiny_model_files["unet_name"]),
                                                            compact=str(compact)), tmp_path)
     assert result == dict(same_keys=True, equal=True)
 
@@ -280,7 +273,7 @@ result = dict(paths=paths, listed=folder_paths.get_filename_list("flashface"),
 
 @pytest.mark.parametrize("layout", ["base directory", "extra_model_paths.yaml", "legacy folders",
                                     "same name in a legacy folder"])
-def test_model_files_in_comfyuis_installation_layouts(install, tmp_path, layout):
+def test_model_files_in_comfyuis_installation_layouts(comfy_install, tmp_path, layout):
     """The registry's fourth scenario with ComfyUI's own folder_paths and extra_model_paths.yaml
     loader: where files are found, where downloads go, and that ComfyUI lists what was downloaded.
     An entry's url is pointed at a local server, as a developer adding it would."""
@@ -325,7 +318,7 @@ def test_model_files_in_comfyuis_installation_layouts(install, tmp_path, layout)
             theirs = base / "models" / "vae" / "sd-v1-vae.pth"
             theirs.parent.mkdir(parents=True)
             theirs.write_bytes(b"another file with the same name")
-        result = run_with_comfyui(install, LAYOUT.format(entries=entries), tmp_path,
+        result = run_with_comfyui(comfy_install, LAYOUT.format(entries=entries), tmp_path,
                                   arguments={"base_directory": str(base)}, extra_model_paths=yaml_path)
         requests = list(server.requests)
     assert result["paths"] == [str(path) for path in expected]
@@ -338,16 +331,11 @@ def test_model_files_in_comfyuis_installation_layouts(install, tmp_path, layout)
         assert theirs.read_bytes() == b"another file with the same name"
 
 
-MODEL_PATH = """
-from pathlib import Path
+MODEL_PATH = TINY_FLASHFACE + """
 import comfy.model_base
 import nodes as comfy_nodes
-from flashface_pack.nodes import load_model, sampling, text_encode
+from flashface_pack.nodes import sampling, text_encode
 
-unet = load_model._load_unet(Path({unet!r}), "fp32")
-vae = load_model._load_vae(Path({vae!r}), "official")
-clip = load_model._load_text_encoder(Path({clip!r}))
-flashface = load_model.FlashFaceModel(unet=unet, vae=vae, text_encoder=clip, detector=None)
 _, positive, negative, _ = text_encode.FlashFaceCLIPTextEncode().encode(flashface, "a portrait")
 
 
@@ -392,12 +380,12 @@ result = dict(estimates=estimates, difference=float((whole - partial).abs().max(
 """
 
 
-def test_the_model_path_estimates_its_memory_and_runs_partially_loaded(install, tiny_model_files, tmp_path):
+def test_the_model_path_estimates_its_memory_and_runs_partially_loaded(comfy_install, tiny_model_files, tmp_path):
     """KSampler batches by `memory_required`: the references' tokens count (more faces, more memory,
     more than plain SD1.5); a UNet ComfyUI loads only in part gives the same samples."""
     snippet = MODEL_PATH.format(unet=str(tiny_model_files["unet_name"]), vae=str(tiny_model_files["vae_name"]),
                                 clip=str(tiny_model_files["clip_name"]))
-    result = run_with_comfyui(install, snippet, tmp_path)
+    result = run_with_comfyui(comfy_install, snippet, tmp_path)
     estimates = result["estimates"]
     assert estimates["four"] > estimates["one"] > estimates["sd15"] > 0
     assert result["lowvram"] and result["cast_layers"] > 0
@@ -423,12 +411,12 @@ result = dict(sd15={{key: list(value.shape) for key, value in sd15.state_dict().
 """
 
 
-def test_the_main_path_has_the_names_and_shapes_of_comfyuis_sd_unet(install, tiny_model_files, tmp_path):
+def test_the_main_path_has_the_names_and_shapes_of_comfyuis_sd_unet(comfy_install, tiny_model_files, tmp_path):
     """ComfyUI's own SD UNet (openaimodel.UNetModel) built with the FlashFace MODEL's unet_config
     has exactly the FlashFace main path's tensors, name for name and shape for shape: what SD1.5
     LoRAs, merges and ControlNets address is there. FlashFace's own tensors: the input conv's mask
     channel, the reference attention, the reference network."""
-    result = run_with_comfyui(install, SD15_KEYS.format(unet=str(tiny_model_files["unet_name"])), tmp_path)
+    result = run_with_comfyui(comfy_install, SD15_KEYS.format(unet=str(tiny_model_files["unet_name"])), tmp_path)
     sd15, ours = result["sd15"], result["ours"]
     own = {key for key in ours if key == "input_blocks.0.0.mask_weight" or ".reference_attn." in key
            or key.startswith(("reference_input_blocks.", "reference_output_blocks."))}

@@ -7,21 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from comfy_process import run_with_comfyui
-from comfy_server import comfy_installs
+from comfy_process import TINY_FLASHFACE, run_with_comfyui
 
 pytestmark = pytest.mark.comfyui
 
-PEOPLE = """
-from pathlib import Path
+PEOPLE = TINY_FLASHFACE + """
 import nodes as comfy_nodes
 from flashface_pack.flashface.errors import FlashFaceError
-from flashface_pack.nodes import generator, load_model, people, sampling, text_encode
+from flashface_pack.nodes import generator, people, sampling, text_encode
 
-unet = load_model._load_unet(Path({unet!r}), "fp32")
-vae = load_model._load_vae(Path({vae!r}), "official")
-clip = load_model._load_text_encoder(Path({clip!r}))
-flashface = load_model.FlashFaceModel(unet=unet, vae=vae, text_encoder=clip, detector=None)
 _, positive, negative, _ = text_encode.FlashFaceCLIPTextEncode().encode(flashface, "two people")
 encoded, _, _, _ = text_encode.FlashFaceCLIPTextEncode().encode(flashface, "two people")
 faces_a = torch.rand(2, 224, 224, 3, generator=torch.Generator().manual_seed(1))
@@ -82,17 +76,11 @@ for name, call in errors.items():
 """
 
 
-@pytest.fixture(params=comfy_installs(), ids=lambda install: f"comfyui-{install.version}")
-def install(request):
-    if request.param.missing:
-        pytest.skip(request.param.missing)
-    return request.param
 
-
-def test_people_nodes_chain_and_one_person_is_todays_image(install, tiny_model_files, tmp_path):
+def test_people_nodes_chain_and_one_person_is_todays_image(comfy_install, tiny_model_files, tmp_path):
     snippet = PEOPLE.format(unet=str(tiny_model_files["unet_name"]), vae=str(tiny_model_files["vae_name"]),
                             clip=str(tiny_model_files["clip_name"]))
-    result = run_with_comfyui(install, snippet, tmp_path)
+    result = run_with_comfyui(comfy_install, snippet, tmp_path)
     assert result["chained"] == [1, 2, [2, 1], [[0.05, 0.2, 0.35, 0.5], [0.6, 0.2, 0.9, 0.5]]]
     # one person as a Person node (its box; the Generator's own box is then unused) is the same image
     assert result["generator_one"] == 0 and result["model_one"] == 0

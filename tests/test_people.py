@@ -18,7 +18,7 @@ from flashface.models.unet import (
 from flashface.people import NO_REGION, PeopleLayout, Person, padded_people, padded_references
 from flashface.sampling.mask import box_mask, resize_mask
 from flashface.settings import GenerationSettings
-from test_pipeline import QUICK, pipeline, random_faces  # noqa: F401 (pipeline: a fixture)
+from test_pipeline import QUICK, random_faces
 from test_unet import random_call
 from tiny_unet import tiny_unet_state_dict
 

@@ -8,9 +8,8 @@ import torch
 from PIL import Image
 
 from flashface.errors import GenerationCancelled, InvalidInputError
-from flashface.models.clip_text import load_text_encoder
 from flashface.models.unet import load_unet
-from flashface.models.vae import LATENT_SCALE, load_vae
+from flashface.models.vae import LATENT_SCALE
 from flashface.people import padded_reference_indices
 from flashface.pipeline import FlashFacePipeline
 from flashface.settings import PRESETS, GenerationSettings
@@ -24,12 +23,6 @@ from flashface.prompts import (
 
 SIZE = 64
 QUICK = dict(steps=2, width=SIZE, height=SIZE)
-
-
-@pytest.fixture(scope="module")
-def pipeline(tiny_model_files):
-    return FlashFacePipeline(load_unet(tiny_model_files["unet_name"]), load_vae(tiny_model_files["vae_name"]),
-                             load_text_encoder(tiny_model_files["clip_name"]), device="cpu")
 
 
 def random_faces(count: int, seed: int = 0) -> list[Image.Image]:
