@@ -2,6 +2,7 @@
 call (shared reference pass, skipped zero-weight rows, projections once, SDPA) against a
 straightforward per-branch evaluation on a random tiny UNet."""
 
+from dataclasses import fields
 from types import SimpleNamespace
 
 import pytest
@@ -48,7 +49,7 @@ def random_inputs(batch=2, references=3, size=8, seed=0):
 
 def straightforward_eps(unet, inputs, settings, timestep):
     """Each branch its own reference pass and model call, no speed options, formulas spelled out."""
-    saved, unet.speed = unet.speed, UNetSpeedOptions(False, False, False)
+    saved, unet.speed = unet.speed, UNetSpeedOptions(**{option.name: False for option in fields(UNetSpeedOptions)})
     try:
         batch = inputs.x.shape[0]
         reference_context = inputs.negative[:1].repeat(len(inputs.references), 1, 1)
@@ -182,16 +183,6 @@ def test_guidance_and_rescale_formula():
                                        torch.zeros(1, 4, 7, 7), None, settings)
     # guided = 0 + 3·(x − 0) + 2·(3x − x) = 7x; the rescale factor is 0.5·std(x)/std(7x) + 0.5 = 0.5/7 + 0.5
     torch.testing.assert_close(denoiser.eps(x, 500), 7 * x * (0.5 / 7 + 0.5))
-
-
-@pytest.mark.parametrize("name, value", [
-    ("text_guidance", float("nan")), ("text_guidance", -1.0), ("reference_guidance_strength", float("inf")),
-    ("reference_feature_strength", float("nan")), ("reference_feature_strength_before_launch", float("-inf")), ("launch_timestep", 1001),
-    ("launch_timestep", -1), ("guide_rescale", 1.5), ("text_guidance", "7.5"),
-])
-def test_settings_that_are_not_finite_or_out_of_range_are_refused(name, value):
-    with pytest.raises(InvalidInputError, match=f"{name} must be a (finite|whole) number"):
-        GenerationSettings(**{name: value})
 
 
 @pytest.mark.parametrize("timestep", [900, 400], ids=["before launch", "launched"])

@@ -109,7 +109,10 @@ def test_registry_metadata_is_complete_and_cannot_collide():
     name = project["project"]["name"]
     assert "comfyui" not in name.lower() and re.fullmatch(r"[A-Za-z][\w.-]{0,99}", name)
     comfy = project["tool"]["comfy"]
-    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy.get("Icon", "https://").startswith("https://")
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    repository_file = "https://raw.githubusercontent.com/" + project["project"]["urls"]["Repository"].split(
+        "github.com/")[1] + "/main/"
+    assert comfy["Icon"].startswith(repository_file) and (REPO / comfy["Icon"][len(repository_file):]).is_file()
     oldest_tested = comfy_installs()[0].version
     assert comfy["requires-comfyui"] == f">={oldest_tested}"
     assert project["project"]["dependencies"] == install.requirement_lines(REPO / "requirements.txt")
