@@ -19,7 +19,6 @@ committed API copy, so edit the specs and rerun this script rather than editing 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -27,11 +26,11 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from comfy_browser import ComfyPage
-from comfy_server import REPO_ROOT, ComfyServer
+from comfy_server import EXAMPLE_PHOTOS, REPO_ROOT, running_server
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 API_DIR = WORKFLOWS_DIR / "api"
-PHOTOS_DIR = WORKFLOWS_DIR / "input"
+PHOTOS_DIR = EXAMPLE_PHOTOS
 PHOTO = "flashface_astronaut.jpg"
 PHOTO_MIRRORED = "flashface_astronaut_mirrored.jpg"
 PHOTO_CLOSEUP = "flashface_astronaut_closeup.jpg"
@@ -364,12 +363,7 @@ def main() -> int:
     make_example_photos()
     API_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="flashface-build-") as workdir:
-        server = ComfyServer(Path(workdir))
-        server.prepare()
-        for photo in PHOTOS_DIR.iterdir():
-            shutil.copy(photo, server.input_dir / photo.name)
-        server.start()
-        try:
+        with running_server(Path(workdir)) as server:
             with ComfyPage(server) as ui:
                 for name, spec in workflow_specs().items():
                     built = ui.page.evaluate(JS_BUILD, spec)
@@ -379,8 +373,6 @@ def main() -> int:
                     make_thumbnail(spec).save(WORKFLOWS_DIR / f"{name}.jpg", quality=85)
                     print(f"wrote {name}: {len(built['ui']['nodes'])} nodes, {len(built['api'])} API nodes")
                 errors = ui.errors()
-        finally:
-            server.stop()
     for event in errors:
         print(f"console error while building ({event.phase}): {event.text[:300]}", file=sys.stderr)
     return 1 if errors else 0

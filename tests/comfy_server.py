@@ -45,10 +45,12 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from importlib.metadata import version
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_PHOTOS = REPO_ROOT / "workflows" / "input"  # the bundled workflows' photos
 PACK_FOLDER_NAME = "ComfyUI-FlashFace"
 SETUP_HINT = "run `bash tests/setup.sh` from the repository root"
 TEST_CACHE = Path(os.environ.get("FLASHFACE_TEST_CACHE") or Path.home() / ".cache" / "flashface-tests")
@@ -549,6 +551,30 @@ class ComfyServer:
                  if folder_name in line and ("IMPORT FAILED" in line or "Cannot import" in line)]
         return "\n".join(lines) or None
 
+
+
+@contextmanager
+def running_server(workdir: Path, install: ComfyInstall | None = None, *,
+                   models: Callable[[Path], None] | None = None, example_photos: bool = True,
+                   custom_nodes: Sequence[Path] = ()) -> Iterator[ComfyServer]:
+    """The one way the tests and benchmarks start a ComfyUI: a `ComfyServer` of `install` in
+    `workdir` with this pack, `models(models_dir)` run before it starts (e.g. writing the tiny
+    models), the bundled workflows' photos in its input/ folder unless `example_photos` is off, and
+    `custom_nodes` linked into its custom_nodes/; stopped when the block ends."""
+    server = ComfyServer(Path(workdir), install)
+    server.prepare()
+    for folder in custom_nodes:
+        (server.instance / "custom_nodes" / folder.name).symlink_to(folder, target_is_directory=True)
+    if models is not None:
+        models(server.models_dir)
+    if example_photos:
+        for photo in EXAMPLE_PHOTOS.iterdir():
+            shutil.copy(photo, server.input_dir / photo.name)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["install"]:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from comfy_server import REPO_ROOT, ComfyInstall, ComfyServer, browser_installs, comfy_installs
+from comfy_server import ComfyInstall, browser_installs, comfy_installs, running_server
 
-EXAMPLE_PHOTOS = REPO_ROOT / "workflows" / "input"
 VALUE_SOURCE_NODES = Path(__file__).parent / "data" / "value_source_nodes"  # a test-only node pack
 
 
@@ -20,16 +19,8 @@ def running_comfyui(install: ComfyInstall, workdir: Path):
     folder; skips where it cannot run."""
     if install.missing:
         pytest.skip(install.missing)
-    server = ComfyServer(workdir, install)
-    server.prepare()
-    (server.instance / "custom_nodes" / VALUE_SOURCE_NODES.name).symlink_to(VALUE_SOURCE_NODES, target_is_directory=True)
-    for photo in EXAMPLE_PHOTOS.iterdir():
-        shutil.copy(photo, server.input_dir / photo.name)
-    server.start()
-    try:
+    with running_server(workdir, install, custom_nodes=[VALUE_SOURCE_NODES]) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session", params=comfy_installs(), ids=lambda install: f"comfyui-{install.version}")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from comfy_browser import ComfyPage, browser_unavailable_reason
-from comfy_server import REPO_ROOT, ComfyServer, browser_installs
+from comfy_server import REPO_ROOT, browser_installs, running_server
 from tiny_flashface_models import CONTROLNET_UNET, TINY_CONTROLNETS, TINY_LORA, TINY_MODELS, write_tiny_model_folders
 
 pytestmark = pytest.mark.browser
@@ -27,14 +27,9 @@ def fresh_instance(request, tmp_path_factory):
     reason = browser_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    server = ComfyServer(tmp_path_factory.mktemp(f"fresh-{install.version}"), install)
-    server.prepare()
-    write_tiny_model_folders(server.models_dir)
-    server.start()
-    try:
+    with running_server(tmp_path_factory.mktemp(f"fresh-{install.version}"), install,
+                        models=write_tiny_model_folders, example_photos=False) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_every_template_runs_with_one_queue_in_a_fresh_instance(fresh_instance, tmp_path_factory):

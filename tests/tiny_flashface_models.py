@@ -7,7 +7,6 @@ name makes Load Model verify the file against the real checksum.
 
 from __future__ import annotations
 
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -117,17 +116,9 @@ def use_tiny_models(prompt: dict) -> dict:
 
 @contextmanager
 def tiny_model_server(workdir: Path, install=None):
-    """A running ComfyUI test server (comfy_server.ComfyServer) with the tiny models in
-    models/flashface and the bundled workflows' example photos in input/; stopped afterwards."""
-    from comfy_server import REPO_ROOT, ComfyServer
+    """A running ComfyUI test server with the tiny models in models/flashface and the bundled
+    workflows' example photos in input/ (`comfy_server.running_server`); stopped afterwards."""
+    from comfy_server import running_server
 
-    server = ComfyServer(Path(workdir), install)
-    server.prepare()
-    write_tiny_model_folders(server.models_dir)
-    for photo in (REPO_ROOT / "workflows" / "input").iterdir():
-        shutil.copy(photo, server.input_dir / photo.name)
-    server.start()
-    try:
+    with running_server(workdir, install, models=write_tiny_model_folders) as server:
         yield server
-    finally:
-        server.stop()
