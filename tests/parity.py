@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
+
+from flashface.models.checkpoint import StateDictCheckpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,3 +102,20 @@ def recipe_detector_state(recipe: str, seed: int, weight_scale: float) -> dict:
     file, function = recipe.split()
     module = load_fixture_module(fixtures_dir() / file)
     return getattr(module, function)(manifest(RETINAFACE_MANIFEST), seed, weight_scale)
+
+
+_DTYPES_BY_NAME = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                   "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8,
+                   "bool": torch.bool}
+
+
+class ManifestCheckpoint(StateDictCheckpoint):
+    """A real published file stood in for by its key/shape manifest (`manifests/*.json`: entries
+    [name, shape, dtype] in state-dict order), as meta-device tensors: the loaders can be shown to
+    accept the real files without having them."""
+
+    def __init__(self, manifest_path: str | os.PathLike):
+        with open(manifest_path, encoding="utf-8") as f:
+            entries = json.load(f)["keys"]
+        super().__init__({name: torch.empty(shape, dtype=_DTYPES_BY_NAME[dtype], device="meta")
+                          for name, shape, dtype in entries}, path=str(manifest_path))

@@ -10,12 +10,12 @@ from torch import nn
 
 from flashface.errors import ModelFileError
 from flashface.models.checkpoint import (
-    ManifestCheckpoint,
     StateDictCheckpoint,
     TensorPlan,
     load_module,
     open_checkpoint,
 )
+from parity import ManifestCheckpoint
 
 
 class TwoLayers(nn.Module):

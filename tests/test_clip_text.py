@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flashface.errors import InvalidInputError, ModelFileError
-from flashface.models.checkpoint import MODEL_SUFFIXES, ManifestCheckpoint, StateDictCheckpoint, open_checkpoint
+from flashface.models.checkpoint import MODEL_SUFFIXES, StateDictCheckpoint, open_checkpoint
 from flashface.models.clip_text import (
     END_OF_TEXT,
     END_TOKEN,
@@ -19,7 +19,7 @@ from flashface.models.clip_text import (
     Tokenizer,
     load_text_encoder,
 )
-from parity import cases, manifest
+from parity import ManifestCheckpoint, cases, manifest
 from tiny_clip_text import hf_clip_state_dict, official_clip_state_dict, write_tiny_clip_text
 
 MANIFEST = "clip_vit_l_14.json"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from flashface.errors import ModelFileError
-from flashface.models.checkpoint import ManifestCheckpoint, StateDictCheckpoint
+from flashface.models.checkpoint import StateDictCheckpoint
 from flashface.models.retinaface import (
     FACEXLIB_HEAD_NAMES,
     MIN_SIZES,
@@ -15,7 +15,7 @@ from flashface.models.retinaface import (
     normalize,
     prior_boxes,
 )
-from parity import cases, load_fixture_module, manifest
+from parity import ManifestCheckpoint, cases, load_fixture_module, manifest
 from seeded_weights import save_state_dict
 from tiny_retinaface import retinaface_state_dict, write_retinaface
 from tiny_unet import write_tiny_unet

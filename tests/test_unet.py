@@ -9,7 +9,7 @@ from safetensors import safe_open
 from torch import nn
 
 from flashface.errors import InvalidInputError, ModelFileError
-from flashface.models.checkpoint import ManifestCheckpoint, StateDictCheckpoint
+from flashface.models.checkpoint import StateDictCheckpoint
 from flashface.models.ops import CASTING_OPERATIONS
 from flashface.models.unet import (
     TORCH_OPERATIONS,
@@ -21,7 +21,7 @@ from flashface.models.unet import (
     checkpoint_plan,
     load_unet,
 )
-from parity import cases, manifest
+from parity import ManifestCheckpoint, cases, manifest
 from tiny_unet import tiny_unet_state_dict, write_tiny_unet
 
 WEIGHT_FILES = ("weights.safetensors", "weights.ckpt")

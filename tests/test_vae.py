@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from flashface.errors import ModelFileError
-from flashface.models.checkpoint import ManifestCheckpoint, StateDictCheckpoint
+from flashface.models.checkpoint import StateDictCheckpoint
 from flashface.models.vae import LATENT_SCALE, load_vae
 from flashface.face import prepare_reference
 from flashface.pipeline import FlashFacePipeline
 from demo_cases import DemoCase, demo_cases
-from parity import cases, manifest
+from parity import ManifestCheckpoint, cases, manifest
 from tiny_vae import tiny_vae_state_dict, write_tiny_vae
 
 VAE_CASES = cases("vae")

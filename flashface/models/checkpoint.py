@@ -15,13 +15,10 @@ Files are read lazily: ``.safetensors`` through ``safe_open`` (memory-mapped), p
 so tensors the plan does not use (``ref_middle.*``, CLIP's vision tower) are never read. Every
 tensor a module keeps is copied out of the mapping, one at a time: a loaded model owns its memory
 and does not depend on the file staying as it was.
-`ManifestCheckpoint` stands in for a real file from a key/shape manifest, on the meta device,
-so tests can prove the loader accepts the real published files without having them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -41,13 +38,6 @@ logger = logging.getLogger(__name__)
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".ckpt", ".pt", ".bin")
 MODEL_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
-
-_DTYPES_BY_NAME = {
-    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-    "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-
 
 class Checkpoint:
     """Lazy read access to the tensors of one checkpoint file."""
@@ -128,20 +118,6 @@ class StateDictCheckpoint(Checkpoint):
 
     def close(self) -> None:
         self._sd = {}
-
-
-class ManifestCheckpoint(StateDictCheckpoint):
-    """Meta-device tensors with the keys, shapes and dtypes listed in a manifest JSON."""
-
-    def __init__(self, manifest_path: str):
-        with open(manifest_path, encoding="utf-8") as f:
-            manifest = json.load(f)
-        # Each entry is [name, shape, dtype] in state-dict order.
-        tensors = {
-            name: torch.empty(shape, dtype=_DTYPES_BY_NAME[dtype], device="meta")
-            for name, shape, dtype in manifest["keys"]
-        }
-        super().__init__(tensors, path=manifest_path)
 
 
 _DAMAGE_PROBE_BYTES = 1 << 16
