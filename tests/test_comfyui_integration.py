@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_server import PACK_FOLDER_NAME, PromptRejected
+from comfy_server import PACK_FOLDER_NAME
 from comfy_workflows import (
     API_DIR,
     BLANK_PHOTO,
@@ -298,20 +298,12 @@ def test_size_not_multiple_of_eight_is_explained(server):
     expect_node_error(server, prompt, "FlashFace_Generator", "multiple of 8", "96 or 104")
 
 
-def test_zero_references_is_a_validation_error(server):
+def test_no_references_connected_is_explained(server):
+    """reference_faces is optional (people may take its place): with neither connected the Generator
+    stops before sampling and says what to connect."""
     prompt = quick_prompt()
-    generator = node_id(prompt, "FlashFace_Generator")
-    del prompt[generator]["inputs"]["reference_faces"]
-    # ComfyUI still runs every output that validates (here the detection preview) and reports the
-    # others' errors beside the prompt id; without that preview the whole prompt must be refused.
-    for preview in [key for key, node in prompt.items() if node["class_type"] == "PreviewImage"]:
-        del prompt[preview]
-    with pytest.raises(PromptRejected) as rejected:
-        server.run(prompt)
-    errors = rejected.value.node_errors[generator]["errors"]
-    assert errors[0]["type"] == "required_input_missing"
-    assert errors[0]["extra_info"]["input_name"] == "reference_faces"
-    assert_server_healthy(server)
+    del prompt[node_id(prompt, "FlashFace_Generator")]["inputs"]["reference_faces"]
+    expect_node_error(server, prompt, "FlashFace_Generator", "Connect reference_faces", "FlashFace Person")
 
 
 def test_missing_official_model_file_says_where_to_put_it(server):
