@@ -41,7 +41,6 @@ from .settings import PRESETS, GenerationSettings, describe
 OLD_FLAGS = {"text_guidance": "--guidance-scale", "reference_feature_strength": "--reference-strength",
              "reference_feature_strength_before_launch": "--strength-before-launch",
              "reference_guidance_strength": "--reference-guidance", "batch_size": "--num-samples"}
-TYPES = {"int": int, "float": float}
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -52,14 +51,14 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         names = [f"--{item.name.replace('_', '-')}", *([OLD_FLAGS[item.name]] if item.name in OLD_FLAGS else [])]
         shown = " ".join(map(str, item.default)) if isinstance(item.default, tuple) else item.default
         options = dict(dest=item.name, default=None, help=f"{info.help} (default: {shown})")
-        if item.type == "bool":
+        if info.kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif info.choices is not None:
             options["choices"] = info.choices
-        elif isinstance(item.default, tuple):
+        elif info.kind is tuple:
             options.update(type=float, nargs=len(item.default), metavar=("X1", "Y1", "X2", "Y2"))
         else:
-            options["type"] = TYPES[item.type]
+            options["type"] = info.kind
         parser.add_argument(*names, **options)
     parser.add_argument("--preset", choices=sorted(PRESETS), help="the paper's recommended settings for a purpose; "
                                                                   "flags given explicitly override it")

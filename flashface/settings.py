@@ -23,9 +23,11 @@ MAX_SEED = 2 ** 64 - 1
 
 @dataclass(frozen=True)
 class SettingInfo:
-    """What a user is told about a setting, and its range (None: unbounded)."""
+    """What a user is told about a setting, its kind (the type of its value: bool, int, float, str
+    or tuple) and its range (None: unbounded)."""
 
     help: str
+    kind: type
     low: float | None = None
     high: float | None = None
     step: float | None = None
@@ -33,7 +35,8 @@ class SettingInfo:
 
 
 def _setting(default, help: str, **info):
-    return field(default=default, metadata={"info": SettingInfo(help, **info)})
+    """A field with its default and its `SettingInfo`; the kind is the default's type."""
+    return field(default=default, metadata={"info": SettingInfo(help, type(default), **info)})
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ class GenerationSettings:
         if not isinstance(self.face_box, (tuple, list)) or len(self.face_box) != 4:
             raise InvalidInputError(f"face_box must be four numbers x1 y1 x2 y2, got {self.face_box!r}.")
         for item in dataclasses.fields(self):
-            _check(item.name, getattr(self, item.name), item.type, item.metadata["info"])
+            _check(item.name, getattr(self, item.name), item.metadata["info"])
         object.__setattr__(self, "face_box", tuple(float(v) for v in self.face_box))
 
     def with_preset(self, name: str) -> "GenerationSettings":
@@ -103,12 +106,12 @@ class GenerationSettings:
         return dataclasses.replace(self, **PRESETS[name])
 
 
-def _check(name: str, value, kind: str, info: SettingInfo) -> None:
+def _check(name: str, value, info: SettingInfo) -> None:
     if info.choices is not None:
         if value not in info.choices:
             raise InvalidInputError(f"unknown {name} {value!r}; choose one of {', '.join(info.choices)}.")
         return
-    if kind == "bool":
+    if info.kind is bool:
         if not isinstance(value, bool):
             raise InvalidInputError(f"{name} must be true or false, got {value!r}.")
         return
@@ -119,7 +122,7 @@ def _check(name: str, value, kind: str, info: SettingInfo) -> None:
                                     f"got {tuple(value)!r}.")
         return
     values = (value,)
-    whole = kind == "int"
+    whole = info.kind is int
     for number in values:
         if isinstance(number, bool) or not isinstance(number, int if whole else (int, float)) \
                 or not math.isfinite(number) or (info.low is not None and number < info.low) \

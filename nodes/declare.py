@@ -13,7 +13,7 @@ BOX_CORNERS = (("face_x1", "Left edge of the face box, as a fraction of the imag
                ("face_y1", "Top edge of the face box, as a fraction of the image height."),
                ("face_x2", "Right edge of the face box, as a fraction of the image width."),
                ("face_y2", "Bottom edge of the face box, as a fraction of the image height."))
-COMFY_TYPES = {"int": "INT", "float": "FLOAT", "bool": "BOOLEAN"}
+COMFY_TYPES = {int: "INT", float: "FLOAT", bool: "BOOLEAN"}
 WIDGET_OPTIONS = {"seed": {"control_after_generate": True}}
 EXTRA_HELP = {
     "seed": " Drawn on the CPU, so a seed gives the same image on every device.",
@@ -45,8 +45,7 @@ def setting_input(name: str) -> tuple:
         return list(info.choices), spec
     spec.update((key, bound) for key, bound in (("min", info.low), ("max", info.high), ("step", info.step))
                 if bound is not None)
-    kind = GenerationSettings.__dataclass_fields__[name].type
-    return COMFY_TYPES[kind], {**spec, **WIDGET_OPTIONS.get(name, {})}
+    return COMFY_TYPES[info.kind], {**spec, **WIDGET_OPTIONS.get(name, {})}
 
 
 def box_inputs() -> dict:
