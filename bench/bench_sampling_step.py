@@ -42,14 +42,14 @@ def model_call(model, inputs, branches: int, shared_reference_pass: bool) -> tor
         part = slice(b * rows, (b + 1) * rows)
         references = model.encode_references(inputs["reference_latents"], inputs["t"][0], inputs["reference_context"])
         outputs.append(model(inputs["x"][part], inputs["t"][part], inputs["context"][part], inputs["mask"][part],
-                             references, inputs["similarity"][part]))
+                             references, inputs["reference_weights"][part]))
     return torch.cat(outputs)
 
 
 def make_inputs(config, branches, batch, size, references, reference_size, weight, generator):
     rows = branches * batch
     latent, ref_latent = size // 8, reference_size // 8
-    similarity = [weight] * batch + [0.0] * (rows - batch) if branches == 3 else [weight] * rows
+    reference_weights = [weight] * batch + [0.0] * (rows - batch) if branches == 3 else [weight] * rows
     mask = torch.zeros(rows, latent, latent)
     mask[:, latent // 5: latent // 2, latent // 4: latent // 2 + latent // 4] = 1
     return dict(
@@ -59,7 +59,7 @@ def make_inputs(config, branches, batch, size, references, reference_size, weigh
         mask=mask,
         reference_latents=torch.randn(references, 4, ref_latent, ref_latent, generator=generator),
         reference_context=torch.randn(references, 77, config.context_dim, generator=generator),
-        similarity=torch.tensor(similarity),
+        reference_weights=torch.tensor(reference_weights),
     )
 
 
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="samples per call (rows = branches x batch)")
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per variant (after one warm-up)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    parser.add_argument("--weight", type=float, default=1.2, help="similarity weight λ")
+    parser.add_argument("--weight", type=float, default=1.2, help="reference_weights weight λ")
     args = parser.parse_args()
 
     dtype = getattr(torch, args.dtype)

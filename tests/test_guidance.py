@@ -122,10 +122,10 @@ class RecordingUNet:
         self.reference_passes.append((t, latents.shape[0], context.clone()))
         return "features"
 
-    def __call__(self, x, t, context, mask, references, similarity, additions=None, regions=None):
+    def __call__(self, x, t, context, mask, references, reference_weights, additions=None, regions=None):
         assert references == "features" and regions is None
         self.calls.append(SimpleNamespace(rows=x.shape[0], t=t.tolist(), context=context, mask=mask,
-                                          similarity=similarity.tolist()))
+                                          reference_weights=reference_weights.tolist()))
         return torch.zeros_like(x)
 
 
@@ -144,11 +144,11 @@ def test_branch_switch_at_the_launch_timestep(steps, two_branch, three_branch):
         assert call.t == [timestep] * call.rows
         if call.rows == 2 * batch:
             assert timestep > 750
-            assert call.similarity == pytest.approx([0.85] * 4)
+            assert call.reference_weights == pytest.approx([0.85] * 4)
             assert torch.equal(call.context, torch.cat([inputs.positive, inputs.negative]))
         else:
             assert timestep <= 750
-            assert call.similarity == pytest.approx([1.2, 1.2, 0, 0, 0, 0])
+            assert call.reference_weights == pytest.approx([1.2, 1.2, 0, 0, 0, 0])
             assert torch.equal(call.context, torch.cat([inputs.positive, inputs.positive, inputs.negative]))
         assert torch.equal(call.mask, inputs.mask.repeat(call.rows // batch, 1, 1))
     for t, count, context in unet.reference_passes:
@@ -163,7 +163,7 @@ def test_without_reference_guidance_every_call_has_two_branches():
                                        None, settings)
     get_solver("ddim")(denoiser, inputs.x, sampling_sigmas(schedule, 10))
     assert all(call.rows == 2 and call.mask is None for call in unet.calls)
-    assert [call.similarity[0] for call in unet.calls] == pytest.approx(
+    assert [call.reference_weights[0] for call in unet.calls] == pytest.approx(
         [0.85 if t > 750 else 1.3 for t in denoiser.model_timesteps])
 
 
@@ -173,7 +173,7 @@ def test_guidance_and_rescale_formula():
     class ScalingUNet(RecordingUNet):
         """Branch rows [with refs | cond | uncond] of one sample predict 3x, x and 0."""
 
-        def __call__(self, x, t, context, mask, references, similarity, additions=None, regions=None):
+        def __call__(self, x, t, context, mask, references, reference_weights, additions=None, regions=None):
             return x * torch.tensor([3.0, 1.0, 0.0]).view(3, 1, 1, 1)
 
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))

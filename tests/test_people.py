@@ -196,13 +196,13 @@ def test_a_person_who_owns_every_cell_is_one_person_with_their_own_references(ti
     two = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"], owners)
     one = tiny_model.encode_references(call["reference_latents"][:2], 500, call["reference_context"][:2])
     args = call["x"], call["t"], call["context"], call["mask"]
-    regional = tiny_model(*args, two, call["similarity"], regions=everywhere)
-    alone = tiny_model(*args, one, call["similarity"])
+    regional = tiny_model(*args, two, call["reference_weights"], regions=everywhere)
+    alone = tiny_model(*args, one, call["reference_weights"])
     assert torch.allclose(regional, alone, atol=1e-5), (regional - alone).abs().max()
     # and the other person's references matter where they own cells
     split = everywhere.clone()
     split[:, 4:] = 1
-    assert not torch.allclose(tiny_model(*args, two, call["similarity"], regions=split), alone, atol=1e-3)
+    assert not torch.allclose(tiny_model(*args, two, call["reference_weights"], regions=split), alone, atol=1e-3)
 
 
 def test_identical_references_of_two_people_are_not_merged(tiny_model):
@@ -225,7 +225,7 @@ def test_regions_that_do_not_fit_the_people_are_refused(tiny_model, regions, own
     call = random_call(2, references=2)
     features = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"], owners)
     with pytest.raises(InvalidInputError, match=message):
-        tiny_model(call["x"], call["t"], call["context"], call["mask"], features, call["similarity"], regions=regions)
+        tiny_model(call["x"], call["t"], call["context"], call["mask"], features, call["reference_weights"], regions=regions)
 
 
 def test_the_reference_pass_checks_its_owners(tiny_model):

@@ -27,7 +27,7 @@ from tiny_unet import tiny_unet_state_dict, write_tiny_unet
 WEIGHT_FILES = ("weights.safetensors", "weights.ckpt")
 
 
-def row_similarity(branches: int, batch: int, weight: float) -> torch.Tensor:
+def official_row_weights(branches: int, batch: int, weight: float) -> torch.Tensor:
     """Per-row weights of the official layouts: 3 branches [w]*B + [0]*2B, 2 branches w everywhere."""
     if branches == 3:
         return torch.tensor([weight] * batch + [0.0] * (2 * batch))
@@ -40,7 +40,7 @@ def run_case_inputs(model: FlashFaceUNet, inputs: dict, branches: int, weight: f
     t = inputs["t"].repeat_interleave(branches)
     references = model.encode_references(inputs["reference_latents"], t[0], inputs["reference_context"])
     return model(inputs["x"], t, inputs["context"], inputs["mask"].repeat_interleave(branches, 0),
-                 references, row_similarity(branches, batch, weight))
+                 references, official_row_weights(branches, batch, weight))
 
 
 @pytest.mark.parametrize("weights_file", WEIGHT_FILES)
@@ -165,14 +165,14 @@ def random_call(branches, batch=2, references=3, size=8, ref_size=7, context_dim
         mask=(torch.rand(rows, size, size, generator=g) > 0.5).float(),
         reference_latents=torch.randn(references, 4, ref_size, ref_size, generator=g),
         reference_context=torch.randn(references, 77, context_dim, generator=g),
-        similarity=row_similarity(branches, batch, 1.2),
+        reference_weights=official_row_weights(branches, batch, 1.2),
     )
 
 
 def call_model(model, call, references=None):
     references = references or model.encode_references(call["reference_latents"], call["t"][0],
                                                         call["reference_context"])
-    return model(call["x"], call["t"], call["context"], call["mask"], references, call["similarity"])
+    return model(call["x"], call["t"], call["context"], call["mask"], references, call["reference_weights"])
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_references_change_only_weighted_rows(tiny_model):
     assert not torch.allclose(with_refs[:batch], no_refs[:batch], atol=1e-3)
     torch.testing.assert_close(with_refs[batch:], no_refs[batch:], atol=1e-5, rtol=1e-5)
     with pytest.raises(InvalidInputError):
-        tiny_model(call["x"], call["t"], call["context"], call["mask"], None, call["similarity"])
+        tiny_model(call["x"], call["t"], call["context"], call["mask"], None, call["reference_weights"])
 
 
 def test_calls_are_independent(tiny_model):
@@ -246,7 +246,7 @@ def guidance_call(branches, batch=2, seed=7, context_dim=32):
         x=x.repeat(branches, 1, 1, 1), t=torch.full((branches * batch,), 400),
         context=torch.cat(contexts), mask=(torch.rand(1, 8, 8, generator=g) > 0.5).float().expand(branches * batch, 8, 8),
         reference_latents=faces[[0, 1, 0, 0]], reference_context=negative[:1].expand(4, -1, -1),
-        similarity=row_similarity(branches, batch, 1.2),
+        reference_weights=official_row_weights(branches, batch, 1.2),
     )
 
 
@@ -274,7 +274,7 @@ def test_shared_rows_and_merged_references_equal_the_full_computation(tiny_model
 
 def test_row_spaces_group_rows_that_are_identical_so_far():
     call = guidance_call(3, batch=2)
-    spaces = RowSpaces(call["x"], call["t"], call["mask"], call["context"], call["similarity"], "cpu")
+    spaces = RowSpaces(call["x"], call["t"], call["mask"], call["context"], call["reference_weights"], "cpu")
     sizes = [len(spaces.representatives_on_cpu(space)) for space in range(4)]
     assert sizes == [2, 4, 6, 6]  # samples; samples x (pos, neg); every row; every row
     texts = spaces.expand(torch.arange(2), 0, 1)  # the sample of each (sample, text) row
@@ -288,7 +288,7 @@ def test_one_reference_pass_equals_one_per_branch(tiny_model, branches):
     rows = call["x"].shape[0] // branches
     per_branch = []
     for b in range(branches):
-        part = {k: (v[b * rows:(b + 1) * rows] if k in ("x", "t", "context", "mask", "similarity") else v)
+        part = {k: (v[b * rows:(b + 1) * rows] if k in ("x", "t", "context", "mask", "reference_weights") else v)
                 for k, v in call.items()}
         per_branch.append(call_model(tiny_model, part))
     torch.testing.assert_close(torch.cat(per_branch), shared, atol=2e-5, rtol=1e-5)
@@ -377,7 +377,7 @@ def input_block_shapes(model, call, references) -> tuple[list, torch.Size]:
     hooks = [block.register_forward_hook(lambda m, a, out: shapes.append(out.shape))
              for block in [*model.input_blocks, model.middle_block]]
     try:
-        model(call["x"], call["t"], call["context"], call["mask"], references, call["similarity"],
+        model(call["x"], call["t"], call["context"], call["mask"], references, call["reference_weights"],
               BlockAdditions(transformer_options=dict(IDENTITY_PATCH)))
     finally:
         for hook in hooks:
@@ -397,7 +397,7 @@ def test_control_residuals_are_added_where_comfyuis_unet_adds_them(tiny_model):
     skips = [torch.randn(shape, generator=g) * 0.1 for shape in shapes]
     middle = torch.randn(middle_shape, generator=g) * 0.1
     control = {"input": list(reversed(inputs)), "middle": [middle], "output": list(skips)}
-    controlled = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["similarity"],
+    controlled = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["reference_weights"],
                             BlockAdditions(control))
     assert len(control["input"]) == len(inputs) and control["middle"]  # the caller's lists are left as they were
 
@@ -414,7 +414,7 @@ def test_control_residuals_are_added_where_comfyuis_unet_adds_them(tiny_model):
     hooks += [block.register_forward_pre_hook(add_to_skip(r))
               for block, r in zip(tiny_model.output_blocks, reversed(skips))]
     try:
-        hooked = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["similarity"],
+        hooked = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["reference_weights"],
                             BlockAdditions(transformer_options=dict(IDENTITY_PATCH)))
     finally:
         for hook in hooks:
@@ -424,7 +424,7 @@ def test_control_residuals_are_added_where_comfyuis_unet_adds_them(tiny_model):
     assert not torch.allclose(controlled, plain, atol=1e-3)
     zeros = {place: [r * 0 for r in residuals] for place, residuals in control.items()}
     torch.testing.assert_close(tiny_model(call["x"], call["t"], call["context"], call["mask"], references,
-                                          call["similarity"], BlockAdditions(zeros)), plain, atol=1e-5, rtol=1e-5)
+                                          call["reference_weights"], BlockAdditions(zeros)), plain, atol=1e-5, rtol=1e-5)
 
 
 def test_block_patches_are_called_like_comfyuis_unet_calls_them(tiny_model):
@@ -441,7 +441,7 @@ def test_block_patches_are_called_like_comfyuis_unet_calls_them(tiny_model):
 
     options = {"patches": {name: [record(name)] for name in ("input_block_patch", "input_block_patch_after_skip",
                                                                 "output_block_patch")}}
-    patched = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["similarity"],
+    patched = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["reference_weights"],
                          BlockAdditions(transformer_options=options))
     blocks = len(tiny_model.input_blocks)
     assert [entry[:2] for entry in seen[:2]] == [("input_block_patch", ("input", 0)),
@@ -452,7 +452,7 @@ def test_block_patches_are_called_like_comfyuis_unet_calls_them(tiny_model):
     def halve_skip(h, hsp, options):
         return h, hsp * 0.5
 
-    halved = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["similarity"],
+    halved = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["reference_weights"],
                         BlockAdditions(transformer_options={"patches": {"output_block_patch": [halve_skip]}}))
     assert not torch.allclose(halved, patched, atol=1e-3)
 
@@ -461,5 +461,5 @@ def test_a_residual_for_another_model_size_is_refused_by_name(tiny_model):
     call = random_call(2, seed=13)
     references = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"])
     with pytest.raises(InvalidInputError, match="made for another model"):
-        tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["similarity"],
+        tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["reference_weights"],
                    BlockAdditions({"middle": [torch.zeros(4, 1280, 1, 1)]}))

@@ -208,7 +208,7 @@ class _Pass:
     space: int = INPUT
     recorded: dict | None = None  # reference pass: collects the tokens
     references: ReferenceFeatures | None = None  # main pass: the tokens to attend to
-    row_weights: torch.Tensor | None = None  # main pass: [rows of the call] similarity weights (CPU)
+    row_weights: torch.Tensor | None = None  # main pass: [rows of the call] reference weights (CPU)
     regions: torch.Tensor | None = None  # main pass, several people: [h, w] person of each latent cell
     _region_positions: dict = field(default_factory=dict)
 
@@ -783,12 +783,12 @@ class FlashFaceUNet(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, t, context: torch.Tensor, mask: torch.Tensor | None,
-                references: ReferenceFeatures | None, similarity,
+                references: ReferenceFeatures | None, reference_weights,
                 additions: BlockAdditions | None = None, regions: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted noise [R,4,h,w] for latents x [R,4,h,w] (returned in x's dtype).
 
         t: [R] or scalar; context [R,77,C]; mask [R,h,w] face-position channel (None = zeros);
-        similarity: [R] per-row weight of the reference attention, or a scalar for all rows (best
+        reference_weights: [R] per-row weight of the reference attention, or a scalar for all rows (best
         given on the CPU).
         Rows with weight 0 still get SA1(y): they are not plain SD. With `references` None
         every weight must be 0. Rows that are identical are computed once as far as they stay
@@ -808,12 +808,12 @@ class FlashFaceUNet(nn.Module):
                                     "give one [h,w] mask per row.")
         # The weights stay on the CPU (which rows attend to the references is decided there), so
         # no step waits for the device; only the multiplication happens there.
-        weights = torch.as_tensor(0.0 if similarity is None else similarity, dtype=torch.float32).cpu()
+        weights = torch.as_tensor(0.0 if reference_weights is None else reference_weights, dtype=torch.float32).cpu()
         weights = weights.expand(rows) if weights.dim() == 0 else weights
         if weights.shape != (rows,):
-            raise InvalidInputError(f"{WHAT}: {tuple(weights.shape)} similarity weights for {rows} rows.")
+            raise InvalidInputError(f"{WHAT}: {tuple(weights.shape)} reference weights for {rows} rows.")
         if references is None and bool((weights != 0).any()):
-            raise InvalidInputError(f"{WHAT}: nonzero similarity weights need reference features.")
+            raise InvalidInputError(f"{WHAT}: nonzero reference weights need reference features.")
         self._check_regions(regions, references, x.shape[2:])
         emb = self._embed_time(t, rows, x.device)
         t = torch.as_tensor(t).expand(rows) if torch.as_tensor(t).dim() == 0 else torch.as_tensor(t)
