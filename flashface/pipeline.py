@@ -135,7 +135,7 @@ class FlashFacePipeline:
             embeddings.append(value.float().cpu().expand(batch, -1, -1))
         return embeddings[0], embeddings[1]
 
-    def encode_references(self, faces: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+    def reference_latents(self, faces: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
         """Reference latents [N,4,28,28] (scaled), on the VAE's device, from face crops or prepared
         tensors [N,3,224,224] in [-1, 1]."""
         if isinstance(faces, torch.Tensor):
@@ -147,8 +147,8 @@ class FlashFacePipeline:
         return self.encode_images(images)
 
     def encode_people(self, people: Sequence[Person]) -> torch.Tensor:
-        """The reference latents of every person, person after person (see `encode_references`)."""
-        return torch.cat([self.encode_references(person.faces) for person in people])
+        """The reference latents of every person, person after person (see `reference_latents`)."""
+        return torch.cat([self.reference_latents(person.faces) for person in people])
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, should_cancel: CancelCheck | None = None) -> torch.Tensor:
@@ -198,7 +198,7 @@ class FlashFacePipeline:
         """Generate `settings.batch_size` images of the reference person (see `GenerationSettings`;
         its defaults are the official demo's).
 
-        `reference_faces`: one person's face crops (or prepared tensors, see `encode_references`),
+        `reference_faces`: one person's face crops (or prepared tensors, see `reference_latents`),
         placed at the settings' face box, or at `face_mask` (a [H',W'] mask in [0,1]) when one is
         given; or several `Person`s, each with their own faces and place (experimental, see
         `flashface.people`; one `Person` is exactly the same as their faces and place given directly).

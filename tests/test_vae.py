@@ -42,7 +42,7 @@ def test_reference_latents_are_the_posterior_mean_in_the_official_latent_scale(c
     demo = DemoCase(case)
     vae = load_vae(demo.case.weights_dir() / demo.config["weights"]["vae"])
     crops = [Image.fromarray(face.numpy()) for face in demo.expected["references_224"]]
-    latents = FlashFacePipeline(None, vae, device="cpu").encode_references(crops)
+    latents = FlashFacePipeline(None, vae, device="cpu").reference_latents(crops)
     torch.testing.assert_close(latents, demo.expected["reference_latents"], atol=1e-4, rtol=1e-4)
     with torch.no_grad():  # the posterior mean, image by image (so Cancel is seen between images)
         mean = torch.cat([vae.encode(prepare_reference(crop)[None]) for crop in crops])
