@@ -14,7 +14,7 @@ from flashface.models.clip_text import (
     END_TOKEN,
     HF_PREFIXES,
     START_TOKEN,
-    WHAT,
+    MODEL_NAME,
     TextEncoderConfig,
     Tokenizer,
     load_text_encoder,
@@ -235,7 +235,7 @@ def test_other_clip_text_encoders_are_named(width, name):
 
 
 def test_another_model_is_rejected():
-    with pytest.raises(ModelFileError, match=f"not a {WHAT}.*clip_l.safetensors"):
+    with pytest.raises(ModelFileError, match=f"not a {MODEL_NAME}.*clip_l.safetensors"):
         load_text_encoder(ManifestCheckpoint(manifest("sd_v1_vae.json")), device="meta")
 
 

@@ -9,7 +9,7 @@ from flashface.models.retinaface import (
     FACEXLIB_HEAD_NAMES,
     MIN_SIZES,
     STRIDES,
-    WHAT,
+    MODEL_NAME,
     load_face_detector,
     nms,
     normalize,
@@ -102,7 +102,7 @@ def test_a_different_model_file_is_refused_naming_the_detector(tmp_path):
     path = write_tiny_unet(tmp_path / "flashface.safetensors")
     with pytest.raises(ModelFileError) as error:
         load_face_detector(path)
-    assert WHAT in str(error.value) and str(path) in str(error.value)
+    assert MODEL_NAME in str(error.value) and str(path) in str(error.value)
 
 
 def test_facexlib_and_safetensors_files_load_the_same_detector(tmp_path):

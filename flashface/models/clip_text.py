@@ -40,7 +40,8 @@ from .ops import TORCH_OPERATIONS, count_indexed, norm_at_least_fp32, required_s
 
 logger = logging.getLogger(__name__)
 
-WHAT = "CLIP ViT-L/14 text encoder"
+# How error messages name this network.
+MODEL_NAME = "CLIP ViT-L/14 text encoder"
 START_OF_TEXT, END_OF_TEXT = "<|startoftext|>", "<|endoftext|>"
 START_TOKEN, END_TOKEN = 49406, 49407
 CONTEXT_LENGTH = 77
@@ -239,7 +240,7 @@ class CLIPTextEncoder(nn.Module):
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Embeddings [P, 77, width] after the final LayerNorm, in the weights' dtype."""
         if token_ids.dim() != 2 or token_ids.shape[1] != self.config.context_length:
-            raise InvalidInputError(f"{WHAT}: token ids must be [P, {self.config.context_length}], "
+            raise InvalidInputError(f"{MODEL_NAME}: token ids must be [P, {self.config.context_length}], "
                                     f"got {tuple(token_ids.shape)}.")
         x = self.token_embedding(token_ids) + self.pos_embedding
         for block in self.transformer:
@@ -291,7 +292,7 @@ def _hf_prefix(checkpoint: Checkpoint) -> str | None:
 
 
 def _reject(checkpoint: Checkpoint, found: str) -> ModelFileError:
-    return ModelFileError(f"{checkpoint.path} is {found}, but FlashFace needs the {WHAT} (width 768). "
+    return ModelFileError(f"{checkpoint.path} is {found}, but FlashFace needs the {MODEL_NAME} (width 768). "
                           f"Select {EXPECTED_FILES}.")
 
 
@@ -306,12 +307,12 @@ def _num_heads(checkpoint: Checkpoint, width: int, num_heads: int | None) -> int
         num_heads = int(stored) if stored else width // HEAD_DIM
     if num_heads <= 0 or width % num_heads:
         raise ModelFileError(f"{checkpoint.path}: {num_heads} attention heads do not divide the text width {width}; "
-                             f"pass the right num_heads for this {WHAT}.")
+                             f"pass the right num_heads for this {MODEL_NAME}.")
     return num_heads
 
 
 def _shape(checkpoint: Checkpoint, key: str, dims: int) -> tuple[int, ...]:
-    return required_shape(checkpoint, key, f"This is not a complete {WHAT}: select {EXPECTED_FILES}.", dims)
+    return required_shape(checkpoint, key, f"This is not a complete {MODEL_NAME}: select {EXPECTED_FILES}.", dims)
 
 
 def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None
@@ -347,7 +348,7 @@ def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None
         width = checkpoint.shape(open_clip_embedding)[-1]
         _check_width(checkpoint, width)
         raise _reject(checkpoint, f"a CLIP text encoder in OpenCLIP naming (width {width}), which is not read")
-    raise ModelFileError(f"{checkpoint.path} is not a {WHAT}: it has neither textual.token_embedding.weight nor "
+    raise ModelFileError(f"{checkpoint.path} is not a {MODEL_NAME}: it has neither textual.token_embedding.weight nor "
                          f"text_model.embeddings.token_embedding.weight. Select {EXPECTED_FILES}.")
 
 
@@ -363,8 +364,8 @@ def load_text_encoder(source: str | os.PathLike | Checkpoint, *, device: torch.d
     with checkpoint_source(source) as checkpoint:
         config, plan, unused = infer_layout(checkpoint, num_heads)
         model = load_module(
-            lambda: CLIPTextEncoder(config, ops), checkpoint, plan, what=WHAT, device=device, dtype=dtype,
+            lambda: CLIPTextEncoder(config, ops), checkpoint, plan, what=MODEL_NAME, device=device, dtype=dtype,
             ignore=lambda key: key.startswith(unused),
         )
-    logger.info("loaded %s %s from %s", WHAT, config, checkpoint.path)
+    logger.info("loaded %s %s from %s", MODEL_NAME, config, checkpoint.path)
     return model

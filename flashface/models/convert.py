@@ -63,7 +63,7 @@ def convert_unet(source: str | os.PathLike, out: str | os.PathLike, dtype: torch
                  progress: Progress | None = None) -> Path:
     """Write the compact file of the FlashFace UNet `source` to `out` (a new .safetensors file),
     reading and writing one tensor at a time; the file appears only once complete."""
-    from .unet import UNUSED_PREFIX, WHAT, FlashFaceUNet, checkpoint_plan, infer_config
+    from .unet import UNUSED_PREFIX, MODEL_NAME, FlashFaceUNet, checkpoint_plan, infer_config
 
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -79,7 +79,7 @@ def convert_unet(source: str | os.PathLike, out: str | os.PathLike, dtype: torch
         plan = checkpoint_plan(config)
         with torch.device("meta"):
             module = FlashFaceUNet(config)
-        check_plan(checkpoint, plan, WHAT, ignore=lambda key: key.startswith(UNUSED_PREFIX))
+        check_plan(checkpoint, plan, MODEL_NAME, ignore=lambda key: key.startswith(UNUSED_PREFIX))
         norm_keys = {key for name in norm_parameter_names(module) for key in plan[name].file_keys}
         wanted = {key for tensor_plan in plan.values() for key in tensor_plan.file_keys}
         aliased = sorted(key for key in wanted if ALIAS_PREFIX + key in wanted)
@@ -89,7 +89,7 @@ def convert_unet(source: str | os.PathLike, out: str | os.PathLike, dtype: torch
             tensor = checkpoint.tensor(key)
             if key in aliased and not torch.equal(tensor, checkpoint.tensor(ALIAS_PREFIX + key)):
                 raise ModelFileError(f"{checkpoint.path}: the tensors {key} and {ALIAS_PREFIX}{key} should be identical "
-                                     f"copies but differ, so this is not an unmodified {WHAT} file.")
+                                     f"copies but differ, so this is not an unmodified {MODEL_NAME} file.")
             return tensor.to(target)
 
         entries = [(key, at_least_fp32(dtype) if key in norm_keys else dtype, tuple(checkpoint.shape(key)))

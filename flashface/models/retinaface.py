@@ -27,7 +27,8 @@ from .ops import TORCH_OPERATIONS
 
 logger = logging.getLogger(__name__)
 
-WHAT = "RetinaFace ResNet-50 face detector (retinaface_resnet50.pth or detection_Resnet50_Final.pth)"
+# How error messages name this network.
+MODEL_NAME = "RetinaFace ResNet-50 face detector (retinaface_resnet50.pth or detection_Resnet50_Final.pth)"
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))  # anchor sizes in pixels, per FPN level
 STRIDES = (8, 16, 32)
 VARIANCES = (0.1, 0.2)  # centre, size
@@ -273,6 +274,6 @@ def load_face_detector(source: str | os.PathLike | Checkpoint, *, device: torch.
         with torch.device("meta"):
             module_keys = list(RetinaFace(operations).state_dict())
         model = load_module(lambda: RetinaFace(operations), checkpoint, checkpoint_plan(module_keys, checkpoint.keys()),
-                            what=WHAT, device=device, dtype=dtype, ignore=_is_batch_norm_counter)
-    logger.info("loaded %s from %s", WHAT, checkpoint.path)
+                            what=MODEL_NAME, device=device, dtype=dtype, ignore=_is_batch_norm_counter)
+    logger.info("loaded %s from %s", MODEL_NAME, checkpoint.path)
     return model

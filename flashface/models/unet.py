@@ -57,7 +57,8 @@ from .ops import (
 
 logger = logging.getLogger(__name__)
 
-WHAT = "FlashFace UNet"
+# How error messages name this network.
+MODEL_NAME = "FlashFace UNet"
 DEFAULT_NUM_HEADS = 8
 # Lists stored twice in the published file (the module and its `ori_` alias).
 ALIASED_LISTS = ("encoder", "middle", "decoder")
@@ -340,7 +341,7 @@ class Attention(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ModelFileError(
-                f"{WHAT}: {num_heads} attention heads do not divide the width {dim}; "
+                f"{MODEL_NAME}: {num_heads} attention heads do not divide the width {dim}; "
                 "pass the right num_heads for this checkpoint."
             )
         self.num_heads = num_heads
@@ -713,7 +714,7 @@ class FlashFaceUNet(nn.Module):
         if t.dim() == 0:
             t = t.expand(rows)
         if t.shape != (rows,):
-            raise InvalidInputError(f"{WHAT}: timesteps of shape {tuple(t.shape)} for {rows} rows; "
+            raise InvalidInputError(f"{MODEL_NAME}: timesteps of shape {tuple(t.shape)} for {rows} rows; "
                                     f"give one timestep per row or a single one.")
         return self.time_embed(timestep_embedding(t, self.config.dim).to(self.compute_dtype))
 
@@ -754,14 +755,14 @@ class FlashFaceUNet(nn.Module):
         """
         n = reference_latents.shape[0]
         if reference_latents.dim() != 4 or reference_latents.shape[1] != self.config.ref_in_channels:
-            raise InvalidInputError(f"{WHAT}: reference latents must be [N,{self.config.ref_in_channels},r,r], "
+            raise InvalidInputError(f"{MODEL_NAME}: reference latents must be [N,{self.config.ref_in_channels},r,r], "
                                     f"got {tuple(reference_latents.shape)}.")
         if reference_context.shape[0] != n:
-            raise InvalidInputError(f"{WHAT}: {reference_context.shape[0]} reference contexts for {n} references.")
+            raise InvalidInputError(f"{MODEL_NAME}: {reference_context.shape[0]} reference contexts for {n} references.")
         if owners is not None:
             owners = tuple(int(owner) for owner in owners)
             if len(owners) != n or sorted(set(owners)) != list(range(max(owners) + 1)):
-                raise InvalidInputError(f"{WHAT}: the owners of {n} references must be one person number per "
+                raise InvalidInputError(f"{MODEL_NAME}: the owners of {n} references must be one person number per "
                                         f"reference, numbered from 0 without gaps; got {list(owners)}.")
         device, dtype = reference_latents.device, self.compute_dtype
         t = torch.as_tensor(t).expand(n) if torch.as_tensor(t).dim() == 0 else torch.as_tensor(t)
@@ -798,22 +799,22 @@ class FlashFaceUNet(nn.Module):
         """
         rows, dtype = x.shape[0], self.compute_dtype
         if x.dim() != 4 or x.shape[1] != self.config.in_channels - 1:
-            raise InvalidInputError(f"{WHAT}: latents must be [R,{self.config.in_channels - 1},h,w], got {tuple(x.shape)}.")
+            raise InvalidInputError(f"{MODEL_NAME}: latents must be [R,{self.config.in_channels - 1},h,w], got {tuple(x.shape)}.")
         if context.shape[0] != rows:
-            raise InvalidInputError(f"{WHAT}: {context.shape[0]} text contexts for {rows} latent rows.")
+            raise InvalidInputError(f"{MODEL_NAME}: {context.shape[0]} text contexts for {rows} latent rows.")
         if mask is None:
             mask = x.new_zeros((rows, *x.shape[2:]))
         if tuple(mask.shape) != (rows, *x.shape[2:]):
-            raise InvalidInputError(f"{WHAT}: mask of shape {tuple(mask.shape)} for latents {tuple(x.shape)}; "
+            raise InvalidInputError(f"{MODEL_NAME}: mask of shape {tuple(mask.shape)} for latents {tuple(x.shape)}; "
                                     "give one [h,w] mask per row.")
         # The weights stay on the CPU (which rows attend to the references is decided there), so
         # no step waits for the device; only the multiplication happens there.
         weights = torch.as_tensor(0.0 if reference_weights is None else reference_weights, dtype=torch.float32).cpu()
         weights = weights.expand(rows) if weights.dim() == 0 else weights
         if weights.shape != (rows,):
-            raise InvalidInputError(f"{WHAT}: {tuple(weights.shape)} reference weights for {rows} rows.")
+            raise InvalidInputError(f"{MODEL_NAME}: {tuple(weights.shape)} reference weights for {rows} rows.")
         if references is None and bool((weights != 0).any()):
-            raise InvalidInputError(f"{WHAT}: nonzero reference weights need reference features.")
+            raise InvalidInputError(f"{MODEL_NAME}: nonzero reference weights need reference features.")
         self._check_regions(regions, references, x.shape[2:])
         emb = self._embed_time(t, rows, x.device)
         t = torch.as_tensor(t).expand(rows) if torch.as_tensor(t).dim() == 0 else torch.as_tensor(t)
@@ -834,18 +835,18 @@ class FlashFaceUNet(nn.Module):
         if regions is None and owners is None:
             return
         if regions is None or owners is None:
-            raise InvalidInputError(f"{WHAT}: references of several people need the regions of the image that read "
+            raise InvalidInputError(f"{MODEL_NAME}: references of several people need the regions of the image that read "
                                     "each (and regions need references of several people).")
         if tuple(regions.shape) != tuple(size) or regions.dtype != torch.long:
-            raise InvalidInputError(f"{WHAT}: regions must be one int64 person number per latent cell, "
+            raise InvalidInputError(f"{MODEL_NAME}: regions must be one int64 person number per latent cell, "
                                     f"{list(size)}; got {regions.dtype} {list(regions.shape)}.")
         if int(regions.min()) < -1 or int(regions.max()) > max(owners):
-            raise InvalidInputError(f"{WHAT}: regions name a person with no references (people 0 to {max(owners)} "
+            raise InvalidInputError(f"{MODEL_NAME}: regions name a person with no references (people 0 to {max(owners)} "
                                     "have some; -1 is no region).")
 
 
 def _require(checkpoint: Checkpoint, key: str) -> tuple[int, ...]:
-    return required_shape(checkpoint, key, f"This is not a {WHAT} checkpoint: select the FlashFace UNet file "
+    return required_shape(checkpoint, key, f"This is not a {MODEL_NAME} checkpoint: select the FlashFace UNet file "
                                            f"(flashface.ckpt or flashface.safetensors) in that slot.")
 
 
@@ -865,7 +866,7 @@ def infer_config(checkpoint: Checkpoint, num_heads: int | None = None) -> UNetCo
         index += 1
     layouts = {(len(blocks), len({w for w, _ in blocks}), len({a for _, a in blocks})) for blocks in levels}
     if not levels[0] or len(layouts) != 1 or next(iter(layouts))[1:] != (1, 1):
-        raise ModelFileError(f"{checkpoint.path}: the encoder layout is not one a {WHAT} has; "
+        raise ModelFileError(f"{checkpoint.path}: the encoder layout is not one a {MODEL_NAME} has; "
                              f"select the FlashFace UNet file.")
     attn_blocks = count_indexed(checkpoint, "middle.1.blocks.{}.norm1.weight")
     if num_heads is None:
@@ -977,10 +978,10 @@ def load_unet(source: str | os.PathLike | Checkpoint, *, device: torch.device | 
         ops = operations or (CASTING_OPERATIONS if storage_only else TORCH_OPERATIONS)
         model = load_module(
             lambda: FlashFaceUNet(config, ops), checkpoint, checkpoint_plan(config),
-            what=WHAT, device=device, dtype=dtype,
+            what=MODEL_NAME, device=device, dtype=dtype,
             ignore=lambda key: key.startswith(UNUSED_PREFIX),
         )
     if storage_only:
         model.manual_cast_dtype = compute_dtype_for(device)
-    logger.info("loaded %s %s from %s", WHAT, config, checkpoint.path)
+    logger.info("loaded %s %s from %s", MODEL_NAME, config, checkpoint.path)
     return model

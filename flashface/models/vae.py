@@ -32,7 +32,8 @@ from .ops import TORCH_OPERATIONS, norm_at_least_fp32, required_shape, through_l
 logger = logging.getLogger(__name__)
 
 LATENT_SCALE = 0.18215
-WHAT = "SD 1.x VAE"
+# How error messages name this network.
+MODEL_NAME = "SD 1.x VAE"
 EXPECTED_FILES = "sd-v1-vae.pth (FlashFace) or an SD 1.x VAE such as vae-ft-mse-840000-ema-pruned.safetensors"
 STANDARD_PREFIXES = ("", "first_stage_model.")
 GROUPS, EPS = 32, 1e-6
@@ -293,13 +294,13 @@ def official_plan(config: VAEConfig) -> dict[str, TensorPlan]:
 
 # ------------------------------------------------------------------ architecture from the file
 def _shape(checkpoint: Checkpoint, key: str) -> tuple[int, ...]:
-    return required_shape(checkpoint, key, f"This is not a complete {WHAT}: select {EXPECTED_FILES}.")
+    return required_shape(checkpoint, key, f"This is not a complete {MODEL_NAME}: select {EXPECTED_FILES}.")
 
 
 def _check_latent_channels(checkpoint: Checkpoint, z_dim: int) -> None:
     if z_dim != 4:
         raise ModelFileError(f"{checkpoint.path} is a VAE with {z_dim} latent channels (SD3 / Flux family), but "
-                             f"FlashFace is SD 1.5-based and needs an {WHAT} with 4. Select {EXPECTED_FILES}.")
+                             f"FlashFace is SD 1.5-based and needs an {MODEL_NAME} with 4. Select {EXPECTED_FILES}.")
 
 
 def _config_from_levels(checkpoint: Checkpoint, dim: int, level_widths: list[int], res_blocks: int,
@@ -307,7 +308,7 @@ def _config_from_levels(checkpoint: Checkpoint, dim: int, level_widths: list[int
     _check_latent_channels(checkpoint, z_dim)
     if not level_widths or res_blocks == 0 or any(width % dim for width in level_widths):
         raise ModelFileError(f"{checkpoint.path} has encoder levels {level_widths} of base width {dim}; it is not an "
-                             f"{WHAT}. Select {EXPECTED_FILES}.")
+                             f"{MODEL_NAME}. Select {EXPECTED_FILES}.")
     return VAEConfig(dim=dim, dim_mult=tuple(width // dim for width in level_widths), num_res_blocks=res_blocks,
                      z_dim=z_dim)
 
@@ -352,7 +353,7 @@ def infer_layout(checkpoint: Checkpoint):
             outside = (lambda key: not key.startswith(prefix)) if prefix else (lambda key: False)
             return config, standard_plan(config, prefix), outside
     sample = ", ".join(sorted(checkpoint.keys())[:3])
-    raise ModelFileError(f"{checkpoint.path} is not an {WHAT}: expected keys like encoder.conv1.weight (FlashFace) "
+    raise ModelFileError(f"{checkpoint.path} is not an {MODEL_NAME}: expected keys like encoder.conv1.weight (FlashFace) "
                          f"or encoder.conv_in.weight (standard), found {sample or 'no tensors'}. "
                          f"Select {EXPECTED_FILES}.")
 
@@ -368,7 +369,7 @@ def load_vae(source: str | os.PathLike | Checkpoint, *, device: torch.device | s
     """
     with checkpoint_source(source) as checkpoint:
         config, plan, ignore = infer_layout(checkpoint)
-        model = load_module(lambda: AutoencoderKL(config, attention, operations), checkpoint, plan, what=WHAT,
+        model = load_module(lambda: AutoencoderKL(config, attention, operations), checkpoint, plan, what=MODEL_NAME,
                             device=device, dtype=dtype, ignore=ignore)
-    logger.info("loaded %s %s from %s", WHAT, config, checkpoint.path)
+    logger.info("loaded %s %s from %s", MODEL_NAME, config, checkpoint.path)
     return model
