@@ -22,6 +22,7 @@ import comfy.ops
 import torch
 
 from ..flashface.models.clip_text import load_text_encoder
+from ..flashface.models.model_registry import DETECTOR_FOLDERS
 from ..flashface.models.ops import WEIGHT_DTYPES
 from ..flashface.models.retinaface import load_face_detector
 from ..flashface.models.unet import load_unet
@@ -163,7 +164,8 @@ class FlashFaceLoadModel(FlashFaceNode):
                            "from models/flashface or models/clip); only its text tower is loaded."}),
             "detector_name": (model_files.choices("detector"), {
                 "tooltip": "RetinaFace ResNet-50 face detector (retinaface_resnet50.pth or facexlib's "
-                           "detection_Resnet50_Final.pth, from models/flashface or models/facedetection)."}),
+                           f"detection_Resnet50_Final.pth, from models/flashface or models/"
+                           f"{', models/'.join(DETECTOR_FOLDERS)})."}),
             "weight_dtype": (list(UNET_WEIGHT_DTYPES), {
                 "default": "auto",
                 "tooltip": "Precision of the UNet weights. auto: what ComfyUI picks for your device (fp16 on most "

@@ -61,6 +61,8 @@ KINDS = ("unet", "vae", "text_encoder", "detector")
 
 _OFFICIAL = "https://huggingface.co/shilongz/FlashFace-SD1.5/resolve/main/"
 _OFFICIAL_LICENCE = "MIT (FlashFace, ali-vilab; weights published as shilongz/FlashFace-SD1.5)"
+# The folders under ComfyUI's models/ where other face packs keep RetinaFace, searched in this order.
+DETECTOR_FOLDERS = ["detection", "facedetection", "face_detection"]
 
 MODEL_REGISTRY: dict[str, dict[str, Any]] = {
     "flashface": {
@@ -105,7 +107,7 @@ MODEL_REGISTRY: dict[str, dict[str, Any]] = {
         "description": "RetinaFace ResNet-50 face detector (official FlashFace copy)",
         "licence": _OFFICIAL_LICENCE,
         "kind": "detector",
-        "legacy_folders": ["detection", "facedetection", "face_detection"],
+        "legacy_folders": DETECTOR_FOLDERS,
     },
     "retinaface_facexlib": {
         "url": "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
@@ -115,7 +117,7 @@ MODEL_REGISTRY: dict[str, dict[str, Any]] = {
         "description": "RetinaFace ResNet-50 face detector, facexlib release (MD5 from the tinhalo port's registry)",
         "licence": "MIT (facexlib)",
         "kind": "detector",
-        "legacy_folders": ["detection", "facedetection", "face_detection"],
+        "legacy_folders": DETECTOR_FOLDERS,
     },
 }
 
