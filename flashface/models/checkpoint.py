@@ -308,6 +308,20 @@ def _check_aliases_equal(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 Plan = Mapping[str, TensorPlan]
 
 
+def _none(key: str) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a loader's `infer_layout` reads off a file's key names and shapes: the architecture
+    (`config`), the `plan` that fills the module, and which other file keys may stay unread."""
+
+    config: object
+    plan: Plan
+    unused: Callable[[str], bool] = _none
+
+
 def check_plan(checkpoint: Checkpoint, plan: Plan, what: str,
                ignore: Callable[[str], bool] = lambda key: False) -> None:
     """Fail unless the file holds exactly the planned keys plus ignored ones."""

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
-from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
+from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_module
 from .ops import TORCH_OPERATIONS, count_indexed, norm_at_least_fp32, required_shape
 
 logger = logging.getLogger(__name__)
@@ -315,10 +315,9 @@ def _shape(checkpoint: Checkpoint, key: str, dims: int) -> tuple[int, ...]:
     return required_shape(checkpoint, key, f"This is not a complete {MODEL_NAME}: select {EXPECTED_FILES}.", dims)
 
 
-def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None
-                 ) -> tuple[TextEncoderConfig, dict[str, TensorPlan], tuple[str, ...]]:
-    """Architecture, plan and ignored key prefixes of either naming; num_heads: argument >
-    safetensors metadata "num_heads" > width / 64."""
+def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None) -> Layout:
+    """The layout of either naming (the vision tower and the projection unused); num_heads:
+    argument > safetensors metadata "num_heads" > width / 64."""
     if OFFICIAL_PREFIX + "token_embedding.weight" in checkpoint:
         vocab_size, width = checkpoint.shape(OFFICIAL_PREFIX + "token_embedding.weight")
         _check_width(checkpoint, width)
@@ -329,7 +328,7 @@ def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None
             num_heads=_num_heads(checkpoint, width, num_heads),
             mlp_width=_shape(checkpoint, OFFICIAL_PREFIX + "transformer.0.mlp.0.weight", 2)[0],
         )
-        return config, official_plan(config), OFFICIAL_UNUSED
+        return Layout(config, official_plan(config), lambda key: key.startswith(OFFICIAL_UNUSED))
     prefix = _hf_prefix(checkpoint)
     if prefix is not None:
         vocab_size, width = checkpoint.shape(prefix + HF_TOKEN_EMBEDDING)
@@ -342,7 +341,8 @@ def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None
             num_heads=_num_heads(checkpoint, width, num_heads),
             mlp_width=_shape(checkpoint, layer.format(0) + "mlp.fc1.weight", 2)[0],
         )
-        return config, hf_plan(config, prefix), tuple(prefix + key for key in HF_UNUSED)
+        unused = tuple(prefix + key for key in HF_UNUSED)
+        return Layout(config, hf_plan(config, prefix), lambda key: key.startswith(unused))
     open_clip_embedding = next((k for k in checkpoint.keys() if k.endswith("token_embedding.weight")), None)
     if open_clip_embedding is not None:
         width = checkpoint.shape(open_clip_embedding)[-1]
@@ -362,10 +362,8 @@ def load_text_encoder(source: str | os.PathLike | Checkpoint, *, device: torch.d
     """
     ops = operations or TORCH_OPERATIONS
     with checkpoint_source(source) as checkpoint:
-        config, plan, unused = infer_layout(checkpoint, num_heads)
-        model = load_module(
-            lambda: CLIPTextEncoder(config, ops), checkpoint, plan, what=MODEL_NAME, device=device, dtype=dtype,
-            ignore=lambda key: key.startswith(unused),
-        )
-    logger.info("loaded %s %s from %s", MODEL_NAME, config, checkpoint.path)
+        layout = infer_layout(checkpoint, num_heads)
+        model = load_module(lambda: CLIPTextEncoder(layout.config, ops), checkpoint, layout.plan, what=MODEL_NAME,
+                            device=device, dtype=dtype, ignore=layout.unused)
+    logger.info("loaded %s %s from %s", MODEL_NAME, layout.config, checkpoint.path)
     return model

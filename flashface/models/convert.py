@@ -63,7 +63,7 @@ def convert_unet(source: str | os.PathLike, out: str | os.PathLike, dtype: torch
                  progress: Progress | None = None) -> Path:
     """Write the compact file of the FlashFace UNet `source` to `out` (a new .safetensors file),
     reading and writing one tensor at a time; the file appears only once complete."""
-    from .unet import UNUSED_PREFIX, MODEL_NAME, FlashFaceUNet, checkpoint_plan, infer_config
+    from .unet import MODEL_NAME, FlashFaceUNet, infer_layout
 
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -75,11 +75,11 @@ def convert_unet(source: str | os.PathLike, out: str | os.PathLike, dtype: torch
     with checkpoint_source(source) as checkpoint:
         if checkpoint.metadata().get("format") == COMPACT_FORMAT:
             raise InvalidInputError(f"{checkpoint.path} is already a compact FlashFace UNet file.")
-        config = infer_config(checkpoint)
-        plan = checkpoint_plan(config)
+        layout = infer_layout(checkpoint)
+        plan = layout.plan
         with torch.device("meta"):
-            module = FlashFaceUNet(config)
-        check_plan(checkpoint, plan, MODEL_NAME, ignore=lambda key: key.startswith(UNUSED_PREFIX))
+            module = FlashFaceUNet(layout.config)
+        check_plan(checkpoint, plan, MODEL_NAME, ignore=layout.unused)
         norm_keys = {key for name in norm_parameter_names(module) for key in plan[name].file_keys}
         wanted = {key for tensor_plan in plan.values() for key in tensor_plan.file_keys}
         aliased = sorted(key for key in wanted if ALIAS_PREFIX + key in wanted)
@@ -94,7 +94,7 @@ def convert_unet(source: str | os.PathLike, out: str | os.PathLike, dtype: torch
 
         entries = [(key, at_least_fp32(dtype) if key in norm_keys else dtype, tuple(checkpoint.shape(key)))
                    for key in stored]
-        metadata = {"format": COMPACT_FORMAT, "num_heads": str(config.num_heads),
+        metadata = {"format": COMPACT_FORMAT, "num_heads": str(layout.config.num_heads),
                     "weights": _SAFETENSORS_DTYPES[dtype], "aliased": json.dumps(aliased),
                     "source": Path(checkpoint.path).name}
         write_safetensors(out, entries, converted, metadata, progress)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
-from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
+from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_module
 from .convert import compact_view
 from .ops import (
     CASTING_OPERATIONS,
@@ -962,6 +962,13 @@ def checkpoint_key_shapes(config: UNetConfig) -> dict[str, torch.Size]:
     return shapes
 
 
+def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None) -> Layout:
+    """The layout of the published file (or a compact one seen through `compact_view`): the
+    never-executed `ref_middle` unused."""
+    config = infer_config(checkpoint, num_heads)
+    return Layout(config, checkpoint_plan(config), lambda key: key.startswith(UNUSED_PREFIX))
+
+
 def load_unet(source: str | os.PathLike | Checkpoint, *, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32, operations=None, num_heads: int | None = None) -> FlashFaceUNet:
     """Load the FlashFace UNet from a path or an open `Checkpoint` into `dtype` on `device`.
@@ -974,14 +981,11 @@ def load_unet(source: str | os.PathLike | Checkpoint, *, device: torch.device | 
     storage_only = dtype in STORAGE_ONLY_DTYPES
     with checkpoint_source(source) as opened:
         checkpoint = compact_view(opened)
-        config = infer_config(checkpoint, num_heads)
+        layout = infer_layout(checkpoint, num_heads)
         ops = operations or (CASTING_OPERATIONS if storage_only else TORCH_OPERATIONS)
-        model = load_module(
-            lambda: FlashFaceUNet(config, ops), checkpoint, checkpoint_plan(config),
-            what=MODEL_NAME, device=device, dtype=dtype,
-            ignore=lambda key: key.startswith(UNUSED_PREFIX),
-        )
+        model = load_module(lambda: FlashFaceUNet(layout.config, ops), checkpoint, layout.plan, what=MODEL_NAME,
+                            device=device, dtype=dtype, ignore=layout.unused)
     if storage_only:
         model.manual_cast_dtype = compute_dtype_for(device)
-    logger.info("loaded %s %s from %s", MODEL_NAME, config, checkpoint.path)
+    logger.info("loaded %s %s from %s", MODEL_NAME, layout.config, checkpoint.path)
     return model

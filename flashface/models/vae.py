@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CancelCheck, InvalidInputError, ModelFileError, stop_if_cancelled
-from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
+from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_module
 from .ops import TORCH_OPERATIONS, norm_at_least_fp32, required_shape, through_layers
 
 logger = logging.getLogger(__name__)
@@ -342,16 +342,16 @@ def _standard_config(checkpoint: Checkpoint, prefix: str) -> VAEConfig:
                                res_blocks, _shape(checkpoint, prefix + "post_quant_conv.weight")[0])
 
 
-def infer_layout(checkpoint: Checkpoint):
-    """(config, plan, ignore) for the official or the standard naming."""
+def infer_layout(checkpoint: Checkpoint) -> Layout:
+    """The layout of the official or the standard naming (a standard VAE inside a whole SD
+    checkpoint: everything outside its prefix unused)."""
     if "encoder.conv1.weight" in checkpoint:
         config = _official_config(checkpoint)
-        return config, official_plan(config), lambda key: False
+        return Layout(config, official_plan(config))
     for prefix in STANDARD_PREFIXES:
         if prefix + "encoder.conv_in.weight" in checkpoint:
             config = _standard_config(checkpoint, prefix)
-            outside = (lambda key: not key.startswith(prefix)) if prefix else (lambda key: False)
-            return config, standard_plan(config, prefix), outside
+            return Layout(config, standard_plan(config, prefix), lambda key: not key.startswith(prefix))
     sample = ", ".join(sorted(checkpoint.keys())[:3])
     raise ModelFileError(f"{checkpoint.path} is not an {MODEL_NAME}: expected keys like encoder.conv1.weight (FlashFace) "
                          f"or encoder.conv_in.weight (standard), found {sample or 'no tensors'}. "
@@ -368,8 +368,8 @@ def load_vae(source: str | os.PathLike | Checkpoint, *, device: torch.device | s
     namespace (`ops.TORCH_OPERATIONS` by default).
     """
     with checkpoint_source(source) as checkpoint:
-        config, plan, ignore = infer_layout(checkpoint)
-        model = load_module(lambda: AutoencoderKL(config, attention, operations), checkpoint, plan, what=MODEL_NAME,
-                            device=device, dtype=dtype, ignore=ignore)
-    logger.info("loaded %s %s from %s", MODEL_NAME, config, checkpoint.path)
+        layout = infer_layout(checkpoint)
+        model = load_module(lambda: AutoencoderKL(layout.config, attention, operations), checkpoint, layout.plan,
+                            what=MODEL_NAME, device=device, dtype=dtype, ignore=layout.unused)
+    logger.info("loaded %s %s from %s", MODEL_NAME, layout.config, checkpoint.path)
     return model
