@@ -30,6 +30,7 @@ from PIL import Image
 
 from .errors import CancelCheck, InvalidInputError, stop_if_cancelled
 from .face import DEFAULT_DETECTION_THRESHOLD, find_reference_faces, prepare_reference
+from .models.clip_text import encode_texts
 from .models.vae import LATENT_SCALE
 from .people import PeopleLayout, Person, as_people, padded_people
 from .prompts import EncodedPrompt, prompt_text
@@ -114,7 +115,8 @@ class FlashFacePipeline:
         if texts and self.text_encoder is None:
             raise InvalidInputError("No text encoder is loaded; load one or pass encoded prompts.")
         with torch.no_grad():
-            encoded = iter(self.text_encoder.encode(texts, self.text_encoder_device).float().cpu() if texts else ())
+            encoded = iter(encode_texts(self.text_encoder, texts, self.text_encoder_device).float().cpu() if texts
+                           else ())
         embeddings = []
         for side, value in sides:
             if isinstance(value, str):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InvalidInputError
+from .models.clip_text import encode_texts
 
 POSITIVE_POSTFIX = "best quality, masterpiece,ultra-detailed, UHD 4K, photographic"
 NEGATIVE_POSTFIX = (
@@ -64,5 +65,5 @@ def encode_prompt(text_encoder, text: str, device: torch.device | str) -> Encode
     """Encode `text` the three ways in one batch on `device`; the result is on the CPU."""
     texts = [text, official_positive(text), official_negative(text)]
     with torch.no_grad():
-        encoded = text_encoder.encode(texts, device).float().cpu()
+        encoded = encode_texts(text_encoder, texts, device).float().cpu()
     return EncodedPrompt(text, *(row[None] for row in encoded))

@@ -134,6 +134,7 @@ def diagnose(demo: DemoCase, pipeline) -> list[str]:
     """Each stored intermediate recomputed with the library (the pipeline's networks), in the
     order of the flow; one line each, "OK" or what differs."""
     from flashface.face import REFERENCE_SIZE, pad_to_square
+    from flashface.models import clip_text
     from flashface.people import padded_reference_indices
     from flashface.prompts import prompt_text
     from flashface.sampling.mask import box_mask
@@ -154,7 +155,7 @@ def diagnose(demo: DemoCase, pipeline) -> list[str]:
         report(f"detected_face_{number}", levels_of([crop])[0])
     padded = [crops[i] for i in padded_reference_indices(len(crops), c["seed"])]
     report("references_224", levels_of([pad_to_square(face, REFERENCE_SIZE) for face in padded]))
-    tokenizer = pipeline.text_encoder.tokenizer
+    tokenizer = clip_text.tokenizer(pipeline.text_encoder.config.context_length)
     for side, text in (("positive", c["prompt"]), ("negative", c["negative_prompt"])):
         report(f"{side}_token_ids", tokenizer([prompt_text(text, side, True)]))
     positive, negative = pipeline.encode_prompts(c["prompt"], c["negative_prompt"], c["num_samples"])

@@ -17,6 +17,7 @@ from flashface.models.clip_text import (
     MODEL_NAME,
     TextEncoderConfig,
     Tokenizer,
+    encode_texts,
     load_text_encoder,
 )
 from parity import ManifestCheckpoint, cases, manifest
@@ -94,7 +95,7 @@ def test_embeddings_match_the_official_text_tower(case):
             layers=arch["num_layers"], num_heads=arch["num_heads"], mlp_width=arch["dim"] * arch["mlp_ratio"])
         from_ids = model(case.inputs["token_ids"])
         torch.testing.assert_close(from_ids, case.expected["embeddings"], atol=case.atol, rtol=case.rtol)
-        assert torch.equal(model.encode(case.config["prompts"], "cpu"), from_ids)
+        assert torch.equal(encode_texts(model, case.config["prompts"], "cpu"), from_ids)
 
 
 @pytest.mark.parametrize("case", cases("clip_text"))
@@ -136,7 +137,7 @@ def test_loads_the_real_text_tower_on_meta():
                   if name.startswith("textual.") and name != "textual.head"]
     assert {"textual." + key: list(t.shape) for key, t in model.state_dict().items()} == dict(text_tower)
     assert all(p.is_meta for p in model.parameters())
-    embeddings = model.encode(["a photo"], "meta")
+    embeddings = encode_texts(model, ["a photo"], "meta")
     assert embeddings.is_meta and embeddings.shape == (1, 77, 768)
 
 
@@ -179,18 +180,18 @@ def test_hugging_face_naming_gives_the_official_outputs(tokenizer, prefix):
 
 def test_written_files_load_in_every_naming_and_format(tmp_path):
     safetensors_file = write_tiny_clip_text(tmp_path / "clip.safetensors", seed=5, width=32, heads=4)
-    outputs = [load_text_encoder(safetensors_file).encode(PROMPTS, "cpu")]
+    outputs = [encode_texts(load_text_encoder(safetensors_file), PROMPTS, "cpu")]
     assert load_text_encoder(safetensors_file).config.num_heads == 4  # from the metadata
     for name, naming in (("clip.pth", "official"), ("clip_l.safetensors", "hf"), ("clip_l.pth", "hf")):
         path = write_tiny_clip_text(tmp_path / name, seed=5, width=32, heads=4, naming=naming)
-        outputs.append(load_text_encoder(path, num_heads=4).encode(PROMPTS, "cpu"))
+        outputs.append(encode_texts(load_text_encoder(path, num_heads=4), PROMPTS, "cpu"))
     assert all(torch.equal(outputs[0], other) for other in outputs[1:])
 
 
 def test_an_open_checkpoint_stays_open_for_its_owner(tmp_path):
     checkpoint = open_checkpoint(write_tiny_clip_text(tmp_path / "clip.safetensors", seed=8))
-    first = load_text_encoder(checkpoint).encode(PROMPTS, "cpu")
-    assert torch.equal(load_text_encoder(checkpoint).encode(PROMPTS, "cpu"), first)
+    first = encode_texts(load_text_encoder(checkpoint), PROMPTS, "cpu")
+    assert torch.equal(encode_texts(load_text_encoder(checkpoint), PROMPTS, "cpu"), first)
     checkpoint.close()
 
 

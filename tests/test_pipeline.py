@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from flashface.errors import GenerationCancelled, InvalidInputError
+from flashface.models.clip_text import encode_texts
 from flashface.models.unet import load_unet
 from flashface.models.vae import LATENT_SCALE
 from flashface.people import padded_reference_indices
@@ -90,7 +91,7 @@ def test_encoded_prompts_give_the_same_images_as_text(pipeline):
 
     as_written = pipeline.generate(faces, "a portrait", "blurry", GenerationSettings(seed=8, prompt_postfixes=False, **QUICK))
     with torch.no_grad():
-        embeddings = pipeline.text_encoder.encode(["a portrait", "blurry"], "cpu").split(1)
+        embeddings = encode_texts(pipeline.text_encoder, ["a portrait", "blurry"], "cpu").split(1)
     from_embeddings = encoded_only.generate(faces, *embeddings, GenerationSettings(seed=8, prompt_postfixes=False, **QUICK))
     torch.testing.assert_close(as_written.latents, from_embeddings.latents)
     assert not torch.allclose(as_written.latents, from_text.latents)
@@ -109,7 +110,8 @@ def test_official_postfixes_are_joined_like_the_demo():
 def test_an_encoded_prompt_gets_the_words_of_the_side_it_is_used_on(pipeline):
     encoded = encode_prompt(pipeline.text_encoder, "a hat", "cpu")
     with torch.no_grad():
-        expected = pipeline.text_encoder.encode(["a hat", official_positive("a hat"), official_negative("a hat")], "cpu")
+        expected = encode_texts(pipeline.text_encoder, ["a hat", official_positive("a hat"), official_negative("a hat")],
+                                "cpu")
     torch.testing.assert_close(torch.cat([encoded.as_written, encoded.as_positive, encoded.as_negative]), expected)
     positive, negative = pipeline.encode_prompts(encoded, encoded, batch=2)
     assert torch.equal(positive, encoded.as_positive.expand(2, -1, -1))

@@ -234,7 +234,6 @@ class CLIPTextEncoder(nn.Module):
         self.pos_embedding = nn.Parameter(torch.empty(1, config.context_length, config.width))
         self.transformer = nn.ModuleList(TextBlock(ops, config) for _ in range(config.layers))
         self.norm = ops.LayerNorm(config.width)
-        self.tokenizer = Tokenizer(config.context_length)
 
     @torch.no_grad()
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -247,10 +246,18 @@ class CLIPTextEncoder(nn.Module):
             x = block(x)
         return norm_at_least_fp32(self.norm, x)
 
-    def encode(self, texts: Sequence[str], device: torch.device | str) -> torch.Tensor:
-        """Tokenize P texts and encode them on `device` (where the caller placed the weights, or
-        where ComfyUI casts them to): [P, 77, width] there."""
-        return self(self.tokenizer(texts).to(device))
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer(context_length: int = 77) -> Tokenizer:
+    """The official tokenizer for `context_length` tokens, built once (it reads the BPE vocabulary)."""
+    return Tokenizer(context_length)
+
+
+def encode_texts(encoder: CLIPTextEncoder, texts: Sequence[str], device: torch.device | str) -> torch.Tensor:
+    """Tokenize P texts with the official tokenizer and encode them with `encoder` on `device`
+    (where the caller placed its weights, or where ComfyUI casts them to): [P, 77, width] there."""
+    return encoder(tokenizer(encoder.config.context_length)(texts).to(device))
 
 
 def _add_leading_dim(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
