@@ -15,7 +15,8 @@ region gets the reference network's self-attention alone (weight 0). Regions
   distances (e.g. inside two overlapping squares) go to the person listed first. With no box among
   the people, such a cell is in no region.
 
-So one person with a box owns the whole image: today's computation, whatever the box. The
+A person left with no cell (an earlier person's box or mask covers theirs) is refused. So one
+person with a box owns the whole image: today's computation, whatever the box. The
 face-position channel is the union of the people's face squares and masks, as officially for one.
 """
 
@@ -177,4 +178,9 @@ class PeopleLayout:
         for person in reversed(range(self.count)):  # the first listed ends on top
             if self.masks[person] is not None:
                 labels[latent_masks[person] > 0] = person
+        for person in range(self.count):
+            if not (labels == person).any():
+                raise InvalidInputError(
+                    f"Person {person + 1} gets no part of the {width}x{height} image: an earlier person's face box or "
+                    "mask covers theirs (the first listed wins). Give each person a place of their own.")
         return labels

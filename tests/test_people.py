@@ -68,6 +68,15 @@ def test_with_masks_only_a_cell_in_no_mask_reads_no_references():
     assert torch.equal(layout.face_position(64, 64), ((first + second) > 0).float()[::8, ::8])
 
 
+def test_a_person_who_gets_no_part_of_the_image_is_refused():
+    same_box = PeopleLayout.of([Person([0], LEFT), Person([0], LEFT)])
+    with pytest.raises(InvalidInputError, match="Person 2 gets no part of the 160x80 image"):
+        same_box.regions(160, 80)
+    covered = torch.ones(80, 160)
+    with pytest.raises(InvalidInputError, match="Person 2 gets no part"):
+        PeopleLayout.of([Person([0], face_mask=covered), Person([0], RIGHT)]).regions(160, 80)
+
+
 @pytest.mark.parametrize("people, message", [
     (lambda: [Person([0], (0, 0, 0, 0)), Person([0], RIGHT)], "Person 1 has the all-zero face box"),
     (lambda: [Person([0])], "a face box or a face mask"),
