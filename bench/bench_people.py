@@ -28,11 +28,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench.memory import PeakMemory, rss_anon  # noqa: E402
-from bench.workload import StepInputs, random_unet, unet_call  # noqa: E402
+from bench.workload import StepInputs, people_boxes, random_unet, unet_call  # noqa: E402
 from flashface.models.unet import Attention, UNetConfig, UNetSpeedOptions, _reference_attention  # noqa: E402
-from flashface.models.unet import _regional_reference_attention  # noqa: E402
 from flashface.people import PeopleLayout  # noqa: E402
-from bench.workload import people_boxes  # noqa: E402
 
 TIMESTEP = {2: 999, 3: 500}  # a step before and one after the launch of reference guidance
 
@@ -83,8 +81,8 @@ def attention_block(size: int, repeats: int) -> None:
     positions = [(regions == person).nonzero().flatten() for person in range(2)]
     weights = torch.ones(1)
     ways = {
-        "two people, queries gathered per person (library)": lambda: _regional_reference_attention(
-            sa1, y, references, None, weights, None, True, layout.owners, positions),
+        "two people, queries gathered per person (library)": lambda: _reference_attention(
+            sa1, y, references, None, weights, None, UNetSpeedOptions(), layout.owners, positions),
         "two people, one attention with masked logits": lambda: masked_attention(
             sa1, y, references, layout.owners, regions),
         "one person, 4 references (today)": lambda: _reference_attention(

@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 from ..flashface.errors import InvalidInputError
-from ..flashface.face import check_reference_count
-from ..flashface.people import Person
+from ..flashface.people import PeopleLayout, Person
 from .declare import FlashFaceNode, box_inputs, outputs, settings_from_inputs
 from .images import image_batches_to_pil
 from .inputs import describe, expect_mask
@@ -61,8 +60,9 @@ class FlashFacePerson(FlashFaceNode):
         faces = image_batches_to_pil([reference_faces], "reference_faces")
         mask = None if face_mask is None else expect_mask(face_mask, "face_mask")
         person = Person(faces, None if mask is not None else settings_from_inputs(box).face_box, mask)
-        check_reference_count(sum(len(p.faces) for p in (*earlier, person)))
-        return ((*earlier, person),)
+        people = (*earlier, person)
+        PeopleLayout.of(people)  # what a set of people must be (face count, a place each), told at this node
+        return (people,)
 
 
 def faces_or_people(reference_faces, people) -> list | tuple[Person, ...]:

@@ -53,6 +53,24 @@ clip = load_model._load_text_encoder(Path({clip!r}))
 flashface = load_model.FlashFaceModel(unet=unet, vae=vae, text_encoder=clip, detector=None)
 """
 
+# A snippet's helper: `messages(calls)` runs each call of {name: callable} and gives, by name, the
+# FlashFaceError's message, "no error", or "RAW <type>: <message>" for any other exception.
+MESSAGES_OF_CALLS = """
+def messages(calls):
+    from flashface_pack.flashface.errors import FlashFaceError
+
+    found = {}
+    for name, call in calls.items():
+        try:
+            call()
+            found[name] = "no error"
+        except FlashFaceError as error:
+            found[name] = str(error)
+        except Exception as error:
+            found[name] = f"RAW {type(error).__name__}: {error}"
+    return found
+"""
+
 
 def run_with_comfyui(install: ComfyInstall, snippet: str, workdir: Path, timeout: float = 600, *,
                      arguments: dict | None = None, extra_model_paths: Path | None = None) -> object:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_process import TINY_FLASHFACE, run_with_comfyui
+from comfy_process import MESSAGES_OF_CALLS, TINY_FLASHFACE, run_with_comfyui
 
 pytestmark = pytest.mark.comfyui
 
@@ -74,8 +74,7 @@ def test_generator_runs_on_the_load_device_of_a_partially_loaded_unet(comfy_inst
     assert result["latent"] == ["meta", [2, 4, 8, 8]]
 
 
-WRONG_TYPES = """
-from flashface_pack.flashface.errors import FlashFaceError
+WRONG_TYPES = MESSAGES_OF_CALLS + """
 from flashface_pack.flashface.prompts import EncodedPrompt
 from flashface_pack.nodes import detect_face, generator, load_model, text_encode
 
@@ -104,15 +103,7 @@ calls = {
     "detect model text": lambda: detect_face.FlashFaceDetectFace().detect(["model"], [image], [0.6], ["largest"]),
     "encode model none": lambda: text_encode.FlashFaceCLIPTextEncode().encode(None, "a portrait"),
 }
-result = {}
-for name, call in calls.items():
-    try:
-        call()
-        result[name] = "no error"
-    except FlashFaceError as error:
-        result[name] = str(error)
-    except Exception as error:
-        result[name] = f"RAW {type(error).__name__}: {error}"
+result = messages(calls)
 """
 
 

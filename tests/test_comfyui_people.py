@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from comfy_process import TINY_FLASHFACE, run_with_comfyui
+from comfy_process import MESSAGES_OF_CALLS, TINY_FLASHFACE, run_with_comfyui
 
 pytestmark = pytest.mark.comfyui
 
-PEOPLE = TINY_FLASHFACE + """
+PEOPLE = TINY_FLASHFACE + MESSAGES_OF_CALLS.replace("{", "{{").replace("}", "}}") + """
 import nodes as comfy_nodes
-from flashface_pack.flashface.errors import FlashFaceError
 from flashface_pack.nodes import generator, people, sampling, text_encode
 
 _, positive, negative, _ = text_encode.FlashFaceCLIPTextEncode().encode(flashface, "two people")
@@ -65,14 +64,7 @@ errors = {{
         faces_b, people=one, face_x1=0.0, face_y1=0.0, face_x2=0.0, face_y2=0.0)[0]),
     "apply neither": lambda: model_path(),
 }}
-for name, call in errors.items():
-    try:
-        call()
-        result[name] = "no error"
-    except FlashFaceError as error:
-        result[name] = str(error)
-    except Exception as error:
-        result[name] = f"RAW {{type(error).__name__}}: {{error}}"
+result.update(messages(errors))
 """
 
 

@@ -12,7 +12,6 @@ from flashface.models.unet import (
     Attention,
     UNetSpeedOptions,
     _reference_attention,
-    _regional_reference_attention,
     load_unet,
 )
 from flashface.people import NO_REGION, PeopleLayout, Person, padded_people, padded_references
@@ -124,6 +123,9 @@ def straightforward_regional_attention(sa1, y, references, owners, regions, weig
     return out
 
 
+SPEED = {fused: UNetSpeedOptions(fused_attention=fused) for fused in (True, False)}
+
+
 @pytest.fixture(scope="module")
 def sa1():
     torch.manual_seed(0)
@@ -144,11 +146,13 @@ def positions_of(regions, people=2):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_regional_attention_equals_a_straightforward_masked_computation(sa1, fused):
+@pytest.mark.parametrize("project_once", [True, False])
+def test_regional_attention_equals_a_straightforward_masked_computation(sa1, fused, project_once):
     y, references, owners, regions = regional_inputs()
     weights = torch.tensor([1.2, 0.7, 0.0])
     with torch.no_grad():
-        fast = _regional_reference_attention(sa1, y, references, None, weights, None, fused, owners,
+        speed = UNetSpeedOptions(fused_attention=fused, project_references_once=project_once)
+        fast = _reference_attention(sa1, y, references, None, weights, None, speed, owners,
                                              positions_of(regions))
         slow = straightforward_regional_attention(sa1, y, references, owners, regions, weights)
     assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
@@ -161,7 +165,7 @@ def test_a_query_in_one_region_is_unchanged_when_another_persons_references_chan
     changed[2:] = torch.randn(3, *references.shape[1:])  # person 1's references
     weights = torch.ones(3)
     with torch.no_grad():
-        before, after = (_regional_reference_attention(sa1, y, refs, None, weights, None, True, owners,
+        before, after = (_reference_attention(sa1, y, refs, None, weights, None, SPEED[True], owners,
                                                        positions_of(regions)) for refs in (references, changed))
     assert torch.equal(before[:, regions != 1], after[:, regions != 1])
     assert not torch.allclose(before[:, regions == 1], after[:, regions == 1])
@@ -172,9 +176,9 @@ def test_merged_copies_of_a_persons_reference_count_as_often_as_given(sa1):
     copies = torch.cat([references[:1], references[:1], references[1:]])  # person 0's first reference twice
     weights, positions = torch.ones(3), positions_of(regions)
     with torch.no_grad():
-        merged = _regional_reference_attention(sa1, y, references, (2, 1, 1, 1, 1), weights, None, True, owners,
+        merged = _reference_attention(sa1, y, references, (2, 1, 1, 1, 1), weights, None, SPEED[True], owners,
                                                positions)
-        spelled_out = _regional_reference_attention(sa1, y, copies, None, weights, None, True, (0, *owners),
+        spelled_out = _reference_attention(sa1, y, copies, None, weights, None, SPEED[True], (0, *owners),
                                                     positions)
     assert torch.allclose(merged, spelled_out, atol=1e-5)
 
@@ -183,9 +187,9 @@ def test_skipped_rows_get_the_self_attention_alone(sa1):
     y, references, owners, regions = regional_inputs()
     weights = torch.tensor([0.0, 1.0, 0.0])
     with torch.no_grad():
-        all_rows = _regional_reference_attention(sa1, y, references, None, weights, None, True, owners,
+        all_rows = _reference_attention(sa1, y, references, None, weights, None, SPEED[True], owners,
                                                  positions_of(regions))
-        active = _regional_reference_attention(sa1, y, references, None, weights, torch.tensor([1]), True, owners,
+        active = _reference_attention(sa1, y, references, None, weights, torch.tensor([1]), SPEED[True], owners,
                                                positions_of(regions))
     assert torch.allclose(all_rows, active, atol=1e-6)
     assert torch.equal(active[[0, 2]], sa1(y)[[0, 2]])

@@ -376,21 +376,20 @@ def _reference_attention(sa1: Attention, y: torch.Tensor, references: torch.Tens
                          weights: torch.Tensor, active_rows: torch.Tensor | None,
                          speed: UNetSpeedOptions, owners: tuple[int, ...] | None = None,
                          positions: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """Per row r: w_r * SA1(y_r, [y_r; all references]) + (1 - w_r) * SA1(y_r).
+    """Per row r: w_r * SA1(y_r, [y_r; references]) + (1 - w_r) * SA1(y_r).
 
     `references` [N', L_ref, C] are shared by every row (flattened along the tokens, reference 1
     first); `counts` how many times each stands (see `_reference_bias`). `active_rows` indexes
-    the rows whose term includes the reference attention (None = all rows). With several people,
-    `owners` gives the person of each reference and `positions` each person's token positions:
-    see `_regional_reference_attention`.
+    the rows whose term includes the reference attention (None = all rows). One person: every
+    query attends to all references. Several people (`owners`: the person of each reference,
+    `positions`: each person's token positions): a query in person p's region attends to p's
+    references alone, and a position in no region gets SA1(y_r). Each person's queries are
+    gathered and attend once (no masked logits: the work of one person, fused kernels usable).
     """
-    if positions is not None:
-        return _regional_reference_attention(sa1, y, references, counts, weights, active_rows, speed.fused_attention,
-                                             owners, positions)
-    rows = y.shape[0]
     fused = speed.fused_attention
-    bias = _reference_bias(y.shape[1], references.shape[1], counts, y)
-    ref_tokens = references.reshape(1, -1, references.shape[-1])
+    count, ref_len, width = references.shape
+    ref_tokens = references.reshape(1, -1, width)
+    rows = torch.arange(y.shape[0], device=y.device) if active_rows is None else active_rows
     active_y = y if active_rows is None else y[active_rows]
     n_active = active_y.shape[0]
     if speed.project_references_once:
@@ -399,51 +398,32 @@ def _reference_attention(sa1: Attention, y: torch.Tensor, references: torch.Tens
         if n_active:
             if active_rows is not None:
                 q, k, v = q[active_rows], k[active_rows], v[active_rows]
-            ref_k = sa1.to_k(ref_tokens).expand(n_active, -1, -1)
-            ref_v = sa1.to_v(ref_tokens).expand(n_active, -1, -1)
-            with_refs = sa1.attend(q, torch.cat([k, ref_k], 1), torch.cat([v, ref_v], 1), fused, bias)
+            ref_k, ref_v = sa1.to_k(ref_tokens), sa1.to_v(ref_tokens)
     else:
         plain = sa1(y, fused=fused)
-        if n_active:
-            context = torch.cat([active_y, ref_tokens.expand(n_active, -1, -1)], 1)
-            with_refs = sa1(active_y, context, fused=fused, bias=bias)
     if not n_active:
         return plain
-    if active_rows is None:
-        w = weights.to(y.dtype).view(rows, 1, 1)
-        return with_refs * w + (1 - w) * plain
-    w = weights[active_rows].to(y.dtype).view(n_active, 1, 1)
-    term = plain.clone()
-    term[active_rows] = with_refs * w + (1 - w) * plain[active_rows]
-    return term
-
-
-def _regional_reference_attention(sa1: Attention, y: torch.Tensor, references: torch.Tensor, counts,
-                                  weights: torch.Tensor, active_rows: torch.Tensor | None, fused: bool,
-                                  owners: tuple[int, ...], positions: list[torch.Tensor]) -> torch.Tensor:
-    """The reference attention with several people: a query at a position of person p's region
-    attends to [y_r; p's references] alone, with its row's weight; a position in no region gets
-    SA1(y_r). Each person's queries are gathered and attend once (no masked logits: the same
-    work as one person, and the fused kernels stay usable)."""
-    q, k, v = sa1.to_q(y), sa1.to_k(y), sa1.to_v(y)
-    plain = sa1.attend(q, k, v, fused)
-    rows = torch.arange(y.shape[0], device=y.device) if active_rows is None else active_rows
-    if not len(rows):
-        return plain
-    q, k, v = q[rows], k[rows], v[rows]
-    w = weights[rows].to(y.dtype).view(-1, 1, 1)
-    ref_k, ref_v = sa1.to_k(references), sa1.to_v(references)  # [N', L_ref, C]
-    term = plain.clone()
-    for person, where in enumerate(positions):
-        if not len(where):
-            continue
-        mine = [index for index, owner in enumerate(owners) if owner == person]
-        own_counts = None if counts is None else tuple(counts[index] for index in mine)
-        keys = torch.cat([k, ref_k[mine].reshape(1, -1, k.shape[-1]).expand(len(rows), -1, -1)], 1)
-        values = torch.cat([v, ref_v[mine].reshape(1, -1, v.shape[-1]).expand(len(rows), -1, -1)], 1)
-        bias = _reference_bias(y.shape[1], references.shape[1], own_counts, y)
-        with_refs = sa1.attend(q[:, where], keys, values, fused, bias)
-        cells = (rows[:, None], where[None, :])
+    w = weights[rows].to(y.dtype).view(n_active, 1, 1)
+    if positions is None:
+        groups = [(None, list(range(count)))]
+    else:
+        groups = [(where, [index for index, owner in enumerate(owners) if owner == person])
+                  for person, where in enumerate(positions) if len(where)]
+    term = None if positions is None and active_rows is None else plain.clone()
+    for where, mine in groups:
+        tokens = (slice(None) if len(mine) == count
+                  else torch.arange(count * ref_len, device=y.device).view(count, ref_len)[mine].flatten())
+        bias = _reference_bias(y.shape[1], ref_len, None if counts is None else tuple(counts[i] for i in mine), y)
+        if speed.project_references_once:
+            keys = torch.cat([k, ref_k[:, tokens].expand(n_active, -1, -1)], 1)
+            values = torch.cat([v, ref_v[:, tokens].expand(n_active, -1, -1)], 1)
+            with_refs = sa1.attend(q if where is None else q[:, where], keys, values, fused, bias)
+        else:
+            context = torch.cat([active_y, ref_tokens[:, tokens].expand(n_active, -1, -1)], 1)
+            with_refs = sa1(active_y if where is None else active_y[:, where], context, fused=fused, bias=bias)
+        if term is None:  # every query of every row: no copy of `plain` needed
+            return with_refs * w + (1 - w) * plain
+        cells = (rows,) if where is None else (rows[:, None], where[None, :])
         term[cells] = with_refs * w + (1 - w) * plain[cells]
     return term
 
