@@ -44,11 +44,9 @@ from safetensors.torch import load_file  # noqa: E402
 
 from flashface.models.convert import convert_unet, write_safetensors  # noqa: E402
 from flashface.models.ops import WEIGHT_DTYPES  # noqa: E402
-from flashface.models.unet import (  # noqa: E402
-    TORCH_OPERATIONS,
-    FlashFaceUNet,
-    UNetConfig,
-    build_middle_block,
+from flashface.models.ops import TORCH_OPERATIONS  # noqa: E402
+from flashface.models.unet import FlashFaceUNet, UNetConfig, build_middle_block  # noqa: E402
+from flashface.models.unet_loading import (  # noqa: E402
     checkpoint_key_shapes,
     checkpoint_plan,
     load_unet,

@@ -29,7 +29,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from bench.memory import PeakMemory, rss_anon  # noqa: E402
 from bench.workload import StepInputs, people_boxes, random_unet, unet_call  # noqa: E402
-from flashface.models.unet import Attention, UNetConfig, UNetSpeedOptions, _reference_attention  # noqa: E402
+from flashface.models.reference_attention import reference_attention  # noqa: E402
+from flashface.models.unet import UNetConfig  # noqa: E402
+from flashface.models.unet_blocks import Attention  # noqa: E402
 from flashface.people import PeopleLayout  # noqa: E402
 
 TIMESTEP = {2: 999, 3: 500}  # a step before and one after the launch of reference guidance
@@ -67,7 +69,7 @@ def masked_attention(sa1: Attention, y, references, owners, regions) -> torch.Te
                          (regions[:, None] == key_owner[None, :]) | (regions[:, None] < 0)], 1)
     bias = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
     q, k, v = sa1.to_q(y), sa1.to_k(torch.cat([y, ref_tokens], 1)), sa1.to_v(torch.cat([y, ref_tokens], 1))
-    return sa1.attend(q, k, v, True, bias[None, None])
+    return sa1.attend(q, k, v, bias[None, None])
 
 
 def attention_block(size: int, repeats: int) -> None:
@@ -79,14 +81,14 @@ def attention_block(size: int, repeats: int) -> None:
     layout = PeopleLayout(tuple(people_boxes(2)), (None, None), (4, 4))
     regions = layout.regions(size, size).flatten()
     positions = [(regions == person).nonzero().flatten() for person in range(2)]
-    weights = torch.ones(1)
+    weights = [1.0]
     ways = {
-        "two people, queries gathered per person (library)": lambda: _reference_attention(
-            sa1, y, references, None, weights, None, UNetSpeedOptions(), layout.owners, positions),
+        "two people, queries gathered per person (library)": lambda: reference_attention(
+            sa1, y, references, weights, None, layout.owners, positions),
         "two people, one attention with masked logits": lambda: masked_attention(
             sa1, y, references, layout.owners, regions),
-        "one person, 4 references (today)": lambda: _reference_attention(
-            sa1, y, references[:4], None, weights, None, UNetSpeedOptions()),
+        "one person, 4 references (today)": lambda: reference_attention(
+            sa1, y, references[:4], weights),
     }
     print(f"\nreference attention of one block at {size} px: {side * side} queries, width {width}, "
           f"{ref_side * ref_side} tokens per reference, 1 row")

@@ -2,19 +2,20 @@
 
 A call = the reference pass (`encode_references`) plus the main pass (`forward`) on all branch
 rows: 2 branches [cond | uncond] with weight λ on every row, or 3 branches
-[cond+ref | cond | uncond] with weights [λ, 0, 0]. Each optimization is switched off in turn:
+[cond+ref | cond | uncond] with weights [λ, 0, 0]. The call as the sampler makes it is timed
+against the same call with one saving taken away at a time:
 
-  skip_unweighted_rows     (a) rows with weight 0 get SA1(y) only
-  project_references_once  (b) reference k/v projected through SA1 once per call, not per row
-  fused_attention          (c) scaled_dot_product_attention instead of explicit softmax
-  shared_reference_pass    (d) one reference pass per call; off = one pass and one model call
-                               per branch, as a per-branch guidance loop would do
+  rows not shared        every row computed on its own (a plan that says nothing is shared)
+  every reference copy   the padded references each through the reference pass and attended to
+  a call per branch      one reference pass and one model call per branch
+  straightforward        tests/straightforward_unet.py: all of the above, both reference-attention
+                         terms for every row, reference projections per row, explicit softmax
 
 Weights are random (fan-in scaled uniform, generated in memory), fp32 unless --dtype is given.
 Peak resident memory (anonymous and file-backed) is sampled from /proc during each measurement
 (process total, model included).
 
-    python bench/bench_sampling_step.py                 # SD1.5 size: 512 px, 4 references, batch 1
+    python bench/bench_sampling_step.py                 # SD1.5 size: 512 px, 2 photos padded to 4
     python bench/bench_sampling_step.py --dim 64 --size 256 --repeats 2   # quick check
 """
 
@@ -24,43 +25,48 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import fields, replace
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from flashface.models.unet import UNetConfig, UNetSpeedOptions  # noqa: E402
 from bench.memory import PeakMemory, rss  # noqa: E402
-from bench.workload import random_unet  # noqa: E402
+from bench.workload import StepInputs, random_unet  # noqa: E402
+from flashface.models.row_plan import RowPlan  # noqa: E402
+from flashface.models.unet import UNetConfig  # noqa: E402
+from flashface.sampling.guidance import branch_chunks, row_plan  # noqa: E402
+from flashface.settings import GenerationSettings  # noqa: E402
+from straightforward_unet import straightforward_eps  # noqa: E402
 
-def model_call(model, inputs, branches: int, shared_reference_pass: bool) -> torch.Tensor:
-    blocks = 1 if shared_reference_pass else branches
-    rows = inputs["x"].shape[0] // blocks
-    outputs = []
-    for b in range(blocks):
-        part = slice(b * rows, (b + 1) * rows)
-        references = model.encode_references(inputs["reference_latents"], inputs["t"][0], inputs["reference_context"])
-        outputs.append(model(inputs["x"][part], inputs["t"][part], inputs["context"][part], inputs["mask"][part],
-                             references, inputs["reference_weights"][part]))
-    return torch.cat(outputs)
+VARIANTS = ("as sampled", "rows not shared", "every reference copy", "a call per branch", "straightforward")
 
 
-def make_inputs(config, branches, batch, size, references, reference_size, weight, generator):
-    rows = branches * batch
-    latent, ref_latent = size // 8, reference_size // 8
-    reference_weights = [weight] * batch + [0.0] * (rows - batch) if branches == 3 else [weight] * rows
-    mask = torch.zeros(rows, latent, latent)
-    mask[:, latent // 5: latent // 2, latent // 4: latent // 2 + latent // 4] = 1
-    return dict(
-        x=torch.randn(rows, 4, latent, latent, generator=generator),
-        t=torch.full((rows,), 500),
-        context=torch.randn(rows, 77, config.context_dim, generator=generator),
-        mask=mask,
-        reference_latents=torch.randn(references, 4, ref_latent, ref_latent, generator=generator),
-        reference_context=torch.randn(references, 77, config.context_dim, generator=generator),
-        reference_weights=torch.tensor(reference_weights),
-    )
+def model_call(model, inputs: StepInputs, branches: int, weight: float, variant: str) -> torch.Tensor:
+    settings = GenerationSettings(reference_feature_strength=weight, reference_feature_strength_before_launch=weight)
+    timestep = 999 if branches == 2 else 0  # a layout of `branches` rows per sample
+    plan = row_plan(settings, timestep, branch_chunks(settings, timestep), inputs.batch)
+    rows, faces = branches * inputs.batch, len(inputs.faces)
+    x, t = inputs.latent.repeat(branches, 1, 1, 1), torch.full((rows,), 500)
+    context, mask = inputs.contexts(branches), inputs.mask.repeat(branches, 1, 1)
+    if variant == "straightforward":
+        return straightforward_eps(model, x, t, context, mask, inputs.references, inputs.reference_context,
+                                   plan.weights)
+    if variant == "a call per branch":
+        outputs = []
+        for branch in range(branches):
+            part = slice(branch * inputs.batch, (branch + 1) * inputs.batch)
+            features = model.encode_references(inputs.faces, 500, inputs.reference_context[:faces],
+                                               copies=inputs.copies)
+            outputs.append(model(x[part], t[part], context[part], mask[part], features,
+                                 RowPlan.unshared(plan.weights[part])))
+        return torch.cat(outputs)
+    if variant == "every reference copy":
+        features = model.encode_references(inputs.references, 500, inputs.reference_context)
+    else:
+        features = model.encode_references(inputs.faces, 500, inputs.reference_context[:faces], copies=inputs.copies)
+    return model(x, t, context, mask, features, RowPlan.unshared(plan.weights) if variant == "rows not shared"
+                 else plan)
 
 
 def main() -> None:
@@ -68,11 +74,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="output image side in pixels (latent = size/8)")
     parser.add_argument("--dim", type=int, default=320, help="UNet base width (320 = SD1.5)")
     parser.add_argument("--references", type=int, default=4)
+    parser.add_argument("--photos", type=int, default=2, help="distinct faces among the references")
     parser.add_argument("--reference-size", type=int, default=224, help="reference crop side in pixels")
     parser.add_argument("--batch", type=int, default=1, help="samples per call (rows = branches x batch)")
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per variant (after one warm-up)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    parser.add_argument("--weight", type=float, default=1.2, help="reference_weights weight λ")
+    parser.add_argument("--weight", type=float, default=1.2, help="reference weight λ")
     args = parser.parse_args()
 
     dtype = getattr(torch, args.dtype)
@@ -83,31 +90,22 @@ def main() -> None:
     print(f"model: {params / 1e9:.3f} G parameters ({args.dtype}), built in {time.perf_counter() - start:.1f} s, "
           f"RSS {rss() / 2**30:.2f} GiB; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"call: {args.size}x{args.size} px (latent {args.size // 8}), {args.references} references of "
-          f"{args.reference_size} px (latent {args.reference_size // 8}), batch {args.batch}, λ={args.weight}")
-
-    switches = [f.name for f in fields(UNetSpeedOptions)] + ["shared_reference_pass"]
-    variants = [("all optimizations on", None)] + [(f"{name} off", name) for name in switches]
-    generator = torch.Generator().manual_seed(0)
-    print(f"{'branches':>8}  {'variant':<32} {'s/call':>8} {'x all-on':>8}  peak memory")
+          f"{args.photos} photo(s) at {args.reference_size} px, batch {args.batch}, λ={args.weight}")
+    inputs = StepInputs(args.size, args.references, args.photos, args.batch, config.context_dim, args.reference_size)
+    print(f"{'branches':>8}  {'variant':<24} {'s/call':>8} {'x sampled':>9}  peak memory")
     for branches in (2, 3):
-        inputs = make_inputs(config, branches, args.batch, args.size, args.references, args.reference_size,
-                             args.weight, generator)
-        model_call(model, inputs, branches, True)  # warm-up
+        model_call(model, inputs, branches, args.weight, VARIANTS[0])  # warm-up
         baseline = None
-        for label, off in variants:
-            model.speed = replace(UNetSpeedOptions(), **({off: False} if off in UNetSpeedOptions.__dataclass_fields__
-                                                        else {}))
+        for variant in VARIANTS:
             times = []
             with PeakMemory() as peak:
                 for _ in range(args.repeats):
                     start = time.perf_counter()
-                    model_call(model, inputs, branches, off != "shared_reference_pass")
+                    model_call(model, inputs, branches, args.weight, variant)
                     times.append(time.perf_counter() - start)
             seconds = sum(times) / len(times)
             baseline = baseline or seconds
-            print(f"{branches:>8}  {label:<32} {seconds:8.2f} {seconds / baseline:8.2f}  {peak}",
-                  flush=True)
-    model.speed = UNetSpeedOptions()
+            print(f"{branches:>8}  {variant:<24} {seconds:8.2f} {seconds / baseline:9.2f}  {peak}", flush=True)
 
 
 if __name__ == "__main__":

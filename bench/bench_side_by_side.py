@@ -120,8 +120,8 @@ def our_run(model, inputs: StepInputs, noise: torch.Tensor, steps: int) -> torch
     from flashface.sampling.solvers import ddim
 
     schedule = NoiseSchedule()
-    denoiser = ReferenceGuidedDenoiser(model, schedule, inputs.positive, inputs.negative, inputs.references,
-                                       inputs.mask)
+    denoiser = ReferenceGuidedDenoiser(model, schedule, inputs.positive, inputs.negative, inputs.faces,
+                                       inputs.mask, copies=inputs.copies)
     return ddim(denoiser, noise, sampling_sigmas(schedule, steps))
 
 
@@ -143,7 +143,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     device = torch.device(args.device)
     from flashface.models.checkpoint import StateDictCheckpoint
-    from flashface.models.unet import load_unet
+    from flashface.models.unet_loading import load_unet
 
     with PeakMemory() as memory:
         official = official_model(args.official, device)

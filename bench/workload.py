@@ -6,7 +6,7 @@ import torch
 
 from flashface.models.unet import FlashFaceUNet, UNetConfig
 from flashface.people import PeopleLayout
-from flashface.sampling.guidance import branch_kinds, row_weights
+from flashface.sampling.guidance import branch_chunks, row_plan
 from flashface.settings import GenerationSettings
 
 
@@ -43,11 +43,13 @@ def people_boxes(people: int) -> list[tuple[float, float, float, float]]:
 class StepInputs:
     """One sampling step's inputs as the sampler builds them: one latent per sample repeated per
     branch, one face mask, the contexts [positive | negative] (2 branches) or
-    [positive | positive | negative] (3 branches), and `refs` reference latents made of `photos`
-    distinct faces padded by repetition (the official demo pads 1-3 photos to four); the
-    reference context is the negative prompt, as officially. With `people` > 1, each person has
-    `refs` references of their own `photos` faces and a face box (`people_boxes`); `owners` and
-    `regions` say whose references each reference and each latent cell is."""
+    [positive | positive | negative] (3 branches), and `refs` references made of `photos`
+    distinct faces padded by repetition (the official demo pads 1-3 photos to four): `faces` and
+    how many times each stands (`copies`), as the library takes them, and `references`, the
+    padded stack the official code takes. The reference context is the negative prompt, as
+    officially. With `people` > 1, each person has `refs` references of their own `photos` faces
+    and a face box (`people_boxes`); `owners` and `regions` say whose each face and each latent
+    cell is."""
 
     def __init__(self, size: int, refs: int, photos: int, batch: int, context_dim: int = 768,
                  reference_size: int = 224, device: str | torch.device = "cpu", seed: int = 0, people: int = 1):
@@ -58,15 +60,17 @@ class StepInputs:
         self.latent = torch.randn(batch, 4, self.h, self.h, generator=g).to(device)
         self.positive = torch.randn(batch, 77, context_dim, generator=g).to(device)
         self.negative = torch.randn(batch, 77, context_dim, generator=g).to(device)
-        faces = torch.randn(photos * people, 4, r, r, generator=g).to(device)
-        self.references = faces[[person * photos + i % photos for person in range(people) for i in range(refs)]]
+        self.faces = torch.randn(photos * people, 4, r, r, generator=g).to(device)
+        padding = [i % photos for i in range(refs)]
+        self.copies = tuple(padding.count(face) for face in range(photos)) * people
+        self.references = self.faces[[person * photos + face for person in range(people) for face in padding]]
         self.reference_context = self.negative[:1].expand(refs * people, -1, -1)
         self.owners = self.regions = None
         if people == 1:
             self.mask = torch.zeros(batch, self.h, self.h, device=device)
             self.mask[:, self.h // 10: self.h // 10 + self.h * 3 // 10, self.h * 3 // 10: self.h * 6 // 10] = 1
         else:
-            layout = PeopleLayout(tuple(people_boxes(people)), (None,) * people, (refs,) * people)
+            layout = PeopleLayout(tuple(people_boxes(people)), (None,) * people, (photos,) * people, self.copies)
             self.owners, self.regions = layout.owners, layout.regions(size, size)
             self.mask = layout.face_position(size, size).to(device).expand(batch, -1, -1)
 
@@ -86,11 +90,13 @@ def synchronize(device: torch.device) -> None:
 def unet_call(model: FlashFaceUNet, inputs: StepInputs, branches: int, t: int, strength: float) -> torch.Tensor:
     """One model evaluation of a sampling step: the reference pass, then the main pass on every
     branch row (3 branches: weights [strength, 0, 0] per sample; 2: strength on every row)."""
-    features = model.encode_references(inputs.references, t, inputs.reference_context, inputs.owners)
+    faces = len(inputs.faces)
+    features = model.encode_references(inputs.faces, t, inputs.reference_context[:faces], inputs.owners,
+                                       inputs.copies)
     rows = branches * inputs.batch
     settings = GenerationSettings(reference_feature_strength=strength,
                                   reference_feature_strength_before_launch=strength)
     timestep = 999 if branches == 2 else 0  # a layout of `branches` rows per sample
-    weights = row_weights(settings, timestep, branch_kinds(settings, timestep, inputs.batch))
+    plan = row_plan(settings, timestep, branch_chunks(settings, timestep), inputs.batch)
     return model(inputs.latent.repeat(branches, 1, 1, 1), torch.full((rows,), t), inputs.contexts(branches),
-                 inputs.mask.repeat(branches, 1, 1), features, weights, regions=inputs.regions)
+                 inputs.mask.repeat(branches, 1, 1), features, plan, regions=inputs.regions)

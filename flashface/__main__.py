@@ -161,7 +161,7 @@ def _load(loader, explicit: Path | None, kind: str, models_dir: Path | None, **o
 def load_pipeline(args: argparse.Namespace) -> FlashFacePipeline:
     from .models.clip_text import load_text_encoder
     from .models.retinaface import load_face_detector
-    from .models.unet import load_unet
+    from .models.unet_loading import load_unet
     from .models.vae import load_vae
 
     device = torch.device(args.device)

@@ -48,15 +48,10 @@ def _padded_indices(available: int, rng: random.Random, count: int = OFFICIAL_RE
     return indices
 
 
-def _take(faces, indices: list[int]):
-    return faces[indices] if isinstance(faces, torch.Tensor) else [faces[i] for i in indices]
-
-
-def padded_references(faces, seed: int):
-    """1-3 faces padded to four as the official demo does (more, or none, stay as they are)."""
-    if not 0 < len(faces) < OFFICIAL_REFERENCE_COUNT:
-        return faces
-    return _take(faces, padded_reference_indices(len(faces), seed))
+def _copies(available: int, rng: random.Random) -> tuple[int, ...]:
+    """How many times each of `available` faces stands once padded officially (1-3 faces to four)."""
+    indices = _padded_indices(available, rng)
+    return tuple(indices.count(face) for face in range(available))
 
 
 @dataclass(frozen=True)
@@ -79,20 +74,6 @@ class Person:
             object.__setattr__(self, "face_box", check_face_box(self.face_box))
 
 
-def padded_people(people: Sequence[Person], seed: int) -> list[Person]:
-    """Each person's 1-3 faces padded to four, as the official demo pads one person's: one
-    `random.Random(seed)` consumed person after person, so the first person's faces are those of
-    `padded_references(faces, seed)`."""
-    rng = random.Random(seed)
-    padded = []
-    for person in people:
-        faces = person.faces
-        if 0 < len(faces) < OFFICIAL_REFERENCE_COUNT:
-            faces = _take(faces, _padded_indices(len(faces), rng))
-        padded.append(Person(faces, person.face_box, person.face_mask))
-    return padded
-
-
 def as_people(reference_faces, face_box, face_mask: torch.Tensor | None) -> list[Person]:
     """The people of a generation: the `Person`s given, or one person of the faces given, at
     `face_mask` if one is given, else at `face_box`."""
@@ -108,19 +89,28 @@ def as_people(reference_faces, face_box, face_mask: torch.Tensor | None) -> list
 
 @dataclass(frozen=True)
 class PeopleLayout:
-    """Where each person is and how many references each has, in the order their references are
-    stacked: what the guidance and the UNet need besides the references themselves."""
+    """Where each person is, how many references each has, and how many times each reference
+    stands, in the order the references are stacked (person after person): what the guidance and
+    the UNet need besides the references themselves."""
 
     boxes: tuple[tuple[float, float, float, float] | None, ...]
     masks: tuple[torch.Tensor | None, ...]
     reference_counts: tuple[int, ...]
+    copies: tuple[int, ...] | None = None  # per reference; None: each once
 
     @classmethod
-    def of(cls, people: Sequence[Person]) -> "PeopleLayout":
+    def of(cls, people: Sequence[Person], padding_seed: int | None = None) -> "PeopleLayout":
+        """The layout of `people`; with a `padding_seed`, each person's 1-3 faces padded to four
+        as the official demo pads one person's (as `copies`): one `random.Random(padding_seed)`
+        consumed person after person, so the first person's padding is
+        `padded_reference_indices(len(faces), padding_seed)`."""
         if not people:
             raise InvalidInputError("Give at least one person.")
+        rng = random.Random(padding_seed)
+        copies = (None if padding_seed is None
+                  else tuple(count for p in people for count in _copies(len(p.faces), rng)))
         layout = cls(tuple(p.face_box for p in people), tuple(p.face_mask for p in people),
-                     tuple(len(p.faces) for p in people))
+                     tuple(len(p.faces) for p in people), copies)
         check_reference_count(sum(layout.reference_counts))
         if len(people) > 1:
             for number, box in enumerate(layout.boxes, 1):
@@ -132,7 +122,7 @@ class PeopleLayout:
 
     @classmethod
     def one_person(cls, face_box, face_mask: torch.Tensor | None, references: int) -> "PeopleLayout":
-        """One person at `face_box`, or at `face_mask` when one is given."""
+        """One person at `face_box`, or at `face_mask` when one is given, each reference once."""
         return cls((None if face_mask is not None else tuple(face_box),), (face_mask,), (references,))
 
     @property

@@ -15,7 +15,8 @@ device, as ComfyUI does). ``noise="device"`` draws it on the UNet's device inste
 (``torch.empty(...).normal_()`` with a generator of that device), which on CUDA is the official
 code's noise for the same seed. Stochastic solvers keep drawing from the same generator. The
 padding of the references to four uses ``random.Random(seed)``, consumed as the official demo
-consumes the seeded global ``random``. No global RNG is ever seeded.
+consumes the seeded global ``random``; a face that stands several times is encoded and run
+through the reference pass once (`people.PeopleLayout.copies`). No global RNG is ever seeded.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .errors import CancelCheck, InvalidInputError, stop_if_cancelled
 from .face import DEFAULT_DETECTION_THRESHOLD, find_reference_faces, prepare_reference
 from .models.clip_text import encode_texts
 from .models.vae import LATENT_SCALE
-from .people import PeopleLayout, Person, as_people, padded_people
+from .people import PeopleLayout, Person, as_people
 from .prompts import EncodedPrompt, prompt_text
 from .sampling.guidance import ReferenceGuidedDenoiser
 from .sampling.mask import latent_size
@@ -214,9 +215,7 @@ class FlashFacePipeline:
         h, w = latent_size(settings.width, settings.height)
         device, batch = self.device, settings.batch_size
 
-        if settings.pad_references:
-            people = padded_people(people, settings.seed)
-        layout = PeopleLayout.of(people)
+        layout = PeopleLayout.of(people, settings.seed if settings.pad_references else None)
         reference_latents = self.encode_people(people).to(device)
 
         positive, negative = self.encode_prompts(prompt, negative_prompt, batch, settings.prompt_postfixes)
@@ -224,6 +223,7 @@ class FlashFacePipeline:
 
         denoiser = ReferenceGuidedDenoiser(self.unet, self.schedule, positive.to(device), negative.to(device),
                                            reference_latents, mask.to(device), settings, owners=layout.owners,
+                                           copies=layout.copies,
                                            regions=layout.regions(settings.width, settings.height))
         sigmas = sampling_sigmas(self.schedule, settings.steps, settings.discretization, settings.sigma_spacing)
         run_solver = get_solver(settings.solver)

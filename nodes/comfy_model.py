@@ -35,6 +35,8 @@ from .inputs import check_text_embedding
 
 GUIDANCE = "flashface_guidance"  # the RowGuidance in a MODEL's model_options["transformer_options"]
 BATCHED_BY_FLASHFACE = "flashface_rows"  # set in transformer_options by the MODEL's own batching hook
+# ...with whether each side has one conditioning (then the two positive chunks have one text)
+ONE_PROMPT_PER_SIDE = "flashface_one_prompt_per_side"
 
 
 def ldm_unet_config(config: UNetConfig) -> dict:
@@ -89,10 +91,8 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
                 f"{self.diffusion_model.manual_cast_dtype or self.diffusion_model.weight_dtype}, chosen when it is "
                 "loaded: remove that node and set weight_dtype on FlashFace Load Model instead.")
         chunks = transformer_options.get("cond_or_uncond") or [POSITIVE]
-        rows = x.shape[0] // len(chunks)
-        kinds = [kind for kind in chunks for _ in range(rows)]
-        return guidance.denoise(self.diffusion_model, x, t, c_crossattn, kinds,
-                                BlockAdditions(control, transformer_options))
+        return guidance.denoise(self.diffusion_model, x, t, c_crossattn, chunks,
+                                BlockAdditions(control, transformer_options), transformer_options[ONE_PROMPT_PER_SIDE])
 
     def memory_required(self, input_shape, cond_shapes={}):
         """ComfyUI's SD1.5 estimate for more rows: the references' tokens join every decoder
@@ -149,7 +149,8 @@ def _calc_cond_batch(args):
     _check_step_inputs(args["model"], args["sigma"], conds)
     if with_references:
         conds = [conds[0], conds[1], conds[0]]
-    marked = dict(options, transformer_options={**options["transformer_options"], BATCHED_BY_FLASHFACE: True})
+    marked = dict(options, transformer_options={**options["transformer_options"], BATCHED_BY_FLASHFACE: True,
+                                                ONE_PROMPT_PER_SIDE: len(conds[0]) == 1 and len(conds[1]) == 1})
     return comfy.samplers.calc_cond_batch(args["model"], conds, args["input"], args["sigma"], marked)
 
 

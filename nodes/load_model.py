@@ -25,7 +25,7 @@ from ..flashface.models.clip_text import load_text_encoder
 from ..flashface.models.model_registry import DETECTOR_FOLDERS
 from ..flashface.models.ops import WEIGHT_DTYPES
 from ..flashface.models.retinaface import load_face_detector
-from ..flashface.models.unet import load_unet
+from ..flashface.models.unet_loading import load_unet
 from ..flashface.models.vae import VAE_ATTENTIONS, load_vae
 from ..flashface.pipeline import FlashFacePipeline
 from ..flashface.utils.cache_utils import recorded_load_failure

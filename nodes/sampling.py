@@ -3,7 +3,7 @@ SamplerCustom) and FlashFace Sigmas (the official noise levels as SIGMAS)."""
 
 from __future__ import annotations
 
-from ..flashface.people import PeopleLayout, as_people, padded_people
+from ..flashface.people import PeopleLayout, as_people
 from ..flashface.sampling.guidance import RowGuidance
 from ..flashface.sampling.noise_levels import vp_to_ve
 from ..flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
@@ -64,9 +64,7 @@ class FlashFaceApply(FlashFaceNode):
             face_mask = expect_mask(face_mask, "face_mask")
         settings = settings_from_inputs(inputs)
         people = as_people(faces, settings.face_box, face_mask)
-        if settings.pad_references:
-            people = padded_people(people, padding_seed)
-        layout = PeopleLayout.of(people)
+        layout = PeopleLayout.of(people, padding_seed if settings.pad_references else None)
         latents = flashface_model.vae_pipeline().encode_people(people)
         guidance = RowGuidance(latents.cpu(), context.cpu().expand(len(latents), -1, -1), settings, layout)
         return (guided_model(flashface_model.unet, guidance),)

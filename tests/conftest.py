@@ -78,7 +78,7 @@ def tiny_model_files(tmp_path_factory):
 def pipeline(tiny_model_files):
     """A FlashFacePipeline of the tiny UNet, VAE and text encoder, on the CPU."""
     from flashface.models.clip_text import load_text_encoder
-    from flashface.models.unet import load_unet
+    from flashface.models.unet_loading import load_unet
     from flashface.models.vae import load_vae
     from flashface.pipeline import FlashFacePipeline
 

@@ -13,7 +13,7 @@ from flashface.__main__ import main
 from flashface.errors import InvalidInputError, ModelFileError
 from flashface.models.convert import COMPACT_FORMAT, convert_unet
 from flashface.models.ops import WEIGHT_DTYPES
-from flashface.models.unet import load_unet
+from flashface.models.unet_loading import load_unet
 from seeded_weights import save_state_dict
 from test_unet import call_model, random_call
 from tiny_unet import tiny_unet_state_dict, write_tiny_unet

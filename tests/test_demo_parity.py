@@ -18,7 +18,7 @@ from demo_cases import DemoCase, demo_cases, diagnose, levels_of
 from flashface.models.clip_text import load_text_encoder
 from flashface.models.ops import WEIGHT_DTYPES
 from flashface.models.retinaface import load_face_detector
-from flashface.models.unet import load_unet
+from flashface.models.unet_loading import load_unet
 from flashface.models.vae import load_vae
 from flashface.pipeline import FlashFacePipeline
 from parity import REPO_ROOT

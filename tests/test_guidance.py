@@ -1,8 +1,7 @@
-"""Reference guidance: branch layout and switch, one reference pass per call, and the optimized
-call (shared reference pass, skipped zero-weight rows, projections once, SDPA) against a
-straightforward per-branch evaluation on a random tiny UNet."""
+"""Reference guidance: branch layout and switch, one reference pass per call, and the sampler's
+call (one reference pass, shared rows, skipped zero-weight rows) against a straightforward
+per-branch evaluation (tests/straightforward_unet.py) on a random tiny UNet."""
 
-from dataclasses import fields
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 
 from flashface.errors import InvalidInputError
 from flashface.models.checkpoint import StateDictCheckpoint
-from flashface.models.unet import UNetSpeedOptions, load_unet
+from flashface.models.unet_loading import load_unet
 from flashface.sampling.guidance import (
     NEGATIVE,
     POSITIVE,
@@ -23,6 +22,7 @@ from flashface.sampling.noise_levels import vp_to_ve
 from flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
 from flashface.sampling.solvers import get_solver
 from flashface.settings import GenerationSettings
+from straightforward_unet import straightforward_eps as straightforward_unet_eps
 from tiny_unet import tiny_unet_state_dict
 
 CONTEXT_DIM = 32
@@ -48,32 +48,28 @@ def random_inputs(batch=2, references=3, size=8, seed=0):
 
 
 def straightforward_eps(unet, inputs, settings, timestep):
-    """Each branch its own reference pass and model call, no speed options, formulas spelled out."""
-    saved, unet.speed = unet.speed, UNetSpeedOptions(**{option.name: False for option in fields(UNetSpeedOptions)})
-    try:
-        batch = inputs.x.shape[0]
-        reference_context = inputs.negative[:1].repeat(len(inputs.references), 1, 1)
+    """Each branch its own reference pass and model call, computed as the formulas read, the
+    guidance spelled out."""
+    batch = inputs.x.shape[0]
+    reference_context = inputs.negative[:1].repeat(len(inputs.references), 1, 1)
 
-        def branch(context, weight):
-            features = unet.encode_references(inputs.references, timestep, reference_context)
-            return unet(inputs.x, torch.full((batch,), timestep), context, inputs.mask, features,
-                        torch.full((batch,), weight))
+    def branch(context, weight):
+        return straightforward_unet_eps(unet, inputs.x, torch.full((batch,), timestep), context, inputs.mask,
+                                        inputs.references, reference_context, [weight] * batch)
 
-        g, c, phi = settings.text_guidance, settings.reference_guidance_strength, settings.guide_rescale
-        if timestep > settings.launch_timestep:
-            cond = branch(inputs.positive, settings.reference_feature_strength_before_launch)
-            uncond = branch(inputs.negative, settings.reference_feature_strength_before_launch)
-            guided = uncond + g * (cond - uncond)
-        else:
-            with_refs = branch(inputs.positive, settings.reference_feature_strength)
-            cond = branch(inputs.positive, 0.0)
-            uncond = branch(inputs.negative, 0.0)
-            guided = uncond + g * (cond - uncond) + c * (with_refs - cond)
-        std_cond = torch.stack([row.flatten().std(unbiased=True) for row in cond])
-        std_guided = torch.stack([row.flatten().std(unbiased=True) for row in guided])
-        return guided * (phi * std_cond / (std_guided + 1e-12) + 1 - phi)[:, None, None, None]
-    finally:
-        unet.speed = saved
+    g, c, phi = settings.text_guidance, settings.reference_guidance_strength, settings.guide_rescale
+    if timestep > settings.launch_timestep:
+        cond = branch(inputs.positive, settings.reference_feature_strength_before_launch)
+        uncond = branch(inputs.negative, settings.reference_feature_strength_before_launch)
+        guided = uncond + g * (cond - uncond)
+    else:
+        with_refs = branch(inputs.positive, settings.reference_feature_strength)
+        cond = branch(inputs.positive, 0.0)
+        uncond = branch(inputs.negative, 0.0)
+        guided = uncond + g * (cond - uncond) + c * (with_refs - cond)
+    std_cond = torch.stack([row.flatten().std(unbiased=True) for row in cond])
+    std_guided = torch.stack([row.flatten().std(unbiased=True) for row in guided])
+    return guided * (phi * std_cond / (std_guided + 1e-12) + 1 - phi)[:, None, None, None]
 
 
 @pytest.mark.parametrize("timestep", [999, 751, 750, 400, 0])
@@ -118,14 +114,14 @@ class RecordingUNet:
     def __init__(self):
         self.reference_passes, self.calls = [], []
 
-    def encode_references(self, latents, t, context, owners=None):
+    def encode_references(self, latents, t, context, owners=None, copies=None):
         self.reference_passes.append((t, latents.shape[0], context.clone()))
         return "features"
 
-    def __call__(self, x, t, context, mask, references, reference_weights, additions=None, regions=None):
+    def __call__(self, x, t, context, mask, references, rows, additions=None, regions=None):
         assert references == "features" and regions is None
-        self.calls.append(SimpleNamespace(rows=x.shape[0], t=t.tolist(), context=context, mask=mask,
-                                          reference_weights=reference_weights.tolist()))
+        self.calls.append(SimpleNamespace(rows=x.shape[0], t=t.tolist(), context=context, mask=mask, plan=rows,
+                                          reference_weights=list(rows.weights)))
         return torch.zeros_like(x)
 
 
@@ -149,6 +145,8 @@ def test_branch_switch_at_the_launch_timestep(steps, two_branch, three_branch):
         else:
             assert timestep <= 750
             assert call.reference_weights == pytest.approx([1.2, 1.2, 0, 0, 0, 0])
+            # both positive branches have the positive prompt: the plan says so
+            assert call.plan.samples == (0, 1) * 3 and call.plan.texts == (0, 0, 0, 0, 1, 1)
             assert torch.equal(call.context, torch.cat([inputs.positive, inputs.positive, inputs.negative]))
         assert torch.equal(call.mask, inputs.mask.repeat(call.rows // batch, 1, 1))
     for t, count, context in unet.reference_passes:
@@ -173,7 +171,7 @@ def test_guidance_and_rescale_formula():
     class ScalingUNet(RecordingUNet):
         """Branch rows [with refs | cond | uncond] of one sample predict 3x, x and 0."""
 
-        def __call__(self, x, t, context, mask, references, reference_weights, additions=None, regions=None):
+        def __call__(self, x, t, context, mask, references, rows, additions=None, regions=None):
             return x * torch.tensor([3.0, 1.0, 0.0]).view(3, 1, 1, 1)
 
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -203,10 +201,9 @@ def test_row_guidance_gives_the_denoisers_x0_however_the_rows_are_batched(tiny_u
     kinds = [POSITIVE, NEGATIVE] + ([POSITIVE_WITH_REFERENCES] if guidance.with_references_row(level) else [])
     assert (len(kinds) == 3) == (timestep <= settings.launch_timestep)
     contexts = {POSITIVE: inputs.positive, NEGATIVE: inputs.negative, POSITIVE_WITH_REFERENCES: inputs.positive}
-    rows = [kind for kind in kinds for _ in range(2)]
-    together = guidance.denoise(tiny_unet, y.repeat(len(kinds), 1, 1, 1), torch.full((len(rows),), level),
-                                torch.cat([contexts[kind] for kind in kinds]), rows).chunk(len(kinds))
-    apart = [guidance.denoise(tiny_unet, y, level, contexts[kind], [kind] * 2) for kind in kinds]
+    together = guidance.denoise(tiny_unet, y.repeat(len(kinds), 1, 1, 1), torch.full((2 * len(kinds),), level),
+                                torch.cat([contexts[kind] for kind in kinds]), kinds).chunk(len(kinds))
+    apart = [guidance.denoise(tiny_unet, y, level, contexts[kind], [kind]) for kind in kinds]
     # x0 = (x - sigma eps) / alpha scales the fp32 rounding of eps (which depends on the batch size
     # through the kernels picked) by sigma / alpha, about 4.7 at t = 900.
     for x0_together, x0_apart in zip(together, apart):

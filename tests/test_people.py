@@ -8,16 +8,15 @@ import torch
 
 from flashface.errors import InvalidInputError
 from flashface.models.checkpoint import StateDictCheckpoint
-from flashface.models.unet import (
-    Attention,
-    UNetSpeedOptions,
-    _reference_attention,
-    load_unet,
-)
-from flashface.people import NO_REGION, PeopleLayout, Person, padded_people, padded_references
+from flashface.models.reference_attention import reference_attention
+from flashface.models.row_plan import RowPlan
+from flashface.models.unet_blocks import Attention
+from flashface.models.unet_loading import load_unet
+from flashface.people import NO_REGION, PeopleLayout, Person, padded_reference_indices
 from flashface.sampling.mask import box_mask, resize_mask
 from flashface.settings import GenerationSettings
 from test_pipeline import QUICK, random_faces
+from straightforward_unet import straightforward_eps, straightforward_reference_attention
 from test_unet import random_call
 from tiny_unet import tiny_unet_state_dict
 
@@ -90,41 +89,15 @@ def test_people_without_a_place_or_faces_are_refused(people, message):
 
 def test_each_person_is_padded_to_four_the_first_exactly_as_one_person():
     faces, others = random_faces(2), random_faces(3, seed=1)
-    padded = padded_people([Person(faces, LEFT), Person(others, RIGHT)], seed=11)
-    assert padded[0].faces == padded_references(faces, 11)
-    assert len(padded[1].faces) == 4 and padded[1].faces[:3] == others
-    assert padded[1].face_box == RIGHT
+    layout = PeopleLayout.of([Person(faces, LEFT), Person(others, RIGHT)], padding_seed=11)
+    first = padded_reference_indices(2, 11)
+    assert layout.copies[:2] == (first.count(0), first.count(1))
+    assert sum(layout.copies[2:]) == 4 and min(layout.copies[2:]) == 1
+    assert layout.reference_counts == (2, 3) and layout.owners == (0, 0, 1, 1, 1)
+    assert PeopleLayout.of([Person(faces, LEFT)]).copies is None  # no padding asked for
 
 
 # ---- the reference attention of several people ----------------------------------------------------
-
-def straightforward_regional_attention(sa1, y, references, owners, regions, weights):
-    """Per person p: every query attends to [y; all references] with p's masked out (explicit
-    softmax), then each position keeps its own person's result; no region: SA1(y)."""
-    rows, tokens, width = y.shape
-    heads, head_dim = sa1.num_heads, width // sa1.num_heads
-    ref_tokens = references.reshape(1, -1, width).expand(rows, -1, -1)
-    context = torch.cat([y, ref_tokens], 1)
-    plain = sa1(y, fused=False)
-    out = plain.clone()
-    owner_of_key = torch.tensor([-2] * tokens + [owner for owner in owners for _ in range(references.shape[1])])
-    for person in range(max(owners) + 1):
-        allowed = (owner_of_key == -2) | (owner_of_key == person)
-        q = sa1.to_q(y).reshape(rows, tokens, heads, head_dim).transpose(1, 2)
-        k = sa1.to_k(context).reshape(rows, -1, heads, head_dim).transpose(1, 2)
-        v = sa1.to_v(context).reshape(rows, -1, heads, head_dim).transpose(1, 2)
-        logits = (q @ k.transpose(-1, -2)) * head_dim ** -0.5
-        attention = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
-        assert (attention[..., ~allowed] == 0).all()  # no attention at all to another person's tokens
-        with_refs = sa1.to_out((attention @ v).transpose(1, 2).reshape(rows, tokens, width))
-        w = weights.view(rows, 1, 1)
-        where = regions == person
-        out[:, where] = (w * with_refs + (1 - w) * plain)[:, where]
-    return out
-
-
-SPEED = {fused: UNetSpeedOptions(fused_attention=fused) for fused in (True, False)}
-
 
 @pytest.fixture(scope="module")
 def sa1():
@@ -145,28 +118,24 @@ def positions_of(regions, people=2):
     return [(regions == person).nonzero().flatten() for person in range(people)]
 
 
-@pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("project_once", [True, False])
-def test_regional_attention_equals_a_straightforward_masked_computation(sa1, fused, project_once):
+def test_regional_attention_equals_a_straightforward_masked_computation(sa1):
     y, references, owners, regions = regional_inputs()
-    weights = torch.tensor([1.2, 0.7, 0.0])
+    weights = [1.2, 0.7, 0.0]
     with torch.no_grad():
-        speed = UNetSpeedOptions(fused_attention=fused, project_references_once=project_once)
-        fast = _reference_attention(sa1, y, references, None, weights, None, speed, owners,
-                                             positions_of(regions))
-        slow = straightforward_regional_attention(sa1, y, references, owners, regions, weights)
+        fast = reference_attention(sa1, y, references, weights, None, owners, positions_of(regions))
+        slow = straightforward_reference_attention(sa1, y, references, weights, owners, regions)
     assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
-    assert torch.equal(fast[:, regions == NO_REGION], sa1(y, fused=fused)[:, regions == NO_REGION])
+    assert torch.equal(fast[:, regions == NO_REGION], sa1(y)[:, regions == NO_REGION])
 
 
 def test_a_query_in_one_region_is_unchanged_when_another_persons_references_change(sa1):
     y, references, owners, regions = regional_inputs()
     changed = references.clone()
     changed[2:] = torch.randn(3, *references.shape[1:])  # person 1's references
-    weights = torch.ones(3)
+    weights = [1.0] * 3
     with torch.no_grad():
-        before, after = (_reference_attention(sa1, y, refs, None, weights, None, SPEED[True], owners,
-                                                       positions_of(regions)) for refs in (references, changed))
+        before, after = (reference_attention(sa1, y, refs, weights, None, owners, positions_of(regions))
+                         for refs in (references, changed))
     assert torch.equal(before[:, regions != 1], after[:, regions != 1])
     assert not torch.allclose(before[:, regions == 1], after[:, regions == 1])
 
@@ -174,25 +143,21 @@ def test_a_query_in_one_region_is_unchanged_when_another_persons_references_chan
 def test_merged_copies_of_a_persons_reference_count_as_often_as_given(sa1):
     y, references, owners, regions = regional_inputs()
     copies = torch.cat([references[:1], references[:1], references[1:]])  # person 0's first reference twice
-    weights, positions = torch.ones(3), positions_of(regions)
+    weights, positions = [1.0] * 3, positions_of(regions)
     with torch.no_grad():
-        merged = _reference_attention(sa1, y, references, (2, 1, 1, 1, 1), weights, None, SPEED[True], owners,
-                                               positions)
-        spelled_out = _reference_attention(sa1, y, copies, None, weights, None, SPEED[True], (0, *owners),
-                                                    positions)
+        merged = reference_attention(sa1, y, references, weights, (2, 1, 1, 1, 1), owners, positions)
+        spelled_out = straightforward_reference_attention(sa1, y, copies, weights, (0, *owners), regions)
     assert torch.allclose(merged, spelled_out, atol=1e-5)
 
 
 def test_skipped_rows_get_the_self_attention_alone(sa1):
     y, references, owners, regions = regional_inputs()
-    weights = torch.tensor([0.0, 1.0, 0.0])
+    weights = [0.0, 1.0, 0.0]
     with torch.no_grad():
-        all_rows = _reference_attention(sa1, y, references, None, weights, None, SPEED[True], owners,
-                                                 positions_of(regions))
-        active = _reference_attention(sa1, y, references, None, weights, torch.tensor([1]), SPEED[True], owners,
-                                               positions_of(regions))
-    assert torch.allclose(all_rows, active, atol=1e-6)
-    assert torch.equal(active[[0, 2]], sa1(y)[[0, 2]])
+        fast = reference_attention(sa1, y, references, weights, None, owners, positions_of(regions))
+        slow = straightforward_reference_attention(sa1, y, references, weights, owners, regions)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    assert torch.equal(fast[[0, 2]], sa1(y)[[0, 2]])
 
 
 # ---- the whole UNet ----------------------------------------------------------------------------------
@@ -209,23 +174,37 @@ def test_a_person_who_owns_every_cell_is_one_person_with_their_own_references(ti
     two = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"], owners)
     one = tiny_model.encode_references(call["reference_latents"][:2], 500, call["reference_context"][:2])
     args = call["x"], call["t"], call["context"], call["mask"]
-    regional = tiny_model(*args, two, call["reference_weights"], regions=everywhere)
-    alone = tiny_model(*args, one, call["reference_weights"])
+    regional = tiny_model(*args, two, call["rows"], regions=everywhere)
+    alone = tiny_model(*args, one, call["rows"])
     assert torch.allclose(regional, alone, atol=1e-5), (regional - alone).abs().max()
     # and the other person's references matter where they own cells
     split = everywhere.clone()
     split[:, 4:] = 1
-    assert not torch.allclose(tiny_model(*args, two, call["reference_weights"], regions=split), alone, atol=1e-3)
+    assert not torch.allclose(tiny_model(*args, two, call["rows"], regions=split), alone, atol=1e-3)
 
 
-def test_identical_references_of_two_people_are_not_merged(tiny_model):
-    call = random_call(2, references=2)
-    latents = call["reference_latents"][:1].expand(2, -1, -1, -1)
-    context = call["reference_context"][:1].expand(2, -1, -1)
-    features = tiny_model.encode_references(latents, 500, context, (0, 1))
-    assert features.owners == (0, 1) and features.counts is None
-    same_person = tiny_model.encode_references(latents, 500, context)
-    assert same_person.counts == (2,)
+@pytest.mark.parametrize("branches", [2, 3])
+def test_the_unet_with_two_people_equals_the_straightforward_computation(tiny_model, branches):
+    """Two people, padded references given once with their counts, rows shared as the sampler lays
+    them out, a cell in no region: every copy attended to with masked logits, row by row."""
+    call = random_call(branches, references=4, seed=3)
+    owners, copies = (0, 0, 1, 1), (3, 1, 2, 2)
+    regions = torch.zeros(8, 8, dtype=torch.long)
+    regions[:, 5:] = 1
+    regions[0, 0] = NO_REGION
+    batch = 2
+    x, mask = call["x"][:batch].repeat(branches, 1, 1, 1), call["mask"][:batch].repeat(branches, 1, 1)
+    positive, negative = call["context"][:batch], call["context"][-batch:]
+    context = torch.cat([positive, positive, negative] if branches == 3 else [positive, negative])
+    weights = call["rows"].weights
+    rows = RowPlan.of_chunks([0, 0, 1] if branches == 3 else [0, 1], batch, weights)
+    features = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"], owners, copies)
+    fast = tiny_model(x, call["t"], context, mask, features, rows, regions=regions)
+    spelled_out = [index for index, count in enumerate(copies) for _ in range(count)]
+    slow = straightforward_eps(tiny_model, x, call["t"], context, mask,
+                               call["reference_latents"][spelled_out], call["reference_context"][spelled_out], weights,
+                               tuple(owners[index] for index in spelled_out), regions)
+    torch.testing.assert_close(fast, slow, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("regions, owners, message", [
@@ -238,7 +217,7 @@ def test_regions_that_do_not_fit_the_people_are_refused(tiny_model, regions, own
     call = random_call(2, references=2)
     features = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"], owners)
     with pytest.raises(InvalidInputError, match=message):
-        tiny_model(call["x"], call["t"], call["context"], call["mask"], features, call["reference_weights"], regions=regions)
+        tiny_model(call["x"], call["t"], call["context"], call["mask"], features, call["rows"], regions=regions)
 
 
 def test_the_reference_pass_checks_its_owners(tiny_model):
@@ -250,11 +229,10 @@ def test_the_reference_pass_checks_its_owners(tiny_model):
 def test_reference_attention_without_people_is_the_one_person_path(sa1):
     """The region path only runs with positions: one person keeps today's code, unchanged."""
     y, references, _, _ = regional_inputs()
-    weights = torch.ones(3)
+    weights = [1.0] * 3
     with torch.no_grad():
-        today = _reference_attention(sa1, y, references, None, weights, None, UNetSpeedOptions())
-        everyone = _reference_attention(sa1, y, references, None, weights, None, UNetSpeedOptions(), (0,) * 5,
-                                        [torch.arange(12)])
+        today = reference_attention(sa1, y, references, weights)
+        everyone = reference_attention(sa1, y, references, weights, None, (0,) * 5, [torch.arange(12)])
     assert torch.allclose(today, everyone, atol=1e-5)
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from flashface.errors import GenerationCancelled, InvalidInputError
 from flashface.models.clip_text import encode_texts
-from flashface.models.unet import load_unet
+from flashface.models.unet_loading import load_unet
 from flashface.models.vae import LATENT_SCALE
 from flashface.people import padded_reference_indices
 from flashface.pipeline import FlashFacePipeline
@@ -125,7 +125,10 @@ def test_defaults_are_the_official_demo(pipeline):
     faces = random_faces(2)
     default = pipeline.generate(faces, "a portrait", "hat", GenerationSettings(seed=12, **QUICK))
     spelled_out = pipeline.generate([faces[i] for i in padded_reference_indices(2, seed=12)], official_positive("a portrait"), official_negative("hat"), GenerationSettings(seed=12, pad_references=False, prompt_postfixes=False, **QUICK))
-    assert torch.equal(default.latents, spelled_out.latents) and torch.equal(default.images, spelled_out.images)
+    # the padded faces are attended to once each with their counts, the spelled-out ones as copies: the
+    # same softmax, equal within float rounding
+    torch.testing.assert_close(default.latents, spelled_out.latents, atol=1e-4, rtol=1e-4)
+    assert (default.images - spelled_out.images).abs().max() <= 1 / 255
 
 
 def test_padding_to_four_references_is_seeded_and_keeps_every_face():
@@ -143,8 +146,8 @@ def test_padding_is_an_option_that_changes_the_references(pipeline):
     plain = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=seed, pad_references=False, **QUICK))
     padded = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=seed, **QUICK))
     explicit = pipeline.generate([faces[i] for i in indices], "a portrait", "", GenerationSettings(seed=seed, pad_references=False, **QUICK))
-    assert torch.equal(padded.latents, explicit.latents)
-    assert not torch.allclose(plain.latents, padded.latents)
+    torch.testing.assert_close(padded.latents, explicit.latents, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(plain.latents, padded.latents, atol=1e-3)
     four = random_faces(4)
     assert torch.equal(pipeline.generate(four, "a portrait", "", GenerationSettings(seed=seed, **QUICK)).latents,
                        pipeline.generate(four, "a portrait", "", GenerationSettings(seed=seed, pad_references=False, **QUICK)).latents)
@@ -256,7 +259,8 @@ def test_the_vae_works_image_by_image_and_out_of_memory_decodes_in_tiles(pipelin
     constrained = FlashFacePipeline(pipeline.unet, small, pipeline.text_encoder, device="cpu")
     result = constrained.generate(faces, "a portrait", "", GenerationSettings(seed=3, batch_size=2, **QUICK))
     torch.testing.assert_close(result.latents, whole.latents, atol=0, rtol=0)
-    assert [call for call in small.calls if call[0] == "encode"] == [("encode", 1)] * 4  # the 4 references
+    # the 2 faces (padded to 4 references by counts: each encoded once)
+    assert [call for call in small.calls if call[0] == "encode"] == [("encode", 1)] * 2
     decodes = [shape for kind, shape in small.calls if kind == "decode"]
     assert decodes[0] == (1, 4, 8, 8)
     unscaled = result.latents / LATENT_SCALE

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from flashface.models.unet import load_unet
+from flashface.models.unet_loading import load_unet
 from flashface.sampling.guidance import ReferenceGuidedDenoiser
 from flashface.settings import GenerationSettings
 from flashface.sampling.schedule import NoiseSchedule, sampling_sigmas

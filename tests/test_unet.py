@@ -1,8 +1,6 @@
 """FlashFace reference UNet: parity with the official code, strict loading, dtypes, optimizations."""
 
 import json
-from dataclasses import fields
-
 import pytest
 import torch
 from safetensors import safe_open
@@ -10,28 +8,22 @@ from torch import nn
 
 from flashface.errors import InvalidInputError, ModelFileError
 from flashface.models.checkpoint import StateDictCheckpoint
-from flashface.models.ops import CASTING_OPERATIONS
-from flashface.models.unet import (
-    TORCH_OPERATIONS,
-    BlockAdditions,
-    FlashFaceUNet,
-    RowSpaces,
-    UNetConfig,
-    UNetSpeedOptions,
-    checkpoint_plan,
-    load_unet,
-)
+from flashface.models.ops import CASTING_OPERATIONS, TORCH_OPERATIONS
+from flashface.models.row_plan import INPUT, ROWS, TEXT, WEIGHT, RowPlan, RowSpaces
+from flashface.models.unet import BlockAdditions, FlashFaceUNet, UNetConfig
+from flashface.models.unet_loading import checkpoint_plan, load_unet
 from parity import ManifestCheckpoint, cases, manifest
+from straightforward_unet import straightforward_eps
 from tiny_unet import tiny_unet_state_dict, write_tiny_unet
 
 WEIGHT_FILES = ("weights.safetensors", "weights.ckpt")
 
 
-def official_row_weights(branches: int, batch: int, weight: float) -> torch.Tensor:
+def official_row_weights(branches: int, batch: int, weight: float) -> list[float]:
     """Per-row weights of the official layouts: 3 branches [w]*B + [0]*2B, 2 branches w everywhere."""
     if branches == 3:
-        return torch.tensor([weight] * batch + [0.0] * (2 * batch))
-    return torch.full((branches * batch,), weight)
+        return [weight] * batch + [0.0] * (2 * batch)
+    return [weight] * (branches * batch)
 
 
 def run_case_inputs(model: FlashFaceUNet, inputs: dict, branches: int, weight: float) -> torch.Tensor:
@@ -40,7 +32,7 @@ def run_case_inputs(model: FlashFaceUNet, inputs: dict, branches: int, weight: f
     t = inputs["t"].repeat_interleave(branches)
     references = model.encode_references(inputs["reference_latents"], t[0], inputs["reference_context"])
     return model(inputs["x"], t, inputs["context"], inputs["mask"].repeat_interleave(branches, 0),
-                 references, official_row_weights(branches, batch, weight))
+                 references, RowPlan.unshared(official_row_weights(branches, batch, weight)))
 
 
 @pytest.mark.parametrize("weights_file", WEIGHT_FILES)
@@ -165,14 +157,14 @@ def random_call(branches, batch=2, references=3, size=8, ref_size=7, context_dim
         mask=(torch.rand(rows, size, size, generator=g) > 0.5).float(),
         reference_latents=torch.randn(references, 4, ref_size, ref_size, generator=g),
         reference_context=torch.randn(references, 77, context_dim, generator=g),
-        reference_weights=official_row_weights(branches, batch, 1.2),
+        rows=RowPlan.unshared(official_row_weights(branches, batch, 1.2)),
     )
 
 
 def call_model(model, call, references=None):
     references = references or model.encode_references(call["reference_latents"], call["t"][0],
-                                                        call["reference_context"])
-    return model(call["x"], call["t"], call["context"], call["mask"], references, call["reference_weights"])
+                                                        call["reference_context"], copies=call.get("copies"))
+    return model(call["x"], call["t"], call["context"], call["mask"], references, call["rows"])
 
 
 @pytest.fixture(scope="module")
@@ -196,12 +188,12 @@ def test_reference_features_cover_middle_and_decoder_blocks(tiny_model):
 def test_references_change_only_weighted_rows(tiny_model):
     call = random_call(3)
     with_refs = call_model(tiny_model, call)
-    no_refs = tiny_model(call["x"], call["t"], call["context"], call["mask"], None, None)
+    no_refs = tiny_model(call["x"], call["t"], call["context"], call["mask"], None, RowPlan.unshared([0.0] * 6))
     batch = 2
     assert not torch.allclose(with_refs[:batch], no_refs[:batch], atol=1e-3)
     torch.testing.assert_close(with_refs[batch:], no_refs[batch:], atol=1e-5, rtol=1e-5)
     with pytest.raises(InvalidInputError):
-        tiny_model(call["x"], call["t"], call["context"], call["mask"], None, call["reference_weights"])
+        tiny_model(call["x"], call["t"], call["context"], call["mask"], None, call["rows"])
 
 
 def test_calls_are_independent(tiny_model):
@@ -211,74 +203,74 @@ def test_calls_are_independent(tiny_model):
     torch.testing.assert_close(call_model(tiny_model, first), out_first, atol=0, rtol=0)
 
 
-SWITCHES = [f.name for f in fields(UNetSpeedOptions)]
-
-
-# Every switch with something to do in a call of the sampler's layout (guidance_call: rows that share
-# their latent and text, two faces padded to four); 2-branch calls have no row of weight 0 to skip.
-SWITCH_CASES = [(branches, switch) for branches in (2, 3) for switch in SWITCHES + ["all"]
-                if not (branches == 2 and switch == "skip_unweighted_rows")]
-
-
-@pytest.mark.parametrize("branches, switched_off", SWITCH_CASES)
-def test_optimized_equals_straightforward(tiny_model, branches, switched_off):
-    call = guidance_call(branches)
-    optimized = call_model(tiny_model, call)
-    try:
-        for name in SWITCHES:
-            if switched_off in (name, "all"):
-                setattr(tiny_model.speed, name, False)
-        straightforward = call_model(tiny_model, call)
-    finally:
-        tiny_model.speed = UNetSpeedOptions()
-    torch.testing.assert_close(optimized, straightforward, atol=2e-5, rtol=1e-5)
-
-
 def guidance_call(branches, batch=2, seed=7, context_dim=32):
     """A call as the sampler makes it: one latent per sample repeated per branch, the same mask,
-    [pos | pos | neg] (or [pos | neg]) contexts, and two faces padded to four references."""
+    [pos | pos | neg] (or [pos | neg]) contexts, and two faces padded to four references (the
+    first three times); `rows` is the sampler's plan of it, `padded` the references spelled out."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 4, 8, 8, generator=g)
     positive, negative = (torch.randn(batch, 77, context_dim, generator=g) for _ in range(2))
     faces = torch.randn(2, 4, 7, 7, generator=g)
-    contexts = [positive, positive, negative] if branches == 3 else [positive, negative]
+    contexts, texts = ([positive, positive, negative], [0, 0, 1]) if branches == 3 else ([positive, negative], [0, 1])
+    weights = official_row_weights(branches, batch, 1.2)
     return dict(
         x=x.repeat(branches, 1, 1, 1), t=torch.full((branches * batch,), 400),
         context=torch.cat(contexts), mask=(torch.rand(1, 8, 8, generator=g) > 0.5).float().expand(branches * batch, 8, 8),
-        reference_latents=faces[[0, 1, 0, 0]], reference_context=negative[:1].expand(4, -1, -1),
-        reference_weights=official_row_weights(branches, batch, 1.2),
+        reference_latents=faces, copies=(3, 1), reference_context=negative[:1].expand(2, -1, -1),
+        padded=faces[[0, 1, 0, 0]], rows=RowPlan.of_chunks(texts, batch, weights), weights=weights,
     )
 
 
 @pytest.mark.parametrize("branches", [2, 3])
-def test_shared_rows_and_merged_references_equal_the_full_computation(tiny_model, branches):
-    """Rows identical so far are computed once, and identical references are attended to once with
-    their count as a logit bias: the same result as computing every row and every copy."""
+def test_the_unet_equals_the_straightforward_computation(tiny_model, branches):
+    """Rows computed once while identical, references once with their counts, rows of weight 0
+    without the reference term, fused attention: the numbers of every row and every reference copy
+    computed as the formulas read (tests/straightforward_unet.py)."""
+    call = guidance_call(branches)
+    fast = call_model(tiny_model, call)
+    oracle = straightforward_eps(tiny_model, call["x"], call["t"], call["context"], call["mask"], call["padded"],
+                                 call["reference_context"][:1].expand(4, -1, -1), call["weights"])
+    torch.testing.assert_close(fast, oracle, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("branches", [2, 3])
+def test_shared_rows_and_counted_references_are_computed_once(tiny_model, branches):
+    """What the plan says is shared is computed once, and the same as computing every row and copy."""
     call = guidance_call(branches)
     convolved = []
     hook = tiny_model.input_blocks[0][0].register_forward_hook(lambda module, args, out: convolved.append(out.shape[0]))
     try:
-        features = tiny_model.encode_references(call["reference_latents"], 400, call["reference_context"])
+        features = tiny_model.encode_references(call["reference_latents"], 400, call["reference_context"],
+                                                copies=call["copies"])
         shared = call_model(tiny_model, call, features)
-        tiny_model.speed = UNetSpeedOptions(share_identical_rows=False, merge_identical_references=False)
-        every_copy = tiny_model.encode_references(call["reference_latents"], 400, call["reference_context"])
-        full = call_model(tiny_model, call, every_copy)
+        every_copy = tiny_model.encode_references(call["padded"], 400, call["reference_context"][:1].expand(4, -1, -1))
+        full = tiny_model(call["x"], call["t"], call["context"], call["mask"], every_copy,
+                          RowPlan.unshared(call["weights"]))
     finally:
-        tiny_model.speed = UNetSpeedOptions()
         hook.remove()
-    assert features.counts == (3, 1) and features.num_references == every_copy.num_references == 4
+    assert features.copies == (3, 1) and features.num_references == every_copy.num_references == 4
     assert next(iter(features.tokens.values())).shape[0] == 2
     assert convolved == [2, branches * 2]  # the input convolution: once per sample, then per row
     torch.testing.assert_close(shared, full, atol=2e-5, rtol=1e-5)
 
 
-def test_row_spaces_group_rows_that_are_identical_so_far():
-    call = guidance_call(3, batch=2)
-    spaces = RowSpaces(call["x"], call["t"], call["mask"], call["context"], call["reference_weights"], "cpu")
-    sizes = [len(spaces.representatives_on_cpu(space)) for space in range(4)]
-    assert sizes == [2, 4, 6, 6]  # samples; samples x (pos, neg); every row; every row
-    texts = spaces.expand(torch.arange(2), 0, 1)  # the sample of each (sample, text) row
+def test_row_spaces_follow_the_plan():
+    spaces = RowSpaces(guidance_call(3, batch=2)["rows"])
+    assert [len(spaces.representatives(space)) for space in (INPUT, TEXT, WEIGHT, ROWS)] == [2, 4, 6, 6]
+    assert spaces.representatives(TEXT) == [0, 1, 4, 5]  # samples x (pos, neg)
+    texts = spaces.expand(torch.arange(2), INPUT, TEXT)  # the sample of each (sample, text) row
     assert texts.tolist() == [0, 1, 0, 1]
+    assert spaces.expand(torch.arange(4), TEXT, ROWS).tolist() == [0, 1, 0, 1, 2, 3]
+
+
+def test_a_plan_is_checked(tiny_model):
+    with pytest.raises(InvalidInputError, match="a sample, a text and a weight"):
+        RowPlan((0, 1), (0,), (1.0, 1.0))
+    with pytest.raises(InvalidInputError, match="finite"):
+        RowPlan.unshared([float("nan")])
+    call = random_call(2)
+    with pytest.raises(InvalidInputError, match="row plan of 3 rows"):
+        tiny_model(call["x"], call["t"], call["context"], call["mask"], None, RowPlan.unshared([0.0] * 3))
 
 
 @pytest.mark.parametrize("branches", [2, 3])
@@ -288,8 +280,9 @@ def test_one_reference_pass_equals_one_per_branch(tiny_model, branches):
     rows = call["x"].shape[0] // branches
     per_branch = []
     for b in range(branches):
-        part = {k: (v[b * rows:(b + 1) * rows] if k in ("x", "t", "context", "mask", "reference_weights") else v)
+        part = {k: (v[b * rows:(b + 1) * rows] if k in ("x", "t", "context", "mask") else v)
                 for k, v in call.items()}
+        part["rows"] = RowPlan.unshared(call["rows"].weights[b * rows:(b + 1) * rows])
         per_branch.append(call_model(tiny_model, part))
     torch.testing.assert_close(torch.cat(per_branch), shared, atol=2e-5, rtol=1e-5)
 
@@ -377,7 +370,7 @@ def input_block_shapes(model, call, references) -> tuple[list, torch.Size]:
     hooks = [block.register_forward_hook(lambda m, a, out: shapes.append(out.shape))
              for block in [*model.input_blocks, model.middle_block]]
     try:
-        model(call["x"], call["t"], call["context"], call["mask"], references, call["reference_weights"],
+        model(call["x"], call["t"], call["context"], call["mask"], references, call["rows"],
               BlockAdditions(transformer_options=dict(IDENTITY_PATCH)))
     finally:
         for hook in hooks:
@@ -397,7 +390,7 @@ def test_control_residuals_are_added_where_comfyuis_unet_adds_them(tiny_model):
     skips = [torch.randn(shape, generator=g) * 0.1 for shape in shapes]
     middle = torch.randn(middle_shape, generator=g) * 0.1
     control = {"input": list(reversed(inputs)), "middle": [middle], "output": list(skips)}
-    controlled = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["reference_weights"],
+    controlled = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["rows"],
                             BlockAdditions(control))
     assert len(control["input"]) == len(inputs) and control["middle"]  # the caller's lists are left as they were
 
@@ -414,7 +407,7 @@ def test_control_residuals_are_added_where_comfyuis_unet_adds_them(tiny_model):
     hooks += [block.register_forward_pre_hook(add_to_skip(r))
               for block, r in zip(tiny_model.output_blocks, reversed(skips))]
     try:
-        hooked = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["reference_weights"],
+        hooked = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["rows"],
                             BlockAdditions(transformer_options=dict(IDENTITY_PATCH)))
     finally:
         for hook in hooks:
@@ -424,7 +417,7 @@ def test_control_residuals_are_added_where_comfyuis_unet_adds_them(tiny_model):
     assert not torch.allclose(controlled, plain, atol=1e-3)
     zeros = {place: [r * 0 for r in residuals] for place, residuals in control.items()}
     torch.testing.assert_close(tiny_model(call["x"], call["t"], call["context"], call["mask"], references,
-                                          call["reference_weights"], BlockAdditions(zeros)), plain, atol=1e-5, rtol=1e-5)
+                                          call["rows"], BlockAdditions(zeros)), plain, atol=1e-5, rtol=1e-5)
 
 
 def test_block_patches_are_called_like_comfyuis_unet_calls_them(tiny_model):
@@ -441,7 +434,7 @@ def test_block_patches_are_called_like_comfyuis_unet_calls_them(tiny_model):
 
     options = {"patches": {name: [record(name)] for name in ("input_block_patch", "input_block_patch_after_skip",
                                                                 "output_block_patch")}}
-    patched = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["reference_weights"],
+    patched = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["rows"],
                          BlockAdditions(transformer_options=options))
     blocks = len(tiny_model.input_blocks)
     assert [entry[:2] for entry in seen[:2]] == [("input_block_patch", ("input", 0)),
@@ -452,7 +445,7 @@ def test_block_patches_are_called_like_comfyuis_unet_calls_them(tiny_model):
     def halve_skip(h, hsp, options):
         return h, hsp * 0.5
 
-    halved = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["reference_weights"],
+    halved = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["rows"],
                         BlockAdditions(transformer_options={"patches": {"output_block_patch": [halve_skip]}}))
     assert not torch.allclose(halved, patched, atol=1e-3)
 
@@ -461,5 +454,5 @@ def test_a_residual_for_another_model_size_is_refused_by_name(tiny_model):
     call = random_call(2, seed=13)
     references = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"])
     with pytest.raises(InvalidInputError, match="made for another model"):
-        tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["reference_weights"],
+        tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["rows"],
                    BlockAdditions({"middle": [torch.zeros(4, 1280, 1, 1)]}))

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from flashface.models.checkpoint import StateDictCheckpoint
-from flashface.models.unet import load_unet
+from flashface.models.unet_loading import load_unet
 from seeded_weights import save_state_dict, seeded_state_dict
 from tiny_unet import tiny_unet_state_dict, write_tiny_unet
 

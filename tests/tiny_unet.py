@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from flashface.models.unet import UNetConfig, checkpoint_key_shapes
+from flashface.models.unet import UNetConfig
+from flashface.models.unet_loading import checkpoint_key_shapes
 from seeded_weights import save_state_dict, seeded_state_dict
 
 

@@ -63,7 +63,9 @@ def convert_unet(source: str | os.PathLike, out: str | os.PathLike, dtype: torch
                  progress: Progress | None = None) -> Path:
     """Write the compact file of the FlashFace UNet `source` to `out` (a new .safetensors file),
     reading and writing one tensor at a time; the file appears only once complete."""
-    from .unet import MODEL_NAME, FlashFaceUNet, infer_layout
+    from .unet import FlashFaceUNet
+    from .unet_blocks import MODEL_NAME
+    from .unet_loading import infer_layout  # it reads files through `compact_view`
 
     out = Path(out)
     if out.suffix != ".safetensors":

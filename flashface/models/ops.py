@@ -10,6 +10,8 @@
   fp16 autocast does: its GroupNorm runs in fp32 and its LayerNorm returns fp32, which the next
   layer casts down, giving the same numbers.
 * Reading a network's layout from a checkpoint: `required_shape`, `count_indexed`.
+* `host_to_device`: the one way small host-made tensors (indices, weights) reach the device
+  while sampling, without the host waiting for the device.
 """
 
 from __future__ import annotations
@@ -79,6 +81,15 @@ def norm_parameter_names(module: nn.Module) -> set[str]:
     """State-dict names of the parameters of every normalization layer in `module`."""
     return {f"{name}.{param}" if name else param for name, child in module.named_modules()
             if isinstance(child, NORMS) for param, _ in child.named_parameters(recurse=False)}
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on `device`. On CUDA the copy is from pinned memory and non-blocking: a plain
+    copy from pageable memory would make the host wait for every kernel queued before it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def required_shape(checkpoint: "Checkpoint", key: str, problem: str, dims: int | None = None) -> tuple[int, ...]:

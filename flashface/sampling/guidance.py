@@ -26,6 +26,7 @@ import torch
 from ..errors import InvalidInputError
 from ..people import PeopleLayout
 from ..settings import GenerationSettings
+from ..models.row_plan import RowPlan
 from .mask import LATENT_FACTOR
 from .noise_levels import ve_scale, ve_to_vp
 from .schedule import NoiseSchedule
@@ -43,28 +44,37 @@ def three_branches(settings: GenerationSettings, timestep: int) -> bool:
     return timestep <= settings.launch_timestep and settings.reference_guidance_strength > 0
 
 
-def row_weights(settings: GenerationSettings, timestep: int, kinds: Sequence[int]) -> torch.Tensor:
+def branch_chunks(settings: GenerationSettings, timestep: int) -> tuple[int, ...]:
+    """The kinds of the official branches of a call: (pos + references, pos, neg) or (pos, neg)."""
+    if three_branches(settings, timestep):
+        return (POSITIVE_WITH_REFERENCES, POSITIVE, NEGATIVE)
+    return (POSITIVE, NEGATIVE)
+
+
+def row_weights(settings: GenerationSettings, timestep: int, kinds: Sequence[int]) -> list[float]:
     """Reference attention weight of each row of a call at `timestep`, by the row's kind: once
     launched the positive row with references at λ and the others at 0; before, every row at λ0
     (at λ when launched without reference guidance)."""
     if three_branches(settings, timestep):
-        weights = [settings.reference_feature_strength if kind == POSITIVE_WITH_REFERENCES else 0.0
-                   for kind in kinds]
-    elif POSITIVE_WITH_REFERENCES in kinds:
+        return [settings.reference_feature_strength if kind == POSITIVE_WITH_REFERENCES else 0.0 for kind in kinds]
+    if POSITIVE_WITH_REFERENCES in kinds:
         raise InvalidInputError(f"no row with references is computed at timestep {timestep}: reference guidance "
                                 f"is not running there.")
-    else:
-        strength = (settings.reference_feature_strength_before_launch if timestep > settings.launch_timestep
-                    else settings.reference_feature_strength)
-        weights = [strength] * len(kinds)
-    return torch.tensor(weights, dtype=torch.float32)
+    strength = (settings.reference_feature_strength_before_launch if timestep > settings.launch_timestep
+                else settings.reference_feature_strength)
+    return [strength] * len(kinds)
 
 
-def branch_kinds(settings: GenerationSettings, timestep: int, batch: int) -> list[int]:
-    """The official rows of a call: [pos + references | pos | neg] or [pos | neg], B rows each."""
-    branches = ((POSITIVE_WITH_REFERENCES, POSITIVE, NEGATIVE) if three_branches(settings, timestep)
-                else (POSITIVE, NEGATIVE))
-    return [kind for kind in branches for _ in range(batch)]
+def row_plan(settings: GenerationSettings, timestep: int, chunks: Sequence[int], batch: int,
+             one_prompt_per_side: bool = True) -> RowPlan:
+    """The rows of a call at `timestep`: `chunks` (kinds) of `batch` rows each, stacked, row b of
+    every chunk the same sample. With one prompt per side the positive chunks (with and without
+    references) have the same text; otherwise (several conditionings on a side) each chunk is
+    taken to have its own."""
+    kinds = [kind for kind in chunks for _ in range(batch)]
+    texts = ([POSITIVE if kind == POSITIVE_WITH_REFERENCES else kind for kind in chunks] if one_prompt_per_side
+             else list(range(len(chunks))))
+    return RowPlan.of_chunks(texts, batch, row_weights(settings, timestep, kinds))
 
 
 def rescale_guided(guided: torch.Tensor, conditional: torch.Tensor, guide_rescale: float) -> torch.Tensor:
@@ -89,9 +99,10 @@ class ReferenceGuidedDenoiser:
     positive/negative: text embeddings [B,77,C]; reference_latents [N,4,r,r] (already scaled by
     the VAE factor); mask [B,h,w] or [h,w] or None; `settings`: the guidance fields of a
     `GenerationSettings`; reference_context [N,77,C] defaults to the
-    first negative embedding repeated per reference, as officially. With several people: `owners`
-    the person of each reference and `regions` [h,w] the person each latent cell reads (see
-    `flashface.people.PeopleLayout`).
+    first negative embedding repeated per reference, as officially. `copies`: how many times each
+    reference stands (the official padding, `flashface.people.PeopleLayout.copies`). With several
+    people: `owners` the person of each reference and `regions` [h,w] the person each latent cell
+    reads (see `flashface.people.PeopleLayout`).
     `model_timesteps` records the integer timestep of every call.
     """
 
@@ -99,7 +110,7 @@ class ReferenceGuidedDenoiser:
                  reference_latents: torch.Tensor, mask: torch.Tensor | None = None,
                  settings: GenerationSettings = GenerationSettings(),
                  reference_context: torch.Tensor | None = None, *, owners: Sequence[int] | None = None,
-                 regions: torch.Tensor | None = None):
+                 copies: Sequence[int] | None = None, regions: torch.Tensor | None = None):
         if positive.shape != negative.shape:
             raise InvalidInputError(f"positive {tuple(positive.shape)} and negative {tuple(negative.shape)} "
                                     "text embeddings must have the same shape [B,77,C].")
@@ -111,7 +122,7 @@ class ReferenceGuidedDenoiser:
         self.schedule = schedule
         self.settings = settings
         self.positive, self.negative, self.mask = positive, negative, mask
-        self.reference_latents, self.owners, self.regions = reference_latents, owners, regions
+        self.reference_latents, self.owners, self.copies, self.regions = reference_latents, owners, copies, regions
         self.reference_context = (negative[:1].expand(len(reference_latents), -1, -1)
                                   if reference_context is None else reference_context)
         self.model_timesteps: list[int] = []
@@ -121,18 +132,17 @@ class ReferenceGuidedDenoiser:
         batch = x.shape[0]
         if batch != self.positive.shape[0]:
             raise InvalidInputError(f"{batch} latents for {self.positive.shape[0]} text embeddings.")
-        kinds = branch_kinds(self.settings, timestep, batch)
+        branches = branch_chunks(self.settings, timestep)
         contexts = {POSITIVE_WITH_REFERENCES: self.positive, POSITIVE: self.positive, NEGATIVE: self.negative}
-        branches = list(dict.fromkeys(kinds))
         references = self.unet.encode_references(self.reference_latents, timestep, self.reference_context,
-                                                 self.owners)
+                                                 self.owners, self.copies)
         out = self.unet(
             x.repeat(len(branches), 1, 1, 1),
-            torch.full((len(kinds),), timestep, dtype=torch.long, device=x.device),
+            torch.full((len(branches) * batch,), timestep, dtype=torch.long, device=x.device),
             torch.cat([contexts[kind] for kind in branches]),
             None if self.mask is None else self.mask.repeat(len(branches), 1, 1),
             references,
-            row_weights(self.settings, timestep, kinds),
+            row_plan(self.settings, timestep, branches, batch),
             regions=self.regions,
         )
         eps = dict(zip(branches, out.chunk(len(branches))))
@@ -196,25 +206,27 @@ class RowGuidance:
         return self.people.face_position(LATENT_FACTOR * w, LATENT_FACTOR * h).to(device).expand(rows, h, w)
 
     @torch.no_grad()
-    def denoise(self, unet, x: torch.Tensor, sigma, context: torch.Tensor, kinds: Sequence[int],
-                additions: BlockAdditions | None = None) -> torch.Tensor:
-        """x0 [R,4,h,w] of VE latents x [R,4,h,w] at `sigma` (one level, or one per row, all equal),
-        row r with text `context[r]` and of kind `kinds[r]`; `additions`: control residuals and block
-        patches for the main pass (see `BlockAdditions`)."""
+    def denoise(self, unet, x: torch.Tensor, sigma, context: torch.Tensor, chunks: Sequence[int],
+                additions: BlockAdditions | None = None, one_prompt_per_side: bool = True) -> torch.Tensor:
+        """x0 [R,4,h,w] of VE latents x [R,4,h,w] at `sigma` (one level, or one per row, all equal).
+        The rows are `chunks` of equal size stacked (ComfyUI's cond_or_uncond), each of a kind, row
+        b of every chunk the same sample, each row with text `context[r]` (see `row_plan` for
+        `one_prompt_per_side`); `additions`: control residuals and block patches for the main pass
+        (see `BlockAdditions`)."""
         levels = torch.as_tensor(sigma, dtype=torch.float32).flatten()
         level = float(levels[0])
         t = self.timestep(level)
         if len(levels) > 1 and not bool((levels == levels[0]).all()):
             raise InvalidInputError("FlashFace computes the rows of one step together: give them one sigma.")
-        if len(kinds) != x.shape[0]:
-            raise InvalidInputError(f"{len(kinds)} row kinds for {x.shape[0]} latent rows.")
+        if not chunks or x.shape[0] % len(chunks):
+            raise InvalidInputError(f"{x.shape[0]} latent rows do not make {len(chunks)} equal chunks.")
         device = x.device
         references = unet.encode_references(self.reference_latents.to(device), t, self.reference_context.to(device),
-                                            self.people.owners)
+                                            self.people.owners, self.people.copies)
         h, w = x.shape[2:]
-        eps = unet(x * ve_scale(level), torch.full((len(kinds),), t, dtype=torch.long, device=device), context,
-                   self.latent_mask(len(kinds), h, w, device), references,
-                   row_weights(self.settings, t, kinds), additions,
+        plan = row_plan(self.settings, t, chunks, x.shape[0] // len(chunks), one_prompt_per_side)
+        eps = unet(x * ve_scale(level), torch.full((plan.rows,), t, dtype=torch.long, device=device), context,
+                   self.latent_mask(plan.rows, h, w, device), references, plan, additions,
                    regions=self.people.regions(LATENT_FACTOR * w, LATENT_FACTOR * h))
         sigma_t, alpha_t = self.schedule.coefficients(t)
         return (x * ve_scale(level) - sigma_t * eps.float()) / alpha_t

@@ -1,0 +1,182 @@
+"""Reading the published FlashFace UNet file (or a compact one, `convert`) into `FlashFaceUNet`.
+
+The published ``flashface.ckpt`` stores the main encoder, middle block and decoder twice
+(``encoder.*`` and ``ori_encoder.*`` ...: each pair is checked equal and kept once), the
+reference copies of the encoder and decoder, a never-executed ``ref_middle`` (never read), and a
+5-channel input convolution (latent + face-position mask), split here into the latent channels
+and `mask_weight`. `official_key` maps a module key to the file's name of that tensor; the
+architecture is read from the keys and shapes (`infer_config`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from ..errors import ModelFileError
+from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_module
+from .convert import compact_view
+from .ops import (
+    CASTING_OPERATIONS,
+    STORAGE_ONLY_DTYPES,
+    TORCH_OPERATIONS,
+    compute_dtype_for,
+    count_indexed,
+    required_shape,
+)
+from .unet import FlashFaceUNet, UNetConfig, build_middle_block
+from .unet_blocks import MODEL_NAME
+
+logger = logging.getLogger(__name__)
+
+# Lists stored twice in the published file (the module and its `ori_` alias).
+ALIASED_LISTS = ("encoder", "middle", "decoder")
+UNUSED_PREFIX = "ref_middle."
+
+
+def _require(checkpoint: Checkpoint, key: str) -> tuple[int, ...]:
+    return required_shape(checkpoint, key, f"This is not a {MODEL_NAME} checkpoint: select the FlashFace UNet file "
+                                           f"(flashface.ckpt or flashface.safetensors) in that slot.")
+
+
+def infer_config(checkpoint: Checkpoint, num_heads: int | None = None) -> UNetConfig:
+    """Architecture from key names and shapes; num_heads: argument > metadata > 8."""
+    dim = _require(checkpoint, "time_embedding.0.weight")[1]
+    levels: list[list[tuple[int, bool]]] = [[]]
+    index = 1
+    while True:
+        if f"encoder.{index}.weight" in checkpoint:  # downsampling conv ends a level
+            levels.append([])
+        elif f"encoder.{index}.0.layer1.2.weight" in checkpoint:
+            width = checkpoint.shape(f"encoder.{index}.0.layer1.2.weight")[0]
+            levels[-1].append((width, f"encoder.{index}.1.norm1.weight" in checkpoint))
+        else:
+            break
+        index += 1
+    layouts = {(len(blocks), len({w for w, _ in blocks}), len({a for _, a in blocks})) for blocks in levels}
+    if not levels[0] or len(layouts) != 1 or next(iter(layouts))[1:] != (1, 1):
+        raise ModelFileError(f"{checkpoint.path}: the encoder layout is not one a {MODEL_NAME} has; "
+                             f"select the FlashFace UNet file.")
+    attn_blocks = count_indexed(checkpoint, "middle.1.blocks.{}.norm1.weight")
+    if num_heads is None:
+        stored = checkpoint.metadata().get("num_heads")
+        num_heads = int(stored) if stored else UNetConfig.num_heads
+    return UNetConfig(
+        dim=dim,
+        dim_mult=tuple(blocks[0][0] // dim for blocks in levels),
+        num_res_blocks=len(levels[0]),
+        attn_scales=tuple(2.0 ** -level for level, blocks in enumerate(levels) if blocks[0][1]),
+        num_attn_blocks=attn_blocks,
+        num_heads=num_heads,
+        context_dim=_require(checkpoint, "middle.1.blocks.0.cross_attn.k.weight")[1],
+        in_channels=_require(checkpoint, "encoder.0.weight")[1],
+        ref_in_channels=_require(checkpoint, "ref_encoder.0.weight")[1],
+        out_channels=_require(checkpoint, "head.2.weight")[0],
+    )
+
+
+# Module list names -> the published file's.
+OFFICIAL_LISTS = {"time_embed": "time_embedding", "input_blocks": "encoder", "middle_block": "middle",
+                  "output_blocks": "decoder", "out": "head", "reference_input_blocks": "ref_encoder",
+                  "reference_output_blocks": "ref_decoder"}
+# Module path pieces -> the published file's, in this order (each piece between dots).
+OFFICIAL_PIECES = (
+    (".0.op.", "."),  # a downsampling conv is an entry of its own in the file
+    (".conv.", ".1."),  # the upsampling conv sits at index 1 of the file's nn.Sequential
+    (".in_layers.", ".layer1."), (".emb_layers.", ".embedding."), (".out_layers.", ".layer2."),
+    (".skip_connection.", ".shortcut."),
+    (".norm.", ".norm1."), (".proj_in.", ".conv1."), (".proj_out.", ".conv2."), (".transformer_blocks.", ".blocks."),
+    (".reference_attn.", ".self_attn.self_attn_first."), (".attn1.", ".self_attn."), (".attn2.", ".cross_attn."),
+    (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."), (".to_out.0.", ".o."), (".ff.net.", ".ffn."),
+)
+
+
+def official_key(module_key: str) -> str:
+    """The published file's name of a module tensor ("input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
+    -> "encoder.1.1.blocks.0.self_attn.q.weight")."""
+    head, rest = module_key.split(".", 1)
+    rest = "." + rest
+    if head.endswith("input_blocks") and rest.startswith(".0.0."):  # the input conv is an entry of its own too
+        rest = rest[len(".0"):]
+    for piece, official in OFFICIAL_PIECES:
+        rest = rest.replace(piece, official)
+    return OFFICIAL_LISTS[head] + rest
+
+
+CONV_IN_WEIGHT = "input_blocks.0.0.weight"
+CONV_IN_MASK_WEIGHT = "input_blocks.0.0.mask_weight"  # the published conv_in's last input channel
+
+
+def _file_keys(module_key: str) -> tuple[str, ...]:
+    key = official_key(CONV_IN_WEIGHT if module_key == CONV_IN_MASK_WEIGHT else module_key)
+    if key.split(".", 1)[0] in ALIASED_LISTS:
+        return (key, "ori_" + key)
+    return (key,)
+
+
+def unused_middle_file_key(middle_block_key: str) -> str:
+    """The published name of a tensor of the never-run `ref_middle`, from its key in a middle block."""
+    return UNUSED_PREFIX + official_key("middle_block." + middle_block_key).split(".", 1)[1]
+
+
+def checkpoint_plan(config: UNetConfig) -> dict[str, TensorPlan]:
+    """Module key -> file keys (`official_key`) for a UNet of `config`: aliased lists read both
+    copies (checked equal), others one; conv_in's latent and mask channels are cut from the
+    published 5-channel weight."""
+    latent_channels = config.in_channels - 1
+    with torch.device("meta"):
+        module_keys = list(FlashFaceUNet(config).state_dict())
+    plans = {}
+    for key in module_keys:
+        file_keys = _file_keys(key)
+        plan = TensorPlan.aliased(*file_keys) if len(file_keys) > 1 else TensorPlan.copy(file_keys[0])
+        if key == CONV_IN_WEIGHT:
+            plan = plan.narrowed(1, 0, latent_channels)
+        elif key == CONV_IN_MASK_WEIGHT:
+            plan = plan.narrowed(1, latent_channels, 1)
+        plans[key] = plan
+    return plans
+
+
+def checkpoint_key_shapes(config: UNetConfig) -> dict[str, torch.Size]:
+    """Keys and shapes of a file in the published layout (aliases and `ref_middle` included)."""
+    with torch.device("meta"):
+        model = FlashFaceUNet(config)
+        unused_middle = build_middle_block(TORCH_OPERATIONS, config, reads_references=False)
+    shapes = {file_key: tensor.shape for key, tensor in model.state_dict().items() for file_key in _file_keys(key)
+              if key != CONV_IN_MASK_WEIGHT}
+    for file_key in _file_keys(CONV_IN_WEIGHT):
+        shapes[file_key] = torch.Size((config.dim, config.in_channels, 3, 3))
+    shapes.update({unused_middle_file_key(key): t.shape for key, t in unused_middle.state_dict().items()})
+    return shapes
+
+
+def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None) -> Layout:
+    """The layout of the published file (or a compact one seen through `compact_view`): the
+    never-executed `ref_middle` unused."""
+    config = infer_config(checkpoint, num_heads)
+    return Layout(config, checkpoint_plan(config), lambda key: key.startswith(UNUSED_PREFIX))
+
+
+def load_unet(source: str | os.PathLike | Checkpoint, *, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32, operations=None, num_heads: int | None = None) -> FlashFaceUNet:
+    """Load the FlashFace UNet from a path or an open `Checkpoint` into `dtype` on `device`.
+
+    Norm parameters stay fp32. Each aliased tensor pair is checked equal and kept once;
+    `ref_middle.*` is never read. A compact file (`convert.convert_unet`) loads the same way. Weights stored in fp8 (`STORAGE_ONLY_DTYPES`) are cast per layer
+    to the compute dtype (`compute_dtype_for(device)`, the `manual_cast_dtype`), by the library's
+    casting layers unless `operations` (ComfyUI's cast layers) are given.
+    """
+    storage_only = dtype in STORAGE_ONLY_DTYPES
+    with checkpoint_source(source) as opened:
+        checkpoint = compact_view(opened)
+        layout = infer_layout(checkpoint, num_heads)
+        ops = operations or (CASTING_OPERATIONS if storage_only else TORCH_OPERATIONS)
+        model = load_module(lambda: FlashFaceUNet(layout.config, ops), checkpoint, layout.plan, what=MODEL_NAME,
+                            device=device, dtype=dtype, ignore=layout.unused)
+    if storage_only:
+        model.manual_cast_dtype = compute_dtype_for(device)
+    logger.info("loaded %s %s from %s", MODEL_NAME, layout.config, checkpoint.path)
+    return model
