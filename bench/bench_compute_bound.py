@@ -44,7 +44,7 @@ def matmul_peak(sizes=(1024, 2048, 4096), repeats: int = 3) -> tuple[float, int]
         for _ in range(repeats):
             start = time.perf_counter()
             torch.mm(a, b)
-            rate = 2 * n ** 3 / (time.perf_counter() - start) / 1e9
+            rate = 2 * n**3 / (time.perf_counter() - start) / 1e9
             if rate > best:
                 best, best_size = rate, n
     return best, best_size
@@ -59,8 +59,9 @@ def main() -> None:
     torch.set_grad_enabled(False)
     threads = torch.get_num_threads()
     peak, peak_size = matmul_peak()
-    print(f"torch {torch.__version__}, {threads} threads; fp32 matmul peak {peak:.1f} GFLOP/s ({peak_size}^3)",
-          flush=True)
+    print(
+        f"torch {torch.__version__}, {threads} threads; fp32 matmul peak {peak:.1f} GFLOP/s ({peak_size}^3)", flush=True
+    )
 
     config = UNetConfig(dim=args.dim, context_dim=768 if args.dim == 320 else 64)
     model = random_unet(config, torch.float32)
@@ -76,10 +77,12 @@ def main() -> None:
         unet_call(model, inputs, 3, LAUNCHED_TIMESTEP, strength)
         seconds.append(time.perf_counter() - start)
     achieved = flops / min(seconds) / 1e9
-    print(f"one 3-branch UNet call at {args.size} px, 4 references, batch 1 (width {args.dim}): "
-          f"{flops / 1e9:.0f} GFLOP counted, best {min(seconds):.2f} s of {len(seconds)} "
-          f"[{min(seconds):.2f}-{max(seconds):.2f}] -> {achieved:.1f} GFLOP/s = {achieved / peak:.0%} of the matmul peak",
-          flush=True)
+    print(
+        f"one 3-branch UNet call at {args.size} px, 4 references, batch 1 (width {args.dim}): "
+        f"{flops / 1e9:.0f} GFLOP counted, best {min(seconds):.2f} s of {len(seconds)} "
+        f"[{min(seconds):.2f}-{max(seconds):.2f}] -> {achieved:.1f} GFLOP/s = {achieved / peak:.0%} of the matmul peak",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

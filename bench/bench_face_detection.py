@@ -24,9 +24,9 @@ from PIL import Image
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench.memory import PeakMemory  # noqa: E402
 from flashface.face import crop_face, detect_faces, prepare_reference  # noqa: E402
 from flashface.models.retinaface import load_face_detector  # noqa: E402
-from bench.memory import PeakMemory  # noqa: E402
 from tiny_retinaface import write_retinaface  # noqa: E402
 
 
@@ -61,11 +61,15 @@ def main() -> None:
                 prepare_reference(crop_face(photo, face))
             crop_times.append(time.perf_counter() - start)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {args.dtype}, "
-          f"photo {args.width}x{args.height}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {args.dtype}, "
+        f"photo {args.width}x{args.height}"
+    )
     print(f"load (110 MB .pth):             {load_seconds:.2f} s")
-    print(f"detect_faces, median of {args.repeats}:    {np.median(detect_times):.3f} s "
-          f"(min {min(detect_times):.3f}, {len(faces)} faces above 0.6)")
+    print(
+        f"detect_faces, median of {args.repeats}:    {np.median(detect_times):.3f} s "
+        f"(min {min(detect_times):.3f}, {len(faces)} faces above 0.6)"
+    )
     print(f"crop + prepare_reference (1):   {np.median(crop_times) * 1000:.1f} ms")
     print(memory)
 

@@ -28,6 +28,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -45,8 +46,18 @@ from flashface.models.unet import FlashFaceUNet, UNetConfig  # noqa: E402
 from flashface.pipeline import initial_noise  # noqa: E402
 from flashface.settings import default  # noqa: E402
 
-FULL = dict(config=UNetConfig(), sizes=(512, 768), reference_size=224)
-TINY = dict(config=UNetConfig(dim=32, num_heads=2, context_dim=64), sizes=(64, 96), reference_size=64)
+
+@dataclass(frozen=True)
+class Scale:
+    """The UNet, image sizes and reference size one run measures."""
+
+    config: UNetConfig
+    sizes: tuple[int, int]
+    reference_size: int
+
+
+FULL = Scale(UNetConfig(), (512, 768), 224)
+TINY = Scale(UNetConfig(dim=32, num_heads=2, context_dim=64), (64, 96), 64)
 DTYPES = {name: WEIGHT_DTYPES[name] for name in ("fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2")}
 TIMESTEP = {2: 900, 3: 500}  # a step before and after the default launch timestep (750)
 # the official reference strengths before and after launch
@@ -79,7 +90,7 @@ def on_device(source: FlashFaceUNet, dtype: torch.dtype, device: torch.device, o
     norms = (torch.nn.GroupNorm, torch.nn.LayerNorm)
     sources = dict(source.named_modules())
     for name, module in model.named_modules():
-        for key, param in list(module.named_parameters(recurse=False)):
+        for key, _ in list(module.named_parameters(recurse=False)):
             value = getattr(sources[name], key).detach()
             value = value.to(device, torch.float32 if isinstance(module, norms) else dtype, copy=True)
             setattr(module, key, torch.nn.Parameter(value, requires_grad=False))
@@ -103,14 +114,15 @@ def out_of_memory(error: BaseException) -> bool:
 
 
 def step_table(source, sizes, batches, dtypes, repeats, reference_size, device) -> None:
-    print(f"{'dtype':<11}{'px':>5}{'batch':>6}{'people':>7}{'branches':>9}{'s/step':>9}  range          memory",
-          flush=True)
+    print(
+        f"{'dtype':<11}{'px':>5}{'batch':>6}{'people':>7}{'branches':>9}{'s/step':>9}  range          memory",
+        flush=True,
+    )
     for dtype_name in dtypes:
         model = on_device(source, DTYPES[dtype_name], device)
         for size in sizes:
             for batch, people in [(batch, 1) for batch in batches] + [(batches[0], 2)]:
-                inputs = StepInputs(size, 4, 4, batch, source.config.context_dim, reference_size, device,
-                                    people=people)
+                inputs = StepInputs(size, 4, 4, batch, source.config.context_dim, reference_size, device, people=people)
                 for branches in (2, 3):
                     row = f"{dtype_name:<11}{size:>5}{batch:>6}{people:>7}{branches:>9}"
                     try:
@@ -122,8 +134,10 @@ def step_table(source, sizes, batches, dtypes, repeats, reference_size, device) 
                         print(f"{row}  out of memory", flush=True)
                         torch.cuda.empty_cache() if device.type == "cuda" else None
                         continue
-                    print(f"{row}{statistics.median(seconds):9.3f}  [{min(seconds):.3f}-{max(seconds):.3f}]"
-                          f"  {memory[0]}", flush=True)
+                    print(
+                        f"{row}{statistics.median(seconds):9.3f}  [{min(seconds):.3f}-{max(seconds):.3f}]  {memory[0]}",
+                        flush=True,
+                    )
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -142,13 +156,15 @@ def import_comfyui(tree: str, device: torch.device):
     return comfy
 
 
-def partial_load(source, tree: str, budget: float, size: int, repeats: int, reference_size: int,
-                 device: torch.device) -> None:
+def partial_load(
+    source, tree: str, budget: float, size: int, repeats: int, reference_size: int, device: torch.device
+) -> None:
     comfy = import_comfyui(tree, device)
     unet = on_device(source, torch.float16, torch.device("cpu"), operations=comfy.ops.disable_weight_init)
     size_bytes = comfy.model_management.module_size(unet)
-    patcher = comfy.model_patcher.ModelPatcher(unet, load_device=device, offload_device=torch.device("cpu"),
-                                               size=size_bytes)
+    patcher = comfy.model_patcher.ModelPatcher(
+        unet, load_device=device, offload_device=torch.device("cpu"), size=size_bytes
+    )
     with peak_memory(device) as load_memory:
         patcher.load(device, lowvram_model_memory=int(size_bytes * budget))
     resident = cast = 0
@@ -158,15 +174,21 @@ def partial_load(source, tree: str, budget: float, size: int, repeats: int, refe
             cast += own
         else:
             resident += own
-    print(f"ComfyUI ModelPatcher, budget {budget:.0%} of {size_bytes / 2**30:.3f} GiB: weights loaded to "
-          f"{device.type} {resident / 2**30:.3f} GiB, cast per layer at each call {cast / 2**30:.3f} GiB; "
-          f"load {load_memory[0]}", flush=True)
+    print(
+        f"ComfyUI ModelPatcher, budget {budget:.0%} of {size_bytes / 2**30:.3f} GiB: weights loaded to "
+        f"{device.type} {resident / 2**30:.3f} GiB, cast per layer at each call {cast / 2**30:.3f} GiB; "
+        f"load {load_memory[0]}",
+        flush=True,
+    )
     inputs = StepInputs(size, 4, 4, 1, source.config.context_dim, reference_size, device)
     for branches in (2, 3):
         with peak_memory(device) as memory:
             seconds = time_calls(unet, inputs, branches, repeats, device)
-        print(f"  fp16 {size} px batch 1, {branches} branches: {statistics.median(seconds):.3f} s/step "
-              f"[{min(seconds):.3f}-{max(seconds):.3f}], {memory[0]}", flush=True)
+        print(
+            f"  fp16 {size} px batch 1, {branches} branches: {statistics.median(seconds):.3f} s/step "
+            f"[{min(seconds):.3f}-{max(seconds):.3f}], {memory[0]}",
+            flush=True,
+        )
     patcher.detach() if hasattr(patcher, "detach") else patcher.unpatch_model(torch.device("cpu"))
 
 
@@ -188,17 +210,22 @@ def deviation(source, dtypes, size: int, reference_size: int, device: torch.devi
     for dtype_name in dtypes:
         low = call(on_device(source, DTYPES[dtype_name], device), device)
         difference = (low - exact).abs()
-        print(f"{dtype_name} vs fp32 (fp32 on {where}), one 3-branch call at {size} px: max |diff| "
-              f"{float(difference.max()):.3e}, mean {float(difference.mean()):.3e}, output std "
-              f"{float(exact.std()):.3f}, max relative to std {float(difference.max() / exact.std()):.3e}", flush=True)
+        print(
+            f"{dtype_name} vs fp32 (fp32 on {where}), one 3-branch call at {size} px: max |diff| "
+            f"{float(difference.max()):.3e}, mean {float(difference.mean()):.3e}, output std "
+            f"{float(exact.std()):.3f}, max relative to std {float(difference.max() / exact.std()):.3e}",
+            flush=True,
+        )
 
 
 def noise_check(device: torch.device, seed: int = 1234, shape=(2, 4, 64, 64)) -> None:
     ours, _ = initial_noise(shape, seed, device, "device")
     torch.manual_seed(seed)
     official = torch.empty(shape, device=device).normal_()
-    print(f'noise="device" equals torch.manual_seed({seed}) then {device.type} normal_(): '
-          f"{torch.equal(ours, official)}", flush=True)
+    print(
+        f'noise="device" equals torch.manual_seed({seed}) then {device.type} normal_(): {torch.equal(ours, official)}',
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -210,27 +237,35 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--comfyui", help="a ComfyUI source tree: also time the UNet partially loaded by it")
     parser.add_argument("--budget", type=float, default=0.5, help="part of the UNet ComfyUI may load (0-1)")
-    parser.add_argument("--deviation-only", action="store_true",
-                        help="only the deviation from fp32 (e.g. at full size on a CPU, where the step table is slow)")
+    parser.add_argument(
+        "--deviation-only",
+        action="store_true",
+        help="only the deviation from fp32 (e.g. at full size on a CPU, where the step table is slow)",
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     device = torch.device(args.device)
     shape = TINY if args.tiny else FULL
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    print(f"device {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
-          f"{'tiny' if args.tiny else 'SD1.5-size'} UNet", flush=True)
+    print(
+        f"device {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"{'tiny' if args.tiny else 'SD1.5-size'} UNet",
+        flush=True,
+    )
     start = time.perf_counter()
-    source = random_unet(shape["config"], torch.float32, "cpu")
-    print(f"random fp32 weights: {sum(p.numel() for p in source.parameters()) / 1e9:.3f} G parameters, "
-          f"{time.perf_counter() - start:.1f} s", flush=True)
+    source = random_unet(shape.config, torch.float32, "cpu")
+    print(
+        f"random fp32 weights: {sum(p.numel() for p in source.parameters()) / 1e9:.3f} G parameters, "
+        f"{time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
     if not args.deviation_only:
-        step_table(source, shape["sizes"], args.batches, args.dtypes, args.repeats, shape["reference_size"], device)
+        step_table(source, shape.sizes, args.batches, args.dtypes, args.repeats, shape.reference_size, device)
         if args.comfyui:
-            partial_load(source, args.comfyui, args.budget, shape["sizes"][0], args.repeats,
-                         shape["reference_size"], device)
+            partial_load(source, args.comfyui, args.budget, shape.sizes[0], args.repeats, shape.reference_size, device)
         else:
             print("partial load through ComfyUI: not measured (give --comfyui /path/to/ComfyUI)")
-    deviation(source, args.dtypes, shape["sizes"][0], shape["reference_size"], device)
+    deviation(source, args.dtypes, shape.sizes[0], shape.reference_size, device)
     noise_check(device)
     print(f"total {time.perf_counter() - start:.0f} s")
 

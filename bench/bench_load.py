@@ -39,12 +39,14 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench.memory import PeakMemory, peak_rss  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from bench.memory import PeakMemory, peak_rss  # noqa: E402
 from flashface.models.convert import convert_unet, write_safetensors  # noqa: E402
-from flashface.models.ops import WEIGHT_DTYPES  # noqa: E402
-from flashface.models.ops import TORCH_OPERATIONS  # noqa: E402
+from flashface.models.ops import (
+    TORCH_OPERATIONS,  # noqa: E402
+    WEIGHT_DTYPES,  # noqa: E402
+)
 from flashface.models.unet import FlashFaceUNet, UNetConfig, build_middle_block  # noqa: E402
 from flashface.models.unet_loading import (  # noqa: E402
     checkpoint_key_shapes,
@@ -59,7 +61,7 @@ PATTERN_VALUES = 1 << 24  # 64 MiB of fp32 values, repeated to fill every tensor
 def _pattern_of(pattern: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """The start of the pattern, repeated as often as a tensor of `shape` needs."""
     repeats = -(-shape.numel() // len(pattern))
-    return (pattern.repeat(repeats) if repeats > 1 else pattern)[:shape.numel()].view(shape)
+    return (pattern.repeat(repeats) if repeats > 1 else pattern)[: shape.numel()].view(shape)
 
 
 def write_published_layout(path: str, shapes: dict, metadata: dict) -> None:
@@ -67,8 +69,12 @@ def write_published_layout(path: str, shapes: dict, metadata: dict) -> None:
     fixed random pattern (repeated for the largest), so aliased tensors (same shape) are
     byte-identical, as in the real file."""
     pattern = torch.randn(PATTERN_VALUES, generator=torch.Generator().manual_seed(0)) * 0.02
-    write_safetensors(Path(path), [(key, torch.float32, tuple(shape)) for key, shape in shapes.items()],
-                      lambda key, dtype: _pattern_of(pattern, shapes[key]), metadata)
+    write_safetensors(
+        Path(path),
+        [(key, torch.float32, tuple(shape)) for key, shape in shapes.items()],
+        lambda key, dtype: _pattern_of(pattern, shapes[key]),
+        metadata,
+    )
 
 
 def write_pickle_from(safetensors_path: str, path: str) -> None:
@@ -80,9 +86,11 @@ def write_pickle_from(safetensors_path: str, path: str) -> None:
     header.pop("__metadata__")
     start = 8 + header_len
     tensors = {
-        key: torch.frombuffer(mapped, dtype=torch.float32, count=(end - begin) // 4,
-                              offset=start + begin).view(info["shape"])
-        for key, info in header.items() for begin, end in [info["data_offsets"]]
+        key: torch.frombuffer(mapped, dtype=torch.float32, count=(end - begin) // 4, offset=start + begin).view(
+            info["shape"]
+        )
+        for key, info in header.items()
+        for begin, end in [info["data_offsets"]]
     }
     torch.save(tensors, path)
     del tensors
@@ -108,10 +116,13 @@ def naive_load(path: str, config: UNetConfig) -> torch.nn.Module:
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
     plan = checkpoint_plan(config)
-    model.load_state_dict({key: tensor_plan.combine([state[k] for k in tensor_plan.file_keys])
-                           for key, tensor_plan in plan.items()}, strict=True)
-    ref_middle.load_state_dict({key: state[unused_middle_file_key(key)] for key in ref_middle.state_dict()},
-                               strict=True)
+    model.load_state_dict(
+        {key: tensor_plan.combine([state[k] for k in tensor_plan.file_keys]) for key, tensor_plan in plan.items()},
+        strict=True,
+    )
+    ref_middle.load_state_dict(
+        {key: state[unused_middle_file_key(key)] for key in ref_middle.state_dict()}, strict=True
+    )
     model.ref_middle = ref_middle
     return model
 
@@ -129,8 +140,17 @@ def child(method: str, path: str, dtype: str, dim: str) -> None:
         seconds = time.perf_counter() - start
     params = sum(p.numel() for p in model.parameters())
     peak = max(peak_rss(), memory.peak)
-    print(json.dumps({"seconds": seconds, "peak_rss": peak, "peak_anon": memory.peak_anon,
-                      "peak_file": memory.peak_file, "parameters": params}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss": peak,
+                "peak_anon": memory.peak_anon,
+                "peak_file": memory.peak_file,
+                "parameters": params,
+            }
+        )
+    )
 
 
 def compact_path(path: str, dtype: str) -> str:
@@ -139,8 +159,11 @@ def compact_path(path: str, dtype: str) -> str:
 
 def measure(method: str, path: str, dtype: str, dim: int) -> dict:
     evict_from_page_cache(path)
-    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", method, path, dtype, str(dim)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child", method, path, dtype, str(dim)],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode:
         raise SystemExit(f"{method} {path} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -165,21 +188,34 @@ def main() -> None:
         start = time.perf_counter()
         write_published_layout(safetensors_path, shapes, {"num_heads": "8"})
         write_pickle_from(safetensors_path, pickle_path)
-        print(f"wrote {len(shapes)} keys: {os.path.getsize(safetensors_path) / 1e9:.2f} GB .safetensors, "
-              f"{os.path.getsize(pickle_path) / 1e9:.2f} GB .ckpt in {time.perf_counter() - start:.0f} s; "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads; cold page cache per run")
-        print(f"{'file':<24} {'method':<20} {'seconds':>8} {'peak RSS GiB':>13} {'peak anon GiB':>14} {'file-backed':>12} {'params G':>9}")
-        runs = [(path, method, dtype) for path in (safetensors_path, pickle_path)
-                for method, dtype in (("load_unet", "fp32"), ("load_unet", "fp16"), ("naive", "fp32"))]
-        runs += [(safetensors_path, "convert", "fp16"), (safetensors_path, "convert", "fp8_e4m3fn"),
-                 (compact_path(safetensors_path, "fp16"), "load_unet", "fp16"),
-                 (compact_path(safetensors_path, "fp8_e4m3fn"), "load_unet", "fp8_e4m3fn")]
+        print(
+            f"wrote {len(shapes)} keys: {os.path.getsize(safetensors_path) / 1e9:.2f} GB .safetensors, "
+            f"{os.path.getsize(pickle_path) / 1e9:.2f} GB .ckpt in {time.perf_counter() - start:.0f} s; "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; cold page cache per run"
+        )
+        print(
+            f"{'file':<24} {'method':<20} {'seconds':>8} {'peak RSS GiB':>13} {'peak anon GiB':>14} "
+            f"{'file-backed':>12} {'params G':>9}"
+        )
+        runs = [
+            (path, method, dtype)
+            for path in (safetensors_path, pickle_path)
+            for method, dtype in (("load_unet", "fp32"), ("load_unet", "fp16"), ("naive", "fp32"))
+        ]
+        runs += [
+            (safetensors_path, "convert", "fp16"),
+            (safetensors_path, "convert", "fp8_e4m3fn"),
+            (compact_path(safetensors_path, "fp16"), "load_unet", "fp16"),
+            (compact_path(safetensors_path, "fp8_e4m3fn"), "load_unet", "fp8_e4m3fn"),
+        ]
         for path, method, dtype in runs:
             r = measure(method, path, dtype, args.dim)
             name = os.path.basename(path).replace("flashface", "")
-            print(f"{name:<24} {method + ' ' + dtype:<20} {r['seconds']:8.1f} {r['peak_rss'] / 2**30:13.2f} "
-                  f"{r['peak_anon'] / 2**30:14.2f} {r['peak_file'] / 2**30:12.2f} {r['parameters'] / 1e9:9.3f}",
-                  flush=True)
+            print(
+                f"{name:<24} {method + ' ' + dtype:<20} {r['seconds']:8.1f} {r['peak_rss'] / 2**30:13.2f} "
+                f"{r['peak_anon'] / 2**30:14.2f} {r['peak_file'] / 2**30:12.2f} {r['parameters'] / 1e9:9.3f}",
+                flush=True,
+            )
         for dtype in ("fp16", "fp8_e4m3fn"):
             print(f"compact {dtype}: {os.path.getsize(compact_path(safetensors_path, dtype)) / 1e9:.2f} GB")
     finally:

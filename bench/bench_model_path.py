@@ -16,15 +16,15 @@ import os
 import statistics
 import sys
 import tempfile
+from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench.memory import PeakMemory  # noqa: E402
 from comfy_server import ComfyServer, default_install, unavailable_reason  # noqa: E402
 from comfy_workflows import api_workflow, cheap_model_workflow, set_inputs  # noqa: E402
 from tiny_flashface_models import tiny_model_server  # noqa: E402
-
-from bench.memory import PeakMemory  # noqa: E402
 
 
 def generator_prompt(size: int, steps: int, seed: int) -> dict:
@@ -33,8 +33,7 @@ def generator_prompt(size: int, steps: int, seed: int) -> dict:
 
 
 def ksampler_prompt(size: int, steps: int, seed: int, sampler: str, scheduler: str) -> dict:
-    return cheap_model_workflow("flashface_ksampler", size, steps, seed=seed, sampler_name=sampler,
-                                scheduler=scheduler)
+    return cheap_model_workflow("flashface_ksampler", size, steps, seed=seed, sampler_name=sampler, scheduler=scheduler)
 
 
 def seconds(server: ComfyServer, make, steps: int, repeats: int) -> float:
@@ -61,20 +60,31 @@ def main() -> int:
         return 1
     routes = {
         "Generator (ddim, official)": lambda steps, seed: generator_prompt(args.size, steps, seed),
-        f"Apply + KSampler ({args.sampler}, {args.scheduler})":
-            lambda steps, seed: ksampler_prompt(args.size, steps, seed, args.sampler, args.scheduler),
-        "Apply + KSampler (ddim, ddim_uniform)":
-            lambda steps, seed: ksampler_prompt(args.size, steps, seed, "ddim", "ddim_uniform"),
+        f"Apply + KSampler ({args.sampler}, {args.scheduler})": lambda steps, seed: ksampler_prompt(
+            args.size, steps, seed, args.sampler, args.scheduler
+        ),
+        "Apply + KSampler (ddim, ddim_uniform)": lambda steps, seed: ksampler_prompt(
+            args.size, steps, seed, "ddim", "ddim_uniform"
+        ),
     }
-    with tempfile.TemporaryDirectory(prefix="flashface-bench-") as workdir, \
-            tiny_model_server(workdir, default_install()) as server, PeakMemory(server.process.pid) as memory:
+    with (
+        tempfile.TemporaryDirectory(prefix="flashface-bench-") as workdir,
+        tiny_model_server(Path(workdir), default_install()) as server,
+        PeakMemory(server.pid) as memory,
+    ):
         few, many = args.steps
-        print(f"ComfyUI {server.get('/system_stats')['system']['comfyui_version']}, CPU, tiny models, "
-              f"{args.size}x{args.size}, one reference photo; steps {few} and {many}", flush=True)
+        print(
+            f"ComfyUI {server.get('/system_stats')['system']['comfyui_version']}, CPU, tiny models, "
+            f"{args.size}x{args.size}, one reference photo; steps {few} and {many}",
+            flush=True,
+        )
         for name, make in routes.items():
             short, long = seconds(server, make, few, args.repeats), seconds(server, make, many, args.repeats)
-            print(f"{name:<42} {few} steps {short:6.2f} s, {many} steps {long:6.2f} s, "
-                  f"{(long - short) / (many - few) * 1000:6.1f} ms per step", flush=True)
+            print(
+                f"{name:<42} {few} steps {short:6.2f} s, {many} steps {long:6.2f} s, "
+                f"{(long - short) / (many - few) * 1000:6.1f} ms per step",
+                flush=True,
+            )
     print(f"server: {memory}")
     return 0
 

@@ -40,8 +40,10 @@ TIMESTEP = {2: 999, 3: 500}  # a step before and one after the launch of referen
 def model_calls(config: UNetConfig, sizes: list[int], branches_list: list[int], repeats: int) -> None:
     model = random_unet(config, torch.float32)
     baseline = rss_anon()
-    print(f"UNet call, fp32, random weights ({sum(p.numel() for p in model.parameters()) / 1e9:.3f} G parameters, "
-          f"{baseline / 2**30:.2f} GiB anonymous before the calls)")
+    print(
+        f"UNet call, fp32, random weights ({sum(p.numel() for p in model.parameters()) / 1e9:.3f} G parameters, "
+        f"{baseline / 2**30:.2f} GiB anonymous before the calls)"
+    )
     print(f"{'px':>5}{'branches':>9}{'people':>7}{'s/call':>9}  range            peak anon GiB  vs one person")
     for size in sizes:
         for branches in branches_list:
@@ -57,16 +59,24 @@ def model_calls(config: UNetConfig, sizes: list[int], branches_list: list[int], 
                         seconds.append(time.perf_counter() - start)
                 median = statistics.median(seconds)
                 one_person = one_person or median
-                print(f"{size:>5}{branches:>9}{people:>7}{median:9.2f}  [{min(seconds):.2f}-{max(seconds):.2f}]"
-                      f"{memory.peak_anon / 2**30:>17.2f}  {median / one_person:.2f}x", flush=True)
+                print(
+                    f"{size:>5}{branches:>9}{people:>7}{median:9.2f}  [{min(seconds):.2f}-{max(seconds):.2f}]"
+                    f"{memory.peak_anon / 2**30:>17.2f}  {median / one_person:.2f}x",
+                    flush=True,
+                )
 
 
 def masked_attention(sa1: Attention, y, references, owners, regions) -> torch.Tensor:
     """One attention over [y; every reference], other people's reference logits at -inf."""
     ref_tokens = references.reshape(1, -1, references.shape[-1]).expand(y.shape[0], -1, -1)
     key_owner = torch.tensor([owner for owner in owners for _ in range(references.shape[1])])
-    allowed = torch.cat([torch.ones(len(regions), y.shape[1], dtype=torch.bool),
-                         (regions[:, None] == key_owner[None, :]) | (regions[:, None] < 0)], 1)
+    allowed = torch.cat(
+        [
+            torch.ones(len(regions), y.shape[1], dtype=torch.bool),
+            (regions[:, None] == key_owner[None, :]) | (regions[:, None] < 0),
+        ],
+        1,
+    )
     bias = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
     q, k, v = sa1.to_q(y), sa1.to_k(torch.cat([y, ref_tokens], 1)), sa1.to_v(torch.cat([y, ref_tokens], 1))
     return sa1.attend(q, k, v, bias[None, None])
@@ -79,19 +89,24 @@ def attention_block(size: int, repeats: int) -> None:
     y = torch.randn(1, side * side, width)
     references = torch.randn(8, ref_side * ref_side, width)
     layout = PeopleLayout(tuple(people_boxes(2)), (None, None), (4, 4))
-    regions = layout.regions(size, size).flatten()
+    regions = layout.regions(size, size)
+    assert regions is not None  # two people
+    regions = regions.flatten()
     positions = [(regions == person).nonzero().flatten() for person in range(2)]
     weights = [1.0]
     ways = {
         "two people, queries gathered per person (library)": lambda: reference_attention(
-            sa1, y, references, weights, None, layout.owners, positions),
+            sa1, y, references, weights, None, layout.owners, positions
+        ),
         "two people, one attention with masked logits": lambda: masked_attention(
-            sa1, y, references, layout.owners, regions),
-        "one person, 4 references (today)": lambda: reference_attention(
-            sa1, y, references[:4], weights),
+            sa1, y, references, layout.owners, regions
+        ),
+        "one person, 4 references (today)": lambda: reference_attention(sa1, y, references[:4], weights),
     }
-    print(f"\nreference attention of one block at {size} px: {side * side} queries, width {width}, "
-          f"{ref_side * ref_side} tokens per reference, 1 row")
+    print(
+        f"\nreference attention of one block at {size} px: {side * side} queries, width {width}, "
+        f"{ref_side * ref_side} tokens per reference, 1 row"
+    )
     results = {}
     for name, run in ways.items():
         run()
@@ -102,8 +117,11 @@ def attention_block(size: int, repeats: int) -> None:
                 start = time.perf_counter()
                 results[name] = run()
                 seconds.append(time.perf_counter() - start)
-        print(f"  {name:<52} {statistics.median(seconds):7.3f} s  [{min(seconds):.3f}-{max(seconds):.3f}]  "
-              f"+{(memory.peak_anon - before) / 2**20:6.0f} MiB", flush=True)
+        print(
+            f"  {name:<52} {statistics.median(seconds):7.3f} s  [{min(seconds):.3f}-{max(seconds):.3f}]  "
+            f"+{(memory.peak_anon - before) / 2**20:6.0f} MiB",
+            flush=True,
+        )
     library, masked = list(results.values())[:2]
     print(f"  the two ways differ by at most {float((library - masked).abs().max()):.2e}")
 

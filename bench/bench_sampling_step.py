@@ -50,23 +50,27 @@ def model_call(model, inputs: StepInputs, branches: int, weight: float, variant:
     x, t = inputs.latent.repeat(branches, 1, 1, 1), torch.full((rows,), 500)
     context, mask = inputs.contexts(branches), inputs.mask.repeat(branches, 1, 1)
     if variant == "straightforward":
-        return straightforward_eps(model, x, t, context, mask, inputs.references, inputs.reference_context,
-                                   plan.weights)
+        return straightforward_eps(
+            model, x, t, context, mask, inputs.references, inputs.reference_context, plan.weights
+        )
     if variant == "a call per branch":
         outputs = []
         for branch in range(branches):
             part = slice(branch * inputs.batch, (branch + 1) * inputs.batch)
-            features = model.encode_references(inputs.faces, 500, inputs.reference_context[:faces],
-                                               copies=inputs.copies)
-            outputs.append(model(x[part], t[part], context[part], mask[part], features,
-                                 RowPlan.unshared(plan.weights[part])))
+            features = model.encode_references(
+                inputs.faces, 500, inputs.reference_context[:faces], copies=inputs.copies
+            )
+            outputs.append(
+                model(x[part], t[part], context[part], mask[part], features, RowPlan.unshared(plan.weights[part]))
+            )
         return torch.cat(outputs)
     if variant == "every reference copy":
         features = model.encode_references(inputs.references, 500, inputs.reference_context)
     else:
         features = model.encode_references(inputs.faces, 500, inputs.reference_context[:faces], copies=inputs.copies)
-    return model(x, t, context, mask, features, RowPlan.unshared(plan.weights) if variant == "rows not shared"
-                 else plan)
+    return model(
+        x, t, context, mask, features, RowPlan.unshared(plan.weights) if variant == "rows not shared" else plan
+    )
 
 
 def main() -> None:
@@ -87,10 +91,14 @@ def main() -> None:
     start = time.perf_counter()
     model = random_unet(config, dtype)
     params = sum(p.numel() for p in model.parameters())
-    print(f"model: {params / 1e9:.3f} G parameters ({args.dtype}), built in {time.perf_counter() - start:.1f} s, "
-          f"RSS {rss() / 2**30:.2f} GiB; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"call: {args.size}x{args.size} px (latent {args.size // 8}), {args.references} references of "
-          f"{args.photos} photo(s) at {args.reference_size} px, batch {args.batch}, λ={args.weight}")
+    print(
+        f"model: {params / 1e9:.3f} G parameters ({args.dtype}), built in {time.perf_counter() - start:.1f} s, "
+        f"RSS {rss() / 2**30:.2f} GiB; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"call: {args.size}x{args.size} px (latent {args.size // 8}), {args.references} references of "
+        f"{args.photos} photo(s) at {args.reference_size} px, batch {args.batch}, λ={args.weight}"
+    )
     inputs = StepInputs(args.size, args.references, args.photos, args.batch, config.context_dim, args.reference_size)
     print(f"{'branches':>8}  {'variant':<24} {'s/call':>8} {'x sampled':>9}  peak memory")
     for branches in (2, 3):

@@ -58,11 +58,16 @@ def official_model(official_dir: str, device: torch.device):
 
 
 def official_call(model, inputs: StepInputs, branches: int, t: int, strength: float):
-    model.share_cache.update(num_pairs=len(inputs.references), ref=inputs.references,
-                             ref_context=inputs.reference_context, masks=inputs.mask,
-                             similarity=torch.tensor(strength))
-    return model(inputs.latent.repeat(branches, 1, 1, 1), t=torch.full((inputs.batch,), t),
-                 context=inputs.contexts(branches))
+    model.share_cache.update(
+        num_pairs=len(inputs.references),
+        ref=inputs.references,
+        ref_context=inputs.reference_context,
+        masks=inputs.mask,
+        similarity=torch.tensor(strength),
+    )
+    return model(
+        inputs.latent.repeat(branches, 1, 1, 1), t=torch.full((inputs.batch,), t), context=inputs.contexts(branches)
+    )
 
 
 def timed(function, *args) -> tuple[float, torch.Tensor]:
@@ -86,32 +91,49 @@ def compare_calls(official, ours, inputs: StepInputs, pairs: int) -> dict[int, t
             mine.append(timed(unet_call, ours, inputs, branches, 500, strength)[0])
         ratios = [o / u for o, u in zip(theirs, mine)]
         medians[branches] = statistics.median(theirs), statistics.median(mine)
-        print(f"{branches}-branch: official {statistics.median(theirs):.2f} s [{min(theirs):.2f}-{max(theirs):.2f}], "
-              f"ours {statistics.median(mine):.2f} s [{min(mine):.2f}-{max(mine):.2f}], ratio official/ours "
-              f"{statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}], outputs differ by "
-              f"{difference:.1e} of their scale", flush=True)
+        print(
+            f"{branches}-branch: official {statistics.median(theirs):.2f} s [{min(theirs):.2f}-{max(theirs):.2f}], "
+            f"ours {statistics.median(mine):.2f} s [{min(mine):.2f}-{max(mine):.2f}], ratio official/ours "
+            f"{statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}], outputs differ by "
+            f"{difference:.1e} of their scale",
+            flush=True,
+        )
     return medians
 
 
 def official_run(official_dir: str, model, inputs: StepInputs, noise: torch.Tensor, steps: int) -> torch.Tensor:
     from config import cfg  # the official flashface/all_finetune/config
+    from ldm import ops
     from ops.context_diffusion import ContextGaussianDiffusion
 
-    from ldm import ops
-
-    sigmas = ops.noise_schedule(schedule=cfg.schedule, n=cfg.num_timesteps, beta_min=cfg.scale_min,
-                                beta_max=cfg.scale_max)
+    sigmas = ops.noise_schedule(
+        schedule=cfg.schedule, n=cfg.num_timesteps, beta_min=cfg.scale_min, beta_max=cfg.scale_max
+    )
     diffusion = ContextGaussianDiffusion(sigmas=sigmas, prediction_type=cfg.prediction_type)
     diffusion.num_pairs = len(inputs.references)
     diffusion.classifier = 3.2
-    model.share_cache.update(num_pairs=len(inputs.references), ref=inputs.references,
-                             similarity=torch.tensor(LAUNCHED), ori_similarity=torch.tensor(LAUNCHED),
-                             lamda_feat_before_ref_guidence=torch.tensor(BEFORE_LAUNCH),
-                             ref_context=inputs.reference_context, masks=inputs.mask, classifier=3.2,
-                             step_to_launch_face_guidence=750)
-    return diffusion.sample(solver="ddim", noise=noise, model=model,
-                            model_kwargs=[{"context": inputs.positive}, {"context": inputs.negative}], steps=steps,
-                            guide_scale=7.5, guide_rescale=0.5, show_progress=False, discretization="trailing")
+    model.share_cache.update(
+        num_pairs=len(inputs.references),
+        ref=inputs.references,
+        similarity=torch.tensor(LAUNCHED),
+        ori_similarity=torch.tensor(LAUNCHED),
+        lamda_feat_before_ref_guidence=torch.tensor(BEFORE_LAUNCH),
+        ref_context=inputs.reference_context,
+        masks=inputs.mask,
+        classifier=3.2,
+        step_to_launch_face_guidence=750,
+    )
+    return diffusion.sample(
+        solver="ddim",
+        noise=noise,
+        model=model,
+        model_kwargs=[{"context": inputs.positive}, {"context": inputs.negative}],
+        steps=steps,
+        guide_scale=7.5,
+        guide_rescale=0.5,
+        show_progress=False,
+        discretization="trailing",
+    )
 
 
 def our_run(model, inputs: StepInputs, noise: torch.Tensor, steps: int) -> torch.Tensor:
@@ -120,8 +142,9 @@ def our_run(model, inputs: StepInputs, noise: torch.Tensor, steps: int) -> torch
     from flashface.sampling.solvers import ddim
 
     schedule = NoiseSchedule()
-    denoiser = ReferenceGuidedDenoiser(model, schedule, inputs.positive, inputs.negative, inputs.faces,
-                                       inputs.mask, copies=inputs.copies)
+    denoiser = ReferenceGuidedDenoiser(
+        model, schedule, inputs.positive, inputs.negative, inputs.faces, inputs.mask, copies=inputs.copies
+    )
     return ddim(denoiser, noise, sampling_sigmas(schedule, steps))
 
 
@@ -149,21 +172,31 @@ def main() -> None:
         official = official_model(args.official, device)
         ours = load_unet(StateDictCheckpoint(official.state_dict()), device=device)
         inputs = StepInputs(args.size, args.refs, args.photos or args.refs, args.batch, device=device)
-        print(f"{args.size} px, {args.refs} references of {args.photos or args.refs} photo(s), batch {args.batch}, "
-              f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
+        print(
+            f"{args.size} px, {args.refs} references of {args.photos or args.refs} photo(s), batch {args.batch}, "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+            flush=True,
+        )
         medians = compare_calls(official, ours, inputs, args.pairs)
         whole_official = TWO_BRANCH_CALLS * medians[2][0] + THREE_BRANCH_CALLS * medians[3][0]
         whole_ours = TWO_BRANCH_CALLS * medians[2][1] + THREE_BRANCH_CALLS * medians[3][1]
-        print(f"default 35-step run from the per-call medians ({TWO_BRANCH_CALLS} two-branch + {THREE_BRANCH_CALLS} "
-              f"three-branch calls): official {whole_official:.0f} s, ours {whole_ours:.0f} s, ratio "
-              f"{whole_official / whole_ours:.2f}", flush=True)
+        print(
+            f"default 35-step run from the per-call medians ({TWO_BRANCH_CALLS} two-branch + {THREE_BRANCH_CALLS} "
+            f"three-branch calls): official {whole_official:.0f} s, ours {whole_ours:.0f} s, ratio "
+            f"{whole_official / whole_ours:.2f}",
+            flush=True,
+        )
         if args.whole_run:
-            noise = torch.randn(args.batch, 4, inputs.h, inputs.h, generator=torch.Generator().manual_seed(1)).to(device)
+            noise = torch.randn(args.batch, 4, inputs.h, inputs.h, generator=torch.Generator().manual_seed(1)).to(
+                device
+            )
             seconds_official, x_official = timed(official_run, args.official, official, inputs, noise, args.steps)
             seconds_ours, x_ours = timed(our_run, ours, inputs, noise, args.steps)
             difference = float((x_official - x_ours).abs().max())
-            print(f"whole {args.steps}-step run: official {seconds_official:.0f} s, ours {seconds_ours:.0f} s, ratio "
-                  f"{seconds_official / seconds_ours:.2f}; final latents differ by at most {difference:.1e}")
+            print(
+                f"whole {args.steps}-step run: official {seconds_official:.0f} s, ours {seconds_ours:.0f} s, ratio "
+                f"{seconds_official / seconds_ours:.2f}; final latents differ by at most {difference:.1e}"
+            )
     print(memory)
 
 

@@ -48,8 +48,9 @@ def unbroken_word(length: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--official-max", type=int, default=20_000,
-                        help="longest word the official algorithm is timed on")
+    parser.add_argument(
+        "--official-max", type=int, default=20_000, help="longest word the official algorithm is timed on"
+    )
     args = parser.parse_args()
     from open_clip.tokenizer import SimpleTokenizer, bytes_to_unicode
 

@@ -3,6 +3,7 @@ anonymous (heap, tensors) and file-backed (mapped model files, libraries) pages,
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 
@@ -39,8 +40,10 @@ def rss_anon(pid: int | str = "self") -> int:
 
 
 def describe(anonymous: int, file_backed: int) -> str:
-    return (f"{(anonymous + file_backed) / 2**30:.2f} GiB (anonymous {anonymous / 2**30:.2f}, "
-            f"file-backed {file_backed / 2**30:.2f})")
+    return (
+        f"{(anonymous + file_backed) / 2**30:.2f} GiB (anonymous {anonymous / 2**30:.2f}, "
+        f"file-backed {file_backed / 2**30:.2f})"
+    )
 
 
 class PeakMemory:
@@ -75,11 +78,11 @@ class PeakMemory:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        try:
+        with contextlib.suppress(OSError):  # the process may be gone
             self._read()
-        except OSError:
-            pass
 
     def __str__(self) -> str:
-        return f"peak RSS {describe(self.peak - self.peak_file, self.peak_file)}, peak anonymous " \
-               f"{self.peak_anon / 2**30:.2f} GiB"
+        return (
+            f"peak RSS {describe(self.peak - self.peak_file, self.peak_file)}, peak anonymous "
+            f"{self.peak_anon / 2**30:.2f} GiB"
+        )

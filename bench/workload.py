@@ -10,8 +10,9 @@ from flashface.sampling.guidance import branch_chunks, row_plan
 from flashface.settings import GenerationSettings
 
 
-def random_unet(config: UNetConfig, dtype: torch.dtype, device: str | torch.device = "cpu",
-                seed: int = 0) -> FlashFaceUNet:
+def random_unet(
+    config: UNetConfig, dtype: torch.dtype, device: str | torch.device = "cpu", seed: int = 0
+) -> FlashFaceUNet:
     """A UNet of `config` with fan-in scaled uniform weights (norms: scale 1, shift 0), built on
     meta and filled in place on `device` (no default init, no randn over 1.6 G values). Norm
     parameters stay fp32, as `load_unet` keeps them."""
@@ -51,8 +52,18 @@ class StepInputs:
     and a face box (`people_boxes`); `owners` and `regions` say whose each face and each latent
     cell is."""
 
-    def __init__(self, size: int, refs: int, photos: int, batch: int, context_dim: int = 768,
-                 reference_size: int = 224, device: str | torch.device = "cpu", seed: int = 0, people: int = 1):
+    def __init__(
+        self,
+        size: int,
+        refs: int,
+        photos: int,
+        batch: int,
+        context_dim: int = 768,
+        reference_size: int = 224,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        people: int = 1,
+    ):
         g = torch.Generator().manual_seed(seed)
         self.h = size // 8
         self.batch = batch
@@ -68,7 +79,7 @@ class StepInputs:
         self.owners = self.regions = None
         if people == 1:
             self.mask = torch.zeros(batch, self.h, self.h, device=device)
-            self.mask[:, self.h // 10: self.h // 10 + self.h * 3 // 10, self.h * 3 // 10: self.h * 6 // 10] = 1
+            self.mask[:, self.h // 10 : self.h // 10 + self.h * 3 // 10, self.h * 3 // 10 : self.h * 6 // 10] = 1
         else:
             layout = PeopleLayout(tuple(people_boxes(people)), (None,) * people, (photos,) * people, self.copies)
             self.owners, self.regions = layout.owners, layout.regions(size, size)
@@ -91,12 +102,19 @@ def unet_call(model: FlashFaceUNet, inputs: StepInputs, branches: int, t: int, s
     """One model evaluation of a sampling step: the reference pass, then the main pass on every
     branch row (3 branches: weights [strength, 0, 0] per sample; 2: strength on every row)."""
     faces = len(inputs.faces)
-    features = model.encode_references(inputs.faces, t, inputs.reference_context[:faces], inputs.owners,
-                                       inputs.copies)
+    features = model.encode_references(inputs.faces, t, inputs.reference_context[:faces], inputs.owners, inputs.copies)
     rows = branches * inputs.batch
-    settings = GenerationSettings(reference_feature_strength=strength,
-                                  reference_feature_strength_before_launch=strength)
+    settings = GenerationSettings(
+        reference_feature_strength=strength, reference_feature_strength_before_launch=strength
+    )
     timestep = 999 if branches == 2 else 0  # a layout of `branches` rows per sample
     plan = row_plan(settings, timestep, branch_chunks(settings, timestep), inputs.batch)
-    return model(inputs.latent.repeat(branches, 1, 1, 1), torch.full((rows,), t), inputs.contexts(branches),
-                 inputs.mask.repeat(branches, 1, 1), features, plan, regions=inputs.regions)
+    return model(
+        inputs.latent.repeat(branches, 1, 1, 1),
+        torch.full((rows,), t),
+        inputs.contexts(branches),
+        inputs.mask.repeat(branches, 1, 1),
+        features,
+        plan,
+        regions=inputs.regions,
+    )

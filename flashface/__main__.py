@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -27,20 +28,22 @@ from tqdm import tqdm
 from .errors import FlashFaceError, InvalidInputError
 from .face import DEFAULT_DETECTION_THRESHOLD, SEVERAL_FACES
 from .models.model_registry import KINDS, entries_of_kind, get_model_path
-from .utils.cache_utils import recorded_load_failure
 from .models.ops import WEIGHT_DTYPES
 from .models.vae import VAE_ATTENTIONS
 from .people import Person
 from .pipeline import FlashFacePipeline
 from .sampling.mask import check_face_box, latent_size
 from .settings import PRESETS, GenerationSettings, describe
-
-
+from .utils.cache_utils import recorded_load_failure
 
 # Flags of earlier versions, still accepted.
-OLD_FLAGS = {"text_guidance": "--guidance-scale", "reference_feature_strength": "--reference-strength",
-             "reference_feature_strength_before_launch": "--strength-before-launch",
-             "reference_guidance_strength": "--reference-guidance", "batch_size": "--num-samples"}
+OLD_FLAGS = {
+    "text_guidance": "--guidance-scale",
+    "reference_feature_strength": "--reference-strength",
+    "reference_feature_strength_before_launch": "--strength-before-launch",
+    "reference_guidance_strength": "--reference-guidance",
+    "batch_size": "--num-samples",
+}
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -50,26 +53,32 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         info = describe(item.name)
         names = [f"--{item.name.replace('_', '-')}", *([OLD_FLAGS[item.name]] if item.name in OLD_FLAGS else [])]
         shown = " ".join(map(str, item.default)) if isinstance(item.default, tuple) else item.default
-        options = dict(dest=item.name, default=None, help=f"{info.help} (default: {shown})")
+        options: dict[str, Any] = dict(dest=item.name, default=None, help=f"{info.help} (default: {shown})")
         if info.kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif info.choices is not None:
             options["choices"] = info.choices
         elif info.kind is tuple:
-            options.update(type=float, nargs=len(item.default), metavar=("X1", "Y1", "X2", "Y2"))
+            options.update(type=float, nargs=len(cast(tuple, item.default)), metavar=("X1", "Y1", "X2", "Y2"))
         else:
             options["type"] = info.kind
         parser.add_argument(*names, **options)
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="the paper's recommended settings for a purpose; "
-                                                                  "flags given explicitly override it")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="the paper's recommended settings for a purpose; flags given explicitly override it",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
     settings = GenerationSettings()
     if args.preset:
         settings = settings.with_preset(args.preset)
-    given = {item.name: getattr(args, item.name) for item in dataclasses.fields(GenerationSettings)
-             if getattr(args, item.name) is not None}
+    given = {
+        item.name: getattr(args, item.name)
+        for item in dataclasses.fields(GenerationSettings)
+        if getattr(args, item.name) is not None
+    }
     return dataclasses.replace(settings, **given)
 
 
@@ -78,39 +87,78 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate images of the person in the reference photos")
     who = gen.add_mutually_exclusive_group(required=True)
-    who.add_argument("--ref", action="append", metavar="IMAGE",
-                     help="reference photo (repeat for several; one face is detected and cropped in each)")
-    who.add_argument("--person", action="append", type=person_argument, metavar="PHOTO[,PHOTO...]@X1,Y1,X2,Y2",
-                     help="one person of several (experimental: the published weights were trained with one "
-                          "person): their photos and face box as fractions of the image; repeat per person. "
-                          "Each part of the image takes the likeness of the person whose box is nearest")
+    who.add_argument(
+        "--ref",
+        action="append",
+        metavar="IMAGE",
+        help="reference photo (repeat for several; one face is detected and cropped in each)",
+    )
+    who.add_argument(
+        "--person",
+        action="append",
+        type=person_argument,
+        metavar="PHOTO[,PHOTO...]@X1,Y1,X2,Y2",
+        help="one person of several (experimental: the published weights were trained with one "
+        "person): their photos and face box as fractions of the image; repeat per person. "
+        "Each part of the image takes the likeness of the person whose box is nearest",
+    )
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--out", required=True, type=Path,
-                     help="output image; with several samples NAME_1.png, NAME_2.png, ...")
+    gen.add_argument(
+        "--out", required=True, type=Path, help="output image; with several samples NAME_1.png, NAME_2.png, ..."
+    )
     add_setting_flags(gen)
     gen.add_argument("--no-detect", action="store_true", help="the --ref images are already face crops")
-    gen.add_argument("--detection-threshold", type=float, default=DEFAULT_DETECTION_THRESHOLD,
-                     help=f"RetinaFace score a face needs (default {DEFAULT_DETECTION_THRESHOLD}, as officially)")
-    gen.add_argument("--several-faces", choices=SEVERAL_FACES, default="largest",
-                     help="a photo with several faces: keep the largest (default), stop (error), or keep all")
+    gen.add_argument(
+        "--detection-threshold",
+        type=float,
+        default=DEFAULT_DETECTION_THRESHOLD,
+        help=f"RetinaFace score a face needs (default {DEFAULT_DETECTION_THRESHOLD}, as officially)",
+    )
+    gen.add_argument(
+        "--several-faces",
+        choices=SEVERAL_FACES,
+        default="largest",
+        help="a photo with several faces: keep the largest (default), stop (error), or keep all",
+    )
     gen.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
-    gen.add_argument("--dtype", choices=list(WEIGHT_DTYPES), default="fp32",
-                     help="UNet weight precision (fp8: stored in fp8, computed in fp32 on the CPU, fp16 on a GPU)")
-    gen.add_argument("--vae-attention", choices=VAE_ATTENTIONS, default=VAE_ATTENTIONS[0],
-                     help="official: the VAE mid-block attention exactly as the official code computes it "
-                          "(default); standard: the usual SD attention, as ComfyUI's own VAE Decode")
+    gen.add_argument(
+        "--dtype",
+        choices=list(WEIGHT_DTYPES),
+        default="fp32",
+        help="UNet weight precision (fp8: stored in fp8, computed in fp32 on the CPU, fp16 on a GPU)",
+    )
+    gen.add_argument(
+        "--vae-attention",
+        choices=VAE_ATTENTIONS,
+        default=VAE_ATTENTIONS[0],
+        help="official: the VAE mid-block attention exactly as the official code computes it "
+        "(default); standard: the usual SD attention, as ComfyUI's own VAE Decode",
+    )
     gen.add_argument("--models-dir", type=Path, help="where model files are found and downloaded to")
     for kind in KINDS:
-        gen.add_argument(f"--{kind.replace('_', '-')}", *(["--clip"] if kind == "text_encoder" else []), dest=kind,
-                         type=Path, metavar="FILE", help=f"a file to use instead of the registry's {entries_of_kind(kind)[0].description}")
+        gen.add_argument(
+            f"--{kind.replace('_', '-')}",
+            *(["--clip"] if kind == "text_encoder" else []),
+            dest=kind,
+            type=Path,
+            metavar="FILE",
+            help=f"a file to use instead of the registry's {entries_of_kind(kind)[0].description}",
+        )
     gen.add_argument("--verbose", action="store_true")
-    conv = commands.add_parser("convert", help="write the compact UNet file: each tensor once, in one dtype "
-                                               "(fp16: about a third of the published 10.6 GB)")
+    conv = commands.add_parser(
+        "convert",
+        help="write the compact UNet file: each tensor once, in one dtype "
+        "(fp16: about a third of the published 10.6 GB)",
+    )
     conv.add_argument("source", type=Path, help="the FlashFace UNet file (flashface.ckpt)")
     conv.add_argument("out", type=Path, help="the new .safetensors file (never overwritten)")
-    conv.add_argument("--dtype", choices=list(WEIGHT_DTYPES), default="fp16",
-                      help="weight dtype of the file (norms stay fp32); default fp16")
+    conv.add_argument(
+        "--dtype",
+        choices=list(WEIGHT_DTYPES),
+        default="fp16",
+        help="weight dtype of the file (norms stay fp32); default fp16",
+    )
     conv.add_argument("--verbose", action="store_true")
     return parser
 
@@ -119,6 +167,7 @@ def convert(args: argparse.Namespace) -> list[Path]:
     from .models.convert import convert_unet
 
     with tqdm(total=None, unit="B", unit_scale=True, desc="converting", disable=None) as bar:
+
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
@@ -137,7 +186,8 @@ def person_argument(value: str) -> tuple[list[Path], tuple[float, ...]]:
     if not at or not photos or len(corners) != 4:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not PHOTO[,PHOTO...]@X1,Y1,X2,Y2: give the person's photos, then @ and their face box as "
-            "four fractions of the image between 0 and 1, e.g. me.jpg,me2.jpg@0.1,0.2,0.4,0.5")
+            "four fractions of the image between 0 and 1, e.g. me.jpg,me2.jpg@0.1,0.2,0.4,0.5"
+        )
     return [Path(photo) for photo in photos.split(",")], corners
 
 
@@ -146,8 +196,9 @@ def read_photo(path: Path) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError) as error:
-        raise InvalidInputError(f"Cannot read the reference image {path}: {error}. Give a JPEG, PNG or WebP file.") \
-            from error
+        raise InvalidInputError(
+            f"Cannot read the reference image {path}: {error}. Give a JPEG, PNG or WebP file."
+        ) from error
 
 
 def _load(loader, explicit: Path | None, kind: str, models_dir: Path | None, **options):
@@ -166,13 +217,17 @@ def load_pipeline(args: argparse.Namespace) -> FlashFacePipeline:
 
     device = torch.device(args.device)
     unet = _load(load_unet, args.unet, "unet", args.models_dir, device=device, dtype=WEIGHT_DTYPES[args.dtype])
-    vae = _load(load_vae, args.vae, "vae", args.models_dir, device=device, dtype=torch.float32,
-                attention=args.vae_attention)
-    text_encoder = _load(load_text_encoder, args.text_encoder, "text_encoder", args.models_dir, device=device, dtype=torch.float32)
+    vae = _load(
+        load_vae, args.vae, "vae", args.models_dir, device=device, dtype=torch.float32, attention=args.vae_attention
+    )
+    text_encoder = _load(
+        load_text_encoder, args.text_encoder, "text_encoder", args.models_dir, device=device, dtype=torch.float32
+    )
     detector = None
     if not args.no_detect:
-        detector = _load(load_face_detector, args.detector, "detector", args.models_dir, device=device,
-                         dtype=torch.float32)
+        detector = _load(
+            load_face_detector, args.detector, "detector", args.models_dir, device=device, dtype=torch.float32
+        )
     return FlashFacePipeline(unet, vae, text_encoder, detector, device=device)
 
 
@@ -190,11 +245,15 @@ def generate(args: argparse.Namespace) -> list[Path]:
     given = [(args.ref, None)] if args.ref else args.person
     photos = [[read_photo(path) for path in paths] for paths, _ in given]
     pipeline = load_pipeline(args)
-    faces = [person if args.no_detect else pipeline.crop_reference_faces(person, args.detection_threshold,
-                                                                          args.several_faces)
-             for person in photos]
+    faces = [
+        person
+        if args.no_detect
+        else pipeline.crop_reference_faces(person, args.detection_threshold, args.several_faces)
+        for person in photos
+    ]
     references = faces[0] if args.ref else [Person(crops, box) for crops, (_, box) in zip(faces, given)]
     with tqdm(desc="sampling", unit="step") as bar:
+
         def progress(step: int, total: int, x0: torch.Tensor) -> None:
             bar.total = total
             bar.update(1)
@@ -211,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        for path in (convert(args) if args.command == "convert" else generate(args)):
+        for path in convert(args) if args.command == "convert" else generate(args):
             print(path)
     except FlashFaceError as error:
         print(f"flashface: error: {error}", file=sys.stderr)

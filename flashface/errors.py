@@ -6,7 +6,7 @@ these propagate unchanged; anything else is a bug.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 class FlashFaceError(Exception):

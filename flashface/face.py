@@ -88,8 +88,7 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     return pixels.permute(2, 0, 1).float().div(255)
 
 
-def detect_faces(detector: RetinaFace, image: Image.Image, threshold: float, device: torch.device | str
-                 ) -> list[Face]:
+def detect_faces(detector: RetinaFace, image: Image.Image, threshold: float, device: torch.device | str) -> list[Face]:
     """Faces whose score exceeds `threshold`, best first, in `image`'s pixel coordinates; the
     detector runs on `device`. Boxes less than a pixel wide or high (nothing to crop) are dropped."""
     padded = image_to_tensor(pad_to_square(image, DETECTOR_SIZE))[None].to(device)
@@ -100,8 +99,10 @@ def detect_faces(detector: RetinaFace, image: Image.Image, threshold: float, dev
     boxes = detections.boxes.cpu()
     corners = (boxes[:, :4].view(-1, 2, 2) - offset) / scale
     landmarks = (detections.landmarks.cpu() - offset) / scale
-    faces = [Face(box=tuple(c.flatten().tolist()), score=float(s), landmarks=tuple(map(tuple, points.tolist())))
-             for c, s, points in zip(corners, boxes[:, 4], landmarks)]
+    faces = [
+        Face(box=tuple(c.flatten().tolist()), score=float(s), landmarks=tuple(map(tuple, points.tolist())))
+        for c, s, points in zip(corners, boxes[:, 4], landmarks)
+    ]
     return [face for face in faces if _has_area(_crop_box(face))]
 
 
@@ -119,16 +120,19 @@ def eye_levelling_angle(face: Face) -> float:
     else:
         corner, direction = torch.stack([left_eye[0], right_eye[1]]), 1
     opposite, adjacent, eye_distance = (
-        (a - b).square().sum().sqrt().item() for a, b in ((left_eye, corner), (right_eye, corner), (right_eye, left_eye)))
+        (a - b).square().sum().sqrt().item()
+        for a, b in ((left_eye, corner), (right_eye, corner), (right_eye, left_eye))
+    )
     if adjacent == 0 or eye_distance == 0:
         return 0.0
-    cosine = (adjacent ** 2 + eye_distance ** 2 - opposite ** 2) / (2 * adjacent * eye_distance)
+    cosine = (adjacent**2 + eye_distance**2 - opposite**2) / (2 * adjacent * eye_distance)
     angle = math.degrees(math.acos(min(1.0, max(-1.0, cosine))))
     return direction * (90 - angle if direction == -1 else angle)
 
 
-def _crop_box(face: Face) -> tuple[int, ...]:
-    return tuple(round(v) for v in face.box)
+def _crop_box(face: Face) -> tuple[int, int, int, int]:
+    left, top, right, bottom = (round(v) for v in face.box)
+    return left, top, right, bottom
 
 
 def _has_area(box: tuple[int, ...]) -> bool:
@@ -156,7 +160,7 @@ def face_region_mask(found: PhotoFaces) -> torch.Tensor:
     mask = torch.zeros(found.photo.height, found.photo.width)
     for face in found.faces:
         x1, y1, x2, y2 = _crop_box(face)
-        mask[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = 1.0
+        mask[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = 1.0
     return mask
 
 
@@ -166,12 +170,18 @@ def check_reference_count(count: int) -> None:
         raise InvalidInputError(
             f"{count} reference faces were given; FlashFace takes at most {MAX_REFERENCES} (the official demo uses "
             f"4, and every face adds attention work and memory). Give fewer faces: in Detect Face, fewer photos or "
-            f"several_faces 'largest'.")
+            f"several_faces 'largest'."
+        )
 
 
-def find_reference_faces(detector: RetinaFace, photos: list[Image.Image], threshold: float,
-                         device: torch.device | str, several_faces: str = "largest",
-                         should_cancel: CancelCheck | None = None) -> list[PhotoFaces]:
+def find_reference_faces(
+    detector: RetinaFace,
+    photos: list[Image.Image],
+    threshold: float,
+    device: torch.device | str,
+    several_faces: str = "largest",
+    should_cancel: CancelCheck | None = None,
+) -> list[PhotoFaces]:
     """The face-crop policy of every entry point: detect the faces in each photo and keep them as
     `several_faces` says (see SEVERAL_FACES). Stops with a message naming the photo when one has
     no face, too many, or is too small, and when the faces would be more than MAX_REFERENCES.
@@ -193,16 +203,19 @@ def find_reference_faces(detector: RetinaFace, photos: list[Image.Image], thresh
         if min(photo.size) < MIN_PHOTO_SIDE:
             raise FaceDetectionError(
                 f"The {where} is too small to find a face in: use a photo at least {MIN_PHOTO_SIDE} pixels on each "
-                f"side (the face itself should be at least about 40 pixels across).")
+                f"side (the face itself should be at least about 40 pixels across)."
+            )
         faces = detect_faces(detector, photo, threshold, device)
         if not faces:
             raise FaceDetectionError(
                 f"No face found in {where} at threshold {threshold:.2f}. Use a photo where the face is clearly "
-                f"visible and not too small, or lower the threshold.")
+                f"visible and not too small, or lower the threshold."
+            )
         if len(faces) > 1 and several_faces == "error":
             raise FaceDetectionError(
                 f"{len(faces)} faces found in {where}. Crop the photo to one person, or set several_faces to "
-                f"'largest' (or 'all' if every face is the same person).")
+                f"'largest' (or 'all' if every face is the same person)."
+            )
         if several_faces != "all" and len(faces) > 1:
             logger.info("%d faces in %s; keeping the largest", len(faces), where)
             faces = [largest_face(faces)]
@@ -211,7 +224,8 @@ def find_reference_faces(detector: RetinaFace, photos: list[Image.Image], thresh
             raise FaceDetectionError(
                 f"The photos give more than {MAX_REFERENCES} faces ({len(faces)} in {where} alone); FlashFace takes at "
                 f"most {MAX_REFERENCES} reference faces (the official demo uses 4). Use fewer photos, raise the "
-                f"threshold, or set several_faces to 'largest'.")
+                f"threshold, or set several_faces to 'largest'."
+            )
         found.append(PhotoFaces(photo, tuple(faces), tuple(crop_face(photo, face) for face in faces)))
     return found
 

@@ -23,8 +23,9 @@ face-position channel is the union of the people's face squares and masks, as of
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import cast
 
 import torch
 
@@ -79,8 +80,9 @@ def as_people(reference_faces, face_box, face_mask: torch.Tensor | None) -> list
     `face_mask` if one is given, else at `face_box`."""
     if len(reference_faces) and all(isinstance(item, Person) for item in reference_faces):
         if face_mask is not None:
-            raise InvalidInputError("A face mask of its own places one person: with several people give each their "
-                                    "own face box or mask.")
+            raise InvalidInputError(
+                "A face mask of its own places one person: with several people give each their own face box or mask."
+            )
         return list(reference_faces)
     if any(isinstance(item, Person) for item in reference_faces):
         raise InvalidInputError("Give either face crops of one person or a list of people, not a mix.")
@@ -99,7 +101,7 @@ class PeopleLayout:
     copies: tuple[int, ...] | None = None  # per reference; None: each once
 
     @classmethod
-    def of(cls, people: Sequence[Person], padding_seed: int | None = None) -> "PeopleLayout":
+    def of(cls, people: Sequence[Person], padding_seed: int | None = None) -> PeopleLayout:
         """The layout of `people`; with a `padding_seed`, each person's 1-3 faces padded to four
         as the official demo pads one person's (as `copies`): one `random.Random(padding_seed)`
         consumed person after person, so the first person's padding is
@@ -107,21 +109,25 @@ class PeopleLayout:
         if not people:
             raise InvalidInputError("Give at least one person.")
         rng = random.Random(padding_seed)
-        copies = (None if padding_seed is None
-                  else tuple(count for p in people for count in _copies(len(p.faces), rng)))
-        layout = cls(tuple(p.face_box for p in people), tuple(p.face_mask for p in people),
-                     tuple(len(p.faces) for p in people), copies)
+        copies = None if padding_seed is None else tuple(count for p in people for count in _copies(len(p.faces), rng))
+        layout = cls(
+            tuple(p.face_box for p in people),
+            tuple(p.face_mask for p in people),
+            tuple(len(p.faces) for p in people),
+            copies,
+        )
         check_reference_count(sum(layout.reference_counts))
         if len(people) > 1:
             for number, box in enumerate(layout.boxes, 1):
                 if box is not None and not any(box):
                     raise InvalidInputError(
                         f"Person {number} has the all-zero face box (no position hint): with several people each "
-                        "needs a place. Give a face box around where their face should be, or a face mask.")
+                        "needs a place. Give a face box around where their face should be, or a face mask."
+                    )
         return layout
 
     @classmethod
-    def one_person(cls, face_box, face_mask: torch.Tensor | None, references: int) -> "PeopleLayout":
+    def one_person(cls, face_box, face_mask: torch.Tensor | None, references: int) -> PeopleLayout:
         """One person at `face_box`, or at `face_mask` when one is given, each reference once."""
         return cls((None if face_mask is not None else tuple(face_box),), (face_mask,), (references,))
 
@@ -137,8 +143,12 @@ class PeopleLayout:
         return tuple(person for person, count in enumerate(self.reference_counts) for _ in range(count))
 
     def _latent_masks(self, width: int, height: int) -> list[torch.Tensor]:
-        return [resize_mask(mask, width, height) if mask is not None else box_mask(box, width, height)
-                for box, mask in zip(self.boxes, self.masks)]
+        return [
+            resize_mask(mask, width, height)
+            if mask is not None
+            else box_mask(cast(Sequence[float], box), width, height)
+            for box, mask in zip(self.boxes, self.masks)
+        ]
 
     def face_position(self, width: int, height: int) -> torch.Tensor:
         """The face-position channel [h, w] of a width×height image: the union of the people's."""
@@ -160,7 +170,7 @@ class PeopleLayout:
             left, top, side = face_square(box, width, height)
             dx = (left - columns).clamp(min=0) + (columns - (left + side - 1)).clamp(min=0)
             dy = (top - rows).clamp(min=0) + (rows - (top + side - 1)).clamp(min=0)
-            distance = dx ** 2 + dy ** 2
+            distance = dx**2 + dy**2
             closer = distance < nearest
             labels[closer] = person
             nearest = torch.where(closer, distance, nearest)
@@ -172,5 +182,6 @@ class PeopleLayout:
             if not (labels == person).any():
                 raise InvalidInputError(
                     f"Person {person + 1} gets no part of the {width}x{height} image: an earlier person's face box or "
-                    "mask covers theirs (the first listed wins). Give each person a place of their own.")
+                    "mask covers theirs (the first listed wins). Give each person a place of their own."
+                )
         return labels

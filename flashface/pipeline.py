@@ -22,8 +22,8 @@ through the reference pass once (`people.PeopleLayout.copies`). No global RNG is
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from .sampling.guidance import ReferenceGuidedDenoiser
 from .sampling.mask import latent_size
 from .sampling.schedule import NoiseSchedule, sampling_sigmas
 from .sampling.solvers import get_solver
-from .settings import NOISE_SOURCES, GenerationSettings
+from .settings import NOISE_SOURCES, OFFICIAL, GenerationSettings
 from .utils.memory import first_that_fits
 
 logger = logging.getLogger(__name__)
@@ -48,8 +48,9 @@ Progress = Callable[[int, int, torch.Tensor], None]
 Prompt = str | EncodedPrompt | torch.Tensor
 
 
-def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device, source: str
-                  ) -> tuple[torch.Tensor, torch.Generator]:
+def initial_noise(
+    shape: tuple[int, ...], seed: int, device: torch.device, source: str
+) -> tuple[torch.Tensor, torch.Generator]:
     """Unit Gaussian latent noise and the generator it came from (see the module docstring)."""
     if source == "cpu":
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -87,10 +88,19 @@ class FlashFacePipeline:
     as text, `detector` only by `crop_reference_faces`.
     """
 
-    def __init__(self, unet, vae, text_encoder=None, detector=None, *, device: torch.device | str,
-                 vae_device: torch.device | str | None = None,
-                 text_encoder_device: torch.device | str | None = None,
-                 detector_device: torch.device | str | None = None, schedule: NoiseSchedule | None = None):
+    def __init__(
+        self,
+        unet,
+        vae,
+        text_encoder=None,
+        detector=None,
+        *,
+        device: torch.device | str,
+        vae_device: torch.device | str | None = None,
+        text_encoder_device: torch.device | str | None = None,
+        detector_device: torch.device | str | None = None,
+        schedule: NoiseSchedule | None = None,
+    ):
         self.unet, self.vae, self.text_encoder, self.detector = unet, vae, text_encoder, detector
         self.device = torch.device(device)
         self.vae_device = torch.device(vae_device or device)
@@ -98,26 +108,32 @@ class FlashFacePipeline:
         self.detector_device = torch.device(detector_device or device)
         self.schedule = schedule or NoiseSchedule()
 
-    def crop_reference_faces(self, photos: Sequence[Image.Image], threshold: float = DEFAULT_DETECTION_THRESHOLD,
-                             several_faces: str = "largest") -> list[Image.Image]:
+    def crop_reference_faces(
+        self,
+        photos: Sequence[Image.Image],
+        threshold: float = DEFAULT_DETECTION_THRESHOLD,
+        several_faces: str = "largest",
+    ) -> list[Image.Image]:
         """The official face crops of the photos (see `face.find_reference_faces`)."""
         if self.detector is None:
             raise InvalidInputError("No face detector is loaded; load one or pass face crops directly.")
         found = find_reference_faces(self.detector, list(photos), threshold, self.detector_device, several_faces)
         return [crop for photo in found for crop in photo.crops]
 
-    def encode_prompts(self, prompt: Prompt, negative_prompt: Prompt, batch: int, prompt_postfixes: bool = True
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_prompts(
+        self, prompt: Prompt, negative_prompt: Prompt, batch: int, prompt_postfixes: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """[batch,77,C] each, on the CPU. A prompt is text, an `EncodedPrompt` (ComfyUI encodes in a
         node of its own, so no text encoder is needed while sampling), or embeddings [1,77,C] used
         as they are (then `prompt_postfixes` must be off: the words cannot be added to them)."""
         sides = (("positive", prompt), ("negative", negative_prompt))
         texts = [prompt_text(p, side, prompt_postfixes) for side, p in sides if isinstance(p, str)]
-        if texts and self.text_encoder is None:
-            raise InvalidInputError("No text encoder is loaded; load one or pass encoded prompts.")
-        with torch.no_grad():
-            encoded = iter(encode_texts(self.text_encoder, texts, self.text_encoder_device).float().cpu() if texts
-                           else ())
+        encoded: Iterator[torch.Tensor] = iter(())
+        if texts:
+            if self.text_encoder is None:
+                raise InvalidInputError("No text encoder is loaded; load one or pass encoded prompts.")
+            with torch.no_grad():
+                encoded = iter(encode_texts(self.text_encoder, texts, self.text_encoder_device).float().cpu())
         embeddings = []
         for side, value in sides:
             if isinstance(value, str):
@@ -128,13 +144,16 @@ class FlashFacePipeline:
                 if prompt_postfixes:
                     raise InvalidInputError(
                         f"The {side} prompt is given as embeddings, so the official prompt words cannot be added "
-                        "to it: give it as text or as an EncodedPrompt, or turn prompt_postfixes off.")
+                        "to it: give it as text or as an EncodedPrompt, or turn prompt_postfixes off."
+                    )
             else:
-                raise InvalidInputError(f"The {side} prompt must be text or an encoded prompt, "
-                                        f"not {type(value).__name__}.")
+                raise InvalidInputError(
+                    f"The {side} prompt must be text or an encoded prompt, not {type(value).__name__}."
+                )
             if value.dim() != 3 or value.shape[0] != 1:
-                raise InvalidInputError(f"The encoded {side} prompt must have shape [1, tokens, width], "
-                                        f"got {list(value.shape)}.")
+                raise InvalidInputError(
+                    f"The encoded {side} prompt must have shape [1, tokens, width], got {list(value.shape)}."
+                )
             embeddings.append(value.float().cpu().expand(batch, -1, -1))
         return embeddings[0], embeddings[1]
 
@@ -173,15 +192,19 @@ class FlashFacePipeline:
         images = []
         for number, z in enumerate((latents / LATENT_SCALE).to(self.vae_device), 1):
             stop_if_cancelled(should_cancel, f"Decoding cancelled before image {number} of {len(latents)}.")
-            image = first_that_fits([
-                ("as a whole", lambda z=z: self.vae.decode(z[None], should_cancel).float()),
-                ("in tiles", lambda z=z: self.vae.decode_tiled(z[None], should_cancel=should_cancel)),
-            ], self.vae_device)
+            image = first_that_fits(
+                [
+                    ("as a whole", lambda z=z: self.vae.decode(z[None], should_cancel).float()),
+                    ("in tiles", lambda z=z: self.vae.decode_tiled(z[None], should_cancel=should_cancel)),
+                ],
+                self.vae_device,
+            )
             if image.device.type != "meta" and not torch.isfinite(image).all():  # meta tensors hold no values
                 raise InvalidInputError(
                     f"Latent {number} of {len(latents)} decodes to values that are not numbers: it holds NaN or "
                     f"infinite values, or values far outside an SD1.5 latent's (largest magnitude "
-                    f"{float(z.abs().nan_to_num(float('inf')).max()):.3g}). Check the sampler or node that made it.")
+                    f"{float(z.abs().nan_to_num(float('inf')).max()):.3g}). Check the sampler or node that made it."
+                )
             images.append(image)
         return torch.cat(images)
 
@@ -191,7 +214,7 @@ class FlashFacePipeline:
         reference_faces: Sequence[Image.Image] | torch.Tensor | Sequence[Person],
         prompt: Prompt,
         negative_prompt: Prompt = "",
-        settings: GenerationSettings = GenerationSettings(),
+        settings: GenerationSettings = OFFICIAL,
         *,
         face_mask: torch.Tensor | None = None,
         output_device: torch.device | str = "cpu",
@@ -221,19 +244,38 @@ class FlashFacePipeline:
         positive, negative = self.encode_prompts(prompt, negative_prompt, batch, settings.prompt_postfixes)
         mask = layout.face_position(settings.width, settings.height)
 
-        denoiser = ReferenceGuidedDenoiser(self.unet, self.schedule, positive.to(device), negative.to(device),
-                                           reference_latents, mask.to(device), settings, owners=layout.owners,
-                                           copies=layout.copies,
-                                           regions=layout.regions(settings.width, settings.height))
+        denoiser = ReferenceGuidedDenoiser(
+            self.unet,
+            self.schedule,
+            positive.to(device),
+            negative.to(device),
+            reference_latents,
+            mask.to(device),
+            settings,
+            owners=layout.owners,
+            copies=layout.copies,
+            regions=layout.regions(settings.width, settings.height),
+        )
         sigmas = sampling_sigmas(self.schedule, settings.steps, settings.discretization, settings.sigma_spacing)
         run_solver = get_solver(settings.solver)
         x, generator = initial_noise((batch, 4, h, w), settings.seed, device, settings.noise)
-        logger.info("sampling %d step(s) with %s, %d person(s), %d reference(s), %dx%d, seed %d on %s",
-                    len(sigmas) - 1, settings.solver, layout.count, len(reference_latents), settings.width,
-                    settings.height, settings.seed, device)
+        logger.info(
+            "sampling %d step(s) with %s, %d person(s), %d reference(s), %dx%d, seed %d on %s",
+            len(sigmas) - 1,
+            settings.solver,
+            layout.count,
+            len(reference_latents),
+            settings.width,
+            settings.height,
+            settings.seed,
+            device,
+        )
         latents = run_solver(denoiser, x, sigmas, callback=progress, should_cancel=should_cancel, generator=generator)
 
         images = official_levels(self.decode(latents, should_cancel)).to(output_device).float() / 255
-        return GenerationResult(images=images, latents=latents.float().to(output_device), seed=settings.seed,
-                                model_timesteps=denoiser.model_timesteps)
-
+        return GenerationResult(
+            images=images,
+            latents=latents.float().to(output_device),
+            seed=settings.seed,
+            model_timesteps=denoiser.model_timesteps,
+        )

@@ -44,19 +44,29 @@ def ldm_unet_config(config: UNetConfig) -> dict:
     FlashFace main path: what `comfy.utils.unet_to_diffusers` (diffusers-named LoRAs), FreeU and
     the other stock nodes read. The reference network has no place in it."""
     levels = len(config.dim_mult)
-    attention = [2.0 ** -level in config.attn_scales for level in range(levels)]
+    attention = [2.0**-level in config.attn_scales for level in range(levels)]
     depth = [config.num_attn_blocks if attention[level] else 0 for level in range(levels)]
     return {
         "disable_unet_model_creation": True,
-        "in_channels": config.in_channels, "out_channels": config.out_channels, "model_channels": config.dim,
-        "num_res_blocks": [config.num_res_blocks] * levels, "channel_mult": list(config.dim_mult),
+        "in_channels": config.in_channels,
+        "out_channels": config.out_channels,
+        "model_channels": config.dim,
+        "num_res_blocks": [config.num_res_blocks] * levels,
+        "channel_mult": list(config.dim_mult),
         "transformer_depth": [depth[level] for level in range(levels) for _ in range(config.num_res_blocks)],
         # ComfyUI lists the output blocks' depths from the last output block to the first
         "transformer_depth_output": [depth[level] for level in range(levels) for _ in range(config.num_res_blocks + 1)],
         "transformer_depth_middle": config.num_attn_blocks,
-        "context_dim": config.context_dim, "num_heads": config.num_heads, "num_head_channels": -1,
-        "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_attention": False,
-        "use_spatial_transformer": True, "legacy": False, "use_checkpoint": False, "image_size": 32,
+        "context_dim": config.context_dim,
+        "num_heads": config.num_heads,
+        "num_head_channels": -1,
+        "use_linear_in_transformer": False,
+        "adm_in_channels": None,
+        "use_temporal_attention": False,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "use_checkpoint": False,
+        "image_size": 32,
     }
 
 
@@ -73,7 +83,8 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
     def get_dtype(self):
         return self.diffusion_model.weight_dtype
 
-    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
+        transformer_options = transformer_options if transformer_options is not None else {}
         guidance = transformer_options.get(GUIDANCE)
         if guidance is None:
             raise InvalidInputError("This MODEL has no reference faces: make it with FlashFace Apply.")
@@ -82,28 +93,41 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
                 "This FlashFace MODEL was evaluated outside the positive/negative sampling of KSampler, SamplerCustom "
                 "and CFGGuider (by a guider such as DualCFGGuider or PerpNegGuider, or a node that calls the model "
                 "itself). FlashFace combines its positive, negative and reference branches itself: sample it with "
-                "KSampler, SamplerCustom or CFGGuider, one positive and one negative.")
+                "KSampler, SamplerCustom or CFGGuider, one positive and one negative."
+            )
         _refuse_unapplied_patches(transformer_options)
         if self.manual_cast_dtype != self.diffusion_model.manual_cast_dtype:
             raise InvalidInputError(
-                f"This MODEL's compute dtype was set to {self.manual_cast_dtype or 'its weights dtype'} (by a node such "
+                f"This MODEL's compute dtype was set to {self.manual_cast_dtype or 'its weights dtype'} "
+                f"(by a node such "
                 f"as ModelComputeDtype); the FlashFace UNet computes in "
                 f"{self.diffusion_model.manual_cast_dtype or self.diffusion_model.weight_dtype}, chosen when it is "
-                "loaded: remove that node and set weight_dtype on FlashFace Load Model instead.")
+                "loaded: remove that node and set weight_dtype on FlashFace Load Model instead."
+            )
         chunks = transformer_options.get("cond_or_uncond") or [POSITIVE]
-        return guidance.denoise(self.diffusion_model, x, t, c_crossattn, chunks,
-                                BlockAdditions(control, transformer_options), transformer_options[ONE_PROMPT_PER_SIDE])
+        return guidance.denoise(
+            self.diffusion_model,
+            x,
+            t,
+            c_crossattn,
+            chunks,
+            BlockAdditions(control, transformer_options),
+            transformer_options[ONE_PROMPT_PER_SIDE],
+        )
 
-    def memory_required(self, input_shape, cond_shapes={}):
+    def memory_required(self, input_shape, cond_shapes=None):
         """ComfyUI's SD1.5 estimate for more rows: the references' tokens join every decoder
         self-attention, and the reference pass runs with the batch."""
         patcher = self.current_patcher
         guidance = patcher.model_options["transformer_options"].get(GUIDANCE) if patcher is not None else None
-        references, side = ((guidance.reference_latents.shape[0], guidance.reference_latents.shape[-1])
-                            if guidance is not None else (OFFICIAL_REFERENCE_COUNT, REFERENCE_SIZE // LATENT_FACTOR))
+        references, side = (
+            (guidance.reference_latents.shape[0], guidance.reference_latents.shape[-1])
+            if guidance is not None
+            else (OFFICIAL_REFERENCE_COUNT, REFERENCE_SIZE // LATENT_FACTOR)
+        )
         extra = references * side * side / math.prod(input_shape[2:])
         rows = math.ceil(input_shape[0] * (1 + extra) + extra)
-        return super().memory_required([rows, *input_shape[1:]], cond_shapes)
+        return super().memory_required([rows, *input_shape[1:]], {} if cond_shapes is None else cond_shapes)
 
 
 def _refuse_unapplied_patches(transformer_options) -> None:
@@ -113,15 +137,20 @@ def _refuse_unapplied_patches(transformer_options) -> None:
     PatchModelAddDownscale) are applied; wrappers of the steps around it (sampling, CFG, batching,
     apply_model) are ComfyUI's to run and do run."""
     forward_wrappers = (transformer_options.get("wrappers") or {}).get(
-        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL) or {}
+        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+    ) or {}
     wrapped = sorted(key for key, wrappers in forward_wrappers.items() if wrappers)
     if wrapped:
         raise InvalidInputError(
             f"This MODEL carries wrappers of the UNet's forward pass ({', '.join(wrapped)}), set by a node such as "
             "EasyCache. The FlashFace UNet runs its reference and main passes itself and does not call them: remove "
-            "that node (LazyCache, which caches whole steps, does work).")
-    patches = {name: value for name, value in (transformer_options.get("patches") or {}).items()
-               if value and name not in BLOCK_PATCHES}
+            "that node (LazyCache, which caches whole steps, does work)."
+        )
+    patches = {
+        name: value
+        for name, value in (transformer_options.get("patches") or {}).items()
+        if value and name not in BLOCK_PATCHES
+    }
     replaced = {name: value for name, value in (transformer_options.get("patches_replace") or {}).items() if value}
     if patches or replaced:
         kinds = ", ".join(sorted(patches) + [f"{name} replacement" for name in sorted(replaced)])
@@ -129,7 +158,8 @@ def _refuse_unapplied_patches(transformer_options) -> None:
             f"This MODEL carries ComfyUI attention patches ({kinds}), set by a node such as Self-Attention "
             "Guidance, Perturbed-Attention Guidance, Tome, HyperTile or Load Hypernetwork. The FlashFace UNet does "
             "not apply them: remove that node between FlashFace Apply and the sampler. (LoRAs, model merges, "
-            "ControlNet, FreeU and PatchModelAddDownscale do work.)")
+            "ControlNet, FreeU and PatchModelAddDownscale do work.)"
+        )
 
 
 def _guidance(model_options) -> RowGuidance:
@@ -143,14 +173,21 @@ def _calc_cond_batch(args):
     if conds[1] is None:  # ComfyUI would return zeros for it
         raise InvalidInputError(
             "FlashFace needs a negative prompt at every step, and this sampler gives none (BasicGuider and Train "
-            "LoRA give only a positive): use CFGGuider, KSampler or SamplerCustom with a negative.")
+            "LoRA give only a positive): use CFGGuider, KSampler or SamplerCustom with a negative."
+        )
     _refuse_what_the_combination_would_drop(args["model"], options)
     with_references = _guidance(options).with_references_row(args["sigma"].flatten()[0])  # checks the sigma
     _check_step_inputs(args["model"], args["sigma"], conds)
     if with_references:
         conds = [conds[0], conds[1], conds[0]]
-    marked = dict(options, transformer_options={**options["transformer_options"], BATCHED_BY_FLASHFACE: True,
-                                                ONE_PROMPT_PER_SIDE: len(conds[0]) == 1 and len(conds[1]) == 1})
+    marked = dict(
+        options,
+        transformer_options={
+            **options["transformer_options"],
+            BATCHED_BY_FLASHFACE: True,
+            ONE_PROMPT_PER_SIDE: len(conds[0]) == 1 and len(conds[1]) == 1,
+        },
+    )
     return comfy.samplers.calc_cond_batch(args["model"], conds, args["input"], args["sigma"], marked)
 
 
@@ -164,22 +201,28 @@ def _refuse_what_the_combination_would_drop(model, model_options) -> None:
             "This MODEL carries a CFG function (from a node such as RescaleCFG, CFGNorm, TCFG, RenormCFG, "
             "Mahiro, CFGZeroStar, Self-Attention Guidance or Perturbed-Attention Guidance). FlashFace combines its "
             "branches the official way (text guidance = cfg, reference guidance, guide rescale), which such a "
-            "function would not see: remove that node (the reference settings are on FlashFace Apply).")
-    others = [function for function in model_options.get("sampler_pre_cfg_function", [])
-              if function is not _combine_branches]
+            "function would not see: remove that node (the reference settings are on FlashFace Apply)."
+        )
+    others = [
+        function for function in model_options.get("sampler_pre_cfg_function", []) if function is not _combine_branches
+    ]
     if others:
         raise InvalidInputError(
             "This MODEL carries another pre-CFG function (from a node such as APG). FlashFace's own combination "
             "of its branches hands ComfyUI's CFG one guided result, so that function would change nothing: remove "
-            "that node.")
+            "that node."
+        )
     sampling = model.model_sampling
     if sampling is model.accepted_sampling():
         return
-    if not (type(sampling).calculate_denoised is comfy.model_sampling.EPS.calculate_denoised
-            and torch.equal(sampling.sigmas.detach().cpu(), model.official_sigmas)):
+    if not (
+        type(sampling).calculate_denoised is comfy.model_sampling.EPS.calculate_denoised
+        and torch.equal(sampling.sigmas.detach().cpu(), model.official_sigmas)
+    ):
         raise InvalidInputError(
             "This MODEL's sampling was changed (by a node such as ModelSamplingDiscrete: v_prediction, lcm, x0 or "
-            "zsnr). FlashFace predicts the noise (eps) on SD1.5's schedule: remove that node.")
+            "zsnr). FlashFace predicts the noise (eps) on SD1.5's schedule: remove that node."
+        )
     model.accepted_sampling = weakref.ref(sampling)
 
 
@@ -191,23 +234,31 @@ def _check_step_inputs(model, sigma: torch.Tensor, conds) -> None:
     level = float(sigma.flatten()[0])
     for side, entries in (("positive", conds[0]), ("negative", conds[1])):
         if not entries:
-            raise InvalidInputError(f"The sampler's {side} conditioning is empty (a node let no conditioning "
-                                    f"through): connect FlashFace CLIP Text Encode's {side} output.")
+            raise InvalidInputError(
+                f"The sampler's {side} conditioning is empty (a node let no conditioning "
+                f"through): connect FlashFace CLIP Text Encode's {side} output."
+            )
         if not any(_active_at(entry, level) for entry in entries):  # ComfyUI would give zeros for that side
             raise InvalidInputError(
                 f"At noise level {level:.4g} no part of the sampler's {side} conditioning is active (a node such as "
                 f"ConditioningSetTimestepRange limits it to other steps). FlashFace needs a {side} prompt at every "
-                "step: let the ranges cover the whole run.")
+                "step: let the ranges cover the whole run."
+            )
         for entry in entries:
             if "area" in entry or "mask" in entry:
                 raise InvalidInputError(
                     f"The {side} conditioning is limited to an area or a mask (by a node such as ConditioningSetArea "
                     "or ConditioningSetMask). FlashFace lays the face out over the whole latent and does not place it "
                     "within such an area: remove that node, and place the face with FlashFace Apply's face box or "
-                    "face_mask.")
+                    "face_mask."
+                )
             if "cross_attn" in entry:
-                check_text_embedding(entry["cross_attn"], model.diffusion_model.config.context_dim,
-                                     f"sampler's {side} conditioning", values=False)
+                check_text_embedding(
+                    entry["cross_attn"],
+                    model.diffusion_model.config.context_dim,
+                    f"sampler's {side} conditioning",
+                    values=False,
+                )
 
 
 def _name_what_is_not_finite(x: torch.Tensor, sigma: torch.Tensor, conds, timestep: int) -> InvalidInputError:
@@ -216,17 +267,21 @@ def _name_what_is_not_finite(x: torch.Tensor, sigma: torch.Tensor, conds, timest
         return InvalidInputError(
             f"The latent entering the step at noise level {float(sigma.flatten()[0]):.4g} has values that are not "
             "numbers (NaN or infinite): the LATENT given to the sampler (or its noise) holds them. Check the node that "
-            "made the latent.")
+            "made the latent."
+        )
     for side, entries in (("positive", conds[0]), ("negative", conds[1])):
         for entry in entries:
             if "cross_attn" in entry and not torch.isfinite(entry["cross_attn"]).all():
-                return InvalidInputError(f"The sampler's {side} conditioning has values that are not numbers (NaN or "
-                                         "infinite); check the nodes that made it (encode the prompt with FlashFace "
-                                         "CLIP Text Encode).")
+                return InvalidInputError(
+                    f"The sampler's {side} conditioning has values that are not numbers (NaN or "
+                    "infinite); check the nodes that made it (encode the prompt with FlashFace "
+                    "CLIP Text Encode)."
+                )
     return InvalidInputError(
         f"The prediction at timestep {timestep} has values that are not numbers (NaN or infinite). Check what feeds "
         "the sampler: cfg, the latent, the conditioning, and the strengths of any LoRA, ControlNet or patch on the "
-        "MODEL.")
+        "MODEL."
+    )
 
 
 def _active_at(entry: dict, sigma: float) -> bool:
@@ -238,11 +293,13 @@ def _combine_branches(args):
     """The official combination of the branch x0s, given to ComfyUI's CFG as both cond and uncond."""
     out, sigma, cfg = args["conds_out"], args["sigma"], args["cond_scale"]
     if not math.isfinite(cfg):
-        raise InvalidInputError(f"The sampler's cfg is {cfg}: give a finite number (FlashFace's official text "
-                                "guidance is 7.5).")
+        raise InvalidInputError(
+            f"The sampler's cfg is {cfg}: give a finite number (FlashFace's official text guidance is 7.5)."
+        )
     guidance = _guidance(args["model_options"])
-    guided = guidance.combine(args["input"], sigma, out[0], out[1],
-                              out[POSITIVE_WITH_REFERENCES] if len(out) > 2 else None, cfg)
+    guided = guidance.combine(
+        args["input"], sigma, out[0], out[1], out[POSITIVE_WITH_REFERENCES] if len(out) > 2 else None, cfg
+    )
     if not torch.isfinite(guided).all():  # the one read of values per step
         raise _name_what_is_not_finite(args["input"], sigma, args["conds"], guidance.timestep(sigma.flatten()[0]))
     return [guided, guided]

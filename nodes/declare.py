@@ -9,10 +9,12 @@ import inspect
 from ..flashface.prompts import NEGATIVE_POSTFIX, POSITIVE_POSTFIX
 from ..flashface.settings import GenerationSettings, default, describe
 
-BOX_CORNERS = (("face_x1", "Left edge of the face box, as a fraction of the image width."),
-               ("face_y1", "Top edge of the face box, as a fraction of the image height."),
-               ("face_x2", "Right edge of the face box, as a fraction of the image width."),
-               ("face_y2", "Bottom edge of the face box, as a fraction of the image height."))
+BOX_CORNERS = (
+    ("face_x1", "Left edge of the face box, as a fraction of the image width."),
+    ("face_y1", "Top edge of the face box, as a fraction of the image height."),
+    ("face_x2", "Right edge of the face box, as a fraction of the image width."),
+    ("face_y2", "Bottom edge of the face box, as a fraction of the image height."),
+)
 COMFY_TYPES = {int: "INT", float: "FLOAT", bool: "BOOLEAN"}
 WIDGET_OPTIONS = {"seed": {"control_after_generate": True}}
 EXTRA_HELP = {
@@ -43,16 +45,21 @@ def setting_input(name: str) -> tuple:
     spec = {"default": value, "tooltip": f"{info.help}{EXTRA_HELP.get(name, '')} Official: {value}."}
     if info.choices is not None:
         return list(info.choices), spec
-    spec.update((key, bound) for key, bound in (("min", info.low), ("max", info.high), ("step", info.step))
-                if bound is not None)
+    spec.update(
+        (key, bound) for key, bound in (("min", info.low), ("max", info.high), ("step", info.step)) if bound is not None
+    )
     return COMFY_TYPES[info.kind], {**spec, **WIDGET_OPTIONS.get(name, {})}
 
 
 def box_inputs() -> dict:
     info = describe("face_box")
-    return {name: ("FLOAT", {"default": value, "min": info.low, "max": info.high, "step": info.step,
-                             "tooltip": f"{tip} {info.help}"})
-            for (name, tip), value in zip(BOX_CORNERS, default("face_box"))}
+    return {
+        name: (
+            "FLOAT",
+            {"default": value, "min": info.low, "max": info.high, "step": info.step, "tooltip": f"{tip} {info.help}"},
+        )
+        for (name, tip), value in zip(BOX_CORNERS, default("face_box"))
+    }
 
 
 def settings_from_inputs(inputs: dict) -> GenerationSettings:

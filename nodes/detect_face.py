@@ -46,32 +46,57 @@ class FlashFaceDetectFace(FlashFaceNode):
         ("faces", "IMAGE", "The face crops, one 224x224 image per face, for the Generator's reference_faces."),
         ("preview", "IMAGE", "Each photo with the kept faces outlined (green box, red landmarks)."),
         ("face_count", "INT", "How many faces were kept."),
-        ("face_masks", "MASK", "For each photo, a mask of its kept faces' boxes (white = face), the photo's size: "
-                               "the region to redraw in a face fix, or Apply's face position."),
+        (
+            "face_masks",
+            "MASK",
+            "For each photo, a mask of its kept faces' boxes (white = face), the photo's size: "
+            "the region to redraw in a face fix, or Apply's face position.",
+        ),
     )
     OUTPUT_IS_LIST = (False, True, False, True)
     FUNCTION = "detect"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "flashface_model": model_input('face detector'),
-            "images": ("IMAGE", {"tooltip": "Reference photos of one person: one image, a batch, or a list of "
-                                            "images of any sizes."}),
-            "threshold": ("FLOAT", {
-                "default": DEFAULT_DETECTION_THRESHOLD, "min": 0.05, "max": 0.99, "step": 0.01,
-                "tooltip": f"Detection confidence needed to count as a face (official: {DEFAULT_DETECTION_THRESHOLD}). "
-                           "Lower it if a clear face is missed, raise it if background objects are taken for "
-                           "faces."}),
-            "several_faces": (list(SEVERAL_FACES), {
-                "default": "largest",
-                "tooltip": "What to do when one photo shows more than one face. largest: keep the biggest face; "
-                           "error: stop and say which photo; all: keep every face (only if they are all the same "
-                           f"person; at most {MAX_REFERENCES} faces in all)."}),
-        }, "optional": {
-            name: ("IMAGE", {"tooltip": "More reference photos of the same person (any size, batch or list)."})
-            for name in EXTRA_PHOTO_INPUTS
-        }}
+        return {
+            "required": {
+                "flashface_model": model_input("face detector"),
+                "images": (
+                    "IMAGE",
+                    {
+                        "tooltip": "Reference photos of one person: one image, a batch, or a list of "
+                        "images of any sizes."
+                    },
+                ),
+                "threshold": (
+                    "FLOAT",
+                    {
+                        "default": DEFAULT_DETECTION_THRESHOLD,
+                        "min": 0.05,
+                        "max": 0.99,
+                        "step": 0.01,
+                        "tooltip": f"Detection confidence needed to count as a face "
+                        f"(official: {DEFAULT_DETECTION_THRESHOLD}). "
+                        "Lower it if a clear face is missed, raise it if background objects are taken for "
+                        "faces.",
+                    },
+                ),
+                "several_faces": (
+                    list(SEVERAL_FACES),
+                    {
+                        "default": "largest",
+                        "tooltip": "What to do when one photo shows more than one face. "
+                        "largest: keep the biggest face; "
+                        "error: stop and say which photo; all: keep every face (only if they are all the same "
+                        f"person; at most {MAX_REFERENCES} faces in all).",
+                    },
+                ),
+            },
+            "optional": {
+                name: ("IMAGE", {"tooltip": "More reference photos of the same person (any size, batch or list)."})
+                for name in EXTRA_PHOTO_INPUTS
+            },
+        }
 
     def detect(self, flashface_model, images, threshold, several_faces, **more_images):
         model = expect_model(flashface_model[0])
@@ -81,8 +106,9 @@ class FlashFaceDetectFace(FlashFaceNode):
             photos += image_batches_to_pil(batches, name)
         (detector,) = model.ready("detector")
         with comfy_cancel() as should_cancel:
-            found = find_reference_faces(detector, photos, threshold, model.device("detector"), several_faces,
-                                         should_cancel=should_cancel)
+            found = find_reference_faces(
+                detector, photos, threshold, model.device("detector"), several_faces, should_cancel=should_cancel
+            )
         crops = [pad_to_square(crop, REFERENCE_SIZE) for photo in found for crop in photo.crops]
         previews = [pil_to_image(_draw_faces(photo.photo, photo.faces)) for photo in found]
         masks = [face_region_mask(photo)[None] for photo in found]

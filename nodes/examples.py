@@ -37,10 +37,15 @@ def copy_example_photos(input_dir: Path, user_dir: Path) -> list[str]:
         Path(user_dir).mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(sorted(done), indent=1), encoding="utf-8")
     except (OSError, ValueError) as error:
-        logger.warning("FlashFace: could not put the example photos into %s (%s); copy them from %s by hand",
-                       input_dir, error, EXAMPLE_PHOTOS)
+        logger.warning(
+            "FlashFace: could not put the example photos into %s (%s); copy them from %s by hand",
+            input_dir,
+            error,
+            EXAMPLE_PHOTOS,
+        )
         return []
     if copied:
-        logger.info("FlashFace: example photos for the bundled workflows copied into %s: %s", input_dir,
-                    ", ".join(copied))
+        logger.info(
+            "FlashFace: example photos for the bundled workflows copied into %s: %s", input_dir, ", ".join(copied)
+        )
     return copied

@@ -7,7 +7,7 @@ that came from LoadImage converts back to exactly the same bytes.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch

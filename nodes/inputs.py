@@ -29,11 +29,15 @@ def expect_image(value, input_name: str) -> torch.Tensor:
     """A ComfyUI IMAGE: a finite [B,H,W,C] (or [H,W,C]) tensor with 1, 3 or 4 channels."""
     expect(value, torch.Tensor, input_name, "an IMAGE (e.g. from Load Image)")
     if value.dim() not in (3, 4) or value.shape[-1] not in (1, 3, 4) or 0 in value.shape:
-        raise InvalidInputError(f"The {input_name} input got {describe(value)}; an IMAGE is [batch, height, width, "
-                                "channels] with 1, 3 or 4 channels. Connect an IMAGE (e.g. from Load Image).")
+        raise InvalidInputError(
+            f"The {input_name} input got {describe(value)}; an IMAGE is [batch, height, width, "
+            "channels] with 1, 3 or 4 channels. Connect an IMAGE (e.g. from Load Image)."
+        )
     if not torch.isfinite(value).all():
-        raise InvalidInputError(f"The {input_name} input has pixel values that are not numbers (NaN or infinite); "
-                                "check the nodes that made it.")
+        raise InvalidInputError(
+            f"The {input_name} input has pixel values that are not numbers (NaN or infinite); "
+            "check the nodes that made it."
+        )
     return value
 
 
@@ -41,13 +45,16 @@ def expect_mask(value, input_name: str) -> torch.Tensor:
     """A ComfyUI MASK: [H,W], or [B,H,W] of which the first mask is used; not empty, finite."""
     expect(value, torch.Tensor, input_name, "a MASK (e.g. from Load Image or Solid Mask)")
     if value.dim() not in (2, 3) or 0 in value.shape:
-        raise InvalidInputError(f"The {input_name} input got {describe(value)}; a MASK is [height, width] or "
-                                "[batch, height, width] with at least one mask (a mask filter may have let none "
-                                "through).")
+        raise InvalidInputError(
+            f"The {input_name} input got {describe(value)}; a MASK is [height, width] or "
+            "[batch, height, width] with at least one mask (a mask filter may have let none "
+            "through)."
+        )
     mask = value[0] if value.dim() == 3 else value
     if not torch.isfinite(mask).all():
-        raise InvalidInputError(f"The {input_name} input has values that are not numbers (NaN or infinite); check "
-                                "the nodes that made it.")
+        raise InvalidInputError(
+            f"The {input_name} input has values that are not numbers (NaN or infinite); check the nodes that made it."
+        )
     return mask
 
 
@@ -59,18 +66,30 @@ def check_text_embedding(embedding: torch.Tensor, width: int, where: str, values
         raise InvalidInputError(
             f"The {where} is {embedding.shape[-1]} wide, but the FlashFace UNet reads prompts {width} wide (SD1.5's "
             "CLIP-L). It comes from another model's text encoder (SDXL's is 2048): encode the prompt with FlashFace "
-            "CLIP Text Encode.")
+            "CLIP Text Encode."
+        )
     if values and not torch.isfinite(embedding).all():
-        raise InvalidInputError(f"The {where} has values that are not numbers (NaN or infinite); check the nodes "
-                                "that made it (encode the prompt with FlashFace CLIP Text Encode).")
+        raise InvalidInputError(
+            f"The {where} has values that are not numbers (NaN or infinite); check the nodes "
+            "that made it (encode the prompt with FlashFace CLIP Text Encode)."
+        )
 
 
 def expect_conditioning(value, input_name: str, width: int) -> torch.Tensor:
     """The text embedding [1,77,C] of a ComfyUI CONDITIONING (its first entry), finite and `width` wide."""
-    if not (isinstance(value, list) and value and isinstance(value[0], (list, tuple)) and len(value[0]) == 2
-            and isinstance(value[0][0], torch.Tensor) and value[0][0].dim() == 3 and value[0][0].shape[0] > 0):
-        raise InvalidInputError(f"The {input_name} input got {describe(value)}; connect a CONDITIONING output of "
-                                "FlashFace CLIP Text Encode to it.")
+    if not (
+        isinstance(value, list)
+        and value
+        and isinstance(value[0], (list, tuple))
+        and len(value[0]) == 2
+        and isinstance(value[0][0], torch.Tensor)
+        and value[0][0].dim() == 3
+        and value[0][0].shape[0] > 0
+    ):
+        raise InvalidInputError(
+            f"The {input_name} input got {describe(value)}; connect a CONDITIONING output of "
+            "FlashFace CLIP Text Encode to it."
+        )
     embedding = value[0][0][:1]
     check_text_embedding(embedding, width, f"{input_name} conditioning")
     return embedding
@@ -80,9 +99,13 @@ def expect_latent(value, input_name: str) -> torch.Tensor:
     """The samples [B,4,h,w] of a ComfyUI LATENT: at least one, finite."""
     samples = value.get("samples") if isinstance(value, dict) else None
     if not isinstance(samples, torch.Tensor) or samples.dim() != 4 or samples.shape[1] != 4 or 0 in samples.shape:
-        raise InvalidInputError(f"The {input_name} input got {describe(samples if samples is not None else value)}; "
-                                "connect an SD1.5 LATENT (4 channels, at least one latent, e.g. from KSampler) to it.")
+        raise InvalidInputError(
+            f"The {input_name} input got {describe(samples if samples is not None else value)}; "
+            "connect an SD1.5 LATENT (4 channels, at least one latent, e.g. from KSampler) to it."
+        )
     if not torch.isfinite(samples).all():
-        raise InvalidInputError(f"The {input_name} latent has values that are not numbers (NaN or infinite); check "
-                                "the sampler or node that made it.")
+        raise InvalidInputError(
+            f"The {input_name} latent has values that are not numbers (NaN or infinite); check "
+            "the sampler or node that made it."
+        )
     return samples

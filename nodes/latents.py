@@ -14,6 +14,7 @@ from .declare import FlashFaceNode, outputs
 from .inputs import expect_image, expect_latent
 from .load_model import expect_model, model_input
 
+
 class FlashFaceVAEEncode(FlashFaceNode):
     """Encodes images into a LATENT with the FlashFace VAE (the posterior mean, as FlashFace
     encodes), for KSampler's img2img (denoise below 1) and Set Latent Noise Mask. Sides that are
@@ -21,15 +22,18 @@ class FlashFaceVAEEncode(FlashFaceNode):
 
     SEARCH_ALIASES = ["vae encode", "img2img", "encode image"]
     RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
-        ("latent", "LATENT", "The images' latents in ComfyUI's convention (unscaled)."))
+        ("latent", "LATENT", "The images' latents in ComfyUI's convention (unscaled).")
+    )
     FUNCTION = "encode"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "flashface_model": model_input('VAE'),
-            "pixels": ("IMAGE", {"tooltip": "The images to encode."}),
-        }}
+        return {
+            "required": {
+                "flashface_model": model_input("VAE"),
+                "pixels": ("IMAGE", {"tooltip": "The images to encode."}),
+            }
+        }
 
     def encode(self, flashface_model, pixels):
         flashface_model = expect_model(flashface_model)
@@ -37,10 +41,12 @@ class FlashFaceVAEEncode(FlashFaceNode):
         pixels = pixels[None] if pixels.dim() == 3 else pixels
         h, w = (side // LATENT_FACTOR * LATENT_FACTOR for side in pixels.shape[1:3])
         if h == 0 or w == 0:
-            raise InvalidInputError(f"The pixels input is {pixels.shape[2]}x{pixels.shape[1]} pixels; the VAE needs "
-                                    f"at least {LATENT_FACTOR} on each side.")
+            raise InvalidInputError(
+                f"The pixels input is {pixels.shape[2]}x{pixels.shape[1]} pixels; the VAE needs "
+                f"at least {LATENT_FACTOR} on each side."
+            )
         top, left = (pixels.shape[1] - h) // 2, (pixels.shape[2] - w) // 2
-        pixels = pixels[:, top:top + h, left:left + w, :3]
+        pixels = pixels[:, top : top + h, left : left + w, :3]
         if pixels.shape[-1] == 1:
             pixels = pixels.expand(-1, -1, -1, 3)
         images = pixels.permute(0, 3, 1, 2).float() * 2 - 1
@@ -59,10 +65,12 @@ class FlashFaceVAEDecode(FlashFaceNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "flashface_model": model_input('VAE'),
-            "samples": ("LATENT", {"tooltip": "Latents from KSampler or another sampler, or the Generator."}),
-        }}
+        return {
+            "required": {
+                "flashface_model": model_input("VAE"),
+                "samples": ("LATENT", {"tooltip": "Latents from KSampler or another sampler, or the Generator."}),
+            }
+        }
 
     def decode(self, flashface_model, samples):
         flashface_model = expect_model(flashface_model)

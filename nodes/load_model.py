@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -49,7 +50,7 @@ class FlashFaceModel:
     text_encoder: comfy.model_patcher.ModelPatcher
     detector: comfy.model_patcher.ModelPatcher
 
-    def ready(self, *parts: str) -> list[torch.nn.Module]:
+    def ready(self, *parts: str) -> list[Any]:
         """Load the named networks for use (ComfyUI evicts others if needed, and may load a network
         only partly on a small GPU); return them. They compute on `device(part)`."""
         patchers = [getattr(self, part) for part in parts]
@@ -87,8 +88,9 @@ def _patcher(module: torch.nn.Module, load_device: torch.device) -> comfy.model_
     is the dynamic-VRAM patcher when ComfyUI enables that at start-up, so it is looked up at each
     load), else `ModelPatcher`."""
     patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
-    return patcher_class(module, load_device=load_device, offload_device=mm.unet_offload_device(),
-                         size=mm.module_size(module))
+    return patcher_class(
+        module, load_device=load_device, offload_device=mm.unet_offload_device(), size=mm.module_size(module)
+    )
 
 
 def _load_unet(path: Path, weight_dtype: str) -> comfy.model_patcher.ModelPatcher:
@@ -98,8 +100,7 @@ def _load_unet(path: Path, weight_dtype: str) -> comfy.model_patcher.ModelPatche
     operations = comfy.ops.manual_cast if manual_cast_dtype is not None else comfy.ops.disable_weight_init
     unet = load_unet(path, device=mm.unet_offload_device(), dtype=dtype, operations=operations)
     unet.manual_cast_dtype = manual_cast_dtype
-    logger.info("FlashFace UNet %s: weights %s, compute %s on %s", path.name, dtype, manual_cast_dtype or dtype,
-                device)
+    logger.info("FlashFace UNet %s: weights %s, compute %s on %s", path.name, dtype, manual_cast_dtype or dtype, device)
     return _patcher(FlashFaceDiffusionModel(unet), device)
 
 
@@ -146,47 +147,85 @@ class FlashFaceLoadModel(FlashFaceNode):
     loaded when ComfyUI starts.
     """
 
-    SEARCH_ALIASES = ["flashface", "face id", "identity", "portrait", "load face model", "instantid", "pulid",
-                      "photomaker"]
+    SEARCH_ALIASES = [
+        "flashface",
+        "face id",
+        "identity",
+        "portrait",
+        "load face model",
+        "instantid",
+        "pulid",
+        "photomaker",
+    ]
     RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
-        ("flashface_model", FLASHFACE_MODEL, "The FlashFace networks, for Detect Face, CLIP Text Encode and Generator."))
+        ("flashface_model", FLASHFACE_MODEL, "The FlashFace networks, for Detect Face, CLIP Text Encode and Generator.")
+    )
     FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "unet_name": (model_files.choices("unet"), {
-                "tooltip": "The FlashFace reference UNet (flashface.ckpt, 10.6 GB, from models/flashface)."}),
-            "vae_name": (model_files.choices("vae"), {
-                "tooltip": "The SD 1.x VAE in FlashFace's key naming (sd-v1-vae.pth, from models/flashface or models/vae)."}),
-            "clip_name": (model_files.choices("text_encoder"), {
-                "tooltip": "OpenAI CLIP ViT-L/14 in FlashFace's key naming (openai-clip-vit-large-14.pth, "
-                           "from models/flashface or models/clip); only its text tower is loaded."}),
-            "detector_name": (model_files.choices("detector"), {
-                "tooltip": "RetinaFace ResNet-50 face detector (retinaface_resnet50.pth or facexlib's "
-                           f"detection_Resnet50_Final.pth, from models/flashface or models/"
-                           f"{', models/'.join(DETECTOR_FOLDERS)})."}),
-            "weight_dtype": (list(UNET_WEIGHT_DTYPES), {
-                "default": "auto",
-                "tooltip": "Precision of the UNet weights. auto: what ComfyUI picks for your device (fp16 on most "
-                           "GPUs, fp32 on CPU). fp16/bf16 halve the memory; fp8_e4m3fn/fp8_e5m2 halve it again "
-                           "(weights stored in fp8, each layer computing in fp16 on a GPU, fp32 on the CPU; slightly "
-                           "less exact). Layers compute in a type your device supports. The VAE, CLIP and detector "
-                           "always run in fp32, as in the official code."}),
-        }, "optional": {  # optional so that prompts saved before these inputs existed still run
-            "vae_attention": (list(VAE_ATTENTIONS), {
-                "default": VAE_ATTENTIONS[0],
-                "tooltip": "The VAE's mid-block attention. official: exactly as the official FlashFace code computes "
-                           "it (an unusual reshape the published weights were used with). standard: the usual SD "
-                           "attention, which is what ComfyUI's own VAE Decode gives on this pack's LATENT output."}),
-        }}
+        return {
+            "required": {
+                "unet_name": (
+                    model_files.choices("unet"),
+                    {"tooltip": "The FlashFace reference UNet (flashface.ckpt, 10.6 GB, from models/flashface)."},
+                ),
+                "vae_name": (
+                    model_files.choices("vae"),
+                    {
+                        "tooltip": "The SD 1.x VAE in FlashFace's key naming "
+                        "(sd-v1-vae.pth, from models/flashface or models/vae)."
+                    },
+                ),
+                "clip_name": (
+                    model_files.choices("text_encoder"),
+                    {
+                        "tooltip": "OpenAI CLIP ViT-L/14 in FlashFace's key naming (openai-clip-vit-large-14.pth, "
+                        "from models/flashface or models/clip); only its text tower is loaded."
+                    },
+                ),
+                "detector_name": (
+                    model_files.choices("detector"),
+                    {
+                        "tooltip": "RetinaFace ResNet-50 face detector (retinaface_resnet50.pth or facexlib's "
+                        f"detection_Resnet50_Final.pth, from models/flashface or models/"
+                        f"{', models/'.join(DETECTOR_FOLDERS)})."
+                    },
+                ),
+                "weight_dtype": (
+                    list(UNET_WEIGHT_DTYPES),
+                    {
+                        "default": "auto",
+                        "tooltip": "Precision of the UNet weights. "
+                        "auto: what ComfyUI picks for your device (fp16 on most "
+                        "GPUs, fp32 on CPU). fp16/bf16 halve the memory; fp8_e4m3fn/fp8_e5m2 halve it again "
+                        "(weights stored in fp8, each layer computing in fp16 on a GPU, fp32 on the CPU; slightly "
+                        "less exact). Layers compute in a type your device supports. The VAE, CLIP and detector "
+                        "always run in fp32, as in the official code.",
+                    },
+                ),
+            },
+            "optional": {  # optional so that prompts saved before these inputs existed still run
+                "vae_attention": (
+                    list(VAE_ATTENTIONS),
+                    {
+                        "default": VAE_ATTENTIONS[0],
+                        "tooltip": "The VAE's mid-block attention. "
+                        "official: exactly as the official FlashFace code computes "
+                        "it (an unusual reshape the published weights were used with). standard: the usual SD "
+                        "attention, which is what ComfyUI's own VAE Decode gives on this pack's LATENT output.",
+                    },
+                ),
+            },
+        }
 
     @classmethod
     def IS_CHANGED(cls, unet_name, vae_name, clip_name, detector_name, **settings):
         """The files' identities: ComfyUI reuses this node's output only while they are unchanged."""
         names = (unet_name, vae_name, clip_name, detector_name)
-        return "\n".join(model_files.fingerprint(kind, name) for kind, name in zip(model_files.INPUT_KINDS.values(),
-                                                                                  names))
+        return "\n".join(
+            model_files.fingerprint(kind, name) for kind, name in zip(model_files.INPUT_KINDS.values(), names)
+        )
 
     def load(self, unet_name, vae_name, clip_name, detector_name, weight_dtype, vae_attention=VAE_ATTENTIONS[0]):
         names = (unet_name, vae_name, clip_name, detector_name)
@@ -194,8 +233,9 @@ class FlashFaceLoadModel(FlashFaceNode):
         model = FlashFaceModel(
             unet=_cache.get("unet", paths["unet"], (weight_dtype,), lambda: _load_unet(paths["unet"], weight_dtype)),
             vae=_cache.get("vae", paths["vae"], (vae_attention,), lambda: _load_vae(paths["vae"], vae_attention)),
-            text_encoder=_cache.get("text_encoder", paths["text_encoder"], (),
-                                    lambda: _load_text_encoder(paths["text_encoder"])),
+            text_encoder=_cache.get(
+                "text_encoder", paths["text_encoder"], (), lambda: _load_text_encoder(paths["text_encoder"])
+            ),
             detector=_cache.get("detector", paths["detector"], (), lambda: _load_detector(paths["detector"])),
         )
         return (model,)

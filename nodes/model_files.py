@@ -45,7 +45,8 @@ def register_flashface_folder() -> None:
     nodes load) and adds ``models/flashface`` only when there are none.
     """
     folders, extensions = folder_paths.folder_names_and_paths.get(
-        FLASHFACE_FOLDER, ([os.path.join(folder_paths.models_dir, FLASHFACE_FOLDER)], set()))
+        FLASHFACE_FOLDER, ([os.path.join(folder_paths.models_dir, FLASHFACE_FOLDER)], set())
+    )
     folder_paths.folder_names_and_paths[FLASHFACE_FOLDER] = (list(folders), set(extensions) | set(MODEL_SUFFIXES))
 
 
@@ -153,5 +154,7 @@ def resolve(kind: str, name: str) -> Path:
     path = locate(kind, name)
     if path is not None:
         return path
-    raise ModelFileError(f"The model file {name!r} is no longer in {', '.join(map(str, kind_folders(kind)))}; "
-                         "refresh the node list (press R) and choose another file.")
+    raise ModelFileError(
+        f"The model file {name!r} is no longer in {', '.join(map(str, kind_folders(kind)))}; "
+        "refresh the node list (press R) and choose another file."
+    )

@@ -10,15 +10,18 @@ from .images import image_batches_to_pil
 from .inputs import describe, expect_mask
 
 FLASHFACE_PEOPLE = "FLASHFACE_PEOPLE"  # a tuple of flashface.people.Person, in order
-EXPERIMENTAL = ("Experimental: the published FlashFace weights were trained with one person per image, so "
-                "several people may blend or lose likeness.")
+EXPERIMENTAL = (
+    "Experimental: the published FlashFace weights were trained with one person per image, so "
+    "several people may blend or lose likeness."
+)
 
 
 def expect_people(value, input_name: str) -> tuple[Person, ...]:
     """The value of a FLASHFACE_PEOPLE link: a non-empty tuple of `Person`s, first listed first."""
     if not (isinstance(value, tuple) and value and all(isinstance(person, Person) for person in value)):
-        raise InvalidInputError(f"The {input_name} input got {describe(value)}; connect the people output of "
-                                "FlashFace Person to it.")
+        raise InvalidInputError(
+            f"The {input_name} input got {describe(value)}; connect the people output of FlashFace Person to it."
+        )
     return value
 
 
@@ -33,24 +36,31 @@ class FlashFacePerson(FlashFaceNode):
     input. Every part of the image reads the references of the person whose face box is nearest
     (masks override). Experimental: the published weights were trained with one person per image."""
 
-    SEARCH_ALIASES = ["several people", "multiple people", "two people", "group photo", "multi person",
-                      "regional face"]
+    SEARCH_ALIASES = ["several people", "multiple people", "two people", "group photo", "multi person", "regional face"]
     RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
-        ("people", FLASHFACE_PEOPLE, "The people given to this node's people input, then this person."))
+        ("people", FLASHFACE_PEOPLE, "The people given to this node's people input, then this person.")
+    )
     FUNCTION = "person"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "reference_faces": ("IMAGE", {"tooltip": f"Face crops of this person, from FlashFace Detect Face. "
-                                                         f"{EXPERIMENTAL}"}),
+                "reference_faces": (
+                    "IMAGE",
+                    {"tooltip": f"Face crops of this person, from FlashFace Detect Face. {EXPERIMENTAL}"},
+                ),
                 **box_inputs(),
             },
             "optional": {
-                "face_mask": ("MASK", {
-                    "tooltip": "Where this person goes (white): replaces the face box, and only the white part reads "
-                               "this person's faces. Any size: it is resized to the image."}),
+                "face_mask": (
+                    "MASK",
+                    {
+                        "tooltip": "Where this person goes (white): "
+                        "replaces the face box, and only the white part reads "
+                        "this person's faces. Any size: it is resized to the image."
+                    },
+                ),
                 "people": people_input("People listed before this one (another FlashFace Person)."),
             },
         }
@@ -69,9 +79,11 @@ def faces_or_people(reference_faces, people) -> list | tuple[Person, ...]:
     """What a node that takes `reference_faces` (one person) or `people` got: the face crops, or
     the people."""
     if (reference_faces is None) == (people is None):
-        raise InvalidInputError("Connect reference_faces (face crops of one person, from FlashFace Detect Face) or "
-                                "people (from FlashFace Person, for several people): one of the two."
-                                + (" Both are connected." if people is not None else ""))
+        raise InvalidInputError(
+            "Connect reference_faces (face crops of one person, from FlashFace Detect Face) or "
+            "people (from FlashFace Person, for several people): one of the two."
+            + (" Both are connected." if people is not None else "")
+        )
     if people is not None:
         return expect_people(people, "people")
     return image_batches_to_pil([reference_faces], "reference_faces")

@@ -14,8 +14,12 @@ from .inputs import expect_conditioning, expect_mask
 from .load_model import expect_model, model_input
 from .people import faces_or_people, people_input
 
-REFERENCE_SETTINGS = ("reference_feature_strength", "reference_feature_strength_before_launch",
-                      "reference_guidance_strength", "launch_timestep")
+REFERENCE_SETTINGS = (
+    "reference_feature_strength",
+    "reference_feature_strength_before_launch",
+    "reference_guidance_strength",
+    "launch_timestep",
+)
 
 
 class FlashFaceApply(FlashFaceNode):
@@ -28,7 +32,8 @@ class FlashFaceApply(FlashFaceNode):
 
     SEARCH_ALIASES = ["flashface model", "ksampler", "face id model", "identity model", "apply flashface"]
     RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
-        ("model", "MODEL", "The FlashFace UNet with these references, for KSampler or a guider."))
+        ("model", "MODEL", "The FlashFace UNet with these references, for KSampler or a guider.")
+    )
     FUNCTION = "apply"
 
     @classmethod
@@ -36,27 +41,40 @@ class FlashFaceApply(FlashFaceNode):
         return {
             "required": {
                 "flashface_model": model_input(),
-                "negative": ("CONDITIONING", {
-                    "tooltip": "The negative prompt given to the sampler (FlashFace CLIP Text Encode's negative "
-                               "output): the reference faces are encoded with it as context, as officially."}),
+                "negative": (
+                    "CONDITIONING",
+                    {
+                        "tooltip": "The negative prompt given to the sampler (FlashFace CLIP Text Encode's negative "
+                        "output): the reference faces are encoded with it as context, as officially."
+                    },
+                ),
                 **{name: setting_input(name) for name in REFERENCE_SETTINGS},
                 **box_inputs(),
                 "pad_references": setting_input("pad_references"),
-                "padding_seed": ("INT", {
-                    "default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                    "tooltip": "Seed of the choice of faces that pads 1-3 faces to four. The Generator uses its "
-                               "seed; give the same here for the same references."}),
+                "padding_seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 0xFFFFFFFFFFFFFFFF,
+                        "tooltip": "Seed of the choice of faces that pads 1-3 faces to four. The Generator uses its "
+                        "seed; give the same here for the same references.",
+                    },
+                ),
             },
             "optional": {
                 "reference_faces": ("IMAGE", {"tooltip": "Face crops of one person, from FlashFace Detect Face."}),
                 "face_mask": ("MASK", {"tooltip": "Where the face goes (white = face); replaces the face box."}),
-                "people": people_input("Several people, each with their own faces and place (from FlashFace Person), "
-                                       "in place of reference_faces, the face box and face_mask."),
+                "people": people_input(
+                    "Several people, each with their own faces and place (from FlashFace Person), "
+                    "in place of reference_faces, the face box and face_mask."
+                ),
             },
         }
 
-    def apply(self, flashface_model, negative, padding_seed, reference_faces=None, face_mask=None, people=None,
-              **inputs):
+    def apply(
+        self, flashface_model, negative, padding_seed, reference_faces=None, face_mask=None, people=None, **inputs
+    ):
         expect_model(flashface_model)
         context = expect_conditioning(negative, "negative", flashface_model.prompt_width)
         faces = faces_or_people(reference_faces, people)
@@ -76,7 +94,8 @@ class FlashFaceSigmas(FlashFaceNode):
 
     SEARCH_ALIASES = ["flashface scheduler", "official sigmas", "trailing"]
     RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
-        ("sigmas", "SIGMAS", "Descending noise levels ending in 0, in ComfyUI's (variance-exploding) scale."))
+        ("sigmas", "SIGMAS", "Descending noise levels ending in 0, in ComfyUI's (variance-exploding) scale.")
+    )
     FUNCTION = "sigmas"
 
     @classmethod

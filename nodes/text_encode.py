@@ -24,27 +24,45 @@ class FlashFaceCLIPTextEncode(FlashFaceNode):
     SEARCH_ALIASES = ["prompt", "text encode", "clip", "face id", "identity"]
     RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
         ("conditioning", FLASHFACE_CONDITIONING, "The encoded prompt, for the Generator's positive or negative input."),
-        ("positive", "CONDITIONING", "For KSampler's positive (FlashFace Apply): the prompt with the official quality "
-                                     "words, as the Generator uses it."),
-        ("negative", "CONDITIONING", "For KSampler's negative and FlashFace Apply's negative: the prompt with the "
-                                     "official negative list, as the Generator uses it."),
-        ("as_written", "CONDITIONING", "The prompt as written, without the official words (either side)."))
+        (
+            "positive",
+            "CONDITIONING",
+            "For KSampler's positive (FlashFace Apply): the prompt with the official quality "
+            "words, as the Generator uses it.",
+        ),
+        (
+            "negative",
+            "CONDITIONING",
+            "For KSampler's negative and FlashFace Apply's negative: the prompt with the "
+            "official negative list, as the Generator uses it.",
+        ),
+        ("as_written", "CONDITIONING", "The prompt as written, without the official words (either side)."),
+    )
     FUNCTION = "encode"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "flashface_model": model_input('CLIP text encoder'),
-            "text": ("STRING", {
-                "multiline": True, "dynamicPrompts": True,
-                "tooltip": "The prompt. Describe the scene and the person's look; the identity comes from the "
-                           "reference faces. Longer prompts are cut after 75 tokens."}),
-        }}
+        return {
+            "required": {
+                "flashface_model": model_input("CLIP text encoder"),
+                "text": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "dynamicPrompts": True,
+                        "tooltip": "The prompt. Describe the scene and the person's look; the identity comes from the "
+                        "reference faces. Longer prompts are cut after 75 tokens.",
+                    },
+                ),
+            }
+        }
 
     def encode(self, flashface_model, text):
         expect_model(flashface_model)
         expect(text, str, "text", "a text (STRING)")
         (text_encoder,) = flashface_model.ready("text_encoder")
         encoded = encode_prompt(text_encoder, text, flashface_model.device("text_encoder"))
-        return (encoded, *([[embedding.cpu(), {}]] for embedding in (encoded.as_positive, encoded.as_negative,
-                                                                     encoded.as_written)))
+        return (
+            encoded,
+            *([[embedding.cpu(), {}]] for embedding in (encoded.as_positive, encoded.as_negative, encoded.as_written)),
+        )

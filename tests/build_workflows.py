@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -37,8 +38,12 @@ PHOTO_CLOSEUP = "flashface_astronaut_closeup.jpg"
 # The official files. They are not declared in the nodes' `properties.models`: the frontend
 # (1.32) then lists them as missing on every open and refuses to download anything but
 # .safetensors; FlashFace Load Model downloads them itself, verified, with progress.
-MODEL_FILES = {"unet_name": "flashface.ckpt", "vae_name": "sd-v1-vae.pth",
-               "clip_name": "openai-clip-vit-large-14.pth", "detector_name": "retinaface_resnet50.pth"}
+MODEL_FILES = {
+    "unet_name": "flashface.ckpt",
+    "vae_name": "sd-v1-vae.pth",
+    "clip_name": "openai-clip-vit-large-14.pth",
+    "detector_name": "retinaface_resnet50.pth",
+}
 NEGATIVE = ""
 NOTE = """## FlashFace: {title}
 
@@ -58,8 +63,11 @@ def make_example_photos(folder: Path = PHOTOS_DIR) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     photo = Image.fromarray(astronaut())
-    for name, image in ((PHOTO, photo), (PHOTO_MIRRORED, ImageOps.mirror(photo)),
-                        (PHOTO_CLOSEUP, photo.crop((96, 0, 416, 373)).resize((384, 448), Image.Resampling.LANCZOS))):
+    for name, image in (
+        (PHOTO, photo),
+        (PHOTO_MIRRORED, ImageOps.mirror(photo)),
+        (PHOTO_CLOSEUP, photo.crop((96, 0, 416, 373)).resize((384, 448), Image.Resampling.LANCZOS)),
+    ):
         image.save(folder / name, quality=90)
 
 
@@ -72,13 +80,29 @@ def _faces_and_prompts(note: str, prompt: str) -> tuple[list, list]:
     nodes = [
         dict(key="note", type="MarkdownNote", pos=[20, -330], size=[640, 300], widgets={"text": note}),
         _model_loader([20, 20]),
-        dict(key="detect", type="FlashFace_DetectFace", pos=[760, 20],
-             widgets={"threshold": 0.6, "several_faces": "largest"}),
+        dict(
+            key="detect",
+            type="FlashFace_DetectFace",
+            pos=[760, 20],
+            widgets={"threshold": 0.6, "several_faces": "largest"},
+        ),
         dict(key="preview", type="PreviewImage", pos=[760, 260], size=[300, 300], title="Detected faces"),
-        dict(key="positive", type="FlashFace_CLIPTextEncode", pos=[380, 620], size=[360, 180],
-             title="Positive prompt", widgets={"text": prompt}),
-        dict(key="negative", type="FlashFace_CLIPTextEncode", pos=[380, 840], size=[360, 150],
-             title="Negative prompt", widgets={"text": NEGATIVE}),
+        dict(
+            key="positive",
+            type="FlashFace_CLIPTextEncode",
+            pos=[380, 620],
+            size=[360, 180],
+            title="Positive prompt",
+            widgets={"text": prompt},
+        ),
+        dict(
+            key="negative",
+            type="FlashFace_CLIPTextEncode",
+            pos=[380, 840],
+            size=[360, 150],
+            title="Negative prompt",
+            widgets={"text": NEGATIVE},
+        ),
     ]
     links = [("model", "flashface_model", user, "flashface_model") for user in ("detect", "positive", "negative")]
     links.append(("detect", "preview", "preview", "images"))
@@ -89,8 +113,12 @@ def _spec(title: str, what: str, prompt: str, generator_widgets: dict | None = N
     """The common nodes, Generator, Save Image, and (with `one_photo`) the example photo as the reference."""
     nodes, links = _faces_and_prompts(NOTE.format(title=title, what=what), prompt)
     nodes += [
-        dict(key="generator", type="FlashFace_Generator", pos=[1100, 20],
-             widgets={"seed": 42, "control_after_generate": "fixed", **(generator_widgets or {})}),
+        dict(
+            key="generator",
+            type="FlashFace_Generator",
+            pos=[1100, 20],
+            widgets={"seed": 42, "control_after_generate": "fixed", **(generator_widgets or {})},
+        ),
         dict(key="save", type="SaveImage", pos=[1480, 20], size=[420, 460], widgets={"filename_prefix": "FlashFace"}),
     ]
     links += [
@@ -106,7 +134,8 @@ def _spec(title: str, what: str, prompt: str, generator_widgets: dict | None = N
     return dict(title=title, nodes=nodes, links=links)
 
 
-KSAMPLER_NOTE_STEPS = """1. Queue. **FlashFace Load Model** downloads the four official files (12 GB, verified, resumable) into
+KSAMPLER_NOTE_STEPS = """\
+1. Queue. **FlashFace Load Model** downloads the four official files (12 GB, verified, resumable) into
    `ComfyUI/models/flashface/` on the first run, unless they are already there.
 2. **FlashFace Apply** turns the FlashFace UNet into a MODEL with the reference faces: any sampler and
    scheduler of KSampler work; KSampler's cfg is the text guidance. Connect the CLIP Text Encode
@@ -114,8 +143,9 @@ KSAMPLER_NOTE_STEPS = """1. Queue. **FlashFace Load Model** downloads the four o
 3. For the exact official run use the Generator, or SamplerCustom with FlashFace Sigmas and ddim."""
 
 
-def _model_spec(title: str, what: str, prompt: str, ksampler: dict, latent_nodes: list, latent_link,
-                latent_links: list = ()) -> dict:
+def _model_spec(
+    title: str, what: str, prompt: str, ksampler: dict, latent_nodes: list, latent_link, latent_links: Sequence = ()
+) -> dict:
     """The common nodes, the example photo, FlashFace Apply, KSampler, FlashFace VAE Decode, Save
     Image; `latent_nodes` (linked by `latent_links`) make the KSampler's latent (`latent_link` =
     (key, output))."""
@@ -123,8 +153,12 @@ def _model_spec(title: str, what: str, prompt: str, ksampler: dict, latent_nodes
     nodes += [
         _photo("photo", PHOTO, [20, 240]),
         dict(key="apply", type="FlashFace_Apply", pos=[1100, 20]),
-        dict(key="ksampler", type="KSampler", pos=[1480, 20],
-             widgets={"seed": 42, "control_after_generate": "fixed", **ksampler}),
+        dict(
+            key="ksampler",
+            type="KSampler",
+            pos=[1480, 20],
+            widgets={"seed": 42, "control_after_generate": "fixed", **ksampler},
+        ),
         dict(key="decode", type="FlashFace_VAEDecode", pos=[1860, 20]),
         dict(key="save", type="SaveImage", pos=[1860, 160], size=[420, 460], widgets={"filename_prefix": "FlashFace"}),
         *latent_nodes,
@@ -154,8 +188,9 @@ MODEL_PROMPT = "A woman astronaut smiling, portrait, on the street in the night,
 
 
 def _empty_latent() -> dict:
-    return dict(key="latent", type="EmptyLatentImage", pos=[1100, 520],
-                widgets={"width": 768, "height": 768, "batch_size": 1})
+    return dict(
+        key="latent", type="EmptyLatentImage", pos=[1100, 520], widgets={"width": 768, "height": 768, "batch_size": 1}
+    )
 
 
 def _photo(key: str, name: str, pos) -> dict:
@@ -163,46 +198,67 @@ def _photo(key: str, name: str, pos) -> dict:
 
 
 def workflow_specs() -> dict[str, dict]:
-    specs = {"flashface_one_photo": _spec(
-        "one reference photo", "The simplest graph: one photo of a person and a prompt.",
-        "A woman astronaut smiling, portrait, on the street in the night, soft light")}
+    specs = {
+        "flashface_one_photo": _spec(
+            "one reference photo",
+            "The simplest graph: one photo of a person and a prompt.",
+            "A woman astronaut smiling, portrait, on the street in the night, soft light",
+        )
+    }
 
     several = specs["flashface_several_photos"] = _spec(
         "several reference photos",
         "More photos of the same person give a steadier likeness (the authors use four). Each photo goes to its "
         "own input of Detect Face, whatever its size (an input also takes a batch or a list of photos).",
-        "A woman with short brown hair in a red dress, sitting in a cafe, warm light", one_photo=False)
-    several["nodes"] += [_photo("photo_a", PHOTO, [20, 240]), _photo("photo_b", PHOTO_MIRRORED, [20, 640]),
-                         _photo("photo_c", PHOTO_CLOSEUP, [20, 1040])]
-    several["links"] += [("photo_a", "IMAGE", "detect", "images"), ("photo_b", "IMAGE", "detect", "images_2"),
-                         ("photo_c", "IMAGE", "detect", "images_3")]
+        "A woman with short brown hair in a red dress, sitting in a cafe, warm light",
+        one_photo=False,
+    )
+    several["nodes"] += [
+        _photo("photo_a", PHOTO, [20, 240]),
+        _photo("photo_b", PHOTO_MIRRORED, [20, 640]),
+        _photo("photo_c", PHOTO_CLOSEUP, [20, 1040]),
+    ]
+    several["links"] += [
+        ("photo_a", "IMAGE", "detect", "images"),
+        ("photo_b", "IMAGE", "detect", "images_2"),
+        ("photo_c", "IMAGE", "detect", "images_3"),
+    ]
 
     specs["flashface_age_change"] = _spec(
         "age change preset",
         "The age_change preset (text guidance 8.5, reference feature strength 0.9, reference guidance 2.5) "
         "gives the prompt room to change the age while keeping the identity.",
-        "An old woman with grey hair and wrinkles, portrait, in a garden, soft light", {"preset": "age_change"})
+        "An old woman with grey hair and wrinkles, portrait, in a garden, soft light",
+        {"preset": "age_change"},
+    )
 
     masked = specs["flashface_face_mask"] = _spec(
         "face position from a mask",
         "A mask says where the face goes (white = face); it replaces the face box. Here a white square on the "
         "right of a black 768x768 mask; a painted mask from Load Image works the same.",
-        "A woman astronaut standing on the left of a busy market, full body, daylight")
+        "A woman astronaut standing on the left of a busy market, full body, daylight",
+    )
     masked["nodes"] += [
         dict(key="canvas", type="SolidMask", pos=[20, 1040], widgets={"value": 0.0, "width": 768, "height": 768}),
         dict(key="square", type="SolidMask", pos=[20, 1200], widgets={"value": 1.0, "width": 224, "height": 224}),
         dict(key="mask", type="MaskComposite", pos=[380, 1040], widgets={"x": 448, "y": 96, "operation": "add"}),
     ]
-    masked["links"] += [("canvas", "MASK", "mask", "destination"), ("square", "MASK", "mask", "source"),
-                        ("mask", "MASK", "generator", "face_mask")]
+    masked["links"] += [
+        ("canvas", "MASK", "mask", "destination"),
+        ("square", "MASK", "mask", "source"),
+        ("mask", "MASK", "generator", "face_mask"),
+    ]
 
     sampler = {"steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras"}
     specs["flashface_ksampler"] = _model_spec(
         "KSampler with FlashFace Apply",
         "FlashFace as a MODEL: any KSampler sampler and scheduler, here dpmpp_2m with karras. An empty latent sets "
         "the size.",
-        MODEL_PROMPT, {**sampler, "denoise": 1.0},
-        [_empty_latent()], ("latent", "LATENT"))
+        MODEL_PROMPT,
+        {**sampler, "denoise": 1.0},
+        [_empty_latent()],
+        ("latent", "LATENT"),
+    )
     lora = specs["flashface_lora"] = _model_spec(
         "an SD1.5 LoRA on FlashFace",
         "FlashFace Apply's MODEL takes ComfyUI's stock LoRA loaders: LoraLoaderModelOnly patches the FlashFace UNet "
@@ -210,10 +266,19 @@ def workflow_specs() -> dict[str, dict]:
         "`ComfyUI/models/loras` and pick it. The LoRA patches the UNet's main path (as on SD1.5); the reference "
         "network that reads the faces and FlashFace's reference attention are left as trained, so the identity "
         "stays. A LoRA's text-encoder part is not used (FlashFace's text encoder is its own).",
-        MODEL_PROMPT, {**sampler, "denoise": 1.0},
-        [_empty_latent(),
-         dict(key="lora", type="LoraLoaderModelOnly", pos=[1100, 720],
-              widgets={"lora_name": EXAMPLE_LORA, "strength_model": 0.8})], ("latent", "LATENT"))
+        MODEL_PROMPT,
+        {**sampler, "denoise": 1.0},
+        [
+            _empty_latent(),
+            dict(
+                key="lora",
+                type="LoraLoaderModelOnly",
+                pos=[1100, 720],
+                widgets={"lora_name": EXAMPLE_LORA, "strength_model": 0.8},
+            ),
+        ],
+        ("latent", "LATENT"),
+    )
     lora["links"].remove(("apply", "model", "ksampler", "model"))
     lora["links"] += [("apply", "model", "lora", "model"), ("lora", "MODEL", "ksampler", "model")]
     control = specs["flashface_controlnet"] = _model_spec(
@@ -222,19 +287,38 @@ def workflow_specs() -> dict[str, dict]:
         "steer the layout while the reference faces give the identity. Put an SD1.5 ControlNet (e.g. "
         "control_v11p_sd15_canny) in `ComfyUI/models/controlnet` and pick it. Apply ControlNet's positive and "
         "negative go to KSampler; FlashFace Apply keeps the plain negative.",
-        MODEL_PROMPT, {**sampler, "denoise": 1.0},
-        [_empty_latent(),
-         _photo("pose", PHOTO_MIRRORED, [20, 1040]),
-         dict(key="canny", type="Canny", pos=[380, 1040], widgets={"low_threshold": 0.4, "high_threshold": 0.8}),
-         dict(key="controlnet", type="ControlNetLoader", pos=[380, 1240], widgets={"control_net_name": EXAMPLE_CONTROLNET}),
-         dict(key="control", type="ControlNetApplyAdvanced", pos=[1100, 760],
-              widgets={"strength": 0.8, "start_percent": 0.0, "end_percent": 0.8})], ("latent", "LATENT"))
+        MODEL_PROMPT,
+        {**sampler, "denoise": 1.0},
+        [
+            _empty_latent(),
+            _photo("pose", PHOTO_MIRRORED, [20, 1040]),
+            dict(key="canny", type="Canny", pos=[380, 1040], widgets={"low_threshold": 0.4, "high_threshold": 0.8}),
+            dict(
+                key="controlnet",
+                type="ControlNetLoader",
+                pos=[380, 1240],
+                widgets={"control_net_name": EXAMPLE_CONTROLNET},
+            ),
+            dict(
+                key="control",
+                type="ControlNetApplyAdvanced",
+                pos=[1100, 760],
+                widgets={"strength": 0.8, "start_percent": 0.0, "end_percent": 0.8},
+            ),
+        ],
+        ("latent", "LATENT"),
+    )
     control["links"].remove(("positive", "positive", "ksampler", "positive"))
     control["links"].remove(("negative", "negative", "ksampler", "negative"))
-    control["links"] += [("pose", "IMAGE", "canny", "image"), ("canny", "IMAGE", "control", "image"),
-                         ("controlnet", "CONTROL_NET", "control", "control_net"),
-                         ("positive", "positive", "control", "positive"), ("negative", "negative", "control", "negative"),
-                         ("control", "positive", "ksampler", "positive"), ("control", "negative", "ksampler", "negative")]
+    control["links"] += [
+        ("pose", "IMAGE", "canny", "image"),
+        ("canny", "IMAGE", "control", "image"),
+        ("controlnet", "CONTROL_NET", "control", "control_net"),
+        ("positive", "positive", "control", "positive"),
+        ("negative", "negative", "control", "negative"),
+        ("control", "positive", "ksampler", "positive"),
+        ("control", "negative", "ksampler", "negative"),
+    ]
     fix = specs["flashface_face_fix"] = _model_spec(
         "face fix: redraw the face of a picture",
         "Redraws only the face of any picture (a photo, an image from another SD1.5 model) with the reference "
@@ -242,32 +326,54 @@ def workflow_specs() -> dict[str, dict]:
         "where the face is and limits the redraw (Set Latent Noise Mask) and the paste-back (ImageCompositeMasked). "
         "Denoise 0.55 keeps the pose and light; raise it for a stronger likeness. Pictures up to about 1024 px "
         "work whole; for larger ones use Impact Pack's FaceDetailer (see the README).",
-        "A woman astronaut, portrait photo, detailed face, soft light", {**sampler, "denoise": 0.55},
-        [_photo("picture", PHOTO_CLOSEUP, [1100, 520]),
-         dict(key="find", type="FlashFace_DetectFace", pos=[1100, 920], title="Face in the picture",
-              widgets={"threshold": 0.6, "several_faces": "largest"}),
-         dict(key="grow", type="GrowMask", pos=[1480, 520], widgets={"expand": 24, "tapered_corners": True}),
-         dict(key="encode", type="FlashFace_VAEEncode", pos=[1480, 680]),
-         dict(key="noise_mask", type="SetLatentNoiseMask", pos=[1480, 820]),
-         dict(key="paste", type="ImageCompositeMasked", pos=[2240, 20],
-              widgets={"x": 0, "y": 0, "resize_source": False})],
+        "A woman astronaut, portrait photo, detailed face, soft light",
+        {**sampler, "denoise": 0.55},
+        [
+            _photo("picture", PHOTO_CLOSEUP, [1100, 520]),
+            dict(
+                key="find",
+                type="FlashFace_DetectFace",
+                pos=[1100, 920],
+                title="Face in the picture",
+                widgets={"threshold": 0.6, "several_faces": "largest"},
+            ),
+            dict(key="grow", type="GrowMask", pos=[1480, 520], widgets={"expand": 24, "tapered_corners": True}),
+            dict(key="encode", type="FlashFace_VAEEncode", pos=[1480, 680]),
+            dict(key="noise_mask", type="SetLatentNoiseMask", pos=[1480, 820]),
+            dict(
+                key="paste",
+                type="ImageCompositeMasked",
+                pos=[2240, 20],
+                widgets={"x": 0, "y": 0, "resize_source": False},
+            ),
+        ],
         ("noise_mask", "LATENT"),
-        [("model", "flashface_model", "find", "flashface_model"), ("picture", "IMAGE", "find", "images"),
-         ("find", "face_masks", "grow", "mask"), ("grow", "MASK", "apply", "face_mask"),
-         ("model", "flashface_model", "encode", "flashface_model"), ("picture", "IMAGE", "encode", "pixels"),
-         ("encode", "latent", "noise_mask", "samples"), ("grow", "MASK", "noise_mask", "mask"),
-         ("picture", "IMAGE", "paste", "destination"), ("decode", "images", "paste", "source"),
-         ("grow", "MASK", "paste", "mask")])
+        [
+            ("model", "flashface_model", "find", "flashface_model"),
+            ("picture", "IMAGE", "find", "images"),
+            ("find", "face_masks", "grow", "mask"),
+            ("grow", "MASK", "apply", "face_mask"),
+            ("model", "flashface_model", "encode", "flashface_model"),
+            ("picture", "IMAGE", "encode", "pixels"),
+            ("encode", "latent", "noise_mask", "samples"),
+            ("grow", "MASK", "noise_mask", "mask"),
+            ("picture", "IMAGE", "paste", "destination"),
+            ("decode", "images", "paste", "source"),
+            ("grow", "MASK", "paste", "mask"),
+        ],
+    )
     fix["links"].remove(("decode", "images", "save", "images"))
     fix["links"].append(("paste", "IMAGE", "save", "images"))
     specs["flashface_img2img"] = _model_spec(
         "img2img from a photo",
         "A photo encoded with FlashFace VAE Encode is the start of KSampler; denoise 0.6 keeps its layout and colours "
         "and repaints the rest with the reference identity.",
-        "A woman astronaut, oil painting, thick brush strokes", {**sampler, "denoise": 0.6},
+        "A woman astronaut, oil painting, thick brush strokes",
+        {**sampler, "denoise": 0.6},
         [_photo("start", PHOTO, [1100, 520]), dict(key="encode", type="FlashFace_VAEEncode", pos=[1100, 920])],
         ("encode", "latent"),
-        [("model", "flashface_model", "encode", "flashface_model"), ("start", "IMAGE", "encode", "pixels")])
+        [("model", "flashface_model", "encode", "flashface_model"), ("start", "IMAGE", "encode", "pixels")],
+    )
     two = specs["flashface_two_people"] = _spec(
         "two people in one picture (experimental)",
         "Each FlashFace Person node holds one person's faces and face box; chained, they go to the Generator's "
@@ -276,27 +382,50 @@ def workflow_specs() -> dict[str, dict]:
         "Experimental: the published FlashFace weights were trained with one person per image, so likenesses may "
         "blend. Here the example photo and its mirror image stand for two people: load a photo of each person.",
         "Two women astronauts standing side by side, smiling, portrait, on a street at night, soft light",
-        {"width": 768, "height": 512}, one_photo=False)
+        {"width": 768, "height": 512},
+        one_photo=False,
+    )
     two["nodes"] += [
-        _photo("photo_a", PHOTO, [20, 240]), _photo("photo_b", PHOTO_MIRRORED, [20, 640]),
-        dict(key="detect_b", type="FlashFace_DetectFace", pos=[760, 600], title="FlashFace Detect Face (person 2)",
-             widgets={"threshold": 0.6, "several_faces": "largest"}),
+        _photo("photo_a", PHOTO, [20, 240]),
+        _photo("photo_b", PHOTO_MIRRORED, [20, 640]),
+        dict(
+            key="detect_b",
+            type="FlashFace_DetectFace",
+            pos=[760, 600],
+            title="FlashFace Detect Face (person 2)",
+            widgets={"threshold": 0.6, "several_faces": "largest"},
+        ),
         dict(key="preview_b", type="PreviewImage", pos=[760, 840], size=[300, 300], title="Detected faces (person 2)"),
-        dict(key="person_a", type="FlashFace_Person", pos=[1100, 620], title="Person 1 (left)",
-             widgets={"face_x1": 0.12, "face_y1": 0.15, "face_x2": 0.37, "face_y2": 0.52}),
-        dict(key="person_b", type="FlashFace_Person", pos=[1100, 900], title="Person 2 (right)",
-             widgets={"face_x1": 0.63, "face_y1": 0.15, "face_x2": 0.88, "face_y2": 0.52}),
+        dict(
+            key="person_a",
+            type="FlashFace_Person",
+            pos=[1100, 620],
+            title="Person 1 (left)",
+            widgets={"face_x1": 0.12, "face_y1": 0.15, "face_x2": 0.37, "face_y2": 0.52},
+        ),
+        dict(
+            key="person_b",
+            type="FlashFace_Person",
+            pos=[1100, 900],
+            title="Person 2 (right)",
+            widgets={"face_x1": 0.63, "face_y1": 0.15, "face_x2": 0.88, "face_y2": 0.52},
+        ),
     ]
     two["links"].remove(("detect", "faces", "generator", "reference_faces"))
-    two["links"] += [("photo_a", "IMAGE", "detect", "images"), ("photo_b", "IMAGE", "detect_b", "images"),
-                     ("model", "flashface_model", "detect_b", "flashface_model"),
-                     ("detect_b", "preview", "preview_b", "images"),
-                     ("detect", "faces", "person_a", "reference_faces"),
-                     ("detect_b", "faces", "person_b", "reference_faces"),
-                     ("person_a", "people", "person_b", "people"), ("person_b", "people", "generator", "people")]
+    two["links"] += [
+        ("photo_a", "IMAGE", "detect", "images"),
+        ("photo_b", "IMAGE", "detect_b", "images"),
+        ("model", "flashface_model", "detect_b", "flashface_model"),
+        ("detect_b", "preview", "preview_b", "images"),
+        ("detect", "faces", "person_a", "reference_faces"),
+        ("detect_b", "faces", "person_b", "reference_faces"),
+        ("person_a", "people", "person_b", "people"),
+        ("person_b", "people", "generator", "people"),
+    ]
     two["nodes"][0]["widgets"]["text"] = two["nodes"][0]["widgets"]["text"].replace(
         "Load your own photos of one person in the Load Image nodes.",
-        "Load photos of each person in their Load Image node (one person per Detect Face).")
+        "Load photos of each person in their Load Image node (one person per Detect Face).",
+    )
     return specs
 
 
@@ -362,17 +491,19 @@ def write_json(path: Path, data) -> None:
 def main() -> int:
     make_example_photos()
     API_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="flashface-build-") as workdir:
-        with running_server(Path(workdir)) as server:
-            with ComfyPage(server) as ui:
-                for name, spec in workflow_specs().items():
-                    built = ui.page.evaluate(JS_BUILD, spec)
-                    ui.page.wait_for_timeout(800)
-                    write_json(WORKFLOWS_DIR / f"{name}.json", without_nulls(built["ui"]))
-                    write_json(API_DIR / f"{name}.json", built["api"])
-                    make_thumbnail(spec).save(WORKFLOWS_DIR / f"{name}.jpg", quality=85)
-                    print(f"wrote {name}: {len(built['ui']['nodes'])} nodes, {len(built['api'])} API nodes")
-                errors = ui.errors()
+    with (
+        tempfile.TemporaryDirectory(prefix="flashface-build-") as workdir,
+        running_server(Path(workdir)) as server,
+        ComfyPage(server) as ui,
+    ):
+        for name, spec in workflow_specs().items():
+            built = ui.page.evaluate(JS_BUILD, spec)
+            ui.page.wait_for_timeout(800)
+            write_json(WORKFLOWS_DIR / f"{name}.json", without_nulls(built["ui"]))
+            write_json(API_DIR / f"{name}.json", built["api"])
+            make_thumbnail(spec).save(WORKFLOWS_DIR / f"{name}.jpg", quality=85)
+            print(f"wrote {name}: {len(built['ui']['nodes'])} nodes, {len(built['api'])} API nodes")
+        errors = ui.errors()
     for event in errors:
         print(f"console error while building ({event.phase}): {event.text[:300]}", file=sys.stderr)
     return 1 if errors else 0

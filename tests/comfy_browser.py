@@ -19,9 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 # What a fresh, stock ComfyUI logs with no custom node at all (0.3.75 with its frontend 1.32.9; 0.8.0
@@ -47,7 +55,9 @@ STOCK_NOISE = [
 # The node search box and its results: frontend 1.32-1.35 (PrimeVue) and 1.58 (a combobox
 # controlling #results-list).
 SEARCH_INPUT = ".comfy-vue-node-search-container input, input[role=combobox][aria-controls=results-list]"
-SEARCH_RESULTS = ".comfy-vue-node-search-container ~ * [role=option], [role=listbox] [role=option], #results-list [role=option]"
+SEARCH_RESULTS = (
+    ".comfy-vue-node-search-container ~ * [role=option], [role=listbox] [role=option], #results-list [role=option]"
+)
 
 JS_READY = """() => !!(window.app && window.app.graph && window.app.canvas && window.LiteGraph
     && document.querySelector('#graph-canvas')
@@ -118,7 +128,7 @@ class ComfyPage:
     blocked: list[str] = field(default_factory=list)
     phase: str = "startup"
 
-    def __enter__(self) -> "ComfyPage":
+    def __enter__(self) -> ComfyPage:
         from playwright.sync_api import sync_playwright
 
         # A fresh user would get the templates browser over the canvas.
@@ -127,8 +137,12 @@ class ComfyPage:
         self._playwright = sync_playwright().start()
         width, height = self.viewport
         self._context = self._playwright.chromium.launch_persistent_context(
-            self._profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": width, "height": height})
+            self._profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": width, "height": height},
+        )
         self._context.route("**/*", self._route)
         self.page = self._context.pages[0] if self._context.pages else self._context.new_page()
         self.page.on("console", self._on_console)

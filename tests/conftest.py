@@ -82,5 +82,9 @@ def pipeline(tiny_model_files):
     from flashface.models.vae import load_vae
     from flashface.pipeline import FlashFacePipeline
 
-    return FlashFacePipeline(load_unet(tiny_model_files["unet_name"]), load_vae(tiny_model_files["vae_name"]),
-                             load_text_encoder(tiny_model_files["clip_name"]), device="cpu")
+    return FlashFacePipeline(
+        load_unet(tiny_model_files["unet_name"]),
+        load_vae(tiny_model_files["vae_name"]),
+        load_text_encoder(tiny_model_files["clip_name"]),
+        device="cpu",
+    )

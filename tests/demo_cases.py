@@ -93,27 +93,61 @@ class DemoCase:
 
         c = self.config
         return GenerationSettings(
-            seed=c["seed"], steps=c["steps"], width=c["width"], height=c["height"], batch_size=c["num_samples"],
-            face_box=tuple(c["face_bbox"]), reference_feature_strength=c["reference_feature_strength"],
+            seed=c["seed"],
+            steps=c["steps"],
+            width=c["width"],
+            height=c["height"],
+            batch_size=c["num_samples"],
+            face_box=tuple(c["face_bbox"]),
+            reference_feature_strength=c["reference_feature_strength"],
             reference_feature_strength_before_launch=c["reference_feature_strength_before_launch"],
-            reference_guidance_strength=c["reference_guidance"], text_guidance=c["text_guidance"],
-            launch_timestep=c["launch_timestep"])
+            reference_guidance_strength=c["reference_guidance"],
+            text_guidance=c["text_guidance"],
+            launch_timestep=c["launch_timestep"],
+        )
 
     def cli_arguments(self, files: dict[str, Path], out: Path) -> list[str]:
         """`python -m flashface generate` options for the case's settings and model files."""
         c = self.config
         arguments = [argument for photo in self.photos for argument in ("--ref", str(photo))]
-        arguments += ["--prompt", c["prompt"], "--negative-prompt", c["negative_prompt"], "--seed", str(c["seed"]),
-                      "--steps", str(c["steps"]), "--width", str(c["width"]), "--height", str(c["height"]),
-                      "--batch-size", str(c["num_samples"]), "--face-box", *map(str, c["face_bbox"]),
-                      "--reference-feature-strength", str(c["reference_feature_strength"]),
-                      "--reference-feature-strength-before-launch",
-                      str(c["reference_feature_strength_before_launch"]),
-                      "--reference-guidance-strength", str(c["reference_guidance"]),
-                      "--text-guidance", str(c["text_guidance"]), "--launch-timestep", str(c["launch_timestep"]),
-                      "--detection-threshold", repr(c["min_thr"]), "--out", str(out)]
-        for option, slot in (("--unet", "unet_name"), ("--vae", "vae_name"), ("--text-encoder", "clip_name"),
-                             ("--detector", "detector_name")):
+        arguments += [
+            "--prompt",
+            c["prompt"],
+            "--negative-prompt",
+            c["negative_prompt"],
+            "--seed",
+            str(c["seed"]),
+            "--steps",
+            str(c["steps"]),
+            "--width",
+            str(c["width"]),
+            "--height",
+            str(c["height"]),
+            "--batch-size",
+            str(c["num_samples"]),
+            "--face-box",
+            *map(str, c["face_bbox"]),
+            "--reference-feature-strength",
+            str(c["reference_feature_strength"]),
+            "--reference-feature-strength-before-launch",
+            str(c["reference_feature_strength_before_launch"]),
+            "--reference-guidance-strength",
+            str(c["reference_guidance"]),
+            "--text-guidance",
+            str(c["text_guidance"]),
+            "--launch-timestep",
+            str(c["launch_timestep"]),
+            "--detection-threshold",
+            repr(c["min_thr"]),
+            "--out",
+            str(out),
+        ]
+        for option, slot in (
+            ("--unet", "unet_name"),
+            ("--vae", "vae_name"),
+            ("--text-encoder", "clip_name"),
+            ("--detector", "detector_name"),
+        ):
             arguments += [option, str(files[slot])]
         return arguments
 
@@ -121,7 +155,9 @@ class DemoCase:
         """Difference of uint8 images [B,H,W,3] from the official ones."""
         expected = self.expected["image"]
         if tuple(images.shape) != tuple(expected.shape):
-            raise AssertionError(f"{self.name}: images of shape {tuple(images.shape)}, official {tuple(expected.shape)}")
+            raise AssertionError(
+                f"{self.name}: images of shape {tuple(images.shape)}, official {tuple(expected.shape)}"
+            )
         levels = (images.to(torch.int16) - expected.to(torch.int16)).abs()
         return ImageDifference(int(levels.max()), float(levels.float().mean()))
 

@@ -27,9 +27,10 @@ def model_file(seed: int = 0, size: int = 200_000) -> bytes:
     """A small model file to serve: a torch.save pickle of `size` random bytes, as .pth files are
     (a verified file must also open as a checkpoint)."""
     buffer = io.BytesIO()
-    torch.save({"weight": torch.frombuffer(bytearray(random.Random(seed).randbytes(size)), dtype=torch.uint8)},
-               buffer)
+    torch.save({"weight": torch.frombuffer(bytearray(random.Random(seed).randbytes(size)), dtype=torch.uint8)}, buffer)
     return buffer.getvalue()
+
+
 _SEND_BLOCK = 16 * 1024
 
 
@@ -107,7 +108,7 @@ def _handler_for(server: FixtureServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, *args):
+        def log_message(self, format, *args):  # `format`: the base class's name
             pass
 
         def do_GET(self):
@@ -118,7 +119,7 @@ def _handler_for(server: FixtureServer):
 
         def _serve(self, body: bool):
             via_cdn = self.path.startswith(CDN_PREFIX + "/")
-            path = self.path[len(CDN_PREFIX):] if via_cdn else self.path
+            path = self.path[len(CDN_PREFIX) :] if via_cdn else self.path
             behaviour = server.files.get(path)
             request = server._log(Request(self.command, self.path, self.headers.get("Range"), 0))
             if behaviour is None:
@@ -133,8 +134,15 @@ def _handler_for(server: FixtureServer):
                 return self._status(request, 500)
             sha256 = behaviour.published_sha256 or hashlib.sha256(behaviour.data).hexdigest()
             if behaviour.hf == "redirect" and not via_cdn:
-                return self._status(request, 302, {"Location": CDN_PREFIX + path, "X-Linked-ETag": f'"{sha256}"',
-                                                   "X-Linked-Size": str(len(behaviour.data))})
+                return self._status(
+                    request,
+                    302,
+                    {
+                        "Location": CDN_PREFIX + path,
+                        "X-Linked-ETag": f'"{sha256}"',
+                        "X-Linked-Size": str(len(behaviour.data)),
+                    },
+                )
             data = behaviour.data
             if seen < behaviour.corrupt_times:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
@@ -162,7 +170,7 @@ def _handler_for(server: FixtureServer):
                 for offset in range(0, end, _SEND_BLOCK):
                     if behaviour.delay:
                         time.sleep(behaviour.delay)
-                    block = data[offset:min(offset + _SEND_BLOCK, end)]
+                    block = data[offset : min(offset + _SEND_BLOCK, end)]
                     self.wfile.write(block)
                     request.bytes_sent += len(block)
                 self.wfile.flush()

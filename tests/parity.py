@@ -29,8 +29,10 @@ def fixtures_dir() -> Path:
 
 
 def _missing_reason() -> str:
-    return (f"parity fixtures not found at {fixtures_dir()} "
-            "(set FLASHFACE_FIXTURES to the folder holding cases/ and manifests/)")
+    return (
+        f"parity fixtures not found at {fixtures_dir()} "
+        "(set FLASHFACE_FIXTURES to the folder holding cases/ and manifests/)"
+    )
 
 
 @dataclass
@@ -72,8 +74,11 @@ def cases(*kinds: str) -> list:
         if config.get("kind") in kinds:
             found.append(pytest.param(Case(case_dir.name, case_dir, config), id=case_dir.name))
     if not found:
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no fixture case of kind {kinds} in {root}"),
-                             id="no-cases")]
+        return [
+            pytest.param(
+                None, marks=pytest.mark.skip(reason=f"no fixture case of kind {kinds} in {root}"), id="no-cases"
+            )
+        ]
     return found
 
 
@@ -88,6 +93,7 @@ def manifest(name: str) -> Path:
 def load_fixture_module(path: Path):
     """A Python file shipped with the fixtures (a weight recipe), imported from where it is."""
     spec = importlib.util.spec_from_file_location(f"fixture_{path.parent.name}_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -104,9 +110,16 @@ def recipe_detector_state(recipe: str, seed: int, weight_scale: float) -> dict:
     return getattr(module, function)(manifest(RETINAFACE_MANIFEST), seed, weight_scale)
 
 
-_DTYPES_BY_NAME = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                   "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8,
-                   "bool": torch.bool}
+_DTYPES_BY_NAME = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
 
 
 class ManifestCheckpoint(StateDictCheckpoint):
@@ -117,5 +130,7 @@ class ManifestCheckpoint(StateDictCheckpoint):
     def __init__(self, manifest_path: str | os.PathLike):
         with open(manifest_path, encoding="utf-8") as f:
             entries = json.load(f)["keys"]
-        super().__init__({name: torch.empty(shape, dtype=_DTYPES_BY_NAME[dtype], device="meta")
-                          for name, shape, dtype in entries}, path=str(manifest_path))
+        super().__init__(
+            {name: torch.empty(shape, dtype=_DTYPES_BY_NAME[dtype], device="meta") for name, shape, dtype in entries},
+            path=str(manifest_path),
+        )

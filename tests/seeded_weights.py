@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 from safetensors.torch import save_file
 
 
-def seeded_state_dict(shapes: Mapping[str, torch.Size], seed: int, *, weight_scale: float = 1.0,
-                      unit_scale: Callable[[str], bool] = lambda key: False) -> dict[str, torch.Tensor]:
+def seeded_state_dict(
+    shapes: Mapping[str, torch.Size],
+    seed: int,
+    *,
+    weight_scale: float = 1.0,
+    unit_scale: Callable[[str], bool] = lambda key: False,
+) -> dict[str, torch.Tensor]:
     """Seeded values for `shapes`, drawn in the order given: weights fan-in scaled (times
     `weight_scale`, or unit Gaussian where `unit_scale(key)`, e.g. embeddings) so activations
     stay O(1); norm scales near 1, biases and running means near 0, running variances near 1,
@@ -34,7 +39,7 @@ def seeded_state_dict(shapes: Mapping[str, torch.Size], seed: int, *, weight_sca
     return state
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None) -> Path:
+def save_state_dict(state: dict, path, metadata: dict[str, str] | None = None) -> Path:
     """.safetensors by suffix (with `metadata`), otherwise a torch.save pickle like the published files."""
     path = Path(path)
     os.makedirs(path.parent, exist_ok=True)

@@ -103,27 +103,42 @@ def reference_tokens(model, reference_latents, t, reference_context):
         return 0
 
     dtype = model.compute_dtype
-    _through_blocks(model, reference_latents.to(dtype), _embedding(model, t, len(reference_latents)),
-                    reference_context.to(dtype), model.reference_input_blocks, model.reference_output_blocks, record)
+    _through_blocks(
+        model,
+        reference_latents.to(dtype),
+        _embedding(model, t, len(reference_latents)),
+        reference_context.to(dtype),
+        model.reference_input_blocks,
+        model.reference_output_blocks,
+        record,
+    )
     return recorded
 
 
 @torch.no_grad()
-def straightforward_eps(model, x, t, context, mask, reference_latents, reference_context, weights, owners=None,
-                        regions=None):
+def straightforward_eps(
+    model, x, t, context, mask, reference_latents, reference_context, weights, owners=None, regions=None
+):
     """The predicted noise of every row of a call, each reference copy given as its own latent."""
     rows, dtype = x.shape[0], model.compute_dtype
-    tokens = reference_tokens(model, reference_latents, t if torch.as_tensor(t).dim() == 0 else t[0],
-                              reference_context)
+    tokens = reference_tokens(model, reference_latents, t if torch.as_tensor(t).dim() == 0 else t[0], reference_context)
 
     def read(block, y, grid):
         labels = None
         if regions is not None:
             labels = F.interpolate(regions[None, None].float(), size=grid, mode="nearest").flatten().long()
-        return straightforward_reference_attention(block.reference_attn, y, tokens[block.feature_key], weights,
-                                                   owners, labels)
+        return straightforward_reference_attention(
+            block.reference_attn, y, tokens[block.feature_key], weights, owners, labels
+        )
 
     inputs = torch.cat([x, (torch.zeros_like(x[:, :1]) if mask is None else mask[:, None].to(x.dtype))], 1)
-    out = _through_blocks(model, inputs.to(dtype), _embedding(model, t, rows), context.to(dtype),
-                          model.input_blocks, model.output_blocks, read)
+    out = _through_blocks(
+        model,
+        inputs.to(dtype),
+        _embedding(model, t, rows),
+        context.to(dtype),
+        model.input_blocks,
+        model.output_blocks,
+        read,
+    )
     return through_layers(model.out, out).to(x.dtype)

@@ -59,8 +59,9 @@ def test_round_trip_every_format(tmp_path, suffix):
 
 def test_weights_take_the_dtype_and_norm_parameters_stay_fp32():
     weights = two_layer_weights()
-    module = load_module(TwoLayers, StateDictCheckpoint(weights), copy_plan(weights), what="test model",
-                         dtype=torch.float16)
+    module = load_module(
+        TwoLayers, StateDictCheckpoint(weights), copy_plan(weights), what="test model", dtype=torch.float16
+    )
     assert module.linear.weight.dtype == torch.float16
     assert module.norm.weight.dtype == torch.float32
     assert torch.equal(module.linear.weight, weights["linear.weight"].half())
@@ -118,12 +119,15 @@ def test_pickle_with_code_objects_is_refused_without_advice_to_load_unsafely(tmp
     assert "NotATensor" in str(refused.value) and "weights_only" not in str(refused.value)
 
 
-@pytest.mark.parametrize(("name", "content"), [
-    ("detector.pth", b"<html><body>404 Not Found</body></html>\n"),  # a web page saved under a model's name
-    ("unet.ckpt", b"version https://git-lfs.github.com/spec/v1\noid sha256:0\n"),  # a Git LFS pointer
-    ("vae.safetensors", b"just some notes about my models\n"),
-    ("clip.pth", bytes(range(200, 256)) * 4),  # binary, neither zip nor pickle
-])
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("detector.pth", b"<html><body>404 Not Found</body></html>\n"),  # a web page saved under a model's name
+        ("unet.ckpt", b"version https://git-lfs.github.com/spec/v1\noid sha256:0\n"),  # a Git LFS pointer
+        ("vae.safetensors", b"just some notes about my models\n"),
+        ("clip.pth", bytes(range(200, 256)) * 4),  # binary, neither zip nor pickle
+    ],
+)
 def test_a_file_that_is_no_model_at_all_says_so(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
@@ -154,8 +158,9 @@ def test_ignored_keys_are_allowed_but_never_read():
             return super().tensor(key)
 
     checkpoint = Recording({**weights, "unused.weight": torch.zeros(5)})
-    load_module(TwoLayers, checkpoint, copy_plan(weights), what="test model",
-                ignore=lambda key: key.startswith("unused."))
+    load_module(
+        TwoLayers, checkpoint, copy_plan(weights), what="test model", ignore=lambda key: key.startswith("unused.")
+    )
     assert "unused.weight" not in read
 
 
@@ -191,8 +196,10 @@ def test_concat_plan():
 
 def test_manifest_checkpoint_builds_meta_modules(tmp_path):
     manifest = tmp_path / "m.json"
-    manifest.write_text('{"keys": [["linear.weight", [2, 3], "float32"], ["linear.bias", [2], "float32"],'
-                        ' ["norm.weight", [2], "float32"], ["norm.bias", [2], "float32"]]}')
+    manifest.write_text(
+        '{"keys": [["linear.weight", [2, 3], "float32"], ["linear.bias", [2], "float32"],'
+        ' ["norm.weight", [2], "float32"], ["norm.bias", [2], "float32"]]}'
+    )
     checkpoint = ManifestCheckpoint(manifest)
     module = load_module(TwoLayers, checkpoint, copy_plan(checkpoint.keys()), what="test model", device="meta")
     assert module.linear.weight.is_meta and module.linear.weight.shape == (2, 3)
@@ -235,8 +242,9 @@ def test_a_loaded_module_owns_its_weights(tmp_path, suffix):
             f.truncate(0)
         print("sum", float(module.linear.weight.sum() + module.norm.weight.sum()))
     """)
-    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
     assert done.stdout.startswith("sum ")
 

@@ -13,8 +13,8 @@ from flashface.models.clip_text import (
     END_OF_TEXT,
     END_TOKEN,
     HF_PREFIXES,
-    START_TOKEN,
     MODEL_NAME,
+    START_TOKEN,
     TextEncoderConfig,
     Tokenizer,
     encode_texts,
@@ -40,6 +40,7 @@ def weight_files(case) -> list:
 
 # ---- parity with the official code -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", cases("clip_text"))
 def test_token_ids_match_the_official_tokenizer(case):
     ids = Tokenizer(case.config["text_architecture"]["text_len"])(case.config["prompts"])
@@ -55,7 +56,9 @@ def _random_words(seed: int, count: int) -> list[str]:
     def pick(alphabet: str, length: int) -> str:
         return "".join(alphabet[i] for i in torch.randint(len(alphabet), (length,), generator=generator))
 
-    words = [c * n for c in "aeo" for n in range(1, 40)] + [p * n for p in ("ab", "aab", "ll", "ing") for n in range(1, 25)]
+    words = [c * n for c in "aeo" for n in range(1, 40)] + [
+        p * n for p in ("ab", "aab", "ll", "ing") for n in range(1, 25)
+    ]
     for index in range(count):
         alphabet = ("aabbcdeeeilmnoorsstt", "abcdefghijklmnopqrstuvwxyz", "éàüßçñøåæœ日本語的", "ab1!")[index % 4]
         words.append(pick(alphabet, int(torch.randint(1, 40, (1,), generator=generator))))
@@ -91,8 +94,13 @@ def test_embeddings_match_the_official_text_tower(case):
     for path in weight_files(case):
         model = load_text_encoder(path, num_heads=arch["num_heads"])
         assert model.config == TextEncoderConfig(
-            vocab_size=arch["vocab_size"], context_length=arch["text_len"], width=arch["dim"],
-            layers=arch["num_layers"], num_heads=arch["num_heads"], mlp_width=arch["dim"] * arch["mlp_ratio"])
+            vocab_size=arch["vocab_size"],
+            context_length=arch["text_len"],
+            width=arch["dim"],
+            layers=arch["num_layers"],
+            num_heads=arch["num_heads"],
+            mlp_width=arch["dim"] * arch["mlp_ratio"],
+        )
         from_ids = model(case.inputs["token_ids"])
         torch.testing.assert_close(from_ids, case.expected["embeddings"], atol=case.atol, rtol=case.rtol)
         assert torch.equal(encode_texts(model, case.config["prompts"], "cpu"), from_ids)
@@ -124,6 +132,7 @@ def test_truncation_keeps_the_end_token(tokenizer):
 
 # ---- the real file, on the meta device ---------------------------------------------------------------
 
+
 def manifest_tensors():
     checkpoint = ManifestCheckpoint(manifest(MANIFEST))
     return {key: checkpoint.tensor(key) for key in checkpoint.keys()}
@@ -133,8 +142,9 @@ def test_loads_the_real_text_tower_on_meta():
     data = json.loads(manifest(MANIFEST).read_text(encoding="utf-8"))
     model = load_text_encoder(ManifestCheckpoint(manifest(MANIFEST)), device="meta")
     assert model.config == TextEncoderConfig()  # ViT-L/14, inferred from the shapes
-    text_tower = [(name, shape) for name, shape, _ in data["keys"]
-                  if name.startswith("textual.") and name != "textual.head"]
+    text_tower = [
+        (name, shape) for name, shape, _ in data["keys"] if name.startswith("textual.") and name != "textual.head"
+    ]
     assert {"textual." + key: list(t.shape) for key, t in model.state_dict().items()} == dict(text_tower)
     assert all(p.is_meta for p in model.parameters())
     embeddings = encode_texts(model, ["a photo"], "meta")
@@ -167,6 +177,7 @@ def test_unused_parts_of_the_whole_clip_are_never_read():
 
 
 # ---- Hugging Face naming ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("prefix", HF_PREFIXES)
 def test_hugging_face_naming_gives_the_official_outputs(tokenizer, prefix):
@@ -208,6 +219,7 @@ def test_num_heads_argument_then_metadata_then_width_over_64(tmp_path):
 
 # ---- dtypes ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
 def test_half_precision_on_cpu_is_close_to_fp32(tokenizer, dtype, tolerance):
     checkpoint = StateDictCheckpoint(official_clip_state_dict(seed=6))
@@ -221,6 +233,7 @@ def test_half_precision_on_cpu_is_close_to_fp32(tokenizer, dtype, tolerance):
 
 
 # ---- errors ------------------------------------------------------------------------------------------
+
 
 def meta_state(shapes: dict) -> StateDictCheckpoint:
     return StateDictCheckpoint({k: torch.empty(s, device="meta") for k, s in shapes.items()}, path="other.safetensors")

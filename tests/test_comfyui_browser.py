@@ -18,8 +18,16 @@ WORKFLOWS_DIR = REPO_ROOT / "workflows"
 UI_WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
 # UI workflows as an earlier version of the pack saved them (v0.1: bundled on 2026-11-30).
 SAVED_WORKFLOWS = sorted((REPO_ROOT / "tests" / "data" / "saved_workflows").glob("*.json"))
-PACK_NODES = ["FlashFace Load Model", "FlashFace Detect Face", "FlashFace CLIP Text Encode", "FlashFace Generator",
-              "FlashFace Apply (MODEL for KSampler)", "FlashFace Sigmas", "FlashFace VAE Encode", "FlashFace VAE Decode"]
+PACK_NODES = [
+    "FlashFace Load Model",
+    "FlashFace Detect Face",
+    "FlashFace CLIP Text Encode",
+    "FlashFace Generator",
+    "FlashFace Apply (MODEL for KSampler)",
+    "FlashFace Sigmas",
+    "FlashFace VAE Encode",
+    "FlashFace VAE Decode",
+]
 
 
 @pytest.fixture(scope="module")

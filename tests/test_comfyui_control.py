@@ -12,6 +12,7 @@ from tiny_flashface_models import ADAPTER_UNET, CONTROLNET_UNET, TINY_CONTROLNET
 
 pytestmark = pytest.mark.comfyui
 
+
 @pytest.fixture(scope="module")
 def server(comfyui_tiny):
     return comfyui_tiny
@@ -28,9 +29,18 @@ def prompt_with(*controlnets: tuple[str, float, float, float], unet: str = CONTR
     for number, (name, strength, start, end) in enumerate(controlnets):
         loader, apply = str(71 + 2 * number), str(72 + 2 * number)
         prompt[loader] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}}
-        prompt[apply] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
-            "positive": sampler["positive"], "negative": sampler["negative"], "control_net": [loader, 0],
-            "image": ["70", 0], "strength": strength, "start_percent": start, "end_percent": end}}
+        prompt[apply] = {
+            "class_type": "ControlNetApplyAdvanced",
+            "inputs": {
+                "positive": sampler["positive"],
+                "negative": sampler["negative"],
+                "control_net": [loader, 0],
+                "image": ["70", 0],
+                "strength": strength,
+                "start_percent": start,
+                "end_percent": end,
+            },
+        }
         sampler["positive"], sampler["negative"] = [apply, 0], [apply, 1]
     return prompt
 
@@ -59,9 +69,12 @@ def test_a_controlnet_steers_the_image_within_its_steps_and_strength(server, pla
     never = run_to_levels(server, prompt_with((TINY_CONTROLNETS["random"], 1.0, 1.0, 1.0)))  # its window holds no step
     half = (TINY_CONTROLNETS["random"], 0.5, 0.0, 1.0)
     chained = run_to_levels(server, prompt_with(half, half))
-    print(f"\nControlNet vs none: {level_difference(steered, plain)}; strength 0.3: {level_difference(weaker, plain)}; "
-          f"two chained at 0.5: {level_difference(chained, plain)} (vs one at 1.0: {level_difference(chained, steered)}); "
-          f"empty window: {level_difference(never, plain)}")
+    print(
+        f"\nControlNet vs none: {level_difference(steered, plain)}; strength 0.3: {level_difference(weaker, plain)}; "
+        f"two chained at 0.5: {level_difference(chained, plain)} "
+        f"(vs one at 1.0: {level_difference(chained, steered)}); "
+        f"empty window: {level_difference(never, plain)}"
+    )
     assert (steered - plain).abs().float().mean() > 2
     assert (weaker - plain).abs().float().mean() < (steered - plain).abs().float().mean()
     assert (never - plain).abs().max() <= 1
@@ -77,8 +90,10 @@ def test_a_t2i_adapter_steers_the_image_at_its_four_levels(server):
     zero = run_to_levels(server, prompt_with((TINY_T2I_ADAPTERS["zero"], 1.0, 0.0, 1.0), unet=ADAPTER_UNET))
     steered = run_to_levels(server, prompt_with((TINY_T2I_ADAPTERS["random"], 1.0, 0.0, 1.0), unet=ADAPTER_UNET))
     weaker = run_to_levels(server, prompt_with((TINY_T2I_ADAPTERS["random"], 0.3, 0.0, 1.0), unet=ADAPTER_UNET))
-    print(f"\nT2I-Adapter vs none: {level_difference(steered, plain)}; strength 0.3: "
-          f"{level_difference(weaker, plain)}; all-zero adapter: {level_difference(zero, plain)}")
+    print(
+        f"\nT2I-Adapter vs none: {level_difference(steered, plain)}; strength 0.3: "
+        f"{level_difference(weaker, plain)}; all-zero adapter: {level_difference(zero, plain)}"
+    )
     assert (zero - plain).abs().max() <= 1
     assert (steered - plain).abs().float().mean() > 2
     assert 0 < (weaker - plain).abs().float().mean() < (steered - plain).abs().float().mean()
@@ -86,38 +101,68 @@ def test_a_t2i_adapter_steers_the_image_at_its_four_levels(server):
 
 def test_freeu_and_downscale_patches_are_applied(server, plain):
     freeu = run_to_levels(server, with_model_node(prompt_with(), "FreeU_V2", b1=1.3, b2=1.4, s1=0.9, s2=0.2))
-    downscaled = run_to_levels(server, with_model_node(
-        prompt_with(), "PatchModelAddDownscale", block_number=1, downscale_factor=2.0, start_percent=0.0,
-        end_percent=1.0, downscale_after_skip=True, downscale_method="bicubic", upscale_method="bicubic"))
-    print(f"\nFreeU_V2 vs none: {level_difference(freeu, plain)}; PatchModelAddDownscale vs none: {level_difference(downscaled, plain)}")
+    downscaled = run_to_levels(
+        server,
+        with_model_node(
+            prompt_with(),
+            "PatchModelAddDownscale",
+            block_number=1,
+            downscale_factor=2.0,
+            start_percent=0.0,
+            end_percent=1.0,
+            downscale_after_skip=True,
+            downscale_method="bicubic",
+            upscale_method="bicubic",
+        ),
+    )
+    print(
+        f"\nFreeU_V2 vs none: {level_difference(freeu, plain)}; "
+        f"PatchModelAddDownscale vs none: {level_difference(downscaled, plain)}"
+    )
     assert (freeu - plain).abs().float().mean() > 1
     assert (downscaled - plain).abs().float().mean() > 1
 
 
-@pytest.mark.parametrize(("node", "widgets", "named"), [
-    ("SelfAttentionGuidance", {"scale": 0.5, "blur_sigma": 2.0}, "Self-Attention Guidance"),
-    # PAG's attention replacement lives in its post-CFG function: that is what is refused first
-    ("PerturbedAttentionGuidance", {"scale": 3.0}, "Perturbed-Attention Guidance"),
-])
+@pytest.mark.parametrize(
+    ("node", "widgets", "named"),
+    [
+        ("SelfAttentionGuidance", {"scale": 0.5, "blur_sigma": 2.0}, "Self-Attention Guidance"),
+        # PAG's attention replacement lives in its post-CFG function: that is what is refused first
+        ("PerturbedAttentionGuidance", {"scale": 3.0}, "Perturbed-Attention Guidance"),
+    ],
+)
 def test_an_attention_patch_is_refused_by_name_not_ignored(server, node, widgets, named):
     expect_node_error(server, with_model_node(prompt_with(), node, **widgets), "KSampler", named, "remove that node")
 
 
 def test_a_cfg_function_is_refused_by_name_not_ignored(server):
-    expect_node_error(server, with_model_node(prompt_with(), "RescaleCFG", multiplier=0.7), "KSampler",
-                      "CFG function", "RescaleCFG", "remove that node")
+    expect_node_error(
+        server,
+        with_model_node(prompt_with(), "RescaleCFG", multiplier=0.7),
+        "KSampler",
+        "CFG function",
+        "RescaleCFG",
+        "remove that node",
+    )
 
 
 def test_another_pre_cfg_function_is_refused_by_name_not_ignored(server):
-    expect_node_error(server, with_model_node(prompt_with(), "APG", eta=1.0, norm_threshold=5.0, momentum=-0.5),
-                      "KSampler", "pre-CFG function", "APG", "remove that node")
+    expect_node_error(
+        server,
+        with_model_node(prompt_with(), "APG", eta=1.0, norm_threshold=5.0, momentum=-0.5),
+        "KSampler",
+        "pre-CFG function",
+        "APG",
+        "remove that node",
+    )
 
 
 def test_changed_model_sampling_is_refused(server):
     prompt = with_model_node(prompt_with(), "ModelSamplingDiscrete", sampling="v_prediction", zsnr=False)
     expect_node_error(server, prompt, "KSampler", "ModelSamplingDiscrete", "remove that node")
-    same = with_model_node(prompt_with(unet=TINY_MODELS["unet_name"]), "ModelSamplingDiscrete", sampling="eps",
-                           zsnr=False)
+    same = with_model_node(
+        prompt_with(unet=TINY_MODELS["unet_name"]), "ModelSamplingDiscrete", sampling="eps", zsnr=False
+    )
     unchanged = run_to_levels(server, prompt_with(unet=TINY_MODELS["unet_name"]))
     assert torch.equal(run_to_levels(server, same), unchanged)  # eps on SD1.5's schedule is what FlashFace is
 
@@ -128,17 +173,37 @@ def test_a_guider_that_is_not_positive_negative_is_refused(server):
     prompt = prompt_with()
     sampler = prompt.pop(node_id(prompt, "KSampler"))["inputs"]
     decode = prompt[node_id(prompt, "FlashFace_VAEDecode")]["inputs"]
-    prompt.update({
-        "50": {"class_type": "DualCFGGuider", "inputs": {
-            "model": sampler["model"], "cond1": sampler["positive"], "cond2": sampler["positive"],
-            "negative": sampler["negative"], "cfg_conds": 7.5, "cfg_cond2_negative": 3.0, "style": "regular"}},
-        "51": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "52": {"class_type": "BasicScheduler", "inputs": {"model": sampler["model"], "scheduler": "normal",
-                                                          "steps": 2, "denoise": 1.0}},
-        "53": {"class_type": "RandomNoise", "inputs": {"noise_seed": 1}},
-        "54": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["53", 0], "guider": ["50", 0], "sampler": ["51", 0], "sigmas": ["52", 0],
-            "latent_image": sampler["latent_image"]}},
-    })
+    prompt.update(
+        {
+            "50": {
+                "class_type": "DualCFGGuider",
+                "inputs": {
+                    "model": sampler["model"],
+                    "cond1": sampler["positive"],
+                    "cond2": sampler["positive"],
+                    "negative": sampler["negative"],
+                    "cfg_conds": 7.5,
+                    "cfg_cond2_negative": 3.0,
+                    "style": "regular",
+                },
+            },
+            "51": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+            "52": {
+                "class_type": "BasicScheduler",
+                "inputs": {"model": sampler["model"], "scheduler": "normal", "steps": 2, "denoise": 1.0},
+            },
+            "53": {"class_type": "RandomNoise", "inputs": {"noise_seed": 1}},
+            "54": {
+                "class_type": "SamplerCustomAdvanced",
+                "inputs": {
+                    "noise": ["53", 0],
+                    "guider": ["50", 0],
+                    "sampler": ["51", 0],
+                    "sigmas": ["52", 0],
+                    "latent_image": sampler["latent_image"],
+                },
+            },
+        }
+    )
     decode["samples"] = ["54", 0]
     expect_node_error(server, prompt, "SamplerCustomAdvanced", "DualCFGGuider", "CFGGuider")

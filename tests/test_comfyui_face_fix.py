@@ -38,5 +38,8 @@ def test_the_face_fix_redraws_the_face_region_only(comfyui_tiny):
         assert fixed.shape == picture.shape
         assert (fixed - picture)[~region].abs().max() == 0  # outside the face: the picture as it was
         changes[denoise] = (fixed - picture)[region].abs().float().mean()
-        print(f"\nface fix at denoise {denoise}: inside the face region {level_difference(fixed[region], picture[region])}")
+        print(
+            f"\nface fix at denoise {denoise}: "
+            f"inside the face region {level_difference(fixed[region], picture[region])}"
+        )
     assert 0 < changes[0.3] < changes[0.8]  # redrawn, more so at a higher denoise

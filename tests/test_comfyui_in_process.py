@@ -65,8 +65,9 @@ result = dict(images=[images.device.type, list(images.shape)],
 def test_generator_runs_on_the_load_device_of_a_partially_loaded_unet(comfy_install, tiny_model_files, tmp_path):
     from tiny_flashface_models import TEXT_WIDTH
 
-    snippet = PARTIAL_LOAD.format(unet=str(tiny_model_files["unet_name"]), vae=str(tiny_model_files["vae_name"]),
-                                  width=TEXT_WIDTH)
+    snippet = PARTIAL_LOAD.format(
+        unet=str(tiny_model_files["unet_name"]), vae=str(tiny_model_files["vae_name"]), width=TEXT_WIDTH
+    )
     result = run_with_comfyui(comfy_install, snippet, tmp_path)
     assert result["lowvram"] and result["on_gpu"] > 0
     assert "diffusion_model.time_embed.0.weight" in result["on_cpu"]  # the case that used to send all to the CPU
@@ -74,7 +75,9 @@ def test_generator_runs_on_the_load_device_of_a_partially_loaded_unet(comfy_inst
     assert result["latent"] == ["meta", [2, 4, 8, 8]]
 
 
-WRONG_TYPES = MESSAGES_OF_CALLS + """
+WRONG_TYPES = (
+    MESSAGES_OF_CALLS
+    + """
 from flashface_pack.flashface.prompts import EncodedPrompt
 from flashface_pack.nodes import detect_face, generator, load_model, text_encode
 
@@ -105,6 +108,7 @@ calls = {
 }
 result = messages(calls)
 """
+)
 
 
 def test_a_value_of_the_wrong_type_on_any_input_is_explained(comfy_install, tmp_path):
@@ -113,7 +117,7 @@ def test_a_value_of_the_wrong_type_on_any_input_is_explained(comfy_install, tmp_
         "generator positive text": "The positive input got text; connect FlashFace CLIP Text Encode",
         "generator negative conditioning": "The negative input got a list (a ComfyUI CONDITIONING is one)",
         "generator model tensor": "The flashface_model input got a tensor of shape [1, 64, 64, 3]; connect FlashFace "
-                                  "Load Model",
+        "Load Model",
         "generator faces text": "The reference_faces input got text",
         "generator mask image": "The face_mask input got a tensor of shape [1, 8, 8, 3, 2]",
         "detect photos text": "The images input got text",
@@ -149,8 +153,9 @@ result = dict(first=first, second=second, third=third, walked_first=walked_first
 
 
 def test_model_lists_are_listed_again_only_when_a_folder_changed(comfy_install, tmp_path):
-    listed = run_with_comfyui(comfy_install, LISTING.replace("FOLDER", repr(str(tmp_path / "models" / "flashface"))),
-                              tmp_path)
+    listed = run_with_comfyui(
+        comfy_install, LISTING.replace("FOLDER", repr(str(tmp_path / "models" / "flashface"))), tmp_path
+    )
     assert "deep/er/first.safetensors" in listed["first"] and listed["second"] == listed["first"]
     assert listed["walked_first"] > 0 and listed["walked_second"] == 0
     assert "deep/er/second.safetensors" in listed["third"] and listed["walked_third"] > 0
@@ -178,7 +183,8 @@ _, swapped = patcher_classes()
 cast = mm.unet_manual_cast(torch.float16, mm.get_torch_device())
 result = dict(default=default, expected_default=expected_default, swapped=swapped,
               manual_cast_dtype=str(unet.model.manual_cast_dtype), expected_cast=str(cast),
-              weight_dtype=str(unet.model.get_dtype()), unet_weights=str(unet.model.diffusion_model.out[2].weight.dtype),
+              weight_dtype=str(unet.model.get_dtype()),
+              unet_weights=str(unet.model.diffusion_model.out[2].weight.dtype),
               aliases={{name: getattr(node, "SEARCH_ALIASES", None) for name, node in NODE_CLASS_MAPPINGS.items()}})
 """
 
@@ -186,8 +192,11 @@ result = dict(default=default, expected_default=expected_default, swapped=swappe
 def test_models_use_comfyuis_patcher_class_and_report_their_cast_dtype(comfy_install, tiny_model_files, tmp_path):
     """Newer ComfyUI builds models with CoreModelPatcher (its dynamic-VRAM patcher once enabled)
     and reads manual_cast_dtype for its memory estimates; older ones have neither."""
-    result = run_with_comfyui(comfy_install, PATCHERS.format(unet=str(tiny_model_files["unet_name"]),
-                                                       vae=str(tiny_model_files["vae_name"])), tmp_path)
+    result = run_with_comfyui(
+        comfy_install,
+        PATCHERS.format(unet=str(tiny_model_files["unet_name"]), vae=str(tiny_model_files["vae_name"])),
+        tmp_path,
+    )
     assert result["default"] == [result["expected_default"]] * 2
     assert result["swapped"] == ["DynamicStandIn"] * 2
     assert result["weight_dtype"] == result["unet_weights"] == "torch.float16"
@@ -223,8 +232,9 @@ def test_fp8_weights_halve_the_size_comfyui_accounts_for(comfy_install, tiny_mod
     sizes, kept = result["sizes"], result["kept_bytes"]
     for name in ("fp8_e4m3fn", "fp8_e5m2"):
         assert sizes[name] - kept == (sizes["fp16"] - kept) // 2, sizes
-        assert result["dtypes"][name] == dict(stored=f"torch.float8_{name[4:]}", compute="torch.float32",
-                                              layer="comfy.ops"), result["dtypes"]
+        assert result["dtypes"][name] == dict(
+            stored=f"torch.float8_{name[4:]}", compute="torch.float32", layer="comfy.ops"
+        ), result["dtypes"]
 
 
 COMPACT_FILE = """
@@ -242,8 +252,9 @@ def test_load_model_takes_the_compact_file_in_place_of_the_published_one(comfy_i
     from flashface.models.convert import convert_unet
 
     compact = convert_unet(tiny_model_files["unet_name"], tmp_path / "compact_fp16.safetensors", torch.float16)
-    result = run_with_comfyui(comfy_install, COMPACT_FILE.format(published=str(tiny_model_files["unet_name"]),
-                                                           compact=str(compact)), tmp_path)
+    result = run_with_comfyui(
+        comfy_install, COMPACT_FILE.format(published=str(tiny_model_files["unet_name"]), compact=str(compact)), tmp_path
+    )
     assert result == dict(same_keys=True, equal=True)
 
 
@@ -262,8 +273,9 @@ result = dict(paths=paths, listed=folder_paths.get_filename_list("flashface"),
 """
 
 
-@pytest.mark.parametrize("layout", ["base directory", "extra_model_paths.yaml", "legacy folders",
-                                    "same name in a legacy folder"])
+@pytest.mark.parametrize(
+    "layout", ["base directory", "extra_model_paths.yaml", "legacy folders", "same name in a legacy folder"]
+)
 def test_model_files_in_comfyuis_installation_layouts(comfy_install, tmp_path, layout):
     """The registry's fourth scenario with ComfyUI's own folder_paths and extra_model_paths.yaml
     loader: where files are found, where downloads go, and that ComfyUI lists what was downloaded.
@@ -281,8 +293,10 @@ def test_model_files_in_comfyuis_installation_layouts(comfy_install, tmp_path, l
         expected = [base / "models" / "flashface" / "sd-v1-vae.pth"]
         if layout == "extra_model_paths.yaml":  # a default shared folder for FlashFace, and an old one
             yaml_path = tmp_path / "extra_model_paths.yaml"
-            yaml_path.write_text("shared:\n  base_path: nas\n  is_default: true\n  flashface: flashface-models\n"
-                                 "old:\n  base_path: old-disk\n  flashface: ff\n")
+            yaml_path.write_text(
+                "shared:\n  base_path: nas\n  is_default: true\n  flashface: flashface-models\n"
+                "old:\n  base_path: old-disk\n  flashface: ff\n"
+            )
             expected = [tmp_path / "nas" / "flashface-models" / "sd-v1-vae.pth"]
             kept = tmp_path / "old-disk" / "ff" / "openai-clip-vit-large-14.pth"
             clip = payload(seed=2, size=3000)
@@ -291,10 +305,12 @@ def test_model_files_in_comfyuis_installation_layouts(comfy_install, tmp_path, l
             entries.append(("clip", {"size": len(clip), "md5": hashlib.md5(clip).hexdigest()}))
             expected.append(kept)
         if layout == "legacy folders":  # earlier ports' files, one of them in an extra text_encoders folder
-            files = {("clip", tmp_path / "old-install" / "models" / "clip" / "openai-clip-vit-large-14.pth"): 3,
-                     ("retinaface", base / "models" / "face_detection" / "retinaface_resnet50.pth"): 4,
-                     ("retinaface_facexlib", base / "models" / "detection" / "detection_Resnet50_Final.pth"): 5,
-                     ("vae", base / "models" / "vae" / "sd-v1-vae.pth"): 6}
+            files = {
+                ("clip", tmp_path / "old-install" / "models" / "clip" / "openai-clip-vit-large-14.pth"): 3,
+                ("retinaface", base / "models" / "face_detection" / "retinaface_resnet50.pth"): 4,
+                ("retinaface_facexlib", base / "models" / "detection" / "detection_Resnet50_Final.pth"): 5,
+                ("vae", base / "models" / "vae" / "sd-v1-vae.pth"): 6,
+            }
             yaml_path = tmp_path / "extra_model_paths.yaml"
             yaml_path.write_text("old:\n  base_path: old-install\n  clip: models/clip\n")
             entries, expected = [], []
@@ -302,15 +318,28 @@ def test_model_files_in_comfyuis_installation_layouts(comfy_install, tmp_path, l
                 content = payload(seed=seed, size=2000 + seed)
                 path.parent.mkdir(parents=True)
                 path.write_bytes(content)
-                entries.append((name, {"size": len(content), "md5": hashlib.md5(content).hexdigest(),
-                                       "url": "http://127.0.0.1:9/unreachable"}))
+                entries.append(
+                    (
+                        name,
+                        {
+                            "size": len(content),
+                            "md5": hashlib.md5(content).hexdigest(),
+                            "url": "http://127.0.0.1:9/unreachable",
+                        },
+                    )
+                )
                 expected.append(path)
+        theirs = base / "models" / "vae" / "sd-v1-vae.pth"
         if layout == "same name in a legacy folder":  # someone else's sd-v1-vae.pth: left alone
-            theirs = base / "models" / "vae" / "sd-v1-vae.pth"
             theirs.parent.mkdir(parents=True)
             theirs.write_bytes(b"another file with the same name")
-        result = run_with_comfyui(comfy_install, LAYOUT.format(entries=entries), tmp_path,
-                                  arguments={"base_directory": str(base)}, extra_model_paths=yaml_path)
+        result = run_with_comfyui(
+            comfy_install,
+            LAYOUT.format(entries=entries),
+            tmp_path,
+            arguments={"base_directory": str(base)},
+            extra_model_paths=yaml_path,
+        )
         requests = list(server.requests)
     assert result["paths"] == [str(path) for path in expected]
     assert ".ckpt" in result["extensions"] and ".safetensors" in result["extensions"]
@@ -322,7 +351,9 @@ def test_model_files_in_comfyuis_installation_layouts(comfy_install, tmp_path, l
         assert theirs.read_bytes() == b"another file with the same name"
 
 
-MODEL_PATH = TINY_FLASHFACE + """
+MODEL_PATH = (
+    TINY_FLASHFACE
+    + """
 import comfy.model_base
 import nodes as comfy_nodes
 from flashface_pack.nodes import sampling, text_encode
@@ -369,13 +400,17 @@ cast = sum(bool(getattr(module, "comfy_cast_weights", False)) for module in four
 result = dict(estimates=estimates, difference=float((whole - partial).abs().max()), cast_layers=cast,
               lowvram=bool(four.model.model_lowvram))
 """
+)
 
 
 def test_the_model_path_estimates_its_memory_and_runs_partially_loaded(comfy_install, tiny_model_files, tmp_path):
     """KSampler batches by `memory_required`: the references' tokens count (more faces, more memory,
     more than plain SD1.5); a UNet ComfyUI loads only in part gives the same samples."""
-    snippet = MODEL_PATH.format(unet=str(tiny_model_files["unet_name"]), vae=str(tiny_model_files["vae_name"]),
-                                clip=str(tiny_model_files["clip_name"]))
+    snippet = MODEL_PATH.format(
+        unet=str(tiny_model_files["unet_name"]),
+        vae=str(tiny_model_files["vae_name"]),
+        clip=str(tiny_model_files["clip_name"]),
+    )
     result = run_with_comfyui(comfy_install, snippet, tmp_path)
     estimates = result["estimates"]
     assert estimates["four"] > estimates["one"] > estimates["sd15"] > 0
@@ -409,8 +444,13 @@ def test_the_main_path_has_the_names_and_shapes_of_comfyuis_sd_unet(comfy_instal
     channel, the reference attention, the reference network."""
     result = run_with_comfyui(comfy_install, SD15_KEYS.format(unet=str(tiny_model_files["unet_name"])), tmp_path)
     sd15, ours = result["sd15"], result["ours"]
-    own = {key for key in ours if key == "input_blocks.0.0.mask_weight" or ".reference_attn." in key
-           or key.startswith(("reference_input_blocks.", "reference_output_blocks."))}
+    own = {
+        key
+        for key in ours
+        if key == "input_blocks.0.0.mask_weight"
+        or ".reference_attn." in key
+        or key.startswith(("reference_input_blocks.", "reference_output_blocks."))
+    }
     assert {key: ours[key] for key in ours if key not in own} == sd15
     assert set(sd15) <= set(result["diffusers"])  # diffusers-named LoRAs reach every one of them
     assert len(own) > 100 and sd15["input_blocks.0.0.weight"][1] == 4

@@ -40,21 +40,64 @@ API_WORKFLOWS = sorted(API_DIR.glob("*.json"))
 STANDARD_VAE = "seeded_sd_vae_standard_naming.safetensors"
 NODE_INPUTS = {
     "FlashFace_LoadModel": {"unet_name", "vae_name", "clip_name", "detector_name", "weight_dtype", "vae_attention"},
-    "FlashFace_DetectFace": {"flashface_model", "images", "threshold", "several_faces",
-                             "images_2", "images_3", "images_4"},
+    "FlashFace_DetectFace": {
+        "flashface_model",
+        "images",
+        "threshold",
+        "several_faces",
+        "images_2",
+        "images_3",
+        "images_4",
+    },
     "FlashFace_CLIPTextEncode": {"flashface_model", "text"},
     "FlashFace_Apply": {
-        "flashface_model", "reference_faces", "negative", "reference_feature_strength",
-        "reference_feature_strength_before_launch", "reference_guidance_strength", "launch_timestep", "face_x1",
-        "face_y1", "face_x2", "face_y2", "pad_references", "padding_seed", "face_mask", "people"},
+        "flashface_model",
+        "reference_faces",
+        "negative",
+        "reference_feature_strength",
+        "reference_feature_strength_before_launch",
+        "reference_guidance_strength",
+        "launch_timestep",
+        "face_x1",
+        "face_y1",
+        "face_x2",
+        "face_y2",
+        "pad_references",
+        "padding_seed",
+        "face_mask",
+        "people",
+    },
     "FlashFace_Sigmas": {"steps", "discretization", "sigma_spacing"},
     "FlashFace_VAEEncode": {"flashface_model", "pixels"},
     "FlashFace_VAEDecode": {"flashface_model", "samples"},
     "FlashFace_Generator": {
-        "flashface_model", "positive", "negative", "reference_faces", "seed", "steps", "solver", "discretization",
-        "sigma_spacing", "text_guidance", "reference_feature_strength", "reference_guidance_strength",
-        "launch_timestep", "face_x1", "face_y1", "face_x2", "face_y2", "width", "height", "batch_size", "preset",
-        "face_mask", "prompt_postfixes", "reference_feature_strength_before_launch", "pad_references", "people"},
+        "flashface_model",
+        "positive",
+        "negative",
+        "reference_faces",
+        "seed",
+        "steps",
+        "solver",
+        "discretization",
+        "sigma_spacing",
+        "text_guidance",
+        "reference_feature_strength",
+        "reference_guidance_strength",
+        "launch_timestep",
+        "face_x1",
+        "face_y1",
+        "face_x2",
+        "face_y2",
+        "width",
+        "height",
+        "batch_size",
+        "preset",
+        "face_mask",
+        "prompt_postfixes",
+        "reference_feature_strength_before_launch",
+        "pad_references",
+        "people",
+    },
     "FlashFace_Person": {"reference_faces", "face_x1", "face_y1", "face_x2", "face_y2", "face_mask", "people"},
 }
 NODE_OUTPUTS = {
@@ -81,8 +124,14 @@ def standard_vae(server):
     Loader and FlashFace Load Model both look)."""
     from tiny_vae import write_tiny_vae
 
-    write_tiny_vae(server.models_dir / "vae" / STANDARD_VAE, seed=3, naming="standard", dim=128,
-                   dim_mult=(1, 2, 4, 4), num_res_blocks=2)
+    write_tiny_vae(
+        server.models_dir / "vae" / STANDARD_VAE,
+        seed=3,
+        naming="standard",
+        dim=128,
+        dim_mult=(1, 2, 4, 4),
+        num_res_blocks=2,
+    )
     return STANDARD_VAE
 
 
@@ -135,8 +184,11 @@ def test_bundled_workflow_runs_to_an_image(server, workflow):
     prompt = api_workflow(workflow.stem)
     if node_ids(prompt, "FlashFace_Generator"):
         generator = prompt[node_id(prompt, "FlashFace_Generator")]["inputs"]
-        generator.update(width=generator["width"] // 3 // 8 * 8, height=generator["height"] // 3 // 8 * 8,
-                         steps=min(generator["steps"], 6))
+        generator.update(
+            width=generator["width"] // 3 // 8 * 8,
+            height=generator["height"] // 3 // 8 * 8,
+            steps=min(generator["steps"], 6),
+        )
         size, batch = (generator["width"], generator["height"]), generator["batch_size"]
     else:  # FlashFace Apply + KSampler
         prompt = cheap_model_workflow(workflow.stem, 128, 6)
@@ -222,14 +274,18 @@ def test_latent_output_decodes_to_the_image_as_stock_vae_decode_expects(server):
 
     prompt = quick_prompt(seed=3)
     generator = node_id(prompt, "FlashFace_Generator")
-    prompt["90"] = {"class_type": "LatentUpscaleBy",
-                    "inputs": {"samples": [generator, 1], "upscale_method": "nearest-exact", "scale_by": 1.0}}
+    prompt["90"] = {
+        "class_type": "LatentUpscaleBy",
+        "inputs": {"samples": [generator, 1], "upscale_method": "nearest-exact", "scale_by": 1.0},
+    }
     prompt["91"] = {"class_type": "SaveLatent", "inputs": {"samples": ["90", 0], "filename_prefix": "flashface"}}
     run = server.run(prompt)
     assert run.status == "success", run.error_text()
 
     (latent_file,) = run.outputs["91"]["latents"]
-    samples = load_file(server.instance / "output" / latent_file["subfolder"] / latent_file["filename"])["latent_tensor"]
+    samples = load_file(server.instance / "output" / latent_file["subfolder"] / latent_file["filename"])[
+        "latent_tensor"
+    ]
     assert samples.shape == (1, 4, 8, 8)
     vae = load_vae(server.models_dir / "flashface" / TINY_MODELS["vae_name"], device="cpu", dtype=torch.float32)
     with torch.no_grad():
@@ -281,16 +337,19 @@ def test_photo_without_a_face_names_the_photo(server, detector_scores):
     assert detector_scores[0] < 0.99
     prompt = set_inputs(quick_prompt(), "LoadImage", image=BLANK_PHOTO)
     set_inputs(prompt, "FlashFace_DetectFace", threshold=0.99)
-    run = expect_node_error(server, prompt, "FlashFace_DetectFace", "No face found in reference photo 1 of 1",
-                             "320x240")
+    run = expect_node_error(
+        server, prompt, "FlashFace_DetectFace", "No face found in reference photo 1 of 1", "320x240"
+    )
     assert run.error["exception_type"].endswith("FaceDetectionError")
 
 
 def test_photo_with_two_faces_is_refused_when_asked(server, detector_scores):
-    prompt = set_inputs(quick_prompt(), "FlashFace_DetectFace", several_faces="error",
-                        threshold=threshold_for_count(detector_scores, 2))
-    expect_node_error(server, prompt, "FlashFace_DetectFace", "2 faces found in reference photo 1 of 1",
-                       "several_faces")
+    prompt = set_inputs(
+        quick_prompt(), "FlashFace_DetectFace", several_faces="error", threshold=threshold_for_count(detector_scores, 2)
+    )
+    expect_node_error(
+        server, prompt, "FlashFace_DetectFace", "2 faces found in reference photo 1 of 1", "several_faces"
+    )
 
 
 def test_size_not_multiple_of_eight_is_explained(server):
@@ -326,8 +385,9 @@ def test_twenty_runs_keep_server_memory_flat(server):
 
     def run(index):
         prompt = quick_prompt(seed=1000 + index, width=128, height=128)
-        set_inputs(prompt, "FlashFace_LoadModel",
-                   detector_name=SECOND_DETECTOR if index % 2 else TINY_MODELS["detector_name"])
+        set_inputs(
+            prompt, "FlashFace_LoadModel", detector_name=SECOND_DETECTOR if index % 2 else TINY_MODELS["detector_name"]
+        )
         result = server.run(prompt)
         assert result.status == "success", result.error_text()
 
@@ -337,6 +397,8 @@ def test_twenty_runs_keep_server_memory_flat(server):
     for index in range(2, 22):
         run(index)
     after = server.rss_bytes()
-    print(f"\nComfyUI server RSS before 20 runs: {before / 2**20:.0f} MiB, after: {after / 2**20:.0f} MiB "
-          f"({(after - before) / 2**20:+.0f} MiB)")
+    print(
+        f"\nComfyUI server RSS before 20 runs: {before / 2**20:.0f} MiB, after: {after / 2**20:.0f} MiB "
+        f"({(after - before) / 2**20:+.0f} MiB)"
+    )
     assert after - before < 200 * 2**20

@@ -40,8 +40,10 @@ def lora_prompt(lora: str | None = None, strength: float = 1.0, unet: str | None
         prompt[node_id(prompt, "FlashFace_LoadModel")]["inputs"]["unet_name"] = unet
     if lora is not None:
         sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
-        prompt["90"] = {"class_type": "LoraLoaderModelOnly",
-                        "inputs": {"model": sampler["model"], "lora_name": lora, "strength_model": strength}}
+        prompt["90"] = {
+            "class_type": "LoraLoaderModelOnly",
+            "inputs": {"model": sampler["model"], "lora_name": lora, "strength_model": strength},
+        }
         sampler["model"] = ["90", 0]
     return prompt
 
@@ -51,16 +53,19 @@ def without_lora(server) -> torch.Tensor:
     return run_to_levels(server, lora_prompt())
 
 
-@pytest.mark.parametrize(("lora_format", "strength"), [("kohya", 1.0), ("kohya", -0.7), ("diffusers", 1.0),
-                                                       ("ldm", 1.0)])
+@pytest.mark.parametrize(
+    ("lora_format", "strength"), [("kohya", 1.0), ("kohya", -0.7), ("diffusers", 1.0), ("ldm", 1.0)]
+)
 def test_a_lora_equals_the_same_lora_merged_into_the_weights(server, loras, without_lora, lora_format, strength):
     path, deltas = loras[lora_format]
     merged = MERGED_UNET.format(lora_format, strength)
     write_merged_unet(server.models_dir / "flashface" / merged, deltas, strength, context_dim=TEXT_WIDTH)
     with_lora = run_to_levels(server, lora_prompt(path.name, strength))
     by_hand = run_to_levels(server, lora_prompt(unet=merged))
-    print(f"\n{lora_format} x{strength}: LoRA vs merged by hand {level_difference(with_lora, by_hand)}; "
-          f"vs no LoRA {level_difference(with_lora, without_lora)}")
+    print(
+        f"\n{lora_format} x{strength}: LoRA vs merged by hand {level_difference(with_lora, by_hand)}; "
+        f"vs no LoRA {level_difference(with_lora, without_lora)}"
+    )
     assert (with_lora - without_lora).abs().float().mean() > 1  # it does something
     assert (with_lora - by_hand).abs().max() <= 1
     loaded = [line for line in server.log_text().splitlines() if "lora key not loaded" in line]
@@ -78,12 +83,14 @@ def test_model_merging_merges_every_weight_with_a_partner(server, without_lora):
     every main-path weight but the input conv's mask channel (test_comfyui_in_process.py)."""
     write_tiny_unet(server.models_dir / "flashface" / SECOND_UNET, seed=1, context_dim=TEXT_WIDTH)
     first, second = tiny_unet_state_dict(0, context_dim=TEXT_WIDTH), tiny_unet_state_dict(1, context_dim=TEXT_WIDTH)
-    cases = {"ModelMergeSimple": ({"ratio": 0.3}, lambda a, b: 0.3 * a + 0.7 * b),  # ratio is model1's share
-             "ModelMergeAdd": ({}, lambda a, b: a + b),
-             # ComfyUI's ModelMergeSubtract gives multiplier * (model1 - model2)
-             "ModelMergeSubtract": ({"multiplier": 0.5}, lambda a, b: 0.5 * a - 0.5 * b),
-             # model1's share by block; other weights (time embedding, reference network) take the first
-             "ModelMergeBlocks": ({"input": 0.2, "middle": 0.5, "out": 0.8}, None)}
+    cases = {
+        "ModelMergeSimple": ({"ratio": 0.3}, lambda a, b: 0.3 * a + 0.7 * b),  # ratio is model1's share
+        "ModelMergeAdd": ({}, lambda a, b: a + b),
+        # ComfyUI's ModelMergeSubtract gives multiplier * (model1 - model2)
+        "ModelMergeSubtract": ({"multiplier": 0.5}, lambda a, b: 0.5 * a - 0.5 * b),
+        # model1's share by block; other weights (time embedding, reference network) take the first
+        "ModelMergeBlocks": ({"input": 0.2, "middle": 0.5, "out": 0.8}, None),
+    }
     block_share = {"encoder": 0.2, "middle": 0.5, "decoder": 0.8, "head": 0.8}
     for node, (widgets, rule) in cases.items():
         if rule is None:
@@ -99,13 +106,17 @@ def test_model_merging_merges_every_weight_with_a_partner(server, without_lora):
         sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
         loader = prompt[node_id(prompt, "FlashFace_LoadModel")]
         prompt["80"] = {"class_type": "FlashFace_LoadModel", "inputs": {**loader["inputs"], "unet_name": SECOND_UNET}}
-        prompt["81"] = {"class_type": "FlashFace_Apply",
-                        "inputs": {**prompt[sampler["model"][0]]["inputs"], "flashface_model": ["80", 0]}}
+        prompt["81"] = {
+            "class_type": "FlashFace_Apply",
+            "inputs": {**prompt[sampler["model"][0]]["inputs"], "flashface_model": ["80", 0]},
+        }
         prompt["82"] = {"class_type": node, "inputs": {"model1": sampler["model"], "model2": ["81", 0], **widgets}}
         sampler["model"] = ["82", 0]
         merged = run_to_levels(server, prompt)
         by_hand = run_to_levels(server, lora_prompt(unet=by_hand_name))
-        print(f"\n{node}: merged by ComfyUI vs by hand {level_difference(merged, by_hand)}; vs unmerged "
-              f"{level_difference(merged, without_lora)}")
+        print(
+            f"\n{node}: merged by ComfyUI vs by hand {level_difference(merged, by_hand)}; vs unmerged "
+            f"{level_difference(merged, without_lora)}"
+        )
         assert (merged - by_hand).abs().max() <= 1
         assert (merged - without_lora).abs().float().mean() > 1

@@ -37,8 +37,14 @@ def fresh_comfyui(request, tmp_path):
 
 def cm_cli(server: ComfyServer, *arguments: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, COMFYUI_PATH=str(server.comfy_dir), GIT_TERMINAL_PROMPT="0", HF_HUB_OFFLINE="1")
-    done = subprocess.run([server.install.python, "-m", "cm_cli", *arguments], cwd=server.comfy_dir, env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [server.install.python_exe, "-m", "cm_cli", *arguments],
+        cwd=server.comfy_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, f"cm-cli {' '.join(arguments)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done
 
@@ -47,7 +53,7 @@ def assert_pack_runs(server: ComfyServer, folder_name: str) -> None:
     server.start()
     assert server.pack_import_failure(folder_name) is None, server.log_tail()
     listed = server.object_info()
-    assert PACK_NODES <= set(listed), sorted(set(listed) - PACK_NODES)[:5]
+    assert set(listed) >= PACK_NODES, sorted(set(listed) - PACK_NODES)[:5]
     assert all(listed[node]["python_module"] == f"custom_nodes.{folder_name}" for node in PACK_NODES)
 
 

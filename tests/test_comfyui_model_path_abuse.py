@@ -49,16 +49,22 @@ def test_a_cfg_that_is_not_a_number_is_refused(server):
 
 def test_a_latent_that_is_not_numbers_is_refused_at_the_first_step(server):
     prompt = link(model_prompt("latent of NaN", denoise=0.5), "KSampler", "latent_image", LATENT)
-    expect_node_error(server, prompt, "KSampler", "latent entering the step", "not numbers", "LATENT given to the sampler")
+    expect_node_error(
+        server, prompt, "KSampler", "latent entering the step", "not numbers", "LATENT given to the sampler"
+    )
 
 
-@pytest.mark.parametrize(("case", "phrases"), [
-    ("conditioning of NaN", ["negative conditioning has values that are not numbers"]),
-    ("SDXL conditioning", ["2048 wide", f"reads prompts {TEXT_WIDTH} wide", "FlashFace CLIP Text Encode"]),
-])
+@pytest.mark.parametrize(
+    ("case", "phrases"),
+    [
+        ("conditioning of NaN", ["negative conditioning has values that are not numbers"]),
+        ("SDXL conditioning", ["2048 wide", f"reads prompts {TEXT_WIDTH} wide", "FlashFace CLIP Text Encode"]),
+    ],
+)
 def test_conditioning_flashface_cannot_read_is_refused_by_apply(server, case, phrases):
-    expect_node_error(server, link(model_prompt(case), "FlashFace_Apply", "negative", CONDITIONING),
-                      "FlashFace_Apply", *phrases)
+    expect_node_error(
+        server, link(model_prompt(case), "FlashFace_Apply", "negative", CONDITIONING), "FlashFace_Apply", *phrases
+    )
 
 
 def test_sdxl_conditioning_given_to_the_sampler_is_refused(server):
@@ -66,56 +72,81 @@ def test_sdxl_conditioning_given_to_the_sampler_is_refused(server):
     expect_node_error(server, prompt, "KSampler", "sampler's positive conditioning is 2048 wide")
 
 
-@pytest.mark.parametrize(("case", "phrases"), [
-    ("latent of NaN", ["samples latent has values that are not numbers"]),
-    ("latent of 1e30", ["decodes to values that are not numbers", "1e+30"]),
-    ("empty latent batch", ["at least one latent"]),
-])
+@pytest.mark.parametrize(
+    ("case", "phrases"),
+    [
+        ("latent of NaN", ["samples latent has values that are not numbers"]),
+        ("latent of 1e30", ["decodes to values that are not numbers", "1e+30"]),
+        ("empty latent batch", ["at least one latent"]),
+    ],
+)
 def test_a_latent_no_vae_can_decode_is_refused(server, case, phrases):
     prompt = link(model_prompt(case), "FlashFace_VAEDecode", "samples", LATENT)
     expect_node_error(server, prompt, "FlashFace_VAEDecode", *phrases)
 
 
 def test_an_empty_mask_batch_is_refused_by_apply_and_the_generator(server):
-    expect_node_error(server, link(model_prompt("empty mask batch"), "FlashFace_Apply", "face_mask", MASK),
-                      "FlashFace_Apply", "face_mask input got a tensor of shape [0, 64, 64]", "at least one mask")
+    expect_node_error(
+        server,
+        link(model_prompt("empty mask batch"), "FlashFace_Apply", "face_mask", MASK),
+        "FlashFace_Apply",
+        "face_mask input got a tensor of shape [0, 64, 64]",
+        "at least one mask",
+    )
     generator = quick_prompt(seed=41)
     generator[SOURCE] = {"class_type": "TestValueSource", "inputs": {"case": "empty mask batch"}}
-    expect_node_error(server, link(generator, "FlashFace_Generator", "face_mask", MASK), "FlashFace_Generator",
-                      "at least one mask")
+    expect_node_error(
+        server, link(generator, "FlashFace_Generator", "face_mask", MASK), "FlashFace_Generator", "at least one mask"
+    )
 
 
 def test_area_conditioning_is_refused_rather_than_placing_the_face_in_the_area(server):
     prompt = model_prompt()
     set_inputs(prompt, "EmptyLatentImage", width=128, height=64)
     sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
-    prompt["95"] = {"class_type": "ConditioningSetArea", "inputs": {
-        "conditioning": sampler["positive"], "width": 64, "height": 64, "x": 64, "y": 0, "strength": 1.0}}
-    prompt["96"] = {"class_type": "ConditioningCombine", "inputs": {
-        "conditioning_1": sampler["positive"], "conditioning_2": ["95", 0]}}
+    prompt["95"] = {
+        "class_type": "ConditioningSetArea",
+        "inputs": {"conditioning": sampler["positive"], "width": 64, "height": 64, "x": 64, "y": 0, "strength": 1.0},
+    }
+    prompt["96"] = {
+        "class_type": "ConditioningCombine",
+        "inputs": {"conditioning_1": sampler["positive"], "conditioning_2": ["95", 0]},
+    }
     sampler["positive"] = ["96", 0]
-    expect_node_error(server, prompt, "KSampler", "limited to an area or a mask", "ConditioningSetArea",
-                      "face box or face_mask")
+    expect_node_error(
+        server, prompt, "KSampler", "limited to an area or a mask", "ConditioningSetArea", "face box or face_mask"
+    )
 
 
 def test_a_negative_that_stops_halfway_is_refused_rather_than_read_as_zero(server):
     prompt = model_prompt()
     sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
-    prompt["93"] = {"class_type": "ConditioningSetTimestepRange", "inputs": {
-        "conditioning": sampler["negative"], "start": 0.0, "end": 0.5}}
+    prompt["93"] = {
+        "class_type": "ConditioningSetTimestepRange",
+        "inputs": {"conditioning": sampler["negative"], "start": 0.0, "end": 0.5},
+    }
     sampler["negative"] = ["93", 0]
-    expect_node_error(server, prompt, "KSampler", "no part of the sampler's negative conditioning is active",
-                      "ConditioningSetTimestepRange")
+    expect_node_error(
+        server,
+        prompt,
+        "KSampler",
+        "no part of the sampler's negative conditioning is active",
+        "ConditioningSetTimestepRange",
+    )
 
 
 def test_prompts_scheduled_over_the_steps_still_work(server):
     prompt = model_prompt()
     sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
     for key, (start, end) in (("91", (0.0, 0.5)), ("92", (0.5, 1.0))):
-        prompt[key] = {"class_type": "ConditioningSetTimestepRange", "inputs": {
-            "conditioning": sampler["negative"], "start": start, "end": end}}
-    prompt["93"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["91", 0],
-                                                                    "conditioning_2": ["92", 0]}}
+        prompt[key] = {
+            "class_type": "ConditioningSetTimestepRange",
+            "inputs": {"conditioning": sampler["negative"], "start": start, "end": end},
+        }
+    prompt["93"] = {
+        "class_type": "ConditioningCombine",
+        "inputs": {"conditioning_1": ["91", 0], "conditioning_2": ["92", 0]},
+    }
     sampler["negative"] = ["93", 0]
     run = server.run(prompt)
     assert run.status == "success", run.error_text()
@@ -133,10 +164,20 @@ def test_sigmas_that_are_not_numbers_are_named_as_such(server):
     prompt = model_prompt("sigmas with NaN")
     sampler = prompt.pop(node_id(prompt, "KSampler"))["inputs"]
     prompt["98"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
-    prompt["94"] = {"class_type": "SamplerCustom", "inputs": {
-        "model": sampler["model"], "add_noise": True, "noise_seed": 1, "cfg": 7.5, "positive": sampler["positive"],
-        "negative": sampler["negative"], "sampler": ["98", 0], "sigmas": [SOURCE, SIGMAS],
-        "latent_image": sampler["latent_image"]}}
+    prompt["94"] = {
+        "class_type": "SamplerCustom",
+        "inputs": {
+            "model": sampler["model"],
+            "add_noise": True,
+            "noise_seed": 1,
+            "cfg": 7.5,
+            "positive": sampler["positive"],
+            "negative": sampler["negative"],
+            "sampler": ["98", 0],
+            "sigmas": [SOURCE, SIGMAS],
+            "latent_image": sampler["latent_image"],
+        },
+    }
     prompt[node_id(prompt, "FlashFace_VAEDecode")]["inputs"]["samples"] = ["94", 0]
     run = expect_node_error(server, prompt, "SamplerCustom", "noise level (sigma) of nan", "finite")
     assert "one sigma" not in run.error["exception_message"]

@@ -11,7 +11,10 @@ from comfy_process import MESSAGES_OF_CALLS, TINY_FLASHFACE, run_with_comfyui
 
 pytestmark = pytest.mark.comfyui
 
-PEOPLE = TINY_FLASHFACE + MESSAGES_OF_CALLS.replace("{", "{{").replace("}", "}}") + """
+PEOPLE = (
+    TINY_FLASHFACE
+    + MESSAGES_OF_CALLS.replace("{", "{{").replace("}", "}}")
+    + """
 import nodes as comfy_nodes
 from flashface_pack.nodes import generator, people, sampling, text_encode
 
@@ -66,12 +69,15 @@ errors = {{
 }}
 result.update(messages(errors))
 """
-
+)
 
 
 def test_people_nodes_chain_and_one_person_is_todays_image(comfy_install, tiny_model_files, tmp_path):
-    snippet = PEOPLE.format(unet=str(tiny_model_files["unet_name"]), vae=str(tiny_model_files["vae_name"]),
-                            clip=str(tiny_model_files["clip_name"]))
+    snippet = PEOPLE.format(
+        unet=str(tiny_model_files["unet_name"]),
+        vae=str(tiny_model_files["vae_name"]),
+        clip=str(tiny_model_files["clip_name"]),
+    )
     result = run_with_comfyui(comfy_install, snippet, tmp_path)
     assert result["chained"] == [1, 2, [2, 1], [[0.05, 0.2, 0.35, 0.5], [0.6, 0.2, 0.9, 0.5]]]
     # one person as a Person node (its box; the Generator's own box is then unused) is the same image

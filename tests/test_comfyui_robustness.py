@@ -75,8 +75,9 @@ def test_a_model_file_overwritten_in_place_or_replaced_is_loaded_again(server, v
         file.write(other.read_bytes())
     overwritten = run_to_levels(server, prompt)
     shutil.copy(other, server.models_dir / "flashface" / "reference_unet.safetensors")
-    reference = run_to_levels(server, set_inputs(quick_prompt(seed=32), "FlashFace_LoadModel",
-                                             unet_name="reference_unet.safetensors"))
+    reference = run_to_levels(
+        server, set_inputs(quick_prompt(seed=32), "FlashFace_LoadModel", unet_name="reference_unet.safetensors")
+    )
     assert torch.equal(overwritten, reference) and not torch.equal(overwritten, before)
 
     replacement = unet_file_like(server, "replacement_unet.safetensors", seed=6)
@@ -89,21 +90,28 @@ def test_a_corrupt_file_picked_by_mistake_keeps_the_good_model_loaded(server):
     good = quick_prompt(seed=33)
     run_to_levels(server, good)
     loads = server.log_text().count(f"from {server.models_dir / 'flashface' / TINY_MODELS['unet_name']}")
-    expect_node_error(server, set_inputs(quick_prompt(seed=33), "FlashFace_LoadModel", unet_name=CORRUPT_MODEL),
-                      "FlashFace_LoadModel", CORRUPT_MODEL)
+    expect_node_error(
+        server,
+        set_inputs(quick_prompt(seed=33), "FlashFace_LoadModel", unet_name=CORRUPT_MODEL),
+        "FlashFace_LoadModel",
+        CORRUPT_MODEL,
+    )
     run_to_levels(server, good)
     assert server.log_text().count(f"from {server.models_dir / 'flashface' / TINY_MODELS['unet_name']}") == loads
 
 
 # ------------------------------------------------------------------ numbers, boxes, masks
-@pytest.mark.parametrize("node, values, phrases", [
-    ("FlashFace_Generator", {"text_guidance": math.nan}, ["must be a finite number", "nan"]),
-    ("FlashFace_Generator", {"reference_guidance_strength": "nan"}, ["must be a finite number"]),
-    ("FlashFace_Generator", {"face_x1": 0.5, "face_y1": 0.5, "face_x2": 0.5, "face_y2": 0.5}, ["covers no part"]),
-    ("FlashFace_Generator", {"face_x1": 1.0, "face_y1": 1.0, "face_x2": 1.0, "face_y2": 1.0}, ["covers no part"]),
-    ("FlashFace_Generator", {"face_x1": math.nan}, ["face box"]),
-    ("FlashFace_DetectFace", {"threshold": math.nan}, ["detection threshold must be a number between 0 and 1"]),
-])
+@pytest.mark.parametrize(
+    "node, values, phrases",
+    [
+        ("FlashFace_Generator", {"text_guidance": math.nan}, ["must be a finite number", "nan"]),
+        ("FlashFace_Generator", {"reference_guidance_strength": "nan"}, ["must be a finite number"]),
+        ("FlashFace_Generator", {"face_x1": 0.5, "face_y1": 0.5, "face_x2": 0.5, "face_y2": 0.5}, ["covers no part"]),
+        ("FlashFace_Generator", {"face_x1": 1.0, "face_y1": 1.0, "face_x2": 1.0, "face_y2": 1.0}, ["covers no part"]),
+        ("FlashFace_Generator", {"face_x1": math.nan}, ["face box"]),
+        ("FlashFace_DetectFace", {"threshold": math.nan}, ["detection threshold must be a number between 0 and 1"]),
+    ],
+)
 def test_numbers_that_would_give_a_silently_wrong_image_are_refused(server, node, values, phrases):
     expect_node_error(server, set_inputs(quick_prompt(seed=34), node, **values), node, *phrases)
 
@@ -120,11 +128,12 @@ def test_an_empty_or_broken_face_mask_is_refused(server, value, phrase):
 @pytest.mark.parametrize("width, height", [(2, 4000), (1, 1), (31, 500)])
 def test_a_photo_too_small_for_a_face_is_explained(server, width, height):
     prompt = quick_prompt(seed=36)
-    prompt["81"] = {"class_type": "EmptyImage", "inputs": {"width": width, "height": height, "batch_size": 1,
-                                                          "color": 0x808080}}
+    prompt["81"] = {
+        "class_type": "EmptyImage",
+        "inputs": {"width": width, "height": height, "batch_size": 1, "color": 0x808080},
+    }
     prompt[node_id(prompt, "FlashFace_DetectFace")]["inputs"]["images"] = ["81", 0]
-    expect_node_error(server, prompt, "FlashFace_DetectFace", f"({width}x{height}) is too small",
-                      "at least 32 pixels")
+    expect_node_error(server, prompt, "FlashFace_DetectFace", f"({width}x{height}) is too small", "at least 32 pixels")
 
 
 def test_more_faces_than_a_generation_takes_are_refused_at_detection(server):
@@ -170,10 +179,13 @@ def test_cancel_stops_detect_face_between_photos(server):
 
 
 # ------------------------------------------------------------------ values of the wrong type
-@pytest.mark.parametrize("target, source, phrase", [
-    ("positive", "text", "The positive input got text; connect FlashFace CLIP Text Encode"),
-    ("flashface_model", "image", "The flashface_model input got a tensor"),
-])
+@pytest.mark.parametrize(
+    "target, source, phrase",
+    [
+        ("positive", "text", "The positive input got text; connect FlashFace CLIP Text Encode"),
+        ("flashface_model", "image", "The flashface_model input got a tensor"),
+    ],
+)
 def test_a_value_of_the_wrong_type_through_a_switch_is_explained(server, target, source, phrase):
     if "ComfySwitchNode" not in server.object_info():
         pytest.skip("this ComfyUI has no Switch node (ComfyUI 0.8.0 has)")

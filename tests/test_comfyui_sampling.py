@@ -8,7 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_workflows import assert_server_healthy, cheap_model_workflow, node_id, run_to_levels, saved_levels, set_inputs
+from comfy_workflows import (
+    assert_server_healthy,
+    cheap_model_workflow,
+    node_id,
+    run_to_levels,
+    saved_levels,
+    set_inputs,
+)
 from demo_cases import DemoCase, demo_cases
 from test_comfyui_demo_parity import case_prompt
 
@@ -43,34 +50,63 @@ def test_sampler_custom_with_the_official_sigmas_and_ddim_is_the_generator(comfy
     positive, negative = generator["positive"][0], generator["negative"][0]
     generator_save = node_id(prompt, "SaveImage")
     x1, y1, x2, y2 = config["face_bbox"]
-    prompt.update({
-        "100": {"class_type": "FlashFace_Apply", "inputs": {
-            "flashface_model": model, "reference_faces": detect, "negative": [negative, 2],
-            "reference_feature_strength": config["reference_feature_strength"],
-            "reference_feature_strength_before_launch": config["reference_feature_strength_before_launch"],
-            "reference_guidance_strength": config["reference_guidance"],
-            "launch_timestep": config["launch_timestep"], "face_x1": x1, "face_y1": y1, "face_x2": x2,
-            "face_y2": y2, "pad_references": True, "padding_seed": config["seed"]}},
-        "101": {"class_type": "FlashFace_Sigmas", "inputs": {
-            "steps": config["steps"], "discretization": "trailing", "sigma_spacing": "timesteps"}},
-        "102": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}},
-        "103": {"class_type": "EmptyLatentImage", "inputs": {
-            "width": config["width"], "height": config["height"], "batch_size": config["num_samples"]}},
-        "104": {"class_type": "SamplerCustom", "inputs": {
-            "model": ["100", 0], "add_noise": True, "noise_seed": config["seed"], "cfg": config["text_guidance"],
-            "positive": [positive, 1], "negative": [negative, 2], "sampler": ["102", 0], "sigmas": ["101", 0],
-            "latent_image": ["103", 0]}},
-        "105": {"class_type": "FlashFace_VAEDecode", "inputs": {"flashface_model": model, "samples": ["104", 0]}},
-        "106": {"class_type": "SaveImage", "inputs": {"images": ["105", 0], "filename_prefix": "sampler_custom"}},
-    })
+    prompt.update(
+        {
+            "100": {
+                "class_type": "FlashFace_Apply",
+                "inputs": {
+                    "flashface_model": model,
+                    "reference_faces": detect,
+                    "negative": [negative, 2],
+                    "reference_feature_strength": config["reference_feature_strength"],
+                    "reference_feature_strength_before_launch": config["reference_feature_strength_before_launch"],
+                    "reference_guidance_strength": config["reference_guidance"],
+                    "launch_timestep": config["launch_timestep"],
+                    "face_x1": x1,
+                    "face_y1": y1,
+                    "face_x2": x2,
+                    "face_y2": y2,
+                    "pad_references": True,
+                    "padding_seed": config["seed"],
+                },
+            },
+            "101": {
+                "class_type": "FlashFace_Sigmas",
+                "inputs": {"steps": config["steps"], "discretization": "trailing", "sigma_spacing": "timesteps"},
+            },
+            "102": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}},
+            "103": {
+                "class_type": "EmptyLatentImage",
+                "inputs": {"width": config["width"], "height": config["height"], "batch_size": config["num_samples"]},
+            },
+            "104": {
+                "class_type": "SamplerCustom",
+                "inputs": {
+                    "model": ["100", 0],
+                    "add_noise": True,
+                    "noise_seed": config["seed"],
+                    "cfg": config["text_guidance"],
+                    "positive": [positive, 1],
+                    "negative": [negative, 2],
+                    "sampler": ["102", 0],
+                    "sigmas": ["101", 0],
+                    "latent_image": ["103", 0],
+                },
+            },
+            "105": {"class_type": "FlashFace_VAEDecode", "inputs": {"flashface_model": model, "samples": ["104", 0]}},
+            "106": {"class_type": "SaveImage", "inputs": {"images": ["105", 0], "filename_prefix": "sampler_custom"}},
+        }
+    )
     run = comfyui.run(prompt, timeout=900)
     assert run.status == "success", run.error_text() or comfyui.log_tail()
     generator_images = saved_levels(comfyui, run, generator_save)
     sampler_images = saved_levels(comfyui, run, "106")
     between = (sampler_images.int() - generator_images.int()).abs()
     official = demo.difference(sampler_images)
-    print(f"\n{demo.name}: SamplerCustom vs Generator max {int(between.max())}, mean {float(between.float().mean()):.2e}"
-          f" levels; vs the official image: {official}")
+    print(
+        f"\n{demo.name}: SamplerCustom vs Generator max {int(between.max())}, mean {float(between.float().mean()):.2e}"
+        f" levels; vs the official image: {official}"
+    )
     assert official.within(demo.image_tolerance), official
     assert int(between.max()) <= demo.image_tolerance["max_abs"]
     assert float(between.float().mean()) <= demo.image_tolerance["mean_abs"]
@@ -124,16 +160,22 @@ def test_set_latent_noise_mask_keeps_the_unmasked_region(server):
     so after decoding every pixel depends on every cell, 62 levels on average here.)"""
     prompt = ksampler_prompt(IMG2IMG_WORKFLOW, denoise=1.0, seed=6)
     encoder = node_id(prompt, "FlashFace_VAEEncode")
-    prompt.update({
-        "91": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": SIZE, "height": SIZE}},
-        "92": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": SIZE // 2, "height": SIZE // 2}},
-        "93": {"class_type": "MaskComposite", "inputs": {"destination": ["91", 0], "source": ["92", 0], "x": 0,
-                                                           "y": 0, "operation": "add"}},
-        "94": {"class_type": "SetLatentNoiseMask", "inputs": {"samples": [encoder, 0], "mask": ["93", 0]}},
-        "95": {"class_type": "SaveLatent", "inputs": {"samples": [encoder, 0], "filename_prefix": "photo"}},
-        "96": {"class_type": "SaveLatent", "inputs": {"samples": [node_id(prompt, "KSampler"), 0],
-                                                      "filename_prefix": "inpainted"}},
-    })
+    prompt.update(
+        {
+            "91": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": SIZE, "height": SIZE}},
+            "92": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": SIZE // 2, "height": SIZE // 2}},
+            "93": {
+                "class_type": "MaskComposite",
+                "inputs": {"destination": ["91", 0], "source": ["92", 0], "x": 0, "y": 0, "operation": "add"},
+            },
+            "94": {"class_type": "SetLatentNoiseMask", "inputs": {"samples": [encoder, 0], "mask": ["93", 0]}},
+            "95": {"class_type": "SaveLatent", "inputs": {"samples": [encoder, 0], "filename_prefix": "photo"}},
+            "96": {
+                "class_type": "SaveLatent",
+                "inputs": {"samples": [node_id(prompt, "KSampler"), 0], "filename_prefix": "inpainted"},
+            },
+        }
+    )
     prompt[node_id(prompt, "KSampler")]["inputs"]["latent_image"] = ["94", 0]
     run = server.run(prompt, timeout=600)
     assert run.status == "success", run.error_text() or server.log_tail()
@@ -141,8 +183,10 @@ def test_set_latent_noise_mask_keeps_the_unmasked_region(server):
     cells = SIZE // 8 // 2
     inside, outside = change[..., :cells, :cells], change.clone()
     outside[..., :cells, :cells] = 0
-    print(f"\ninpainting: largest change outside the mask {float(outside.max()):.1e}, mean inside "
-          f"{float(inside.mean()):.2f}")
+    print(
+        f"\ninpainting: largest change outside the mask {float(outside.max()):.1e}, mean inside "
+        f"{float(inside.mean()):.2f}"
+    )
     assert float(outside.max()) <= 1e-5 and float(inside.mean()) > 0.1
 
 

@@ -14,11 +14,16 @@ from tiny_flashface_models import CONTROLNET_UNET, TINY_CONTROLNETS, TINY_HYPERN
 
 pytestmark = pytest.mark.comfyui
 
-FILE_WIDGETS = {"hypernetwork_name": TINY_HYPERNETWORK, "control_net_name": TINY_CONTROLNETS["random"],
-                "lora_name": TINY_LORA}
+FILE_WIDGETS = {
+    "hypernetwork_name": TINY_HYPERNETWORK,
+    "control_net_name": TINY_CONTROLNETS["random"],
+    "lora_name": TINY_LORA,
+}
 # ComfyUI's own failures, not FlashFace's: (version, node) -> what happens
-OWN_FAILURES = {("0.3.75", "TrainLoraNode"): "ComfyUI 0.3.75's Train LoRA fails on its own (UnboundLocalError: "
-                                           "multi_res) before it samples"}
+OWN_FAILURES = {
+    ("0.3.75", "TrainLoraNode"): "ComfyUI 0.3.75's Train LoRA fails on its own (UnboundLocalError: "
+    "multi_res) before it samples"
+}
 UNET_FOR_WIDGET = {"control_net_name": CONTROLNET_UNET}  # the tiny ControlNet steers the width-64 UNet
 # where an input of these types comes from: (node, its widgets, output index), MODEL-fed where it asks
 SOURCES = {
@@ -74,7 +79,9 @@ class Wiring:
             if isinstance(kind, list) or kind in ("COMBO", "INT", "FLOAT", "BOOLEAN", "STRING"):
                 inputs[key] = (widgets or {}).get(key, _widget(key, spec))
                 if key in UNET_FOR_WIDGET:
-                    self.prompt[node_id(self.prompt, "FlashFace_LoadModel")]["inputs"]["unet_name"] = UNET_FOR_WIDGET[key]
+                    self.prompt[node_id(self.prompt, "FlashFace_LoadModel")]["inputs"]["unet_name"] = UNET_FOR_WIDGET[
+                        key
+                    ]
             elif kind == "MODEL":
                 inputs[key] = self.sampler["model"]
             elif kind == "CONDITIONING":
@@ -106,8 +113,11 @@ class Wiring:
         elif kind == "FLOAT":
             self.sampler["cfg"] = [added, 0]
         elif kind == "CONTROL_NET":
-            apply = self.add("ControlNetApplyAdvanced", {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
-                             {"control_net": [added, 0]})
+            apply = self.add(
+                "ControlNetApplyAdvanced",
+                {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+                {"control_net": [added, 0]},
+            )
             self.sampler["positive"], self.sampler["negative"] = [apply, 0], [apply, 1]
         elif kind in ("GUIDER", "SIGMAS", "SAMPLER"):
             custom = "SamplerCustomAdvanced" if kind == "GUIDER" else "SamplerCustom"
@@ -161,11 +171,16 @@ def test_the_table_holds_every_stock_node_that_takes_a_model(object_info, server
     if server.install.version != "0.8.0":
         pytest.skip("the table is of ComfyUI 0.8.0")
     taking_a_model = {
-        name for name, info in object_info.items()
-        if not str(info.get("python_module", "")).startswith("comfy_api_nodes") and not info.get("api_node")
+        name
+        for name, info in object_info.items()
+        if not str(info.get("python_module", "")).startswith("comfy_api_nodes")
+        and not info.get("api_node")
         and not str(info.get("python_module", "")).startswith("custom_nodes")
-        and any(spec[0] == "MODEL" for spec in {**info["input"].get("required", {}),
-                                                **info["input"].get("optional", {})}.values())}
+        and any(
+            spec[0] == "MODEL"
+            for spec in {**info["input"].get("required", {}), **info["input"].get("optional", {})}.values()
+        )
+    }
     assert taking_a_model == set(STOCK_MODEL_NODES)
 
 

@@ -27,8 +27,12 @@ def fresh_instance(request, tmp_path_factory):
     reason = browser_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    with running_server(tmp_path_factory.mktemp(f"fresh-{install.version}"), install,
-                        models=write_tiny_model_folders, example_photos=False) as server:
+    with running_server(
+        tmp_path_factory.mktemp(f"fresh-{install.version}"),
+        install,
+        models=write_tiny_model_folders,
+        example_photos=False,
+    ) as server:
         yield server
 
 
@@ -38,7 +42,7 @@ def test_every_template_runs_with_one_queue_in_a_fresh_instance(fresh_instance, 
     The example photos are there because the pack put them into the input folder at its first start."""
     photos = sorted(path.name for path in (WORKFLOWS_DIR / "input").iterdir())
     assert set(photos) <= {path.name for path in fresh_instance.input_dir.iterdir()}
-    (pack, names), = fresh_instance.get("/workflow_templates").items()
+    ((pack, names),) = fresh_instance.get("/workflow_templates").items()
     shots = tmp_path_factory.mktemp("template-screenshots")
     with ComfyPage(fresh_instance) as ui:
         for name in sorted(names):
@@ -58,8 +62,12 @@ def test_every_template_runs_with_one_queue_in_a_fresh_instance(fresh_instance, 
             ui.queue()
             history = _wait_for_history(fresh_instance, before)
             assert history["status"]["status_str"] == "success", history["status"]
-            images = [image for output in history["outputs"].values() for image in output.get("images", [])
-                      if image["type"] == "output"]
+            images = [
+                image
+                for output in history["outputs"].values()
+                for image in output.get("images", [])
+                if image["type"] == "output"
+            ]
             assert images, history["outputs"]
             ui.page.wait_for_timeout(500)
             print(f"\n{name}: {len(images)} image(s); screenshot {ui.screenshot(shots / f'{name}.png')}")
@@ -71,8 +79,12 @@ def _wait_for_history(server, entries_before: int, timeout: float = 300) -> dict
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         history = server.get("/history")
-        finished = [entry for entry in history.values() if entry.get("status", {}).get("completed") is not None
-                    or entry.get("status", {}).get("status_str") == "error"]
+        finished = [
+            entry
+            for entry in history.values()
+            if entry.get("status", {}).get("completed") is not None
+            or entry.get("status", {}).get("status_str") == "error"
+        ]
         if len(history) > entries_before and len(finished) == len(history):
             return list(history.values())[-1]
         time.sleep(0.5)

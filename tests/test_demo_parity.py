@@ -6,7 +6,6 @@ ComfyUI server, is in test_comfyui_demo_parity.py.)"""
 from __future__ import annotations
 
 import dataclasses
-
 import subprocess
 import sys
 
@@ -31,8 +30,12 @@ def case_pipeline(demo: DemoCase, folder) -> FlashFacePipeline:
     if demo.name not in _pipelines:
         files = demo.model_files(folder)
         _pipelines[demo.name] = FlashFacePipeline(
-            load_unet(files["unet_name"]), load_vae(files["vae_name"]), load_text_encoder(files["clip_name"]),
-            load_face_detector(files["detector_name"]), device="cpu")
+            load_unet(files["unet_name"]),
+            load_vae(files["vae_name"]),
+            load_text_encoder(files["clip_name"]),
+            load_face_detector(files["detector_name"]),
+            device="cpu",
+        )
     return _pipelines[demo.name]
 
 
@@ -49,8 +52,9 @@ def models_folder(tmp_path_factory):
 def library_images(pipeline: FlashFacePipeline, demo: DemoCase, **overrides) -> torch.Tensor:
     config = demo.config
     faces = pipeline.crop_reference_faces(demo.read_photos(), config["min_thr"])
-    result = pipeline.generate(faces, config["prompt"], config["negative_prompt"],
-                               dataclasses.replace(demo.settings(), **overrides))
+    result = pipeline.generate(
+        faces, config["prompt"], config["negative_prompt"], dataclasses.replace(demo.settings(), **overrides)
+    )
     return levels_of(result.to_pil())
 
 
@@ -58,8 +62,10 @@ def assert_reproduced(demo: DemoCase, images: torch.Tensor, pipeline: FlashFaceP
     difference = demo.difference(images)
     if not difference.within(demo.image_tolerance):
         details = "\n  ".join(diagnose(demo, pipeline))
-        pytest.fail(f"{demo.name} through {route}: {difference} from the official image (tolerance "
-                    f"{demo.image_tolerance}). Intermediates recomputed with the library:\n  {details}")
+        pytest.fail(
+            f"{demo.name} through {route}: {difference} from the official image (tolerance "
+            f"{demo.image_tolerance}). Intermediates recomputed with the library:\n  {details}"
+        )
     print(f"{demo.name} via {route}: {difference}")
 
 
@@ -72,8 +78,13 @@ def test_library_generate_with_default_settings_is_the_official_demo(demo, model
 def test_command_line_with_the_case_options_is_the_official_demo(demo, models_folder, tmp_path):
     files = demo.model_files(models_folder)
     out = tmp_path / "out.png"
-    done = subprocess.run([sys.executable, "-m", "flashface", "generate", *demo.cli_arguments(files, out)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "flashface", "generate", *demo.cli_arguments(files, out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     paths = [out] if demo.config["num_samples"] == 1 else sorted(tmp_path.glob("out_*.png"))
     images = levels_of([Image.open(path) for path in paths])
@@ -91,10 +102,10 @@ def test_each_official_default_is_needed(demo, models_folder, switched_off):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("weights", "mean_bound"), [("fp16", 1.0), ("bf16", 5.0), ("fp8_e4m3fn", 25.0),
-                                                     ("fp8_e5m2", 40.0)])
-def test_the_demo_with_lower_precision_weights_stays_near_the_official_image(demo, models_folder, weights,
-                                                                            mean_bound):
+@pytest.mark.parametrize(
+    ("weights", "mean_bound"), [("fp16", 1.0), ("bf16", 5.0), ("fp8_e4m3fn", 25.0), ("fp8_e5m2", 40.0)]
+)
+def test_the_demo_with_lower_precision_weights_stays_near_the_official_image(demo, models_folder, weights, mean_bound):
     """The UNet stored in `weights` (fp8: computing in fp32 on the CPU), everything else as the
     official fp32 demo: how far the image moves (printed; TECHNICAL.md quotes it)."""
     exact = case_pipeline(demo, models_folder)

@@ -31,9 +31,12 @@ def layout_paths() -> set[str]:
 
 def test_technical_layout_lists_every_module_of_the_pack_and_the_library():
     listed = layout_paths()
-    modules = {path.relative_to(REPO_ROOT).as_posix()
-               for folder in ("nodes", "flashface") for path in (REPO_ROOT / folder).rglob("*.py")
-               if path.name != "__init__.py" and "__pycache__" not in path.parts}
+    modules = {
+        path.relative_to(REPO_ROOT).as_posix()
+        for folder in ("nodes", "flashface")
+        for path in (REPO_ROOT / folder).rglob("*.py")
+        if path.name != "__init__.py" and "__pycache__" not in path.parts
+    }
     assert modules - listed == set(), "modules TECHNICAL.md's layout does not list"
     named = {path for path in listed if path.endswith(".py") and path.split("/")[0] in ("nodes", "flashface")}
     assert named - modules - {"__init__.py"} == set(), "TECHNICAL.md's layout lists modules that do not exist"

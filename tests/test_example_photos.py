@@ -17,6 +17,7 @@ PHOTOS = sorted(path.name for path in (REPO_ROOT / "workflows" / "input").iterdi
 def examples():
     """nodes/examples.py on its own (the nodes package needs ComfyUI; this module does not)."""
     spec = importlib.util.spec_from_file_location("flashface_examples", REPO_ROOT / "nodes" / "examples.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -14,9 +14,9 @@ from flashface.face import (
     PhotoFaces,
     crop_face,
     detect_faces,
-    find_reference_faces,
     eye_levelling_angle,
     face_region_mask,
+    find_reference_faces,
     image_to_tensor,
     largest_face,
     pad_to_square,
@@ -49,15 +49,18 @@ def test_parity_with_official_face_crop(case):
         assert_pixels_match(image, case.expected[name].numpy(), max_abs)
 
 
-@pytest.mark.parametrize("width, height, left, top, right, bottom", [
-    (100, 45, 0, 17, 0, 18),  # scaled to 64x29: 35 rows of padding, the odd one at the bottom
-    (45, 100, 17, 0, 18, 0),
-    (30, 30, 0, 0, 0, 0),
-])
+@pytest.mark.parametrize(
+    "width, height, left, top, right, bottom",
+    [
+        (100, 45, 0, 17, 0, 18),  # scaled to 64x29: 35 rows of padding, the odd one at the bottom
+        (45, 100, 17, 0, 18, 0),
+        (30, 30, 0, 0, 0, 0),
+    ],
+)
 def test_pad_to_square_centres_on_black(width, height, left, top, right, bottom):
     square = np.asarray(pad_to_square(Image.new("RGB", (width, height), (255, 255, 255)), 64))
     assert square.shape == (64, 64, 3)
-    content = square[top:64 - bottom, left:64 - right]
+    content = square[top : 64 - bottom, left : 64 - right]
     assert content.min() > 0
     assert square.sum() == content.sum()  # black everywhere else
 
@@ -79,21 +82,29 @@ def test_prepare_reference_is_the_224_square_in_minus_one_to_one():
 
 def test_crop_outside_the_image_is_black_and_as_large_as_the_box():
     photo = Image.new("RGB", (40, 30), (200, 100, 50))
-    face = Face(box=(-10.4, 20.0, 29.6, 49.5), score=1.0, landmarks=((0.0, 30.0), (20.0, 30.0), (10.0, 35.0),
-                                                                    (5.0, 40.0), (15.0, 40.0)))
+    face = Face(
+        box=(-10.4, 20.0, 29.6, 49.5),
+        score=1.0,
+        landmarks=((0.0, 30.0), (20.0, 30.0), (10.0, 35.0), (5.0, 40.0), (15.0, 40.0)),
+    )
     crop = np.asarray(crop_face(photo, face))
     assert crop.shape == (30, 40, 3)  # rounded box: x -10..30, y 20..50
     assert crop[:10, 10:].min() == 50 and crop[10:].max() == 0 and crop[:, :10].max() == 0
 
 
-@pytest.mark.parametrize("left_eye, right_eye, angle", [
-    ((10.0, 20.0), (30.0, 0.0), -45.0),  # right eye higher in the picture: turn clockwise
-    ((10.0, 0.0), (30.0, 20.0), 45.0),
-    ((10.0, 5.0), (30.0, 5.0), 0.0),
-    ((10.0, 5.0), (10.0, 5.0), 0.0),  # coincident eyes: no rotation
-])
+@pytest.mark.parametrize(
+    "left_eye, right_eye, angle",
+    [
+        ((10.0, 20.0), (30.0, 0.0), -45.0),  # right eye higher in the picture: turn clockwise
+        ((10.0, 0.0), (30.0, 20.0), 45.0),
+        ((10.0, 5.0), (30.0, 5.0), 0.0),
+        ((10.0, 5.0), (10.0, 5.0), 0.0),  # coincident eyes: no rotation
+    ],
+)
 def test_eye_levelling_angle(left_eye, right_eye, angle):
-    face = Face(box=(0.0, 0.0, 1.0, 1.0), score=1.0, landmarks=(left_eye, right_eye, (0.0, 0.0), (0.0, 0.0), (0.0, 0.0)))
+    face = Face(
+        box=(0.0, 0.0, 1.0, 1.0), score=1.0, landmarks=(left_eye, right_eye, (0.0, 0.0), (0.0, 0.0), (0.0, 0.0))
+    )
     assert eye_levelling_angle(face) == pytest.approx(angle, abs=1e-4)
 
 
@@ -101,9 +112,12 @@ def test_crop_levels_the_eyes():
     canvas = np.zeros((101, 101, 3), dtype=np.uint8)
     eyes = ((30, 62), (70, 38))  # (x, y): the right eye 24 px higher
     for x, y in eyes:
-        canvas[y - 1:y + 2, x - 1:x + 2] = 255
-    face = Face(box=(0.0, 0.0, 101.0, 101.0), score=1.0,
-                landmarks=tuple((float(x), float(y)) for x, y in eyes) + ((50.0, 60.0), (40.0, 80.0), (60.0, 80.0)))
+        canvas[y - 1 : y + 2, x - 1 : x + 2] = 255
+    face = Face(
+        box=(0.0, 0.0, 101.0, 101.0),
+        score=1.0,
+        landmarks=tuple((float(x), float(y)) for x, y in eyes) + ((50.0, 60.0), (40.0, 80.0), (60.0, 80.0)),
+    )
     crop = np.asarray(crop_face(Image.fromarray(canvas), face))[..., 0]
     halves = crop[:, :50], crop[:, 51:]
     rows = [np.nonzero(half)[0].mean() for half in halves]
@@ -124,7 +138,7 @@ def test_detections_are_mapped_back_to_photo_pixels(detector):
     scale, top = DETECTOR_SIZE / 1280, (DETECTOR_SIZE - 300) // 2
     threshold = threshold_for_count(post_nms_scores(detector, wide), 3)
     faces = detect_faces(detector, wide, threshold, "cpu")
-    detections, = detector.detect(image_to_tensor(pad_to_square(wide, DETECTOR_SIZE))[None], threshold)
+    (detections,) = detector.detect(image_to_tensor(pad_to_square(wide, DETECTOR_SIZE))[None], threshold)
     assert len(faces) == len(detections.boxes) == 3
     for face, box, points in zip(faces, detections.boxes, detections.landmarks):
         x1, y1, x2, y2 = face.box
@@ -172,6 +186,7 @@ def test_largest_face():
 
 # the face-crop policy every entry point uses ----------------------------------------------------------
 
+
 def test_several_faces_policy_keeps_the_largest_stops_or_keeps_all(detector):
     image = photo(300, 400, seed=2)
     threshold = threshold_for_count(post_nms_scores(detector, image), 3)
@@ -211,8 +226,9 @@ def test_cancel_is_checked_before_every_photo(detector):
         return len(asked) == 3
 
     with pytest.raises(GenerationCancelled, match="before photo 3 of 5"):
-        find_reference_faces(detector, [photo(64, 64, seed=i) for i in range(5)], 0.0, "cpu",
-                             should_cancel=cancel_at_the_third)
+        find_reference_faces(
+            detector, [photo(64, 64, seed=i) for i in range(5)], 0.0, "cpu", should_cancel=cancel_at_the_third
+        )
     assert len(asked) == 3
 
 
@@ -227,9 +243,16 @@ def test_pad_to_square_never_makes_a_side_of_zero_pixels():
 
 
 # EXIF orientation: how a phone stores an upright portrait (the pixels as the sensor read them) -------
-STORED_AS = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-             4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
-             7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+STORED_AS = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
 
 
 @pytest.fixture(scope="module")

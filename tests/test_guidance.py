@@ -37,7 +37,7 @@ def random_inputs(batch=2, references=3, size=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     masks = torch.zeros(batch, size, size)
     for b in range(batch):
-        masks[b, b:b + 4, 2:6] = 1  # a different face square per sample
+        masks[b, b : b + 4, 2:6] = 1  # a different face square per sample
     return SimpleNamespace(
         x=torch.randn(batch, 4, size, size, generator=g),
         positive=torch.randn(batch, 77, CONTEXT_DIM, generator=g),
@@ -54,8 +54,16 @@ def straightforward_eps(unet, inputs, settings, timestep):
     reference_context = inputs.negative[:1].repeat(len(inputs.references), 1, 1)
 
     def branch(context, weight):
-        return straightforward_unet_eps(unet, inputs.x, torch.full((batch,), timestep), context, inputs.mask,
-                                        inputs.references, reference_context, [weight] * batch)
+        return straightforward_unet_eps(
+            unet,
+            inputs.x,
+            torch.full((batch,), timestep),
+            context,
+            inputs.mask,
+            inputs.references,
+            reference_context,
+            [weight] * batch,
+        )
 
     g, c, phi = settings.text_guidance, settings.reference_guidance_strength, settings.guide_rescale
     if timestep > settings.launch_timestep:
@@ -75,11 +83,17 @@ def straightforward_eps(unet, inputs, settings, timestep):
 @pytest.mark.parametrize("timestep", [999, 751, 750, 400, 0])
 def test_optimized_guidance_equals_straightforward(tiny_unet, timestep):
     schedule = NoiseSchedule()
-    settings = GenerationSettings(text_guidance=6.0, reference_guidance_strength=2.5, reference_feature_strength=1.1,
-                                reference_feature_strength_before_launch=0.85, launch_timestep=750)
+    settings = GenerationSettings(
+        text_guidance=6.0,
+        reference_guidance_strength=2.5,
+        reference_feature_strength=1.1,
+        reference_feature_strength_before_launch=0.85,
+        launch_timestep=750,
+    )
     inputs = random_inputs()
-    denoiser = ReferenceGuidedDenoiser(tiny_unet, schedule, inputs.positive, inputs.negative, inputs.references,
-                                       inputs.mask, settings)
+    denoiser = ReferenceGuidedDenoiser(
+        tiny_unet, schedule, inputs.positive, inputs.negative, inputs.references, inputs.mask, settings
+    )
     x0 = denoiser(inputs.x, float(schedule.sigmas[timestep].float()))
     assert denoiser.model_timesteps == [timestep]
     eps = straightforward_eps(tiny_unet, inputs, settings, timestep)
@@ -95,17 +109,35 @@ def test_samples_are_independent_rows(tiny_unet):
     sigmas = sampling_sigmas(schedule, 4)
     inputs = random_inputs(batch=3)
     together = get_solver("ddim")(
-        ReferenceGuidedDenoiser(tiny_unet, schedule, inputs.positive, inputs.negative, inputs.references,
-                                inputs.mask, GenerationSettings(launch_timestep=600)), inputs.x, sigmas)
+        ReferenceGuidedDenoiser(
+            tiny_unet,
+            schedule,
+            inputs.positive,
+            inputs.negative,
+            inputs.references,
+            inputs.mask,
+            GenerationSettings(launch_timestep=600),
+        ),
+        inputs.x,
+        sigmas,
+    )
     for b in range(3):
         # the reference context is the *first* negative embedding for every sample
-        alone = ReferenceGuidedDenoiser(tiny_unet, schedule, inputs.positive[b:b + 1], inputs.negative[b:b + 1],
-                                        inputs.references, inputs.mask[b:b + 1], GenerationSettings(launch_timestep=600),
-                                        reference_context=inputs.negative[:1].expand(3, -1, -1))
+        alone = ReferenceGuidedDenoiser(
+            tiny_unet,
+            schedule,
+            inputs.positive[b : b + 1],
+            inputs.negative[b : b + 1],
+            inputs.references,
+            inputs.mask[b : b + 1],
+            GenerationSettings(launch_timestep=600),
+            reference_context=inputs.negative[:1].expand(3, -1, -1),
+        )
         # float32 rounding differs between batch shapes (x0 = (x − σε)/α amplifies it ~15× at t=999);
         # a row mix-up would differ by O(1)
-        torch.testing.assert_close(get_solver("ddim")(alone, inputs.x[b:b + 1], sigmas), together[b:b + 1],
-                                   atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(
+            get_solver("ddim")(alone, inputs.x[b : b + 1], sigmas), together[b : b + 1], atol=1e-3, rtol=1e-3
+        )
 
 
 class RecordingUNet:
@@ -120,8 +152,16 @@ class RecordingUNet:
 
     def __call__(self, x, t, context, mask, references, rows, additions=None, regions=None):
         assert references == "features" and regions is None
-        self.calls.append(SimpleNamespace(rows=x.shape[0], t=t.tolist(), context=context, mask=mask, plan=rows,
-                                          reference_weights=list(rows.weights)))
+        self.calls.append(
+            SimpleNamespace(
+                rows=x.shape[0],
+                t=t.tolist(),
+                context=context,
+                mask=mask,
+                plan=rows,
+                reference_weights=list(rows.weights),
+            )
+        )
         return torch.zeros_like(x)
 
 
@@ -129,9 +169,12 @@ class RecordingUNet:
 def test_branch_switch_at_the_launch_timestep(steps, two_branch, three_branch):
     schedule, unet, batch = NoiseSchedule(), RecordingUNet(), 2
     inputs = random_inputs(batch=batch, references=4)
-    settings = GenerationSettings(reference_feature_strength=1.2, reference_feature_strength_before_launch=0.85, launch_timestep=750)
-    denoiser = ReferenceGuidedDenoiser(unet, schedule, inputs.positive, inputs.negative, inputs.references,
-                                       inputs.mask, settings)
+    settings = GenerationSettings(
+        reference_feature_strength=1.2, reference_feature_strength_before_launch=0.85, launch_timestep=750
+    )
+    denoiser = ReferenceGuidedDenoiser(
+        unet, schedule, inputs.positive, inputs.negative, inputs.references, inputs.mask, settings
+    )
     get_solver("ddim")(denoiser, inputs.x, sampling_sigmas(schedule, steps))
     assert len(unet.reference_passes) == len(unet.calls) == steps  # one reference pass per model call
     rows = [call.rows for call in unet.calls]
@@ -149,20 +192,24 @@ def test_branch_switch_at_the_launch_timestep(steps, two_branch, three_branch):
             assert call.plan.samples == (0, 1) * 3 and call.plan.texts == (0, 0, 0, 0, 1, 1)
             assert torch.equal(call.context, torch.cat([inputs.positive, inputs.positive, inputs.negative]))
         assert torch.equal(call.mask, inputs.mask.repeat(call.rows // batch, 1, 1))
-    for t, count, context in unet.reference_passes:
+    for _, count, context in unet.reference_passes:
         assert count == 4 and torch.equal(context, inputs.negative[:1].expand(4, -1, -1))
 
 
 def test_without_reference_guidance_every_call_has_two_branches():
     schedule, unet = NoiseSchedule(), RecordingUNet()
     inputs = random_inputs(batch=1)
-    settings = GenerationSettings(reference_guidance_strength=0.0, reference_feature_strength=1.3, reference_feature_strength_before_launch=0.85)
-    denoiser = ReferenceGuidedDenoiser(unet, schedule, inputs.positive, inputs.negative, inputs.references,
-                                       None, settings)
+    settings = GenerationSettings(
+        reference_guidance_strength=0.0, reference_feature_strength=1.3, reference_feature_strength_before_launch=0.85
+    )
+    denoiser = ReferenceGuidedDenoiser(
+        unet, schedule, inputs.positive, inputs.negative, inputs.references, None, settings
+    )
     get_solver("ddim")(denoiser, inputs.x, sampling_sigmas(schedule, 10))
     assert all(call.rows == 2 and call.mask is None for call in unet.calls)
     assert [call.reference_weights[0] for call in unet.calls] == pytest.approx(
-        [0.85 if t > 750 else 1.3 for t in denoiser.model_timesteps])
+        [0.85 if t > 750 else 1.3 for t in denoiser.model_timesteps]
+    )
 
 
 def test_guidance_and_rescale_formula():
@@ -176,9 +223,12 @@ def test_guidance_and_rescale_formula():
 
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     x[0, 0] += 5  # the std is taken over C·H·W of the sample
-    settings = GenerationSettings(text_guidance=3.0, reference_guidance_strength=2.0, launch_timestep=750, guide_rescale=0.5)
-    denoiser = ReferenceGuidedDenoiser(ScalingUNet(), schedule, torch.zeros(1, 77, 8), torch.zeros(1, 77, 8),
-                                       torch.zeros(1, 4, 7, 7), None, settings)
+    settings = GenerationSettings(
+        text_guidance=3.0, reference_guidance_strength=2.0, launch_timestep=750, guide_rescale=0.5
+    )
+    denoiser = ReferenceGuidedDenoiser(
+        ScalingUNet(), schedule, torch.zeros(1, 77, 8), torch.zeros(1, 77, 8), torch.zeros(1, 4, 7, 7), None, settings
+    )
     # guided = 0 + 3·(x − 0) + 2·(3x − x) = 7x; the rescale factor is 0.5·std(x)/std(7x) + 0.5 = 0.5/7 + 0.5
     torch.testing.assert_close(denoiser.eps(x, 500), 7 * x * (0.5 / 7 + 0.5))
 
@@ -193,16 +243,22 @@ def test_row_guidance_gives_the_denoisers_x0_however_the_rows_are_batched(tiny_u
     sigma = float(schedule.sigmas[timestep])  # VP
     mask = box_mask(settings.face_box, 64, 64)
     reference_context = inputs.negative[:1].expand(len(inputs.references), -1, -1)
-    official = ReferenceGuidedDenoiser(tiny_unet, schedule, inputs.positive, inputs.negative, inputs.references, mask,
-                                       settings)(inputs.x, sigma)
+    official = ReferenceGuidedDenoiser(
+        tiny_unet, schedule, inputs.positive, inputs.negative, inputs.references, mask, settings
+    )(inputs.x, sigma)
     guidance = RowGuidance(inputs.references, reference_context, settings, schedule=schedule)
     level = vp_to_ve(sigma)
-    y = inputs.x / (1 - sigma ** 2) ** 0.5
+    y = inputs.x / (1 - sigma**2) ** 0.5
     kinds = [POSITIVE, NEGATIVE] + ([POSITIVE_WITH_REFERENCES] if guidance.with_references_row(level) else [])
     assert (len(kinds) == 3) == (timestep <= settings.launch_timestep)
     contexts = {POSITIVE: inputs.positive, NEGATIVE: inputs.negative, POSITIVE_WITH_REFERENCES: inputs.positive}
-    together = guidance.denoise(tiny_unet, y.repeat(len(kinds), 1, 1, 1), torch.full((2 * len(kinds),), level),
-                                torch.cat([contexts[kind] for kind in kinds]), kinds).chunk(len(kinds))
+    together = guidance.denoise(
+        tiny_unet,
+        y.repeat(len(kinds), 1, 1, 1),
+        torch.full((2 * len(kinds),), level),
+        torch.cat([contexts[kind] for kind in kinds]),
+        kinds,
+    ).chunk(len(kinds))
     apart = [guidance.denoise(tiny_unet, y, level, contexts[kind], [kind]) for kind in kinds]
     # x0 = (x - sigma eps) / alpha scales the fp32 rounding of eps (which depends on the batch size
     # through the kernels picked) by sigma / alpha, about 4.7 at t = 900.
@@ -219,5 +275,10 @@ def test_row_guidance_refuses_a_references_row_before_launch_and_mixed_sigmas(ti
     with pytest.raises(InvalidInputError, match="no row with references"):
         guidance.denoise(tiny_unet, inputs.x, level, inputs.positive, [POSITIVE_WITH_REFERENCES])
     with pytest.raises(InvalidInputError, match="one sigma"):
-        guidance.denoise(tiny_unet, inputs.x.repeat(2, 1, 1, 1), torch.tensor([level, level / 2]),
-                         inputs.positive.repeat(2, 1, 1), [POSITIVE, NEGATIVE])
+        guidance.denoise(
+            tiny_unet,
+            inputs.x.repeat(2, 1, 1, 1),
+            torch.tensor([level, level / 2]),
+            inputs.positive.repeat(2, 1, 1),
+            [POSITIVE, NEGATIVE],
+        )

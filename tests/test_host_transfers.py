@@ -29,8 +29,14 @@ from tiny_unet import tiny_unet_state_dict
 
 DEVICE = "meta"
 aten = torch.ops.aten
-VALUE_DEPENDENT = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
-                   aten._unique2.default, aten.equal.default, aten.is_nonzero.default}
+VALUE_DEPENDENT = {
+    aten._local_scalar_dense.default,
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten._unique2.default,
+    aten.equal.default,
+    aten.is_nonzero.default,
+}
 
 
 class HostTransfers(TorchDispatchMode):
@@ -45,8 +51,9 @@ class HostTransfers(TorchDispatchMode):
         kwargs = kwargs or {}
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         from_device = any(t.device.type == DEVICE for t in inputs)
-        to_host = ((func is aten._to_copy.default and torch.device(kwargs.get("device", DEVICE)).type == "cpu")
-                   or (func is aten.copy_.default and args[0].device.type == "cpu"))
+        to_host = (func is aten._to_copy.default and torch.device(kwargs.get("device", DEVICE)).type == "cpu") or (
+            func is aten.copy_.default and args[0].device.type == "cpu"
+        )
         if from_device and (to_host or func in VALUE_DEPENDENT):
             self.reads.append(func.__name__)
             raise RuntimeError(f"{func} reads the values of a device tensor")
@@ -63,19 +70,25 @@ def unet_on_device():
 
 
 def inputs(batch=2, references=3, context_dim=32):
-    on = dict(device=DEVICE)
-    return dict(x=torch.empty(batch, 4, 8, 8, **on), positive=torch.empty(batch, 77, context_dim, **on),
-                negative=torch.empty(batch, 77, context_dim, **on),
-                references=torch.empty(references, 4, 7, 7, **on),
-                reference_context=torch.empty(references, 77, context_dim, **on))
+    return dict(
+        x=torch.empty(batch, 4, 8, 8, device=DEVICE),
+        positive=torch.empty(batch, 77, context_dim, device=DEVICE),
+        negative=torch.empty(batch, 77, context_dim, device=DEVICE),
+        references=torch.empty(references, 4, 7, 7, device=DEVICE),
+        reference_context=torch.empty(references, 77, context_dim, device=DEVICE),
+    )
 
 
 def test_the_host_reading_probe_sees_a_read():
     probe = HostTransfers()
     with probe:
         torch.ones(2).to(DEVICE)
-        for read in (lambda t: t.to("cpu"), lambda t: t.sum().item(), lambda t: t.nonzero(),
-                     lambda t: torch.empty(3).copy_(t)):
+        for read in (
+            lambda t: t.to("cpu"),
+            lambda t: t.sum().item(),
+            lambda t: t.nonzero(),
+            lambda t: torch.empty(3).copy_(t),
+        ):
             with pytest.raises(RuntimeError, match="reads the values"):
                 read(torch.empty(3, device=DEVICE))
     assert len(probe.reads) == 4 and probe.writes == ["_to_copy.default"]
@@ -89,11 +102,18 @@ def test_a_unet_call_reads_nothing_from_the_device(unet_on_device, people):
     rows = RowPlan.of_chunks([0, 0, 1], 2, [1.2, 1.2, 0.0, 0.0, 0.0, 0.0])
     probe = HostTransfers()
     with probe:
-        features = unet_on_device.encode_references(call["references"], 400, call["reference_context"], owners,
-                                                    (2, 1, 1))
-        out = unet_on_device(call["x"].repeat(3, 1, 1, 1), torch.full((6,), 400, device=DEVICE),
-                             torch.cat([call["positive"], call["positive"], call["negative"]]), None, features, rows,
-                             regions=regions)
+        features = unet_on_device.encode_references(
+            call["references"], 400, call["reference_context"], owners, (2, 1, 1)
+        )
+        out = unet_on_device(
+            call["x"].repeat(3, 1, 1, 1),
+            torch.full((6,), 400, device=DEVICE),
+            torch.cat([call["positive"], call["positive"], call["negative"]]),
+            None,
+            features,
+            rows,
+            regions=regions,
+        )
     assert out.shape == (6, 4, 8, 8) and out.device.type == DEVICE
     assert probe.reads == []
     # what reaches the device from the host per call: the weights of the rows that read references,
@@ -108,12 +128,20 @@ def test_a_sampler_step_reads_nothing_from_the_device(unet_on_device, timestep):
     schedule = NoiseSchedule()
     probe = HostTransfers()
     with probe:
-        denoiser = ReferenceGuidedDenoiser(unet_on_device, schedule, call["positive"], call["negative"],
-                                           call["references"], torch.zeros(2, 8, 8, device=DEVICE), settings,
-                                           copies=(2, 1, 1))
+        denoiser = ReferenceGuidedDenoiser(
+            unet_on_device,
+            schedule,
+            call["positive"],
+            call["negative"],
+            call["references"],
+            torch.zeros(2, 8, 8, device=DEVICE),
+            settings,
+            copies=(2, 1, 1),
+        )
         denoiser.eps(call["x"], timestep)
-        guidance = RowGuidance(call["references"], call["reference_context"], settings,
-                               PeopleLayout.one_person(settings.face_box, None, 3))
+        guidance = RowGuidance(
+            call["references"], call["reference_context"], settings, PeopleLayout.one_person(settings.face_box, None, 3)
+        )
         level = vp_to_ve(float(schedule.sigmas[timestep]))
         chunks = [POSITIVE, NEGATIVE] + ([POSITIVE_WITH_REFERENCES] if guidance.with_references_row(level) else [])
         context = torch.cat([call["positive"] if kind != NEGATIVE else call["negative"] for kind in chunks])

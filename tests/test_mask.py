@@ -12,7 +12,7 @@ def drawn_and_subsampled(box, width, height):
     x1, y1, x2, y2 = int(box[0] * width), int(box[1] * height), int(box[2] * width), int(box[3] * height)
     side = max(x2 - x1, y2 - y1)
     image = torch.zeros(height, width)
-    image[y1:y1 + side, x1:x1 + side] = 1
+    image[y1 : y1 + side, x1 : x1 + side] = 1
     return image[::8, ::8]
 
 
@@ -21,18 +21,30 @@ def cells(mask):
     return (int(rows.min()), int(rows.max())), (int(columns.min()), int(columns.max()))
 
 
-@pytest.mark.parametrize("box", [(0.3, 0.1, 0.6, 0.4), (0.3, 0.2, 0.6, 0.5), (0.1, 0.5, 0.2, 0.95),
-                                 (0.7, 0.7, 1.0, 1.0), (0.0, 0.0, 1.0, 0.3), (0.55, 0.05, 0.6, 0.9)])
+@pytest.mark.parametrize(
+    "box",
+    [
+        (0.3, 0.1, 0.6, 0.4),
+        (0.3, 0.2, 0.6, 0.5),
+        (0.1, 0.5, 0.2, 0.95),
+        (0.7, 0.7, 1.0, 1.0),
+        (0.0, 0.0, 1.0, 0.3),
+        (0.55, 0.05, 0.6, 0.9),
+    ],
+)
 @pytest.mark.parametrize("size", [(512, 512), (768, 768), (640, 384), (200, 96)])
 def test_box_mask_is_the_official_square(box, size):
     width, height = size
     assert torch.equal(box_mask(box, width, height), drawn_and_subsampled(box, width, height))
 
 
-@pytest.mark.parametrize("size, rows, columns", [
-    (768, (10, 38), (29, 57)),
-    (512, (7, 25), (20, 38)),
-])
+@pytest.mark.parametrize(
+    "size, rows, columns",
+    [
+        (768, (10, 38), (29, 57)),
+        (512, (7, 25), (20, 38)),
+    ],
+)
 def test_reference_doc_examples(size, rows, columns):
     mask = box_mask((0.3, 0.1, 0.6, 0.4), size, size)
     assert mask.shape == (size // 8, size // 8)
@@ -52,8 +64,9 @@ def test_zero_box_means_no_position_hint():
     assert box_mask((0, 0, 0, 0), 512, 768).shape == (96, 64)
 
 
-@pytest.mark.parametrize("width, height, named", [(500, 512, "496 or 504"), (512, 770, "768 or 776"),
-                                                    (4, 512, "8"), (512, 0, "8")])
+@pytest.mark.parametrize(
+    "width, height, named", [(500, 512, "496 or 504"), (512, 770, "768 or 776"), (4, 512, "8"), (512, 0, "8")]
+)
 def test_sizes_must_be_multiples_of_8(width, height, named):
     with pytest.raises(InvalidInputError, match=named):
         latent_size(width, height)
@@ -92,11 +105,14 @@ def test_a_box_that_covers_no_latent_cell_is_refused(box):
     assert not box_mask((0, 0, 0, 0), 64, 64).any()  # all zeros: no hint, as documented
 
 
-@pytest.mark.parametrize("mask, phrase", [
-    (torch.zeros(64, 64), "marks no face area"),
-    (torch.full((64, 64), 0.4), "marks no face area"),
-    (torch.full((64, 64), float("nan")), "not numbers"),
-])
+@pytest.mark.parametrize(
+    "mask, phrase",
+    [
+        (torch.zeros(64, 64), "marks no face area"),
+        (torch.full((64, 64), 0.4), "marks no face area"),
+        (torch.full((64, 64), float("nan")), "not numbers"),
+    ],
+)
 def test_an_empty_or_broken_mask_is_refused(mask, phrase):
     with pytest.raises(InvalidInputError, match=phrase):
         resize_mask(mask, 64, 64)

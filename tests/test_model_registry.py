@@ -31,8 +31,14 @@ from http_fixture_server import FixtureServer
 from http_fixture_server import model_file as payload
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = DownloadSettings(connect_timeout=2, read_timeout=2, attempts_per_url=3, backoff_seconds=0.01,
-                        max_backoff_seconds=0.05, chunk_bytes=4096)
+FAST = DownloadSettings(
+    connect_timeout=2,
+    read_timeout=2,
+    attempts_per_url=3,
+    backoff_seconds=0.01,
+    max_backoff_seconds=0.05,
+    chunk_bytes=4096,
+)
 SIZE = len(payload())
 
 
@@ -52,8 +58,12 @@ def registry():
 def register(url: str, data: bytes, filename: str = "model.pth", name: str = "test", **keys) -> str:
     """Add an entry for `data` served at `url` to MODEL_REGISTRY, the documented way; by default
     only the exact size is pinned. Returns the entry's name."""
-    MODEL_REGISTRY[name] = {"url": url, "filename": filename, "description": "test model",
-                            **(keys or {"size": len(data)})}
+    MODEL_REGISTRY[name] = {
+        "url": url,
+        "filename": filename,
+        "description": "test model",
+        **(keys or {"size": len(data)}),
+    }
     return name
 
 
@@ -65,21 +75,35 @@ def server():
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch, tmp_path):
-    for name in ("FLASHFACE_OFFLINE", "HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT",
-                 "FLASHFACE_MIRROR", "FLASHFACE_MODELS_DIR", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
-                 "https_proxy", "ALL_PROXY", "all_proxy"):
+    for name in (
+        "FLASHFACE_OFFLINE",
+        "HF_HUB_OFFLINE",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_ENDPOINT",
+        "FLASHFACE_MIRROR",
+        "FLASHFACE_MODELS_DIR",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
 
 
 # (1) fresh install, (2) existing valid file ------------------------------------------------
 
+
 def test_fresh_install_downloads_verifies_against_server_sha256_and_records_md5(server, tmp_path):
     data = payload()
     entry = register(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
     reports = []
-    path = get_model_path(entry, models_dir=tmp_path, settings=FAST, progress=lambda done, total: reports.append(
-        (done, total)))
+    path = get_model_path(
+        entry, models_dir=tmp_path, settings=FAST, progress=lambda done, total: reports.append((done, total))
+    )
     assert path == tmp_path / "model.pth" and path.read_bytes() == data
     record = read_record(path)
     assert record.verified and record.md5 == md5_of(data) and record.sha256 == hashlib.sha256(data).hexdigest()
@@ -134,6 +158,7 @@ def test_missing_file_without_auto_download_names_the_path(server, tmp_path):
 
 # (3) corrupt files ---------------------------------------------------------------------------
 
+
 def test_changed_file_is_moved_aside_until_a_verified_copy_replaces_it(server, tmp_path):
     data = payload()
     entry = register(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
@@ -173,6 +198,7 @@ def test_truncated_file_is_rejected_by_size_without_hashing(server, tmp_path, ca
 # (4) installation layouts: the folders the caller gives (ComfyUI's own layouts, through the nodes'
 # adapter and the real folder_paths, are in test_comfyui_in_process.py) ---------------------------
 
+
 def test_files_are_found_in_the_search_folders_in_order_and_downloads_go_to_the_first_writable(server, tmp_path):
     data = payload()
     name = register(server.add("/resolve/main/model.pth", data, hf="redirect"), data)
@@ -199,6 +225,7 @@ def test_standalone_uses_flashface_models_dir_then_the_user_cache(server, tmp_pa
 
 # Downloads: resume, retries, mirrors, concurrency -----------------------------------------------
 
+
 def test_interrupted_download_resumes_and_only_the_rest_is_sent_again(server, tmp_path):
     data = payload()
     dropped_at = 12 * 4096
@@ -222,8 +249,7 @@ def test_partial_file_left_by_a_killed_process_is_resumed(server, tmp_path):
 
 def test_server_that_ignores_range_gets_a_clean_restart(server, tmp_path):
     data = payload()
-    entry = register(server.add("/model.pth", data, honour_range=False, drop_after=40_000), data,
-                       md5=md5_of(data))
+    entry = register(server.add("/model.pth", data, honour_range=False, drop_after=40_000), data, md5=md5_of(data))
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == data
     assert [r.status for r in server.requests] == [200, 200] and server.requests[1].range is not None
 
@@ -258,8 +284,7 @@ def test_a_wrong_checksum_never_leaves_a_file_at_the_final_path(server, tmp_path
     if pins == "md5":
         entry = register(server.add("/model.pth", data, corrupt_times=99), data, md5=md5_of(data))
     else:
-        entry = register(server.add("/resolve/main/model.pth", data, hf="redirect", published_sha256="0" * 64),
-                           data)
+        entry = register(server.add("/resolve/main/model.pth", data, hf="redirect", published_sha256="0" * 64), data)
     with pytest.raises(DownloadError, match="failed its check") as raised:
         get_model_path(entry, models_dir=tmp_path, settings=FAST)
     assert MODEL_REGISTRY[entry]["url"] in str(raised.value) and str(tmp_path / "model.pth") in str(raised.value)
@@ -277,8 +302,12 @@ def test_a_download_with_no_checksum_to_compare_is_refused_before_the_body(serve
 
 def test_mirror_is_used_when_the_primary_url_is_missing(server, tmp_path):
     data = payload()
-    entry = register(server.add("/gone.pth", b"", status=404), data, md5=md5_of(data),
-                     mirrors=[server.add("/mirror/model.pth", data)])
+    entry = register(
+        server.add("/gone.pth", b"", status=404),
+        data,
+        md5=md5_of(data),
+        mirrors=[server.add("/mirror/model.pth", data)],
+    )
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST).read_bytes() == data
 
 
@@ -317,11 +346,13 @@ def test_token_is_not_sent_to_other_hosts_and_their_etags_are_not_taken_for_chec
     data = payload()
     monkeypatch.setenv("HF_TOKEN", "secret")
     with pytest.raises(DownloadError, match="HF_TOKEN"):
-        get_model_path(register(server.add("/private.pth", data, token="secret"), data, md5=md5_of(data)),
-                       models_dir=tmp_path, settings=FAST)
+        get_model_path(
+            register(server.add("/private.pth", data, token="secret"), data, md5=md5_of(data)),
+            models_dir=tmp_path,
+            settings=FAST,
+        )
     with pytest.raises(DownloadError, match="cannot be verified"):
-        get_model_path(register(server.add("/model.pth", data, hf="etag"), data), models_dir=tmp_path,
-                       settings=FAST)
+        get_model_path(register(server.add("/model.pth", data, hf="etag"), data), models_dir=tmp_path, settings=FAST)
 
 
 @pytest.mark.slow
@@ -343,8 +374,12 @@ def test_two_processes_asking_for_the_same_file_make_one_download(server, tmp_pa
         print(get_model_path("t", models_dir={str(tmp_path / "models")!r},
                              settings=DownloadSettings(read_timeout=5, backoff_seconds=0.01)))
     """)
-    processes = [subprocess.Popen([sys.executable, "-c", script, str(i)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(2)
+    ]
     outputs = [process.communicate(timeout=60) for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
     assert {out.strip() for out, _ in outputs} == {str(tmp_path / "models" / "model.pth")}
@@ -355,6 +390,7 @@ def test_two_processes_asking_for_the_same_file_make_one_download(server, tmp_pa
 
 # Offline, read-only, disk full ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variable", ["FLASHFACE_OFFLINE", "HF_HUB_OFFLINE"])
 def test_offline_fails_fast_with_manual_instructions_and_no_request(server, tmp_path, monkeypatch, variable):
     data = payload()
@@ -362,7 +398,9 @@ def test_offline_fails_fast_with_manual_instructions_and_no_request(server, tmp_
     monkeypatch.setenv(variable, "1")
     with pytest.raises(DownloadError, match="offline") as raised:
         get_model_path(entry, models_dir=tmp_path / "models", settings=FAST)
-    assert MODEL_REGISTRY[entry]["url"] in str(raised.value) and str(tmp_path / "models" / "model.pth") in str(raised.value)
+    assert MODEL_REGISTRY[entry]["url"] in str(raised.value) and str(tmp_path / "models" / "model.pth") in str(
+        raised.value
+    )
     assert server.requests == [] and not (tmp_path / "models").exists()
 
     (tmp_path / "models").mkdir()
@@ -404,6 +442,7 @@ def test_full_disk_is_reported_before_the_body_is_downloaded(server, tmp_path, m
 
 # The registry itself ----------------------------------------------------------------------------
 
+
 def test_every_registry_entry_can_be_checked_and_installed_by_hand():
     for name in MODEL_REGISTRY:
         entry = model_entry(name)
@@ -411,32 +450,39 @@ def test_every_registry_entry_can_be_checked_and_installed_by_hand():
         assert all(url.startswith("https://") for url in entry.urls) and entry.licence and entry.description
         assert entry.kind in KINDS
     assert [entry.filename for entry in map(entries_of_kind, KINDS) for entry in entry[:1]] == [
-        "flashface.ckpt", "sd-v1-vae.pth", "openai-clip-vit-large-14.pth", "retinaface_resnet50.pth"]
+        "flashface.ckpt",
+        "sd-v1-vae.pth",
+        "openai-clip-vit-large-14.pth",
+        "retinaface_resnet50.pth",
+    ]
 
 
 VALID = {"url": "https://example.com/x.pth", "md5": "0" * 32, "filename": "x.pth", "description": "x"}
 
 
-@pytest.mark.parametrize("change, key, phrase", [
-    ({"url": None}, "url", "needs a non-empty text"),
-    ({"filename": ""}, "filename", "needs a non-empty text"),
-    ({"description": 3}, "description", "not a text"),
-    ({"filename": "models/x.pth"}, "filename", "without folders"),
-    ({"md5": "abc"}, "md5", "not 32 hexadecimal digits"),
-    ({"md5": "g" * 32}, "md5", "not 32 hexadecimal digits"),
-    ({"md5": None, "sha256": "0" * 63}, "sha256", "not 64 hexadecimal digits"),
-    ({"md5": None}, "md5", "nothing to check a file against"),
-    ({"size": -5}, "size", "not a number of bytes"),
-    ({"size": "10"}, "size", "not a number of bytes"),
-    ({"mirrors": "https://example.com/y.pth"}, "mirrors", "not a list of texts"),
-    ({"kind": "lora"}, "kind", "one of unet, vae, text_encoder, detector"),
-    ({"checksum": "0" * 32}, "checksum", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "change, key, phrase",
+    [
+        ({"url": None}, "url", "needs a non-empty text"),
+        ({"filename": ""}, "filename", "needs a non-empty text"),
+        ({"description": 3}, "description", "not a text"),
+        ({"filename": "models/x.pth"}, "filename", "without folders"),
+        ({"md5": "abc"}, "md5", "not 32 hexadecimal digits"),
+        ({"md5": "g" * 32}, "md5", "not 32 hexadecimal digits"),
+        ({"md5": None, "sha256": "0" * 63}, "sha256", "not 64 hexadecimal digits"),
+        ({"md5": None}, "md5", "nothing to check a file against"),
+        ({"size": -5}, "size", "not a number of bytes"),
+        ({"size": "10"}, "size", "not a number of bytes"),
+        ({"mirrors": "https://example.com/y.pth"}, "mirrors", "not a list of texts"),
+        ({"kind": "lora"}, "kind", "one of unet, vae, text_encoder, detector"),
+        ({"checksum": "0" * 32}, "checksum", "unknown key"),
+    ],
+)
 def test_a_malformed_entry_is_named_with_its_key(change, key, phrase):
     MODEL_REGISTRY["broken"] = {**VALID, **change}
     with pytest.raises(RegistryError, match=phrase) as raised:
         get_model_path("broken", models_dir="/nonexistent")
-    assert f"MODEL_REGISTRY['broken']" in str(raised.value) and f"(key {key!r})" in str(raised.value)
+    assert "MODEL_REGISTRY['broken']" in str(raised.value) and f"(key {key!r})" in str(raised.value)
 
 
 def test_an_entry_that_is_not_a_dict_and_an_unknown_name_are_explained():
@@ -456,8 +502,10 @@ def test_the_guide_in_technical_md_runs_as_written(server, tmp_path, monkeypatch
     assert "https://example.com/models/my_detector.pth" in example and "<the file's MD5>" in example
     monkeypatch.setenv("FLASHFACE_MODELS_DIR", str(tmp_path / "models"))
     scope = {}
-    exec(example.replace("https://example.com/models/my_detector.pth", url).replace("<the file's MD5>", md5_of(data)),
-         scope)
+    exec(
+        example.replace("https://example.com/models/my_detector.pth", url).replace("<the file's MD5>", md5_of(data)),
+        scope,
+    )
     assert scope["path"] == tmp_path / "models" / "my_detector.pth" and scope["path"].read_bytes() == data
     assert read_record(scope["path"]).verified
 
@@ -476,6 +524,7 @@ def test_sidecar_is_small_json_next_to_the_file(server, tmp_path):
 
 # a file that is there but not usable: the message names the reason ------------------------------
 
+
 def test_a_copy_of_the_wrong_size_is_named_with_its_size_not_called_missing(server, tmp_path, monkeypatch):
     data = payload()
     entry = register(server.add("/model.pth", data), data)
@@ -488,8 +537,9 @@ def test_a_copy_of_the_wrong_size_is_named_with_its_size_not_called_missing(serv
     assert "offline" in message and "missing" not in message
 
 
-def test_a_zero_filled_file_of_the_right_size_is_refused_and_its_good_replacement_accepted(server, tmp_path,
-                                                                                           monkeypatch):
+def test_a_zero_filled_file_of_the_right_size_is_refused_and_its_good_replacement_accepted(
+    server, tmp_path, monkeypatch
+):
     """What a downloader that reserves the space leaves: the exact size, all zeros."""
     data = payload()
     entry = register(server.add("/model.pth", data), data)
@@ -511,9 +561,8 @@ def test_a_file_that_fails_to_load_is_no_longer_called_verified(server, tmp_path
     path = tmp_path / "model.pth"
     path.write_bytes(data)
     assert get_model_path(entry, models_dir=tmp_path, settings=FAST) == path
-    with pytest.raises(ModelFileError):
-        with cache_utils.recorded_load_failure(path):
-            raise ModelFileError(f"{path} is not a FlashFace UNet checkpoint: 2142 expected tensors are missing")
+    with pytest.raises(ModelFileError), cache_utils.recorded_load_failure(path):
+        raise ModelFileError(f"{path} is not a FlashFace UNet checkpoint: 2142 expected tensors are missing")
     monkeypatch.setenv("FLASHFACE_OFFLINE", "1")
     with pytest.raises(DownloadError, match="2142 expected tensors are missing"):
         get_model_path(entry, models_dir=tmp_path, settings=FAST)

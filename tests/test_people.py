@@ -15,15 +15,23 @@ from flashface.models.unet_loading import load_unet
 from flashface.people import NO_REGION, PeopleLayout, Person, padded_reference_indices
 from flashface.sampling.mask import box_mask, resize_mask
 from flashface.settings import GenerationSettings
-from test_pipeline import QUICK, random_faces
 from straightforward_unet import straightforward_eps, straightforward_reference_attention
+from test_pipeline import QUICK, random_faces
 from test_unet import random_call
 from tiny_unet import tiny_unet_state_dict
 
 LEFT, RIGHT = (0.05, 0.25, 0.3, 0.5), (0.6, 0.25, 0.85, 0.5)
 
 
+def regions_of(layout: PeopleLayout, width: int, height: int) -> torch.Tensor:
+    """The regions of several people (never None)."""
+    regions = layout.regions(width, height)
+    assert regions is not None
+    return regions
+
+
 # ---- where each person is ------------------------------------------------------------------------
+
 
 def test_one_person_owns_the_whole_image_and_is_placed_as_today():
     box = (0.2, 0.3, 0.5, 0.6)
@@ -38,7 +46,7 @@ def test_one_person_owns_the_whole_image_and_is_placed_as_today():
 
 def test_each_cell_reads_the_person_whose_face_square_is_nearest():
     layout = PeopleLayout.of([Person([0], LEFT), Person([0, 0], RIGHT)])
-    regions = layout.regions(160, 80)  # 20 x 10 cells, sampled at pixels 0, 8, ...
+    regions = regions_of(layout, 160, 80)  # 20 x 10 cells, sampled at pixels 0, 8, ...
     assert regions.shape == (10, 20) and regions.dtype == torch.long
     # left square: x 8..47 (side 40: 0.25*80=20 tall, 0.25*160=40 wide); right square: x 96..135
     assert (regions[:, :9] == 0).all() and (regions[:, 9:] == 1).all()  # cell 9 is at x=72: 25 from 47, 24 from 96
@@ -48,11 +56,11 @@ def test_each_cell_reads_the_person_whose_face_square_is_nearest():
 
 def test_overlapping_squares_go_to_the_person_listed_first_and_masks_override_boxes():
     overlapping = PeopleLayout.of([Person([0], (0.2, 0.2, 0.6, 0.6)), Person([0], (0.3, 0.3, 0.7, 0.7))])
-    regions = overlapping.regions(80, 80)
+    regions = regions_of(overlapping, 80, 80)
     assert regions[4, 4] == 0  # pixel (32, 32) lies in both squares
     mask = torch.zeros(80, 80)
     mask[:, 60:] = 1
-    masked = PeopleLayout.of([Person([0], LEFT), Person([0], face_mask=mask)]).regions(80, 80)
+    masked = regions_of(PeopleLayout.of([Person([0], LEFT), Person([0], face_mask=mask)]), 80, 80)
     assert (masked[:, 8:] == 1).all() and (masked[:, :8] == 0).all()  # outside the mask: the only box
 
 
@@ -60,7 +68,7 @@ def test_with_masks_only_a_cell_in_no_mask_reads_no_references():
     first, second = torch.zeros(64, 64), torch.zeros(64, 64)
     first[:, :24], second[:, 16:40] = 1, 1
     layout = PeopleLayout.of([Person([0], face_mask=first), Person([0], face_mask=second)])
-    regions = layout.regions(64, 64)
+    regions = regions_of(layout, 64, 64)
     assert (regions[:, :3] == 0).all()  # cells 0-2 (pixels 0-16): first's only, cell 2 in both: first listed
     assert (regions[:, 3:5] == 1).all() and (regions[:, 5:] == NO_REGION).all()
     assert torch.equal(layout.face_position(64, 64), ((first + second) > 0).float()[::8, ::8])
@@ -75,13 +83,16 @@ def test_a_person_who_gets_no_part_of_the_image_is_refused():
         PeopleLayout.of([Person([0], face_mask=covered), Person([0], RIGHT)]).regions(160, 80)
 
 
-@pytest.mark.parametrize("people, message", [
-    (lambda: [Person([0], (0, 0, 0, 0)), Person([0], RIGHT)], "Person 1 has the all-zero face box"),
-    (lambda: [Person([0])], "a face box or a face mask"),
-    (lambda: [Person([], RIGHT)], "at least one reference face"),
-    (lambda: [Person([0] * 9, LEFT), Person([0] * 8, RIGHT)], "17 reference faces"),
-    (lambda: [Person([0], (0.5, 0.5, 1.2, 0.9))], "between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "people, message",
+    [
+        (lambda: [Person([0], (0, 0, 0, 0)), Person([0], RIGHT)], "Person 1 has the all-zero face box"),
+        (lambda: [Person([0])], "a face box or a face mask"),
+        (lambda: [Person([], RIGHT)], "at least one reference face"),
+        (lambda: [Person([0] * 9, LEFT), Person([0] * 8, RIGHT)], "17 reference faces"),
+        (lambda: [Person([0], (0.5, 0.5, 1.2, 0.9))], "between 0 and 1"),
+    ],
+)
 def test_people_without_a_place_or_faces_are_refused(people, message):
     with pytest.raises(InvalidInputError, match=message):
         PeopleLayout.of(people())
@@ -91,13 +102,14 @@ def test_each_person_is_padded_to_four_the_first_exactly_as_one_person():
     faces, others = random_faces(2), random_faces(3, seed=1)
     layout = PeopleLayout.of([Person(faces, LEFT), Person(others, RIGHT)], padding_seed=11)
     first = padded_reference_indices(2, 11)
-    assert layout.copies[:2] == (first.count(0), first.count(1))
+    assert layout.copies is not None and layout.copies[:2] == (first.count(0), first.count(1))
     assert sum(layout.copies[2:]) == 4 and min(layout.copies[2:]) == 1
     assert layout.reference_counts == (2, 3) and layout.owners == (0, 0, 1, 1, 1)
     assert PeopleLayout.of([Person(faces, LEFT)]).copies is None  # no padding asked for
 
 
 # ---- the reference attention of several people ----------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def sa1():
@@ -134,8 +146,10 @@ def test_a_query_in_one_region_is_unchanged_when_another_persons_references_chan
     changed[2:] = torch.randn(3, *references.shape[1:])  # person 1's references
     weights = [1.0] * 3
     with torch.no_grad():
-        before, after = (reference_attention(sa1, y, refs, weights, None, owners, positions_of(regions))
-                         for refs in (references, changed))
+        before, after = (
+            reference_attention(sa1, y, refs, weights, None, owners, positions_of(regions))
+            for refs in (references, changed)
+        )
     assert torch.equal(before[:, regions != 1], after[:, regions != 1])
     assert not torch.allclose(before[:, regions == 1], after[:, regions == 1])
 
@@ -161,6 +175,7 @@ def test_skipped_rows_get_the_self_attention_alone(sa1):
 
 
 # ---- the whole UNet ----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tiny_model():
@@ -201,18 +216,30 @@ def test_the_unet_with_two_people_equals_the_straightforward_computation(tiny_mo
     features = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"], owners, copies)
     fast = tiny_model(x, call["t"], context, mask, features, rows, regions=regions)
     spelled_out = [index for index, count in enumerate(copies) for _ in range(count)]
-    slow = straightforward_eps(tiny_model, x, call["t"], context, mask,
-                               call["reference_latents"][spelled_out], call["reference_context"][spelled_out], weights,
-                               tuple(owners[index] for index in spelled_out), regions)
+    slow = straightforward_eps(
+        tiny_model,
+        x,
+        call["t"],
+        context,
+        mask,
+        call["reference_latents"][spelled_out],
+        call["reference_context"][spelled_out],
+        weights,
+        tuple(owners[index] for index in spelled_out),
+        regions,
+    )
     torch.testing.assert_close(fast, slow, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("regions, owners, message", [
-    (None, (0, 1), "need the regions"),
-    (torch.zeros(8, 8, dtype=torch.long), None, "need the regions"),
-    (torch.zeros(4, 4, dtype=torch.long), (0, 1), r"\[8, 8\]"),
-    (torch.full((8, 8), 2), (0, 1), "name a person with no references"),
-])
+@pytest.mark.parametrize(
+    "regions, owners, message",
+    [
+        (None, (0, 1), "need the regions"),
+        (torch.zeros(8, 8, dtype=torch.long), None, "need the regions"),
+        (torch.zeros(4, 4, dtype=torch.long), (0, 1), r"\[8, 8\]"),
+        (torch.full((8, 8), 2), (0, 1), "name a person with no references"),
+    ],
+)
 def test_regions_that_do_not_fit_the_people_are_refused(tiny_model, regions, owners, message):
     call = random_call(2, references=2)
     features = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"], owners)
@@ -237,6 +264,7 @@ def test_reference_attention_without_people_is_the_one_person_path(sa1):
 
 
 # ---- the pipeline ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("place", ["box", "mask"])
 def test_one_person_given_as_a_person_is_todays_generation_bit_for_bit(pipeline, place):
@@ -268,5 +296,10 @@ def test_two_people_generate_and_each_persons_faces_matter(pipeline):
 
 def test_a_face_mask_beside_people_is_refused(pipeline):
     with pytest.raises(InvalidInputError, match="own face box or mask"):
-        pipeline.generate([Person(random_faces(1), LEFT), Person(random_faces(1), RIGHT)], "x", "",
-                          GenerationSettings(**QUICK), face_mask=torch.ones(8, 8))
+        pipeline.generate(
+            [Person(random_faces(1), LEFT), Person(random_faces(1), RIGHT)],
+            "x",
+            "",
+            GenerationSettings(**QUICK),
+            face_mask=torch.ones(8, 8),
+        )

@@ -3,6 +3,8 @@ prompts, progress and cancellation, dtypes, and clear errors."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from PIL import Image
@@ -13,7 +15,6 @@ from flashface.models.unet_loading import load_unet
 from flashface.models.vae import LATENT_SCALE
 from flashface.people import padded_reference_indices
 from flashface.pipeline import FlashFacePipeline
-from flashface.settings import GenerationSettings
 from flashface.prompts import (
     NEGATIVE_POSTFIX,
     POSITIVE_POSTFIX,
@@ -21,9 +22,10 @@ from flashface.prompts import (
     official_negative,
     official_positive,
 )
+from flashface.settings import GenerationSettings
 
 SIZE = 64
-QUICK = dict(steps=2, width=SIZE, height=SIZE)
+QUICK: dict[str, Any] = dict(steps=2, width=SIZE, height=SIZE)
 
 
 def random_faces(count: int, seed: int = 0) -> list[Image.Image]:
@@ -33,7 +35,9 @@ def random_faces(count: int, seed: int = 0) -> list[Image.Image]:
 
 
 def test_generate_returns_images_and_latents_of_the_requested_size(pipeline):
-    result = pipeline.generate(random_faces(2), "a portrait", "", GenerationSettings(seed=1, batch_size=3, steps=2, width=80, height=64))
+    result = pipeline.generate(
+        random_faces(2), "a portrait", "", GenerationSettings(seed=1, batch_size=3, steps=2, width=80, height=64)
+    )
     assert result.images.shape == (3, 64, 80, 3)
     assert result.images.dtype == torch.float32 and 0 <= result.images.min() <= result.images.max() <= 1
     assert result.latents.shape == (3, 4, 8, 10)
@@ -62,7 +66,10 @@ def test_same_seed_same_images_and_another_seed_differs(pipeline):
 @pytest.mark.parametrize("solver", ["euler_ancestral", "dpmpp_2m_sde"])
 def test_stochastic_solvers_are_reproducible_per_seed(pipeline, solver):
     faces = random_faces(1)
-    runs = [pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=9, solver=solver, **QUICK)).latents for _ in range(2)]
+    runs = [
+        pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=9, solver=solver, **QUICK)).latents
+        for _ in range(2)
+    ]
     assert torch.equal(*runs)
 
 
@@ -77,7 +84,9 @@ def test_faces_as_images_or_prepared_tensors_agree(pipeline):
 
     faces = random_faces(2)
     as_images = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=4, **QUICK))
-    as_tensor = pipeline.generate(torch.stack([prepare_reference(f) for f in faces]), "a portrait", "", GenerationSettings(seed=4, **QUICK))
+    as_tensor = pipeline.generate(
+        torch.stack([prepare_reference(f) for f in faces]), "a portrait", "", GenerationSettings(seed=4, **QUICK)
+    )
     assert torch.equal(as_images.latents, as_tensor.latents)
 
 
@@ -89,10 +98,14 @@ def test_encoded_prompts_give_the_same_images_as_text(pipeline):
     from_encoded = encoded_only.generate(faces, positive, negative, GenerationSettings(seed=8, **QUICK))
     torch.testing.assert_close(from_text.latents, from_encoded.latents)
 
-    as_written = pipeline.generate(faces, "a portrait", "blurry", GenerationSettings(seed=8, prompt_postfixes=False, **QUICK))
+    as_written = pipeline.generate(
+        faces, "a portrait", "blurry", GenerationSettings(seed=8, prompt_postfixes=False, **QUICK)
+    )
     with torch.no_grad():
         embeddings = encode_texts(pipeline.text_encoder, ["a portrait", "blurry"], "cpu").split(1)
-    from_embeddings = encoded_only.generate(faces, *embeddings, GenerationSettings(seed=8, prompt_postfixes=False, **QUICK))
+    from_embeddings = encoded_only.generate(
+        faces, *embeddings, GenerationSettings(seed=8, prompt_postfixes=False, **QUICK)
+    )
     torch.testing.assert_close(as_written.latents, from_embeddings.latents)
     assert not torch.allclose(as_written.latents, from_text.latents)
     with pytest.raises(InvalidInputError, match="text encoder"):
@@ -104,14 +117,17 @@ def test_official_postfixes_are_joined_like_the_demo():
     assert official_positive("") == f", {POSITIVE_POSTFIX}"
     assert official_negative("") == NEGATIVE_POSTFIX
     assert official_negative("hat") == f"hat, {NEGATIVE_POSTFIX}"
-    assert POSITIVE_POSTFIX.startswith("best quality, masterpiece,ultra") and NEGATIVE_POSTFIX.startswith("blurry, ugly")
+    assert POSITIVE_POSTFIX.startswith("best quality, masterpiece,ultra") and NEGATIVE_POSTFIX.startswith(
+        "blurry, ugly"
+    )
 
 
 def test_an_encoded_prompt_gets_the_words_of_the_side_it_is_used_on(pipeline):
     encoded = encode_prompt(pipeline.text_encoder, "a hat", "cpu")
     with torch.no_grad():
-        expected = encode_texts(pipeline.text_encoder, ["a hat", official_positive("a hat"), official_negative("a hat")],
-                                "cpu")
+        expected = encode_texts(
+            pipeline.text_encoder, ["a hat", official_positive("a hat"), official_negative("a hat")], "cpu"
+        )
     torch.testing.assert_close(torch.cat([encoded.as_written, encoded.as_positive, encoded.as_negative]), expected)
     positive, negative = pipeline.encode_prompts(encoded, encoded, batch=2)
     assert torch.equal(positive, encoded.as_positive.expand(2, -1, -1))
@@ -124,7 +140,12 @@ def test_defaults_are_the_official_demo(pipeline):
     """Padding to four and the official prompt words are what `generate` does unless told otherwise."""
     faces = random_faces(2)
     default = pipeline.generate(faces, "a portrait", "hat", GenerationSettings(seed=12, **QUICK))
-    spelled_out = pipeline.generate([faces[i] for i in padded_reference_indices(2, seed=12)], official_positive("a portrait"), official_negative("hat"), GenerationSettings(seed=12, pad_references=False, prompt_postfixes=False, **QUICK))
+    spelled_out = pipeline.generate(
+        [faces[i] for i in padded_reference_indices(2, seed=12)],
+        official_positive("a portrait"),
+        official_negative("hat"),
+        GenerationSettings(seed=12, pad_references=False, prompt_postfixes=False, **QUICK),
+    )
     # the padded faces are attended to once each with their counts, the spelled-out ones as copies: the
     # same softmax, equal within float rounding
     torch.testing.assert_close(default.latents, spelled_out.latents, atol=1e-4, rtol=1e-4)
@@ -145,12 +166,16 @@ def test_padding_is_an_option_that_changes_the_references(pipeline):
     indices = padded_reference_indices(2, seed)
     plain = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=seed, pad_references=False, **QUICK))
     padded = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=seed, **QUICK))
-    explicit = pipeline.generate([faces[i] for i in indices], "a portrait", "", GenerationSettings(seed=seed, pad_references=False, **QUICK))
+    explicit = pipeline.generate(
+        [faces[i] for i in indices], "a portrait", "", GenerationSettings(seed=seed, pad_references=False, **QUICK)
+    )
     torch.testing.assert_close(padded.latents, explicit.latents, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(plain.latents, padded.latents, atol=1e-3)
     four = random_faces(4)
-    assert torch.equal(pipeline.generate(four, "a portrait", "", GenerationSettings(seed=seed, **QUICK)).latents,
-                       pipeline.generate(four, "a portrait", "", GenerationSettings(seed=seed, pad_references=False, **QUICK)).latents)
+    assert torch.equal(
+        pipeline.generate(four, "a portrait", "", GenerationSettings(seed=seed, **QUICK)).latents,
+        pipeline.generate(four, "a portrait", "", GenerationSettings(seed=seed, pad_references=False, **QUICK)).latents,
+    )
 
 
 def test_preset_changes_the_result(pipeline):
@@ -162,7 +187,13 @@ def test_preset_changes_the_result(pipeline):
 
 def test_progress_reports_every_step_and_cancel_stops_between_steps(pipeline):
     seen = []
-    pipeline.generate(random_faces(1), "a portrait", "", GenerationSettings(seed=0, steps=3, width=SIZE, height=SIZE), progress=lambda step, total, x0: seen.append((step, total, tuple(x0.shape))))
+    pipeline.generate(
+        random_faces(1),
+        "a portrait",
+        "",
+        GenerationSettings(seed=0, steps=3, width=SIZE, height=SIZE),
+        progress=lambda step, total, x0: seen.append((step, total, tuple(x0.shape))),
+    )
     assert seen == [(0, 3, (1, 4, 8, 8)), (1, 3, (1, 4, 8, 8)), (2, 3, (1, 4, 8, 8))]
 
     calls = []
@@ -172,12 +203,20 @@ def test_progress_reports_every_step_and_cancel_stops_between_steps(pipeline):
         return len(calls) > 2
 
     with pytest.raises(GenerationCancelled, match="step 3 of 5"):
-        pipeline.generate(random_faces(1), "a portrait", "", GenerationSettings(seed=0, steps=5, width=SIZE, height=SIZE), should_cancel=cancel_after_two_checks)
+        pipeline.generate(
+            random_faces(1),
+            "a portrait",
+            "",
+            GenerationSettings(seed=0, steps=5, width=SIZE, height=SIZE),
+            should_cancel=cancel_after_two_checks,
+        )
 
 
 def test_face_mask_replaces_the_box(pipeline):
     faces = random_faces(1)
-    box = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=4, face_box=(0.25, 0.25, 0.75, 0.75), **QUICK))
+    box = pipeline.generate(
+        faces, "a portrait", "", GenerationSettings(seed=4, face_box=(0.25, 0.25, 0.75, 0.75), **QUICK)
+    )
     mask = torch.zeros(32, 32)
     mask[8:24, 8:24] = 1
     masked = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=4, **QUICK), face_mask=mask)
@@ -186,11 +225,14 @@ def test_face_mask_replaces_the_box(pipeline):
     assert not torch.allclose(box.latents, no_hint.latents)
 
 
-@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.bfloat16, 0.1), (torch.float16, 0.1),
-                                                  (torch.float8_e4m3fn, 0.3), (torch.float8_e5m2, 0.5)])
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"),
+    [(torch.bfloat16, 0.1), (torch.float16, 0.1), (torch.float8_e4m3fn, 0.3), (torch.float8_e5m2, 0.5)],
+)
 def test_lower_precision_unet_runs_close_to_fp32(tiny_model_files, pipeline, dtype, tolerance):
-    half = FlashFacePipeline(load_unet(tiny_model_files["unet_name"], dtype=dtype), pipeline.vae,
-                             pipeline.text_encoder, device="cpu")
+    half = FlashFacePipeline(
+        load_unet(tiny_model_files["unet_name"], dtype=dtype), pipeline.vae, pipeline.text_encoder, device="cpu"
+    )
     faces = random_faces(1)
     reference = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=4, **QUICK))
     result = half.generate(faces, "a portrait", "", GenerationSettings(seed=4, **QUICK))

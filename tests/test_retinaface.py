@@ -8,8 +8,8 @@ from flashface.models.checkpoint import StateDictCheckpoint
 from flashface.models.retinaface import (
     FACEXLIB_HEAD_NAMES,
     MIN_SIZES,
-    STRIDES,
     MODEL_NAME,
+    STRIDES,
     load_face_detector,
     nms,
     normalize,
@@ -29,7 +29,7 @@ def facexlib_naming(state: dict, prefix: str = "module.") -> dict:
     for key, tensor in state.items():
         for facexlib_name, official_name in FACEXLIB_HEAD_NAMES.items():
             if key.startswith(official_name):
-                key = facexlib_name + key[len(official_name):]
+                key = facexlib_name + key[len(official_name) :]
         renamed[prefix + key] = tensor
     return renamed
 
@@ -38,7 +38,8 @@ def facexlib_naming(state: dict, prefix: str = "module.") -> dict:
 def test_parity_with_official_retinaface(tmp_path, case):
     config = case.config
     state = load_fixture_module(case.path / "recipe.py").state_dict_from_manifest(
-        manifest(MANIFEST), config["recipe_seed"], config["recipe_weight_scale"])
+        manifest(MANIFEST), config["recipe_seed"], config["recipe_weight_scale"]
+    )
     detector = load_face_detector(save_state_dict(state, tmp_path / "retinaface_resnet50.pth"))
     image = case.inputs["input_640"]
     expected = case.expected
@@ -46,7 +47,7 @@ def test_parity_with_official_retinaface(tmp_path, case):
         raw = dict(zip(("raw_scores", "raw_boxes", "raw_landmarks"), detector(normalize(image))))
     for name, value in raw.items():
         torch.testing.assert_close(value, expected[name], atol=case.atol, rtol=case.rtol, msg=name)
-    detections, = detector.detect(image, config["min_thr"])
+    (detections,) = detector.detect(image, config["min_thr"])
     assert detections.boxes.shape == expected["boxes"].shape
     torch.testing.assert_close(detections.boxes, expected["boxes"], atol=case.atol, rtol=case.rtol)
     torch.testing.assert_close(detections.landmarks, expected["landmarks"], atol=case.atol, rtol=case.rtol)
@@ -60,8 +61,9 @@ def test_pad_to_square_reproduces_the_detector_input(case):
 
     if case.config["image"] != "skimage.data.astronaut()":
         pytest.skip(f"the case's photo is {case.config['image']}, which this test cannot rebuild")
-    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (tests/requirements.txt) "
-                                       "ships the case's photo")
+    skimage_data = pytest.importorskip(
+        "skimage.data", reason="scikit-image (tests/requirements.txt) ships the case's photo"
+    )
     photo = Image.fromarray(skimage_data.astronaut())
     rebuilt = image_to_tensor(pad_to_square(photo, DETECTOR_SIZE))[None]
     torch.testing.assert_close(rebuilt, case.inputs["input_640"], atol=0, rtol=0)
@@ -81,8 +83,9 @@ def test_loader_accepts_exactly_the_published_key_set_and_shapes():
     # facexlib's naming of the same file, and an export without BatchNorm's training counters
     for prefix in ("", "module."):
         load_face_detector(StateDictCheckpoint(facexlib_naming(state, prefix)), device="meta")
-    load_face_detector(StateDictCheckpoint({k: t for k, t in state.items() if not k.endswith("num_batches_tracked")}),
-                       device="meta")
+    load_face_detector(
+        StateDictCheckpoint({k: t for k, t in state.items() if not k.endswith("num_batches_tracked")}), device="meta"
+    )
 
 
 @pytest.mark.parametrize("change", ["missing", "unexpected", "shape"])
@@ -156,7 +159,7 @@ def test_detect_runs_at_any_input_size(tmp_path_factory):
     from tiny_retinaface import session_detector
 
     detector = session_detector(tmp_path_factory)
-    detections, = detector.detect(torch.rand(1, 3, 72, 104, generator=torch.Generator().manual_seed(2)), 0.0)
+    (detections,) = detector.detect(torch.rand(1, 3, 72, 104, generator=torch.Generator().manual_seed(2)), 0.0)
     assert detections.boxes.shape[1] == 5 and detections.landmarks.shape[1:] == (5, 2)
     assert 0 < len(detections.boxes) <= 750
     assert torch.all(detections.boxes[:-1, 4] >= detections.boxes[1:, 4])

@@ -5,11 +5,10 @@ import torch
 
 from flashface.models.unet_loading import load_unet
 from flashface.sampling.guidance import ReferenceGuidedDenoiser
-from flashface.settings import GenerationSettings
 from flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
 from flashface.sampling.solvers import STOCHASTIC_SOLVERS, get_solver
+from flashface.settings import GenerationSettings
 from parity import cases
-
 
 # Why the loop is compared in float64. One fp32 model call differs from the official one by about
 # 3e-6 (tests/test_unet.py), which is plain fp32 rounding: the official fp32 result is as far from
@@ -28,8 +27,9 @@ def run_loop(case, dtype: torch.dtype):
     assert config.get("eta", 0.0) == 0.0, "only DDIM with eta = 0 is implemented"
     assert inputs["noise"].shape[0] == config["batch"]
     assert inputs["reference_latents"].shape[0] == config["num_references"]
-    unet = load_unet(case.weights_dir() / "weights.safetensors", num_heads=config["architecture"]["num_heads"],
-                     dtype=dtype)
+    unet = load_unet(
+        case.weights_dir() / "weights.safetensors", num_heads=config["architecture"]["num_heads"], dtype=dtype
+    )
     schedule = NoiseSchedule()  # 'scaled_linear', 1000 steps, β 0.00085 … 0.012 (fixtures/README.md)
     settings = GenerationSettings(
         text_guidance=config["guide_scale"],
@@ -41,8 +41,15 @@ def run_loop(case, dtype: torch.dtype):
     )
     tensors = {name: inputs[name].to(dtype) for name in ("positive", "negative", "reference_latents", "mask", "noise")}
     # the reference context defaults to the first negative embedding repeated per reference
-    denoiser = ReferenceGuidedDenoiser(unet, schedule, tensors["positive"], tensors["negative"],
-                                       tensors["reference_latents"], tensors["mask"], settings)
+    denoiser = ReferenceGuidedDenoiser(
+        unet,
+        schedule,
+        tensors["positive"],
+        tensors["negative"],
+        tensors["reference_latents"],
+        tensors["mask"],
+        settings,
+    )
     sigmas = sampling_sigmas(schedule, config["steps"], config["discretization"])
     x0 = get_solver(config["solver"])(denoiser, tensors["noise"], sigmas)
     assert denoiser.model_timesteps == config["model_timesteps"]

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from flashface.errors import InvalidInputError
+from flashface.sampling.noise_levels import vp_to_ve
 from flashface.sampling.schedule import (
     NoiseSchedule,
     discretize,
     karras_sigmas,
     sampling_sigmas,
 )
-from flashface.sampling.noise_levels import vp_to_ve
 from parity import cases
 
 TABLE_KEY = re.compile(r"^(?P<discretization>[a-z]+)_(?P<steps>\d+)_sigmas$")
@@ -61,8 +61,12 @@ def test_every_discretization_table(case):
         sigmas = sampling_sigmas(schedule, steps, discretization)
         torch.testing.assert_close(sigmas, expected, atol=case.atol, rtol=case.rtol, msg=key)
         timesteps = [schedule.model_timestep(s) for s in sigmas[:-1]]
-        assert_timesteps_match(schedule, sigmas[:-1], timesteps,
-                               case.config["model_timesteps"][f"{discretization}_{steps}_model_timesteps"])
+        assert_timesteps_match(
+            schedule,
+            sigmas[:-1],
+            timesteps,
+            case.config["model_timesteps"][f"{discretization}_{steps}_model_timesteps"],
+        )
 
 
 def test_trailing_gives_one_extra_step_for_exactly_the_documented_counts():
@@ -86,7 +90,7 @@ def test_coefficients_are_the_integer_table_values():
     schedule = NoiseSchedule()
     sigma, alpha = schedule.coefficients(500)
     assert sigma == float(schedule.sigmas[500].float())
-    assert alpha ** 2 + sigma ** 2 == pytest.approx(1, abs=1e-6)
+    assert alpha**2 + sigma**2 == pytest.approx(1, abs=1e-6)
 
 
 def test_karras_spacing_keeps_the_range_and_is_uniform_in_ve_root():
@@ -104,11 +108,14 @@ def test_karras_spacing_keeps_the_range_and_is_uniform_in_ve_root():
     assert karras_sigmas(2, 0.1, 0.9).tolist() == pytest.approx([0.9, 0.1], abs=1e-6)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: discretize(10, "karras"),
-    lambda: discretize(0),
-    lambda: sampling_sigmas(NoiseSchedule(), 10, spacing="exponential"),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: discretize(10, "karras"),
+        lambda: discretize(0),
+        lambda: sampling_sigmas(NoiseSchedule(), 10, spacing="exponential"),
+    ],
+)
 def test_bad_options_are_rejected(call):
     with pytest.raises(InvalidInputError):
         call()

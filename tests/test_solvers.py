@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from flashface.errors import GenerationCancelled, InvalidInputError
-from flashface.sampling.schedule import NoiseSchedule, karras_sigmas, sampling_sigmas
 from flashface.sampling.noise_levels import vp_to_ve
+from flashface.sampling.schedule import NoiseSchedule, karras_sigmas, sampling_sigmas
 from flashface.sampling.solvers import SOLVERS, STOCHASTIC_SOLVERS, get_solver
 
 MU, STD = 0.7, 0.5
@@ -22,8 +22,8 @@ FIRST_ORDER = {"ddim", "euler"}
 
 
 def gaussian_denoiser(x, sigma):
-    alpha = math.sqrt(1 - sigma ** 2)
-    return MU + alpha * STD ** 2 / (alpha ** 2 * STD ** 2 + sigma ** 2) * (x - alpha * MU)
+    alpha = math.sqrt(1 - sigma**2)
+    return MU + alpha * STD**2 / (alpha**2 * STD**2 + sigma**2) * (x - alpha * MU)
 
 
 def fixed_range_sigmas(steps: int) -> torch.Tensor:
@@ -35,16 +35,16 @@ def fixed_range_sigmas(steps: int) -> torch.Tensor:
 
 def start_latents(sigma0: float, shape=(3, 4, 64, 64), seed=0) -> torch.Tensor:
     """Samples of the exact marginal at sigma0: N(α·MU, α²·STD² + σ²)."""
-    alpha = math.sqrt(1 - sigma0 ** 2)
+    alpha = math.sqrt(1 - sigma0**2)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return alpha * MU + math.sqrt(alpha ** 2 * STD ** 2 + sigma0 ** 2) * noise
+    return alpha * MU + math.sqrt(alpha**2 * STD**2 + sigma0**2) * noise
 
 
 def exact_end(x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     s0, s_last = vp_to_ve(float(sigmas[0])), vp_to_ve(float(sigmas[-2]))
     y = x / math.sqrt(1 - float(sigmas[0]) ** 2)
-    y_last = MU + (y - MU) * math.sqrt(STD ** 2 + s_last ** 2) / math.sqrt(STD ** 2 + s0 ** 2)
-    return MU + STD ** 2 / (STD ** 2 + s_last ** 2) * (y_last - MU)
+    y_last = MU + (y - MU) * math.sqrt(STD**2 + s_last**2) / math.sqrt(STD**2 + s0**2)
+    return MU + STD**2 / (STD**2 + s_last**2) * (y_last - MU)
 
 
 def ode_error(name: str, steps: int) -> float:
@@ -66,8 +66,12 @@ def test_deterministic_solvers_converge_at_their_order(name):
 def test_euler_without_churn_is_ddim():
     sigmas = sampling_sigmas(NoiseSchedule(), 20)
     x = start_latents(float(sigmas[0]), shape=(2, 4, 8, 8))
-    torch.testing.assert_close(get_solver("euler")(gaussian_denoiser, x, sigmas),
-                               get_solver("ddim")(gaussian_denoiser, x, sigmas), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(
+        get_solver("euler")(gaussian_denoiser, x, sigmas),
+        get_solver("ddim")(gaussian_denoiser, x, sigmas),
+        atol=1e-10,
+        rtol=1e-10,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(STOCHASTIC_SOLVERS) + ["euler"])
@@ -78,7 +82,7 @@ def test_stochastic_solvers_sample_the_target_distribution(name):
     x = start_latents(float(sigmas[0]))
     out = get_solver(name)(gaussian_denoiser, x, sigmas, generator=torch.Generator().manual_seed(5), **options)
     s_last = vp_to_ve(float(sigmas[-2]))
-    target_std = STD ** 2 / math.sqrt(STD ** 2 + s_last ** 2)
+    target_std = STD**2 / math.sqrt(STD**2 + s_last**2)
     # first-order ancestral Euler is biased by O(1/steps) in the variance; the others much less
     std_tolerance = 0.015 if name in ("euler_ancestral", "euler") else 0.005
     assert abs(float(out.mean()) - MU) < 0.01
@@ -123,8 +127,13 @@ def test_callback_per_step_and_cancellation(name):
     sigmas = sampling_sigmas(NoiseSchedule(), 5)
     x = torch.zeros(1, 4, 8, 8)
     seen = []
-    get_solver(name)(gaussian_denoiser, x, sigmas, generator=torch.Generator().manual_seed(0),
-                     callback=lambda step, total, x0: seen.append((step, total, x0.shape)))
+    get_solver(name)(
+        gaussian_denoiser,
+        x,
+        sigmas,
+        generator=torch.Generator().manual_seed(0),
+        callback=lambda step, total, x0: seen.append((step, total, x0.shape)),
+    )
     assert seen == [(i, 5, x.shape) for i in range(5)]
 
     calls = []
@@ -134,8 +143,13 @@ def test_callback_per_step_and_cancellation(name):
         return gaussian_denoiser(x, sigma)
 
     with pytest.raises(GenerationCancelled):
-        get_solver(name)(counting_denoiser, x, sigmas, generator=torch.Generator().manual_seed(0),
-                         should_cancel=lambda: len(calls) >= 2)
+        get_solver(name)(
+            counting_denoiser,
+            x,
+            sigmas,
+            generator=torch.Generator().manual_seed(0),
+            should_cancel=lambda: len(calls) >= 2,
+        )
     assert 2 <= len(calls) <= 4  # cancelled before the step after the one that made the 2nd call
 
 

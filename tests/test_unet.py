@@ -1,6 +1,8 @@
 """FlashFace reference UNet: parity with the official code, strict loading, dtypes, optimizations."""
 
 import json
+from typing import Any
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -31,8 +33,14 @@ def run_case_inputs(model: FlashFaceUNet, inputs: dict, branches: int, weight: f
     batch = inputs["t"].shape[0]
     t = inputs["t"].repeat_interleave(branches)
     references = model.encode_references(inputs["reference_latents"], t[0], inputs["reference_context"])
-    return model(inputs["x"], t, inputs["context"], inputs["mask"].repeat_interleave(branches, 0),
-                 references, RowPlan.unshared(official_row_weights(branches, batch, weight)))
+    return model(
+        inputs["x"],
+        t,
+        inputs["context"],
+        inputs["mask"].repeat_interleave(branches, 0),
+        references,
+        RowPlan.unshared(official_row_weights(branches, batch, weight)),
+    )
 
 
 @pytest.mark.parametrize("weights_file", WEIGHT_FILES)
@@ -50,16 +58,24 @@ def test_parity_with_official_unet(case, weights_file):
 def test_tiny_writer_uses_the_fixture_key_format(tmp_path, case):
     arch = case.config["architecture"]
     fixture = load_unet(case.weights_dir() / "weights.safetensors", num_heads=arch["num_heads"])
-    path = write_tiny_unet(tmp_path / "unet.safetensors", context_dim=arch["context_dim"], dim=arch["dim"],
-                           dim_mult=arch["dim_mult"], num_res_blocks=arch["num_res_blocks"],
-                           attn_scales=arch["attn_scales"], num_heads=arch["num_heads"])
+    path = write_tiny_unet(
+        tmp_path / "unet.safetensors",
+        context_dim=arch["context_dim"],
+        dim=arch["dim"],
+        dim_mult=arch["dim_mult"],
+        num_res_blocks=arch["num_res_blocks"],
+        attn_scales=arch["attn_scales"],
+        num_heads=arch["num_heads"],
+    )
     with safe_open(case.weights_dir() / "weights.safetensors", "pt") as official, safe_open(path, "pt") as ours:
-        assert {k: official.get_slice(k).get_shape() for k in official.keys()} == \
-               {k: ours.get_slice(k).get_shape() for k in ours.keys()}
+        assert {k: official.get_slice(k).get_shape() for k in official.keys()} == {
+            k: ours.get_slice(k).get_shape() for k in ours.keys()
+        }
     assert load_unet(path).config == fixture.config
 
 
 # ---- the real file, on the meta device ------------------------------------------------------------
+
 
 def manifest_data():
     path = manifest("flashface_unet.json")
@@ -147,7 +163,8 @@ def test_num_heads_argument_then_metadata_then_default(tmp_path):
 
 # ---- numerics of the tiny model --------------------------------------------------------------------
 
-def random_call(branches, batch=2, references=3, size=8, ref_size=7, context_dim=32, seed=0):
+
+def random_call(branches, batch=2, references=3, size=8, ref_size=7, context_dim=32, seed=0) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     rows = branches * batch
     return dict(
@@ -162,8 +179,9 @@ def random_call(branches, batch=2, references=3, size=8, ref_size=7, context_dim
 
 
 def call_model(model, call, references=None):
-    references = references or model.encode_references(call["reference_latents"], call["t"][0],
-                                                        call["reference_context"], copies=call.get("copies"))
+    references = references or model.encode_references(
+        call["reference_latents"], call["t"][0], call["reference_context"], copies=call.get("copies")
+    )
     return model(call["x"], call["t"], call["context"], call["mask"], references, call["rows"])
 
 
@@ -177,11 +195,13 @@ def test_reference_features_cover_middle_and_decoder_blocks(tiny_model):
     features = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"])
     shapes = {k: tuple(v.shape) for k, v in features.tokens.items()}
     # levels 7x7 (32 ch) and 4x4 (64 ch); the middle runs at 4x4
-    assert shapes == {"middle_block.1.transformer_blocks.0": (3, 16, 64),
-                      "output_blocks.0.1.transformer_blocks.0": (3, 16, 64),
-                      "output_blocks.1.1.transformer_blocks.0": (3, 16, 64),
-                      "output_blocks.2.1.transformer_blocks.0": (3, 49, 32),
-                      "output_blocks.3.1.transformer_blocks.0": (3, 49, 32)}
+    assert shapes == {
+        "middle_block.1.transformer_blocks.0": (3, 16, 64),
+        "output_blocks.0.1.transformer_blocks.0": (3, 16, 64),
+        "output_blocks.1.1.transformer_blocks.0": (3, 16, 64),
+        "output_blocks.2.1.transformer_blocks.0": (3, 49, 32),
+        "output_blocks.3.1.transformer_blocks.0": (3, 49, 32),
+    }
     assert features.num_references == 3
 
 
@@ -203,7 +223,7 @@ def test_calls_are_independent(tiny_model):
     torch.testing.assert_close(call_model(tiny_model, first), out_first, atol=0, rtol=0)
 
 
-def guidance_call(branches, batch=2, seed=7, context_dim=32):
+def guidance_call(branches, batch=2, seed=7, context_dim=32) -> dict[str, Any]:
     """A call as the sampler makes it: one latent per sample repeated per branch, the same mask,
     [pos | pos | neg] (or [pos | neg]) contexts, and two faces padded to four references (the
     first three times); `rows` is the sampler's plan of it, `padded` the references spelled out."""
@@ -214,10 +234,16 @@ def guidance_call(branches, batch=2, seed=7, context_dim=32):
     contexts, texts = ([positive, positive, negative], [0, 0, 1]) if branches == 3 else ([positive, negative], [0, 1])
     weights = official_row_weights(branches, batch, 1.2)
     return dict(
-        x=x.repeat(branches, 1, 1, 1), t=torch.full((branches * batch,), 400),
-        context=torch.cat(contexts), mask=(torch.rand(1, 8, 8, generator=g) > 0.5).float().expand(branches * batch, 8, 8),
-        reference_latents=faces, copies=(3, 1), reference_context=negative[:1].expand(2, -1, -1),
-        padded=faces[[0, 1, 0, 0]], rows=RowPlan.of_chunks(texts, batch, weights), weights=weights,
+        x=x.repeat(branches, 1, 1, 1),
+        t=torch.full((branches * batch,), 400),
+        context=torch.cat(contexts),
+        mask=(torch.rand(1, 8, 8, generator=g) > 0.5).float().expand(branches * batch, 8, 8),
+        reference_latents=faces,
+        copies=(3, 1),
+        reference_context=negative[:1].expand(2, -1, -1),
+        padded=faces[[0, 1, 0, 0]],
+        rows=RowPlan.of_chunks(texts, batch, weights),
+        weights=weights,
     )
 
 
@@ -228,8 +254,16 @@ def test_the_unet_equals_the_straightforward_computation(tiny_model, branches):
     computed as the formulas read (tests/straightforward_unet.py)."""
     call = guidance_call(branches)
     fast = call_model(tiny_model, call)
-    oracle = straightforward_eps(tiny_model, call["x"], call["t"], call["context"], call["mask"], call["padded"],
-                                 call["reference_context"][:1].expand(4, -1, -1), call["weights"])
+    oracle = straightforward_eps(
+        tiny_model,
+        call["x"],
+        call["t"],
+        call["context"],
+        call["mask"],
+        call["padded"],
+        call["reference_context"][:1].expand(4, -1, -1),
+        call["weights"],
+    )
     torch.testing.assert_close(fast, oracle, atol=2e-5, rtol=1e-5)
 
 
@@ -240,12 +274,14 @@ def test_shared_rows_and_counted_references_are_computed_once(tiny_model, branch
     convolved = []
     hook = tiny_model.input_blocks[0][0].register_forward_hook(lambda module, args, out: convolved.append(out.shape[0]))
     try:
-        features = tiny_model.encode_references(call["reference_latents"], 400, call["reference_context"],
-                                                copies=call["copies"])
+        features = tiny_model.encode_references(
+            call["reference_latents"], 400, call["reference_context"], copies=call["copies"]
+        )
         shared = call_model(tiny_model, call, features)
         every_copy = tiny_model.encode_references(call["padded"], 400, call["reference_context"][:1].expand(4, -1, -1))
-        full = tiny_model(call["x"], call["t"], call["context"], call["mask"], every_copy,
-                          RowPlan.unshared(call["weights"]))
+        full = tiny_model(
+            call["x"], call["t"], call["context"], call["mask"], every_copy, RowPlan.unshared(call["weights"])
+        )
     finally:
         hook.remove()
     assert features.copies == (3, 1) and features.num_references == every_copy.num_references == 4
@@ -280,9 +316,8 @@ def test_one_reference_pass_equals_one_per_branch(tiny_model, branches):
     rows = call["x"].shape[0] // branches
     per_branch = []
     for b in range(branches):
-        part = {k: (v[b * rows:(b + 1) * rows] if k in ("x", "t", "context", "mask") else v)
-                for k, v in call.items()}
-        part["rows"] = RowPlan.unshared(call["rows"].weights[b * rows:(b + 1) * rows])
+        part = {k: (v[b * rows : (b + 1) * rows] if k in ("x", "t", "context", "mask") else v) for k, v in call.items()}
+        part["rows"] = RowPlan.unshared(call["rows"].weights[b * rows : (b + 1) * rows])
         per_branch.append(call_model(tiny_model, part))
     torch.testing.assert_close(torch.cat(per_branch), shared, atol=2e-5, rtol=1e-5)
 
@@ -307,9 +342,9 @@ def test_half_precision_runs_on_cpu_close_to_fp32(tmp_path, dtype, tolerance):
 class CountingLinear(nn.Linear):
     calls = 0
 
-    def forward(self, x):
+    def forward(self, input):
         type(self).calls += 1
-        return super().forward(x)
+        return super().forward(input)
 
 
 def test_operations_namespace_is_used():
@@ -367,11 +402,20 @@ IDENTITY_PATCH = {"patches": {"input_block_patch": [lambda h, options: h]}}  # e
 def input_block_shapes(model, call, references) -> tuple[list, torch.Size]:
     """The output shape of each input block and of the middle block in a call."""
     shapes = []
-    hooks = [block.register_forward_hook(lambda m, a, out: shapes.append(out.shape))
-             for block in [*model.input_blocks, model.middle_block]]
+    hooks = [
+        block.register_forward_hook(lambda m, a, out: shapes.append(out.shape))
+        for block in [*model.input_blocks, model.middle_block]
+    ]
     try:
-        model(call["x"], call["t"], call["context"], call["mask"], references, call["rows"],
-              BlockAdditions(transformer_options=dict(IDENTITY_PATCH)))
+        model(
+            call["x"],
+            call["t"],
+            call["context"],
+            call["mask"],
+            references,
+            call["rows"],
+            BlockAdditions(transformer_options=dict(IDENTITY_PATCH)),
+        )
     finally:
         for hook in hooks:
             hook.remove()
@@ -390,8 +434,9 @@ def test_control_residuals_are_added_where_comfyuis_unet_adds_them(tiny_model):
     skips = [torch.randn(shape, generator=g) * 0.1 for shape in shapes]
     middle = torch.randn(middle_shape, generator=g) * 0.1
     control = {"input": list(reversed(inputs)), "middle": [middle], "output": list(skips)}
-    controlled = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["rows"],
-                            BlockAdditions(control))
+    controlled = tiny_model(
+        call["x"], call["t"], call["context"], call["mask"], references, call["rows"], BlockAdditions(control)
+    )
     assert len(control["input"]) == len(inputs) and control["middle"]  # the caller's lists are left as they were
 
     def add_to_skip(residual):
@@ -399,16 +444,26 @@ def test_control_residuals_are_added_where_comfyuis_unet_adds_them(tiny_model):
             x, *rest = args
             channels = residual.shape[1]
             return (torch.cat([x[:, :-channels], x[:, -channels:] + residual], 1), *rest)
+
         return hook
 
-    hooks = [block.register_forward_hook(lambda m, a, out, r=r: out + r)
-             for block, r in zip(tiny_model.input_blocks, inputs)]
+    hooks = [
+        block.register_forward_hook(lambda m, a, out, r=r: out + r) for block, r in zip(tiny_model.input_blocks, inputs)
+    ]
     hooks.append(tiny_model.middle_block.register_forward_hook(lambda m, a, out: out + middle))
-    hooks += [block.register_forward_pre_hook(add_to_skip(r))
-              for block, r in zip(tiny_model.output_blocks, reversed(skips))]
+    hooks += [
+        block.register_forward_pre_hook(add_to_skip(r)) for block, r in zip(tiny_model.output_blocks, reversed(skips))
+    ]
     try:
-        hooked = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["rows"],
-                            BlockAdditions(transformer_options=dict(IDENTITY_PATCH)))
+        hooked = tiny_model(
+            call["x"],
+            call["t"],
+            call["context"],
+            call["mask"],
+            references,
+            call["rows"],
+            BlockAdditions(transformer_options=dict(IDENTITY_PATCH)),
+        )
     finally:
         for hook in hooks:
             hook.remove()
@@ -416,8 +471,14 @@ def test_control_residuals_are_added_where_comfyuis_unet_adds_them(tiny_model):
     plain = call_model(tiny_model, call, references)
     assert not torch.allclose(controlled, plain, atol=1e-3)
     zeros = {place: [r * 0 for r in residuals] for place, residuals in control.items()}
-    torch.testing.assert_close(tiny_model(call["x"], call["t"], call["context"], call["mask"], references,
-                                          call["rows"], BlockAdditions(zeros)), plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        tiny_model(
+            call["x"], call["t"], call["context"], call["mask"], references, call["rows"], BlockAdditions(zeros)
+        ),
+        plain,
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_block_patches_are_called_like_comfyuis_unet_calls_them(tiny_model):
@@ -430,23 +491,43 @@ def test_block_patches_are_called_like_comfyuis_unet_calls_them(tiny_model):
             *tensors, options = values
             seen.append((kind, options["block"], tuple(tensors[0].shape)))
             return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
         return patch
 
-    options = {"patches": {name: [record(name)] for name in ("input_block_patch", "input_block_patch_after_skip",
-                                                                "output_block_patch")}}
-    patched = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["rows"],
-                         BlockAdditions(transformer_options=options))
+    options = {
+        "patches": {
+            name: [record(name)] for name in ("input_block_patch", "input_block_patch_after_skip", "output_block_patch")
+        }
+    }
+    patched = tiny_model(
+        call["x"],
+        call["t"],
+        call["context"],
+        call["mask"],
+        references,
+        call["rows"],
+        BlockAdditions(transformer_options=options),
+    )
     blocks = len(tiny_model.input_blocks)
-    assert [entry[:2] for entry in seen[:2]] == [("input_block_patch", ("input", 0)),
-                                                 ("input_block_patch_after_skip", ("input", 0))]
+    assert [entry[:2] for entry in seen[:2]] == [
+        ("input_block_patch", ("input", 0)),
+        ("input_block_patch_after_skip", ("input", 0)),
+    ]
     assert [entry[1] for entry in seen if entry[0] == "output_block_patch"] == [("output", i) for i in range(blocks)]
     torch.testing.assert_close(patched, call_model(tiny_model, call, references), atol=1e-5, rtol=1e-5)
 
     def halve_skip(h, hsp, options):
         return h, hsp * 0.5
 
-    halved = tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["rows"],
-                        BlockAdditions(transformer_options={"patches": {"output_block_patch": [halve_skip]}}))
+    halved = tiny_model(
+        call["x"],
+        call["t"],
+        call["context"],
+        call["mask"],
+        references,
+        call["rows"],
+        BlockAdditions(transformer_options={"patches": {"output_block_patch": [halve_skip]}}),
+    )
     assert not torch.allclose(halved, patched, atol=1e-3)
 
 
@@ -454,5 +535,12 @@ def test_a_residual_for_another_model_size_is_refused_by_name(tiny_model):
     call = random_call(2, seed=13)
     references = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"])
     with pytest.raises(InvalidInputError, match="made for another model"):
-        tiny_model(call["x"], call["t"], call["context"], call["mask"], references, call["rows"],
-                   BlockAdditions({"middle": [torch.zeros(4, 1280, 1, 1)]}))
+        tiny_model(
+            call["x"],
+            call["t"],
+            call["context"],
+            call["mask"],
+            references,
+            call["rows"],
+            BlockAdditions({"middle": [torch.zeros(4, 1280, 1, 1)]}),
+        )

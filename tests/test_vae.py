@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
+from demo_cases import DemoCase, demo_cases
 from flashface.errors import ModelFileError
+from flashface.face import prepare_reference
 from flashface.models.checkpoint import StateDictCheckpoint
 from flashface.models.vae import LATENT_SCALE, load_vae
-from flashface.face import prepare_reference
 from flashface.pipeline import FlashFacePipeline
-from demo_cases import DemoCase, demo_cases
 from parity import ManifestCheckpoint, cases, manifest
 from tiny_vae import tiny_vae_state_dict, write_tiny_vae
 
@@ -113,7 +113,7 @@ def standard_attention(block, x):
     b, c, h, w = x.shape
     qkv = block.to_qkv(block.norm(x)).reshape(b, 3, c, h * w)
     q, k, v = qkv[:, 0].transpose(1, 2), qkv[:, 1], qkv[:, 2].transpose(1, 2)
-    weights = torch.softmax(q @ k / c ** 0.5, dim=-1)
+    weights = torch.softmax(q @ k / c**0.5, dim=-1)
     out = (weights @ v).transpose(1, 2).reshape(b, c, h, w)
     return x + block.proj(out)
 
@@ -131,7 +131,7 @@ def test_attention_switch_selects_official_or_standard():
         # the official output is the standard attention result read as [c, h, w] from [hw, c]
         block = official.encoder.middle[1]
         qkv = block.to_qkv(block.norm(x)).reshape(1, 3, 32, 16)
-        attended = torch.softmax(qkv[:, 0].transpose(1, 2) @ qkv[:, 1] / 32 ** 0.5, -1) @ qkv[:, 2].transpose(1, 2)
+        attended = torch.softmax(qkv[:, 0].transpose(1, 2) @ qkv[:, 1] / 32**0.5, -1) @ qkv[:, 2].transpose(1, 2)
         torch.testing.assert_close(official_out, x + block.proj(attended.reshape(1, 32, 4, 4)), atol=1e-5, rtol=1e-5)
         images, _ = _round_trip_inputs()
         assert not torch.allclose(official.encode(images), standard.encode(images))
@@ -144,8 +144,10 @@ def test_half_precision_is_close_to_fp32(dtype, tolerance):
     assert half.conv1.weight.dtype == dtype and half.encoder.head[0].weight.dtype == torch.float32
     images, latents = _round_trip_inputs()
     with torch.no_grad():
-        for ours, theirs in ((half.encode(images), reference.encode(images)),
-                             (half.decode(latents), reference.decode(latents))):
+        for ours, theirs in (
+            (half.encode(images), reference.encode(images)),
+            (half.decode(latents), reference.decode(latents)),
+        ):
             assert ours.dtype == dtype
             assert (ours.float() - theirs).abs().max() <= tolerance * theirs.abs().max()
 
@@ -153,12 +155,11 @@ def test_half_precision_is_close_to_fp32(dtype, tolerance):
 def test_wrong_files_are_refused_with_what_was_expected():
     with pytest.raises(ModelFileError, match="encoder.conv_in.weight"):
         load_vae(StateDictCheckpoint({"model.weight": torch.ones(2)}))
-    flux_like = {k: v for k, v in tiny_vae_state_dict(z_dim=16, naming="standard").items()}
+    flux_like = dict(tiny_vae_state_dict(z_dim=16, naming="standard"))
     with pytest.raises(ModelFileError, match="16 latent channels"):
         load_vae(StateDictCheckpoint(flux_like))
     with pytest.raises(ModelFileError, match="VAE"):
         load_vae(ManifestCheckpoint(manifest("flashface_unet.json")), device="meta")
-
 
 
 def test_tiled_decode_is_the_whole_decode_when_one_tile_covers_the_latent():

@@ -28,14 +28,17 @@ def tiny_text_tower(seed=0, **sizes) -> dict[str, torch.Tensor]:
     """Seeded text-tower weights (fan-in scaled) in the module's (= official minus prefix) naming."""
     with torch.device("meta"):
         shapes = {k: t.shape for k, t in CLIPTextEncoder(tiny_clip_text_config(**sizes)).state_dict().items()}
-    return seeded_state_dict(dict(sorted(shapes.items())), seed,
-                             unit_scale=lambda key: key.endswith("embedding") or key.endswith("embedding.weight"))
+    return seeded_state_dict(
+        dict(sorted(shapes.items())),
+        seed,
+        unit_scale=lambda key: key.endswith("embedding") or key.endswith("embedding.weight"),
+    )
 
 
 def official_clip_state_dict(seed=0, width=32, layers=2, heads=2) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed + 1)
     state = {"textual." + k: v for k, v in tiny_text_tower(seed, width=width, layers=layers, heads=heads).items()}
-    state["textual.head"] = torch.randn(width, width, generator=generator) * width ** -0.5
+    state["textual.head"] = torch.randn(width, width, generator=generator) * width**-0.5
     state["visual.cls_embedding"] = torch.randn(1, 1, VISION_WIDTH, generator=generator)
     state["visual.head"] = torch.randn(VISION_WIDTH, width, generator=generator)
     state["log_scale"] = torch.tensor(4.6052)

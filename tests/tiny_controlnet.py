@@ -17,6 +17,7 @@ input width (pixel-unshuffled by 8: 3 colour channels -> 192).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,7 +29,7 @@ from tiny_unet import tiny_unet_state_dict, write_tiny_unet
 CONTROLNET_WIDTH = 64
 CONTROLNET_UNET = dict(dim=CONTROLNET_WIDTH, num_heads=2)  # tiny_unet sizes of the UNet it steers
 HINT_WIDTHS = (16, 16, 32, 32, 96, 96, 256)  # SD1.5 ControlNet's hint encoder (stride 2 at 32, 96, 256)
-ADAPTER_UNET = dict(dim=32, dim_mult=(1, 2, 4, 4), num_res_blocks=2, attn_scales=(1.0, 0.5, 0.25))
+ADAPTER_UNET: dict[str, Any] = dict(dim=32, dim_mult=(1, 2, 4, 4), num_res_blocks=2, attn_scales=(1.0, 0.5, 0.25))
 ADAPTER_UNSHUFFLE = 8  # the adapter folds 8 x 8 pixels into channels: its level 0 is the latent's size
 
 
@@ -40,9 +41,13 @@ def write_tiny_controlnet(path: Path, context_dim: int, seed: int = 0, zero_outp
     """The ControlNet for the UNet of `write_controlnet_unet` (same seed and context width);
     `zero_outputs`: its zero convolutions left at zero, as a freshly made ControlNet is."""
     unet = load_unet(StateDictCheckpoint(tiny_unet_state_dict(seed, context_dim=context_dim, **CONTROLNET_UNET)))
-    encoder = {key: value for key, value in unet.state_dict().items()
-               if key.startswith(("time_embed.", "input_blocks.", "middle_block."))
-               and ".reference_attn." not in key and not key.endswith(".mask_weight")}
+    encoder = {
+        key: value
+        for key, value in unet.state_dict().items()
+        if key.startswith(("time_embed.", "input_blocks.", "middle_block."))
+        and ".reference_attn." not in key
+        and not key.endswith(".mask_weight")
+    }
     shapes = {}
     widths = (3, *HINT_WIDTHS)
     for index, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
@@ -61,8 +66,13 @@ def write_tiny_controlnet(path: Path, context_dim: int, seed: int = 0, zero_outp
         shapes[f"{name}.bias"] = torch.Size((channels,))
     own = seeded_state_dict(shapes, seed + 100, weight_scale=1.0)
     if zero_outputs:
-        own.update({key: torch.zeros_like(value) for key, value in own.items() if key.split(".")[0] in
-                    ("zero_convs", "middle_block_out")})
+        own.update(
+            {
+                key: torch.zeros_like(value)
+                for key, value in own.items()
+                if key.split(".")[0] in ("zero_convs", "middle_block_out")
+            }
+        )
     state = {f"control_model.{key}": value.contiguous() for key, value in {**encoder, **own}.items()}
     return save_state_dict(state, path)
 
@@ -71,16 +81,19 @@ def write_adapter_unet(path: Path, context_dim: int, seed: int = 0) -> Path:
     return write_tiny_unet(path, seed=seed, context_dim=context_dim, **ADAPTER_UNET)
 
 
-def write_tiny_t2i_adapter(path: Path, seed: int = 0, colour_channels: int = 3, kernel: int = 1,
-                           zero: bool = False) -> Path:
+def write_tiny_t2i_adapter(
+    path: Path, seed: int = 0, colour_channels: int = 3, kernel: int = 1, zero: bool = False
+) -> Path:
     """A T2I-Adapter for the UNet of `write_adapter_unet`: per level two res blocks (an input conv
     where the width changes, average-pool downsampling from level 1 on, no skip convs), as ComfyUI's
     `load_t2i_adapter` builds for a published SD1.4 adapter; `zero`: every weight zero, so every
     residual it gives is zero."""
     width = ADAPTER_UNET["dim"]
     widths = [width * mult for mult in ADAPTER_UNET["dim_mult"]]
-    shapes = {"conv_in.weight": torch.Size((width, colour_channels * ADAPTER_UNSHUFFLE ** 2, 3, 3)),
-              "conv_in.bias": torch.Size((width,))}
+    shapes = {
+        "conv_in.weight": torch.Size((width, colour_channels * ADAPTER_UNSHUFFLE**2, 3, 3)),
+        "conv_in.bias": torch.Size((width,)),
+    }
     previous = width
     for level, channels in enumerate(widths):
         for index in range(2):

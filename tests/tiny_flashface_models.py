@@ -78,12 +78,19 @@ def write_tiny_hypernetwork(models_dir: Path, seed: int = 0) -> Path:
     width, two small residual MLPs (for the keys and the values of cross-attention)."""
     from seeded_weights import save_state_dict, seeded_state_dict
 
-    shapes = {"linear.0.weight": (2 * TEXT_WIDTH, TEXT_WIDTH), "linear.0.bias": (2 * TEXT_WIDTH,),
-              "linear.1.weight": (TEXT_WIDTH, 2 * TEXT_WIDTH), "linear.1.bias": (TEXT_WIDTH,)}
-    layers = [seeded_state_dict({key: torch.Size(shape) for key, shape in shapes.items()}, seed + index)
-              for index in range(2)]
-    return save_state_dict({TEXT_WIDTH: layers, "activation_func": "linear", "is_layer_norm": False},
-                           Path(models_dir) / "hypernetworks" / TINY_HYPERNETWORK)
+    shapes = {
+        "linear.0.weight": (2 * TEXT_WIDTH, TEXT_WIDTH),
+        "linear.0.bias": (2 * TEXT_WIDTH,),
+        "linear.1.weight": (TEXT_WIDTH, 2 * TEXT_WIDTH),
+        "linear.1.bias": (TEXT_WIDTH,),
+    }
+    layers = [
+        seeded_state_dict({key: torch.Size(shape) for key, shape in shapes.items()}, seed + index) for index in range(2)
+    ]
+    return save_state_dict(
+        {TEXT_WIDTH: layers, "activation_func": "linear", "is_layer_norm": False},
+        Path(models_dir) / "hypernetworks" / TINY_HYPERNETWORK,
+    )
 
 
 def write_tiny_model_folders(models_dir: Path) -> dict[str, Path]:

@@ -35,8 +35,9 @@ def write_retinaface(path, seed: int = 0, weight_scale: float = DEFAULT_WEIGHT_S
     return save_state_dict(retinaface_state_dict(seed, weight_scale), path)
 
 
-def session_detector(tmp_path_factory, seed: int = 0, weight_scale: float = DEFAULT_WEIGHT_SCALE,
-                     suffix: str = ".pth") -> RetinaFace:
+def session_detector(
+    tmp_path_factory, seed: int = 0, weight_scale: float = DEFAULT_WEIGHT_SCALE, suffix: str = ".pth"
+) -> RetinaFace:
     """A loaded fp32 CPU detector from a seeded file, written and loaded once per test session."""
     path = tmp_path_factory.getbasetemp() / "retinaface" / f"seed{seed}_scale{weight_scale}{suffix}"
     if path not in _detectors:

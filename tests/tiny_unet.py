@@ -17,10 +17,17 @@ from flashface.models.unet_loading import checkpoint_key_shapes
 from seeded_weights import save_state_dict, seeded_state_dict
 
 
-def tiny_unet_config(context_dim=32, dim=32, dim_mult=(1, 2), num_res_blocks=1,
-                     attn_scales=(1.0, 0.5), num_heads=8) -> UNetConfig:
-    return UNetConfig(dim=dim, dim_mult=tuple(dim_mult), num_res_blocks=num_res_blocks,
-                      attn_scales=tuple(attn_scales), num_heads=num_heads, context_dim=context_dim)
+def tiny_unet_config(
+    context_dim=32, dim=32, dim_mult=(1, 2), num_res_blocks=1, attn_scales=(1.0, 0.5), num_heads=8
+) -> UNetConfig:
+    return UNetConfig(
+        dim=dim,
+        dim_mult=tuple(dim_mult),
+        num_res_blocks=num_res_blocks,
+        attn_scales=tuple(attn_scales),
+        num_heads=num_heads,
+        context_dim=context_dim,
+    )
 
 
 def tiny_unet_state_dict(seed=0, **sizes) -> dict[str, torch.Tensor]:
@@ -31,10 +38,17 @@ def tiny_unet_state_dict(seed=0, **sizes) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_tiny_unet(path, seed=0, context_dim=32, dim=32, dim_mult=(1, 2), num_res_blocks=1,
-                    attn_scales=(1.0, 0.5), num_heads=8) -> Path:
+def write_tiny_unet(
+    path, seed=0, context_dim=32, dim=32, dim_mult=(1, 2), num_res_blocks=1, attn_scales=(1.0, 0.5), num_heads=8
+) -> Path:
     """Write a tiny UNet as .safetensors (with num_heads metadata) or a torch.save pickle."""
-    state = tiny_unet_state_dict(seed, context_dim=context_dim, dim=dim, dim_mult=dim_mult,
-                                 num_res_blocks=num_res_blocks, attn_scales=attn_scales,
-                                 num_heads=num_heads)
+    state = tiny_unet_state_dict(
+        seed,
+        context_dim=context_dim,
+        dim=dim,
+        dim_mult=dim_mult,
+        num_res_blocks=num_res_blocks,
+        attn_scales=attn_scales,
+        num_heads=num_heads,
+    )
     return save_state_dict(state, path, {"num_heads": str(num_heads)})

@@ -12,8 +12,14 @@ from flashface.models.vae import AutoencoderKL, VAEConfig, standard_plan
 from seeded_weights import save_state_dict, seeded_state_dict
 
 
-def tiny_vae_state_dict(seed: int = 0, dim: int = 32, dim_mult=(1, 1, 1, 1), num_res_blocks: int = 1, z_dim: int = 4,
-                        naming: str = "official") -> dict[str, torch.Tensor]:
+def tiny_vae_state_dict(
+    seed: int = 0,
+    dim: int = 32,
+    dim_mult=(1, 1, 1, 1),
+    num_res_blocks: int = 1,
+    z_dim: int = 4,
+    naming: str = "official",
+) -> dict[str, torch.Tensor]:
     """Fan-in scaled weights (activations stay O(1)); norms near identity."""
     config = VAEConfig(dim=dim, dim_mult=tuple(dim_mult), num_res_blocks=num_res_blocks, z_dim=z_dim)
     with torch.device("meta"):

@@ -23,9 +23,10 @@ import logging
 import os
 import re
 import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Generic, TypeVar
 
 import torch
 from torch import nn
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".ckpt", ".pt", ".bin")
 MODEL_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+
 
 class Checkpoint:
     """Lazy read access to the tensors of one checkpoint file."""
@@ -97,7 +99,7 @@ class SafetensorsCheckpoint(Checkpoint):
         return dict(self._file.metadata() or {})
 
     def close(self) -> None:
-        self._file = None
+        del self._file  # tensors already returned stay valid
 
 
 class StateDictCheckpoint(Checkpoint):
@@ -134,8 +136,10 @@ def _damage(path: str) -> str | None:
     if size == 0:
         return "it is empty (0 bytes)"
     if not head.strip(b"\0"):
-        return (f"it starts with {len(head)} zero bytes ({size} bytes in all), which is what a download that "
-                "reserved the space and stopped early leaves")
+        return (
+            f"it starts with {len(head)} zero bytes ({size} bytes in all), which is what a download that "
+            "reserved the space and stopped early leaves"
+        )
     return None
 
 
@@ -167,8 +171,10 @@ def _foreign_format(path: str) -> str | None:
 def _corrupt(path: str, exc: BaseException) -> ModelFileError:
     foreign = _foreign_format(path)
     if foreign:
-        return ModelFileError(f"The file {path} is not a model file: {foreign}. Pick the right file, or download "
-                              "the model again if this one was saved by mistake.")
+        return ModelFileError(
+            f"The file {path} is not a model file: {foreign}. Pick the right file, or download "
+            "the model again if this one was saved by mistake."
+        )
     damage = _damage(path)
     reason = damage or f"{type(exc).__name__}: {_first_line(exc)}"
     return ModelFileError(
@@ -216,9 +222,7 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if lower.endswith(SAFETENSORS_SUFFIXES):
         return SafetensorsCheckpoint(path)
     if not lower.endswith(PICKLE_SUFFIXES):
-        raise ModelFileError(
-            f"{path}: unknown model file type; expected one of {', '.join(MODEL_SUFFIXES)}."
-        )
+        raise ModelFileError(f"{path}: unknown model file type; expected one of {', '.join(MODEL_SUFFIXES)}.")
     # Zip-format pickles (torch.save since 1.6) can be memory-mapped; legacy ones cannot.
     mmap = zipfile.is_zipfile(path)
     try:
@@ -271,19 +275,19 @@ class TensorPlan:
     combine: Callable[[Sequence[torch.Tensor]], torch.Tensor] = _take_first
 
     @classmethod
-    def copy(cls, key: str) -> "TensorPlan":
+    def copy(cls, key: str) -> TensorPlan:
         return cls((key,))
 
     @classmethod
-    def aliased(cls, *keys: str) -> "TensorPlan":
+    def aliased(cls, *keys: str) -> TensorPlan:
         """The same tensor stored under several names: read all, check equal, keep one."""
         return cls(tuple(keys), _check_aliases_equal)
 
     @classmethod
-    def concat(cls, *keys: str, dim: int = 0) -> "TensorPlan":
+    def concat(cls, *keys: str, dim: int = 0) -> TensorPlan:
         return cls(tuple(keys), lambda ts: torch.cat(list(ts), dim=dim))
 
-    def narrowed(self, dim: int, start: int, length: int) -> "TensorPlan":
+    def narrowed(self, dim: int, start: int, length: int) -> TensorPlan:
         """This plan's tensor, cut to `length` entries of dimension `dim` from `start`."""
         combine = self.combine
         return TensorPlan(self.file_keys, lambda ts: combine(ts).narrow(dim, start, length))
@@ -312,18 +316,23 @@ def _none(key: str) -> bool:
     return False
 
 
+ConfigT = TypeVar("ConfigT")
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
 @dataclass(frozen=True)
-class Layout:
+class Layout(Generic[ConfigT]):
     """What a loader's `infer_layout` reads off a file's key names and shapes: the architecture
     (`config`), the `plan` that fills the module, and which other file keys may stay unread."""
 
-    config: object
+    config: ConfigT
     plan: Plan
     unused: Callable[[str], bool] = _none
 
 
-def check_plan(checkpoint: Checkpoint, plan: Plan, what: str,
-               ignore: Callable[[str], bool] = lambda key: False) -> None:
+def check_plan(
+    checkpoint: Checkpoint, plan: Plan, what: str, ignore: Callable[[str], bool] = lambda key: False
+) -> None:
     """Fail unless the file holds exactly the planned keys plus ignored ones."""
     wanted = {k for p in plan.values() for k in p.file_keys}
     present = set(checkpoint.keys())
@@ -336,13 +345,12 @@ def check_plan(checkpoint: Checkpoint, plan: Plan, what: str,
         if unexpected:
             details.append(f"{len(unexpected)} tensors are not part of it (e.g. {', '.join(unexpected[:3])})")
         raise ModelFileError(
-            f"{checkpoint.path} is not a {what} checkpoint: {'; '.join(details)}. "
-            f"Select the {what} file in that slot."
+            f"{checkpoint.path} is not a {what} checkpoint: {'; '.join(details)}. Select the {what} file in that slot."
         )
 
 
 def load_module(
-    factory: Callable[[], nn.Module],
+    factory: Callable[[], ModuleT],
     checkpoint: Checkpoint,
     plan: Plan,
     *,
@@ -350,7 +358,7 @@ def load_module(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     ignore: Callable[[str], bool] = lambda key: False,
-) -> nn.Module:
+) -> ModuleT:
     """Build `factory()` on the meta device and fill it from `checkpoint` following `plan`.
 
     `what` names the model in error messages ("FlashFace UNet"). Floating-point tensors are

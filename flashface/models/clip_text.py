@@ -26,8 +26,8 @@ import functools
 import heapq
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import regex
 import torch
@@ -52,15 +52,27 @@ OFFICIAL_UNUSED = ("visual.", "log_scale", "textual.head")
 HF_TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
 HF_PREFIXES = ("", "transformer.", "cond_stage_model.transformer.")
 # Our (official) module names inside block N -> Hugging Face's inside text_model.encoder.layers.N.
-HF_MODULE_NAMES = (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("attn.proj", "self_attn.out_proj"),
-                   ("mlp.0", "mlp.fc1"), ("mlp.2", "mlp.fc2"))
+HF_MODULE_NAMES = (
+    ("norm1", "layer_norm1"),
+    ("norm2", "layer_norm2"),
+    ("attn.proj", "self_attn.out_proj"),
+    ("mlp.0", "mlp.fc1"),
+    ("mlp.2", "mlp.fc2"),
+)
 # Parts of a Hugging Face CLIPModel / clip_l file that the text encoder does not use.
-HF_UNUSED = ("text_model.embeddings.position_ids", "text_projection.weight", "logit_scale",
-             "vision_model.", "visual_projection.weight")
+HF_UNUSED = (
+    "text_model.embeddings.position_ids",
+    "text_projection.weight",
+    "logit_scale",
+    "vision_model.",
+    "visual_projection.weight",
+)
 # Text towers of other CLIPs, recognised by their width, so the error can name them.
 OTHER_TEXT_ENCODERS = {1024: "OpenCLIP ViT-H/14 (Stable Diffusion 2.x)", 1280: "OpenCLIP ViT-bigG/14 (SDXL)"}
-EXPECTED_FILES = ("the official openai-clip-vit-large-14.pth (keys textual.*) or a Hugging Face / ComfyUI "
-                  "clip_l.safetensors (keys text_model.*)")
+EXPECTED_FILES = (
+    "the official openai-clip-vit-large-14.pth (keys textual.*) or a Hugging Face / ComfyUI "
+    "clip_l.safetensors (keys text_model.*)"
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,7 +90,7 @@ def _open_clip_bpe():
     return _open_clip_tokenizer_module().SimpleTokenizer()
 
 
-def bpe_merge(symbols: Sequence[str], ranks: Mapping[tuple[str, str], int]) -> list[str]:
+def bpe_merge(symbols: Sequence[str], ranks: Mapping[tuple[str, ...], int]) -> list[str]:
     """Byte-pair merges of one word, with the result of CLIP's `SimpleTokenizer.bpe` (which
     merges every occurrence of the best-ranked pair, left to right, and repeats: quadratic, so a
     40,000-character word takes half a minute there) in O(n log n).
@@ -128,7 +140,9 @@ class Tokenizer:
     """
 
     _PIECES = regex.compile(
-        regex.escape(START_OF_TEXT) + "|" + regex.escape(END_OF_TEXT)
+        regex.escape(START_OF_TEXT)
+        + "|"
+        + regex.escape(END_OF_TEXT)
         + r"""|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+""",
         regex.IGNORECASE,
     )
@@ -215,8 +229,9 @@ class TextBlock(nn.Module):
         self.norm1 = ops.LayerNorm(config.width)
         self.attn = CausalSelfAttention(ops, config.width, config.num_heads)
         self.norm2 = ops.LayerNorm(config.width)
-        self.mlp = nn.Sequential(ops.Linear(config.width, config.mlp_width), QuickGELU(),
-                                 ops.Linear(config.mlp_width, config.width))
+        self.mlp = nn.Sequential(
+            ops.Linear(config.width, config.mlp_width), QuickGELU(), ops.Linear(config.mlp_width, config.width)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(norm_at_least_fp32(self.norm1, x))
@@ -239,16 +254,16 @@ class CLIPTextEncoder(nn.Module):
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Embeddings [P, 77, width] after the final LayerNorm, in the weights' dtype."""
         if token_ids.dim() != 2 or token_ids.shape[1] != self.config.context_length:
-            raise InvalidInputError(f"{MODEL_NAME}: token ids must be [P, {self.config.context_length}], "
-                                    f"got {tuple(token_ids.shape)}.")
+            raise InvalidInputError(
+                f"{MODEL_NAME}: token ids must be [P, {self.config.context_length}], got {tuple(token_ids.shape)}."
+            )
         x = self.token_embedding(token_ids) + self.pos_embedding
         for block in self.transformer:
             x = block(x)
         return norm_at_least_fp32(self.norm, x)
 
 
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tokenizer(context_length: int = 77) -> Tokenizer:
     """The official tokenizer for `context_length` tokens, built once (it reads the BPE vocabulary)."""
     return Tokenizer(context_length)
@@ -283,7 +298,8 @@ def hf_plan(config: TextEncoderConfig, prefix: str = "") -> dict[str, TensorPlan
         for i in range(config.layers):
             ours, theirs = f"transformer.{i}.", f"{text_model}encoder.layers.{i}."
             plan[f"{ours}attn.to_qkv.{param}"] = TensorPlan.concat(
-                *(f"{theirs}self_attn.{p}_proj.{param}" for p in "qkv"))
+                *(f"{theirs}self_attn.{p}_proj.{param}" for p in "qkv")
+            )
             for module, hf_module in HF_MODULE_NAMES:
                 plan[f"{ours}{module}.{param}"] = TensorPlan.copy(f"{theirs}{hf_module}.{param}")
     return plan
@@ -296,11 +312,10 @@ def _hf_prefix(checkpoint: Checkpoint) -> str | None:
     return None
 
 
-
-
 def _reject(checkpoint: Checkpoint, found: str) -> ModelFileError:
-    return ModelFileError(f"{checkpoint.path} is {found}, but FlashFace needs the {MODEL_NAME} (width 768). "
-                          f"Select {EXPECTED_FILES}.")
+    return ModelFileError(
+        f"{checkpoint.path} is {found}, but FlashFace needs the {MODEL_NAME} (width 768). Select {EXPECTED_FILES}."
+    )
 
 
 def _check_width(checkpoint: Checkpoint, width: int) -> None:
@@ -313,8 +328,10 @@ def _num_heads(checkpoint: Checkpoint, width: int, num_heads: int | None) -> int
         stored = checkpoint.metadata().get("num_heads")
         num_heads = int(stored) if stored else width // HEAD_DIM
     if num_heads <= 0 or width % num_heads:
-        raise ModelFileError(f"{checkpoint.path}: {num_heads} attention heads do not divide the text width {width}; "
-                             f"pass the right num_heads for this {MODEL_NAME}.")
+        raise ModelFileError(
+            f"{checkpoint.path}: {num_heads} attention heads do not divide the text width {width}; "
+            f"pass the right num_heads for this {MODEL_NAME}."
+        )
     return num_heads
 
 
@@ -322,14 +339,15 @@ def _shape(checkpoint: Checkpoint, key: str, dims: int) -> tuple[int, ...]:
     return required_shape(checkpoint, key, f"This is not a complete {MODEL_NAME}: select {EXPECTED_FILES}.", dims)
 
 
-def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None) -> Layout:
+def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None) -> Layout[TextEncoderConfig]:
     """The layout of either naming (the vision tower and the projection unused); num_heads:
     argument > safetensors metadata "num_heads" > width / 64."""
     if OFFICIAL_PREFIX + "token_embedding.weight" in checkpoint:
         vocab_size, width = checkpoint.shape(OFFICIAL_PREFIX + "token_embedding.weight")
         _check_width(checkpoint, width)
         config = TextEncoderConfig(
-            vocab_size=vocab_size, width=width,
+            vocab_size=vocab_size,
+            width=width,
             context_length=_shape(checkpoint, OFFICIAL_PREFIX + "pos_embedding", 3)[1],
             layers=count_indexed(checkpoint, OFFICIAL_PREFIX + "transformer.{}.norm1.weight"),
             num_heads=_num_heads(checkpoint, width, num_heads),
@@ -342,7 +360,8 @@ def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None) -> Layout
         _check_width(checkpoint, width)
         layer = prefix + "text_model.encoder.layers.{}."
         config = TextEncoderConfig(
-            vocab_size=vocab_size, width=width,
+            vocab_size=vocab_size,
+            width=width,
             context_length=_shape(checkpoint, prefix + "text_model.embeddings.position_embedding.weight", 2)[0],
             layers=count_indexed(checkpoint, layer + "layer_norm1.weight"),
             num_heads=_num_heads(checkpoint, width, num_heads),
@@ -355,14 +374,20 @@ def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None) -> Layout
         width = checkpoint.shape(open_clip_embedding)[-1]
         _check_width(checkpoint, width)
         raise _reject(checkpoint, f"a CLIP text encoder in OpenCLIP naming (width {width}), which is not read")
-    raise ModelFileError(f"{checkpoint.path} is not a {MODEL_NAME}: it has neither textual.token_embedding.weight nor "
-                         f"text_model.embeddings.token_embedding.weight. Select {EXPECTED_FILES}.")
+    raise ModelFileError(
+        f"{checkpoint.path} is not a {MODEL_NAME}: it has neither textual.token_embedding.weight nor "
+        f"text_model.embeddings.token_embedding.weight. Select {EXPECTED_FILES}."
+    )
 
 
-
-def load_text_encoder(source: str | os.PathLike | Checkpoint, *, device: torch.device | str = "cpu",
-                      dtype: torch.dtype = torch.float32, operations=None,
-                      num_heads: int | None = None) -> CLIPTextEncoder:
+def load_text_encoder(
+    source: str | os.PathLike | Checkpoint,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    operations=None,
+    num_heads: int | None = None,
+) -> CLIPTextEncoder:
     """Load the text tower from a path or an open `Checkpoint` into `dtype` on `device`.
 
     LayerNorm parameters stay fp32. The official pipeline runs this model in fp32 (the default).
@@ -370,7 +395,14 @@ def load_text_encoder(source: str | os.PathLike | Checkpoint, *, device: torch.d
     ops = operations or TORCH_OPERATIONS
     with checkpoint_source(source) as checkpoint:
         layout = infer_layout(checkpoint, num_heads)
-        model = load_module(lambda: CLIPTextEncoder(layout.config, ops), checkpoint, layout.plan, what=MODEL_NAME,
-                            device=device, dtype=dtype, ignore=layout.unused)
+        model = load_module(
+            lambda: CLIPTextEncoder(layout.config, ops),
+            checkpoint,
+            layout.plan,
+            what=MODEL_NAME,
+            device=device,
+            dtype=dtype,
+            ignore=layout.unused,
+        )
     logger.info("loaded %s %s from %s", MODEL_NAME, layout.config, checkpoint.path)
     return model

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 
@@ -26,8 +26,13 @@ from .ops import at_least_fp32, norm_parameter_names
 
 COMPACT_FORMAT = "flashface-unet-compact"
 ALIAS_PREFIX = "ori_"
-_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-                       torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
+_SAFETENSORS_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
 Progress = Callable[[int, int], None]  # (bytes written, bytes in all)
 
 
@@ -59,8 +64,9 @@ def compact_view(checkpoint: Checkpoint) -> Checkpoint:
     return CompactCheckpoint(checkpoint) if checkpoint.metadata().get("format") == COMPACT_FORMAT else checkpoint
 
 
-def convert_unet(source: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype,
-                 progress: Progress | None = None) -> Path:
+def convert_unet(
+    source: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype, progress: Progress | None = None
+) -> Path:
     """Write the compact file of the FlashFace UNet `source` to `out` (a new .safetensors file),
     reading and writing one tensor at a time; the file appears only once complete."""
     from .unet import FlashFaceUNet
@@ -73,7 +79,9 @@ def convert_unet(source: str | os.PathLike, out: str | os.PathLike, dtype: torch
     if out.exists():
         raise InvalidInputError(f"{out} already exists; convert never overwrites a file: give a new name.")
     if dtype not in _SAFETENSORS_DTYPES:
-        raise InvalidInputError(f"Cannot store weights as {dtype}; choose one of fp32, fp16, bf16, fp8_e4m3fn, fp8_e5m2.")
+        raise InvalidInputError(
+            f"Cannot store weights as {dtype}; choose one of fp32, fp16, bf16, fp8_e4m3fn, fp8_e5m2."
+        )
     with checkpoint_source(source) as checkpoint:
         if checkpoint.metadata().get("format") == COMPACT_FORMAT:
             raise InvalidInputError(f"{checkpoint.path} is already a compact FlashFace UNet file.")
@@ -85,27 +93,40 @@ def convert_unet(source: str | os.PathLike, out: str | os.PathLike, dtype: torch
         norm_keys = {key for name in norm_parameter_names(module) for key in plan[name].file_keys}
         wanted = {key for tensor_plan in plan.values() for key in tensor_plan.file_keys}
         aliased = sorted(key for key in wanted if ALIAS_PREFIX + key in wanted)
-        stored = sorted(key for key in wanted if not (key.startswith(ALIAS_PREFIX) and key[len(ALIAS_PREFIX):] in wanted))
+        stored = sorted(
+            key for key in wanted if not (key.startswith(ALIAS_PREFIX) and key[len(ALIAS_PREFIX) :] in wanted)
+        )
 
         def converted(key: str, target: torch.dtype) -> torch.Tensor:
             tensor = checkpoint.tensor(key)
             if key in aliased and not torch.equal(tensor, checkpoint.tensor(ALIAS_PREFIX + key)):
-                raise ModelFileError(f"{checkpoint.path}: the tensors {key} and {ALIAS_PREFIX}{key} should be identical "
-                                     f"copies but differ, so this is not an unmodified {MODEL_NAME} file.")
+                raise ModelFileError(
+                    f"{checkpoint.path}: the tensors {key} and {ALIAS_PREFIX}{key} should be identical "
+                    f"copies but differ, so this is not an unmodified {MODEL_NAME} file."
+                )
             return tensor.to(target)
 
-        entries = [(key, at_least_fp32(dtype) if key in norm_keys else dtype, tuple(checkpoint.shape(key)))
-                   for key in stored]
-        metadata = {"format": COMPACT_FORMAT, "num_heads": str(layout.config.num_heads),
-                    "weights": _SAFETENSORS_DTYPES[dtype], "aliased": json.dumps(aliased),
-                    "source": Path(checkpoint.path).name}
+        entries = [
+            (key, at_least_fp32(dtype) if key in norm_keys else dtype, tuple(checkpoint.shape(key))) for key in stored
+        ]
+        metadata = {
+            "format": COMPACT_FORMAT,
+            "num_heads": str(layout.config.num_heads),
+            "weights": _SAFETENSORS_DTYPES[dtype],
+            "aliased": json.dumps(aliased),
+            "source": Path(checkpoint.path).name,
+        }
         write_safetensors(out, entries, converted, metadata, progress)
     return out
 
 
-def write_safetensors(path: Path, entries: Iterable[tuple[str, torch.dtype, tuple[int, ...]]],
-                      tensor: Callable[[str, torch.dtype], torch.Tensor], metadata: dict[str, str],
-                      progress: Progress | None = None) -> None:
+def write_safetensors(
+    path: Path,
+    entries: Iterable[tuple[str, torch.dtype, tuple[int, ...]]],
+    tensor: Callable[[str, torch.dtype], torch.Tensor],
+    metadata: dict[str, str],
+    progress: Progress | None = None,
+) -> None:
     """A safetensors file written tensor by tensor (the header first, from the shapes), so memory
     holds one tensor at a time; written beside `path` and renamed onto it when complete."""
     entries = list(entries)
@@ -113,7 +134,11 @@ def write_safetensors(path: Path, entries: Iterable[tuple[str, torch.dtype, tupl
     offset = 0
     for key, dtype, shape in entries:
         size = torch.Size(shape).numel() * dtype.itemsize
-        header[key] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[key] = {
+            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned

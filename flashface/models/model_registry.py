@@ -36,9 +36,10 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import DownloadError, ModelFileError, RegistryError
 from ..utils.cache_utils import (
@@ -78,7 +79,7 @@ MODEL_REGISTRY: dict[str, dict[str, Any]] = {
         "filename": "flashface.safetensors",
         "md5": "c2e0f6c0adcc5c68b6995568a8e30e2c",
         "description": "FlashFace reference UNet, safetensors conversion used by the tinhalo port (MD5 from its "
-                       "registry)",
+        "registry)",
         "licence": "MIT, as the official weights it was converted from (the conversion states no licence)",
         "kind": "unet",
     },
@@ -149,15 +150,20 @@ class ModelEntry:
 
 
 def _malformed(name: str, key: str, problem: str) -> RegistryError:
-    return RegistryError(f"MODEL_REGISTRY[{name!r}] {problem} (key {key!r}); see the example at the top of "
-                         f"flashface/models/model_registry.py.")
+    return RegistryError(
+        f"MODEL_REGISTRY[{name!r}] {problem} (key {key!r}); see the example at the top of "
+        f"flashface/models/model_registry.py."
+    )
 
 
 def _text(name: str, entry: Mapping, key: str) -> str:
     value = entry.get(key)
     if not isinstance(value, str) or not value.strip():
-        raise _malformed(name, key, "needs a non-empty text" if value is None or isinstance(value, str)
-                         else f"has {value!r}, not a text")
+        raise _malformed(
+            name,
+            key,
+            "needs a non-empty text" if value is None or isinstance(value, str) else f"has {value!r}, not a text",
+        )
     return value
 
 
@@ -175,8 +181,10 @@ def model_entry(name: str) -> ModelEntry:
         raise ModelFileError(f"Unknown model {name!r}; the known models are: {', '.join(MODEL_REGISTRY)}.")
     entry = MODEL_REGISTRY[name]
     if not isinstance(entry, Mapping):
-        raise RegistryError(f"MODEL_REGISTRY[{name!r}] must be a dict of the keys {', '.join(_REQUIRED)} ..., "
-                            f"not {type(entry).__name__}.")
+        raise RegistryError(
+            f"MODEL_REGISTRY[{name!r}] must be a dict of the keys {', '.join(_REQUIRED)} ..., "
+            f"not {type(entry).__name__}."
+        )
     for key in entry:
         if key not in _REQUIRED + _OPTIONAL:
             raise _malformed(name, key, f"has an unknown key; the keys are {', '.join(_REQUIRED + _OPTIONAL)}")
@@ -198,11 +206,19 @@ def model_entry(name: str) -> ModelEntry:
     kind = entry.get("kind")
     if kind is not None and kind not in KINDS:
         raise _malformed(name, "kind", f"has {kind!r}; a kind is one of {', '.join(KINDS)}")
-    return ModelEntry(name=name, filename=filename, urls=(url, *_texts(name, entry, "mirrors")),
-                      description=description, licence=entry.get("licence") or "", size=size,
-                      md5=checksums.get("md5"), sha256=checksums.get("sha256"), kind=kind,
-                      folder=_text(name, entry, "folder") if "folder" in entry else FLASHFACE_FOLDER,
-                      legacy_folders=_texts(name, entry, "legacy_folders"))
+    return ModelEntry(
+        name=name,
+        filename=filename,
+        urls=(url, *_texts(name, entry, "mirrors")),
+        description=description,
+        licence=entry.get("licence") or "",
+        size=size,
+        md5=checksums.get("md5"),
+        sha256=checksums.get("sha256"),
+        kind=kind,
+        folder=_text(name, entry, "folder") if "folder" in entry else FLASHFACE_FOLDER,
+        legacy_folders=_texts(name, entry, "legacy_folders"),
+    )
 
 
 def entries_of_kind(kind: str) -> list[ModelEntry]:
@@ -238,9 +254,15 @@ def standalone_folders() -> ModelFolders:
     return ModelFolders.single(Path(configured).expanduser() if configured else user_cache_dir())
 
 
-def get_model_path(name: str, auto_download: bool = True, progress: ProgressCallback | None = None, *,
-                   folders: ModelFolders | None = None, models_dir: str | os.PathLike | None = None,
-                   settings: DownloadSettings | None = None) -> Path:
+def get_model_path(
+    name: str,
+    auto_download: bool = True,
+    progress: ProgressCallback | None = None,
+    *,
+    folders: ModelFolders | None = None,
+    models_dir: str | os.PathLike | None = None,
+    settings: DownloadSettings | None = None,
+) -> Path:
     """The path of a verified copy of the model file registered as `name`, downloading it if needed.
 
     folders: where to look and download (inside ComfyUI, from its folder_paths); models_dir: one
@@ -269,10 +291,12 @@ def get_model_path(name: str, auto_download: bool = True, progress: ProgressCall
     if not auto_download:
         raise ModelFileError(
             f"{entry.filename} ({entry.description}) was not found in {', '.join(map(str, folders.search))}.{found} "
-            f"{manual_install_hint(source_urls(entry.urls, entry.filename), folders.download[0] / entry.filename)}.")
+            f"{manual_install_hint(source_urls(entry.urls, entry.filename), folders.download[0] / entry.filename)}."
+        )
     try:
-        return download_file(entry.urls, folders.download, entry.filename, entry.expected, progress=progress,
-                             settings=settings)
+        return download_file(
+            entry.urls, folders.download, entry.filename, entry.expected, progress=progress, settings=settings
+        )
     except DownloadError as error:
         if not problems:
             raise

@@ -16,8 +16,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +32,13 @@ if TYPE_CHECKING:
 TORCH_OPERATIONS = SimpleNamespace(Linear=nn.Linear, Conv2d=nn.Conv2d, GroupNorm=nn.GroupNorm, LayerNorm=nn.LayerNorm)
 NORMS = (nn.GroupNorm, nn.LayerNorm)  # comfy.ops norms are subclasses
 
-WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-                 "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+WEIGHT_DTYPES = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
 STORAGE_ONLY_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)  # weights only: layers compute in another dtype
 
 
@@ -45,19 +51,21 @@ def compute_dtype_for(device: torch.device | str) -> torch.dtype:
 class CastingLinear(nn.Linear):
     """A Linear whose weights are cast to the input's dtype at each call (stored in fp8, say)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # `input`: nn.Linear's name
+        return F.linear(input, self.weight.to(input.dtype), None if self.bias is None else self.bias.to(input.dtype))
 
 
 class CastingConv2d(nn.Conv2d):
     """A Conv2d whose weights are cast to the input's dtype at each call."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # `input`: nn.Conv2d's name
+        weight, bias = self.weight.to(input.dtype), None if self.bias is None else self.bias.to(input.dtype)
+        return self._conv_forward(input, weight, bias)
 
 
-CASTING_OPERATIONS = SimpleNamespace(Linear=CastingLinear, Conv2d=CastingConv2d, GroupNorm=nn.GroupNorm,
-                                     LayerNorm=nn.LayerNorm)
+CASTING_OPERATIONS = SimpleNamespace(
+    Linear=CastingLinear, Conv2d=CastingConv2d, GroupNorm=nn.GroupNorm, LayerNorm=nn.LayerNorm
+)
 
 
 def at_least_fp32(dtype: torch.dtype) -> torch.dtype:
@@ -79,8 +87,12 @@ def through_layers(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor
 
 def norm_parameter_names(module: nn.Module) -> set[str]:
     """State-dict names of the parameters of every normalization layer in `module`."""
-    return {f"{name}.{param}" if name else param for name, child in module.named_modules()
-            if isinstance(child, NORMS) for param, _ in child.named_parameters(recurse=False)}
+    return {
+        f"{name}.{param}" if name else param
+        for name, child in module.named_modules()
+        if isinstance(child, NORMS)
+        for param, _ in child.named_parameters(recurse=False)
+    }
 
 
 def host_to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
@@ -92,7 +104,7 @@ def host_to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Te
     return tensor.to(device)
 
 
-def required_shape(checkpoint: "Checkpoint", key: str, problem: str, dims: int | None = None) -> tuple[int, ...]:
+def required_shape(checkpoint: Checkpoint, key: str, problem: str, dims: int | None = None) -> tuple[int, ...]:
     """The shape of tensor `key`; a ModelFileError saying `problem` when it is missing (or does
     not have `dims` dimensions)."""
     shape = tuple(checkpoint.shape(key)) if key in checkpoint else None
@@ -102,7 +114,7 @@ def required_shape(checkpoint: "Checkpoint", key: str, problem: str, dims: int |
     return shape
 
 
-def count_indexed(checkpoint: "Checkpoint", pattern: str, start: int = 0) -> int:
+def count_indexed(checkpoint: Checkpoint, pattern: str, start: int = 0) -> int:
     """How many of pattern.format(start), pattern.format(start + 1), ... are in the checkpoint,
     counting until the first that is not."""
     count = 0

@@ -15,8 +15,8 @@ softmax. The oracle that spells all of it out is in the tests (``tests/straightf
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 
@@ -41,8 +41,9 @@ class ReferenceFeatures:
         return sum(self.copies) if self.copies is not None else next(iter(self.tokens.values())).shape[0]
 
 
-def reference_bias(own_tokens: int, ref_tokens: int, copies: Sequence[int] | None, like: torch.Tensor
-                   ) -> torch.Tensor | None:
+def reference_bias(
+    own_tokens: int, ref_tokens: int, copies: Sequence[int] | None, like: torch.Tensor
+) -> torch.Tensor | None:
     """Additive logit bias [1, 1, 1, keys] that makes attending to each reference once the same as
     attending to all its copies (log of its count), or None when every count is 1."""
     if copies is None or all(count == 1 for count in copies):
@@ -50,13 +51,19 @@ def reference_bias(own_tokens: int, ref_tokens: int, copies: Sequence[int] | Non
     bias = torch.zeros(own_tokens + ref_tokens * len(copies), dtype=like.dtype, device=like.device)
     for index, count in enumerate(copies):
         start = own_tokens + index * ref_tokens
-        bias[start:start + ref_tokens] = math.log(count)
+        bias[start : start + ref_tokens] = math.log(count)
     return bias.view(1, 1, 1, -1)
 
 
-def reference_attention(sa1: Attention, y: torch.Tensor, references: torch.Tensor, weights: Sequence[float],
-                        copies: Sequence[int] | None = None, owners: Sequence[int] | None = None,
-                        positions: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+def reference_attention(
+    sa1: Attention,
+    y: torch.Tensor,
+    references: torch.Tensor,
+    weights: Sequence[float],
+    copies: Sequence[int] | None = None,
+    owners: Sequence[int] | None = None,
+    positions: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Per row r of y [R, L, C]: w_r * SA1(y_r, [y_r; references]) + (1 - w_r) * SA1(y_r).
 
     `references` [N, L_ref, C] are shared by every row (flattened along the tokens, reference 1
@@ -82,14 +89,15 @@ def reference_attention(sa1: Attention, y: torch.Tensor, references: torch.Tenso
 
     def attend_to(mine: list[int], queries: torch.Tensor) -> torch.Tensor:
         """The active rows' `queries` attending to their own tokens and references `mine`."""
-        ref_keys, ref_values = (take_rows(ref.view(count, ref_len, -1), mine).reshape(1, -1, ref.shape[-1])
-                                for ref in (ref_k, ref_v))
+        ref_keys, ref_values = (
+            take_rows(ref.view(count, ref_len, -1), mine).reshape(1, -1, ref.shape[-1]) for ref in (ref_k, ref_v)
+        )
         keys = torch.cat([k, ref_keys.expand(len(active), -1, -1)], 1)
         values = torch.cat([v, ref_values.expand(len(active), -1, -1)], 1)
         bias = reference_bias(own_tokens, ref_len, None if copies is None else [copies[i] for i in mine], y)
         return sa1.attend(queries, keys, values, bias)
 
-    if positions is None:
+    if positions is None or owners is None:
         mixed = attend_to(list(range(count)), q) * w + (1 - w) * plain_active
     else:
         mixed = plain_active.clone()

@@ -8,8 +8,8 @@ class logits (2), box deltas (4) and five landmark deltas (10).
 `RetinaFace.detect` reproduces the official post-processing: prior boxes for the actual input
 size, decoding with variances (0.1, 0.2), softmax face score, the best `pre_nms_topk`, score threshold
 (strictly greater), greedy NMS with the "+1 pixel" area convention (IoU <= 0.4 kept) and at most
-`post_nms_topk` detections (the official 5000 and 750). `load_face_detector` also reads facexlib's ``detection_Resnet50_Final.pth``
-naming (``ClassHead``/``BboxHead``/``LandmarkHead``, optional ``module.`` prefix).
+`post_nms_topk` detections (the official 5000 and 750). `load_face_detector` also reads facexlib's
+``detection_Resnet50_Final.pth`` naming (``ClassHead``/``BboxHead``/``LandmarkHead``, optional ``module.`` prefix).
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ def _conv_bn(ops, in_channels: int, out_channels: int, kernel_size: int, relu: b
 
     The official activation is LeakyReLU with slope 0 at these widths, i.e. a ReLU.
     """
-    layers = [ops.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-              nn.BatchNorm2d(out_channels)]
+    layers = [
+        ops.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+    ]
     if relu:
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)
@@ -62,8 +64,8 @@ class ResNet50Features(nn.Module):
         from torchvision.models import resnet50
 
         net = resnet50(weights=None)
-        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
-            self.add_module(name, getattr(net, name))
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
@@ -146,14 +148,24 @@ class RetinaFace(nn.Module):
     def forward(self, normalized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw head outputs for a normalized batch (see `normalize`): class logits [B,P,2],
         box deltas [B,P,4], landmark deltas [B,P,10], priors ordered level, row, column, anchor."""
-        features = [ssh(level) for ssh, level in zip((self.ssh1, self.ssh2, self.ssh3),
-                                                     self.fpn(self.body(normalized)))]
-        return tuple(torch.cat([head(f) for head, f in zip(heads, features)], dim=1)
-                     for heads in (self.class_head, self.bbox_head, self.landmark_head))
+        features = [
+            ssh(level) for ssh, level in zip((self.ssh1, self.ssh2, self.ssh3), self.fpn(self.body(normalized)))
+        ]
+        logits, boxes, landmarks = (
+            torch.cat([head(f) for head, f in zip(heads, features)], dim=1)
+            for heads in (self.class_head, self.bbox_head, self.landmark_head)
+        )
+        return logits, boxes, landmarks
 
     @torch.no_grad()
-    def detect(self, images: torch.Tensor, score_threshold: float, nms_threshold: float = 0.4,
-               pre_nms_topk: int = 5000, post_nms_topk: int = 750) -> list[Detections]:
+    def detect(
+        self,
+        images: torch.Tensor,
+        score_threshold: float,
+        nms_threshold: float = 0.4,
+        pre_nms_topk: int = 5000,
+        post_nms_topk: int = 750,
+    ) -> list[Detections]:
         """Faces in RGB images [B,3,H,W] with values in [0,1]; scores must exceed the threshold.
 
         Runs on the images' device (the caller's choice), the network in the weights' dtype;
@@ -161,7 +173,9 @@ class RetinaFace(nn.Module):
         """
         height, width = images.shape[-2:]
         logits, box_deltas, landmark_deltas = (
-            t.float() for t in self(normalize(images).to(self.body.conv1.weight.dtype)))
+            t.float()
+            for t in self(normalize(images).to(self.body.conv1.weight.dtype))  # type: ignore[union-attr]
+        )
         scores = logits.softmax(dim=-1)[..., 1]
         priors = prior_boxes(height, width, device=scores.device)
         boxes = decode_boxes(box_deltas, priors, width, height)
@@ -194,8 +208,9 @@ def prior_boxes(height: int, width: int, device: torch.device | str = "cpu") -> 
         cx = (torch.arange(cols, dtype=torch.float64) + 0.5) * stride / width
         grid_y, grid_x = torch.meshgrid(cy, cx, indexing="ij")
         sizes = torch.tensor(sizes, dtype=torch.float64)
-        per_anchor = torch.stack(torch.broadcast_tensors(
-            grid_x[..., None], grid_y[..., None], sizes / width, sizes / height), dim=-1)
+        per_anchor = torch.stack(
+            torch.broadcast_tensors(grid_x[..., None], grid_y[..., None], sizes / width, sizes / height), dim=-1
+        )
         levels.append(per_anchor.reshape(-1, 4))
     return torch.cat(levels).to(device=device, dtype=torch.float32)
 
@@ -241,10 +256,10 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
 def official_key(file_key: str) -> str:
     """A key of either published naming -> the official one (facexlib heads, DataParallel prefix)."""
     if file_key.startswith(DATA_PARALLEL_PREFIX):
-        file_key = file_key[len(DATA_PARALLEL_PREFIX):]
+        file_key = file_key[len(DATA_PARALLEL_PREFIX) :]
     for facexlib_name, official_name in FACEXLIB_HEAD_NAMES.items():
         if file_key.startswith(facexlib_name):
-            return official_name + file_key[len(facexlib_name):]
+            return official_name + file_key[len(facexlib_name) :]
     return file_key
 
 
@@ -260,12 +275,19 @@ def checkpoint_plan(module_keys, file_keys) -> dict[str, TensorPlan]:
     """
     file_key_by_official = {official_key(k): k for k in file_keys}
     zero_counter = TensorPlan((), lambda _: torch.zeros((), dtype=torch.int64))
-    return {key: zero_counter if _is_batch_norm_counter(key) else TensorPlan.copy(file_key_by_official.get(key, key))
-            for key in module_keys}
+    return {
+        key: zero_counter if _is_batch_norm_counter(key) else TensorPlan.copy(file_key_by_official.get(key, key))
+        for key in module_keys
+    }
 
 
-def load_face_detector(source: str | os.PathLike | Checkpoint, *, device: torch.device | str = "cpu",
-                       dtype: torch.dtype = torch.float32, operations=None) -> RetinaFace:
+def load_face_detector(
+    source: str | os.PathLike | Checkpoint,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    operations=None,
+) -> RetinaFace:
     """Load RetinaFace-R50 from a path or an open `Checkpoint` (official or facexlib naming).
 
     The official pipeline runs the detector in fp32, the default; other dtypes work too.
@@ -273,7 +295,14 @@ def load_face_detector(source: str | os.PathLike | Checkpoint, *, device: torch.
     with checkpoint_source(source) as checkpoint:
         with torch.device("meta"):
             module_keys = list(RetinaFace(operations).state_dict())
-        model = load_module(lambda: RetinaFace(operations), checkpoint, checkpoint_plan(module_keys, checkpoint.keys()),
-                            what=MODEL_NAME, device=device, dtype=dtype, ignore=_is_batch_norm_counter)
+        model = load_module(
+            lambda: RetinaFace(operations),
+            checkpoint,
+            checkpoint_plan(module_keys, checkpoint.keys()),
+            what=MODEL_NAME,
+            device=device,
+            dtype=dtype,
+            ignore=_is_batch_norm_counter,
+        )
     logger.info("loaded %s from %s", MODEL_NAME, checkpoint.path)
     return model

@@ -10,8 +10,8 @@ no value is read back from the device: rows are picked by slicing (`take_rows`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -35,8 +35,10 @@ class RowPlan:
 
     def __post_init__(self):
         if not len(self.samples) == len(self.texts) == len(self.weights):
-            raise InvalidInputError(f"A row plan needs a sample, a text and a weight for each row; got "
-                                    f"{len(self.samples)}, {len(self.texts)} and {len(self.weights)}.")
+            raise InvalidInputError(
+                f"A row plan needs a sample, a text and a weight for each row; got "
+                f"{len(self.samples)}, {len(self.texts)} and {len(self.weights)}."
+            )
         if not all(math.isfinite(weight) for weight in self.weights):
             raise InvalidInputError(f"Reference weights must be finite numbers, got {list(self.weights)}.")
 
@@ -50,9 +52,11 @@ class RowPlan:
     def of_chunks(cls, chunk_texts: Sequence[int], batch: int, weights: Sequence[float]) -> RowPlan:
         """Rows stacked chunk after chunk, `batch` each: row b of every chunk is sample b, and
         chunks with equal entries in `chunk_texts` have the same text."""
-        return cls(tuple(sample for _ in chunk_texts for sample in range(batch)),
-                   tuple(text for text in chunk_texts for _ in range(batch)),
-                   tuple(float(weight) for weight in weights))
+        return cls(
+            tuple(sample for _ in chunk_texts for sample in range(batch)),
+            tuple(text for text in chunk_texts for _ in range(batch)),
+            tuple(float(weight) for weight in weights),
+        )
 
     @property
     def rows(self) -> int:
@@ -94,8 +98,12 @@ class RowSpaces:
     """
 
     def __init__(self, plan: RowPlan):
-        keys = (plan.samples, list(zip(plan.samples, plan.texts)),
-                list(zip(plan.samples, plan.texts, plan.weights)), range(plan.rows))
+        keys = (
+            plan.samples,
+            list(zip(plan.samples, plan.texts)),
+            list(zip(plan.samples, plan.texts, plan.weights)),
+            range(plan.rows),
+        )
         grouped = [_groups(list(space_keys)) for space_keys in keys]
         self.first_rows = [first for _, first in grouped]
         # for each row of a finer space, its row in the next coarser one

@@ -26,8 +26,9 @@ parameters stay fp32), convolutions, linears and attention in the compute dtype.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,6 @@ class UNetConfig:
         return 4 * self.dim
 
 
-
 def _broadcasts_to(tensor: torch.Tensor, target: torch.Tensor) -> bool:
     try:
         return tensor.dim() == target.dim() and torch.broadcast_shapes(tensor.shape, target.shape) == target.shape
@@ -80,7 +80,6 @@ def _broadcasts_to(tensor: torch.Tensor, target: torch.Tensor) -> bool:
 BLOCK_PATCHES = ("input_block_patch", "input_block_patch_after_skip", "output_block_patch")
 
 
-@dataclass
 class BlockAdditions:
     """What ComfyUI's samplers add to a main pass, applied where its SD UNet (openaimodel.UNetModel)
     applies them, so ControlNet, T2I-Adapter, FreeU and PatchModelAddDownscale work as on SD1.5:
@@ -92,14 +91,12 @@ class BlockAdditions:
       as ComfyUI calls them, with "block" set to the block being run.
     """
 
-    control: dict | None = None
-    transformer_options: dict | None = None
-
-    def __post_init__(self):
+    def __init__(self, control: dict | None = None, transformer_options: dict | None = None):
         # the lists are consumed as the blocks run: never those of the caller
-        self.control = {name: list(values) for name, values in (self.control or {}).items()}
-        patches = (self.transformer_options or {}).get("patches") or {}
-        self.patches = {name: list(patches.get(name) or ()) for name in BLOCK_PATCHES}
+        self.control: dict[str, list] = {name: list(values) for name, values in (control or {}).items()}
+        self.transformer_options = transformer_options
+        patches = (transformer_options or {}).get("patches") or {}
+        self.patches: dict[str, list] = {name: list(patches.get(name) or ()) for name in BLOCK_PATCHES}
 
     @property
     def active(self) -> bool:
@@ -117,14 +114,16 @@ class BlockAdditions:
         if not _broadcasts_to(residual, h):
             raise InvalidInputError(
                 f"A ControlNet / T2I-Adapter residual of shape {tuple(residual.shape)} does not fit the FlashFace "
-                f"UNet's {place} block output {tuple(h.shape)}: it was made for another model (use one for SD1.5).")
+                f"UNet's {place} block output {tuple(h.shape)}: it was made for another model (use one for SD1.5)."
+            )
         return h + residual.to(h.dtype)
 
-    def patch(self, name: str, *values):
+    def patch(self, name: str, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`values` through the patches of kind `name` (one tensor, or the output and skip tensors)."""
         for patch in self.patches[name]:
-            values = patch(*values, self.transformer_options)
-            values = values if isinstance(values, tuple) else (values,)
-        return values if len(values) > 1 else values[0]
+            result = patch(*values, self.transformer_options)
+            values = result if isinstance(result, tuple) else (result,)
+        return values
 
 
 @dataclass
@@ -173,8 +172,10 @@ class _Pass:
             return None
         if grid not in self._region_positions:
             labels = F.interpolate(self.regions[None, None].float(), size=grid, mode="nearest").flatten().long()
-            self._region_positions[grid] = [host_to_device((labels == person).nonzero().flatten(), self.emb.device)
-                                            for person in range(max(self.references.owners) + 1)]
+            self._region_positions[grid] = [
+                host_to_device((labels == person).nonzero().flatten(), self.emb.device)
+                for person in range(max(self.references.owners) + 1)
+            ]
         return self._region_positions[grid]
 
 
@@ -203,15 +204,22 @@ class TransformerBlock(nn.Module):
             if run.recorded is not None:  # the reference pass
                 run.recorded[self.feature_key] = y
             elif self.reference_attn is None:
-                raise InvalidInputError(f"{MODEL_NAME}: {self.feature_key} of the reference network records tokens, "
-                                        "it reads none.")
+                raise InvalidInputError(
+                    f"{MODEL_NAME}: {self.feature_key} of the reference network records tokens, it reads none."
+                )
             elif run.references is None:  # every weight is 0
                 x = x + self.reference_attn(y)
             else:
                 x, y = run.move(WEIGHT, x, y)
                 x = x + reference_attention(
-                    self.reference_attn, y, run.references.tokens[self.feature_key], run.current_weights(),
-                    run.references.copies, run.references.owners, run.region_positions(grid))
+                    self.reference_attn,
+                    y,
+                    run.references.tokens[self.feature_key],
+                    run.current_weights(),
+                    run.references.copies,
+                    run.references.owners,
+                    run.region_positions(grid),
+                )
         (x,) = run.move(TEXT, x)
         x = x + self.attn2(norm_at_least_fp32(self.norm2, x), run.text())
         return x + self.ff(norm_at_least_fp32(self.norm3, x))
@@ -224,10 +232,12 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         self.norm = ops.GroupNorm(32, dim, eps=1e-6)
         self.proj_in = ops.Conv2d(dim, dim, 1)
-        self.transformer_blocks = nn.ModuleList([
-            TransformerBlock(ops, dim, config.context_dim, config.num_heads, reads_references)
-            for _ in range(config.num_attn_blocks)
-        ])
+        self.transformer_blocks = nn.ModuleList(
+            [
+                TransformerBlock(ops, dim, config.context_dim, config.num_heads, reads_references)
+                for _ in range(config.num_attn_blocks)
+            ]
+        )
         self.proj_out = ops.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor, run: _Pass) -> torch.Tensor:
@@ -257,19 +267,22 @@ class UNetBlock(nn.ModuleList):
 
 
 def _attention_levels(config: UNetConfig) -> list[bool]:
-    return [2.0 ** -level in config.attn_scales for level in range(len(config.dim_mult))]
+    return [2.0**-level in config.attn_scales for level in range(len(config.dim_mult))]
 
 
 def build_input_blocks(ops, config: UNetConfig, with_face_mask: bool) -> nn.ModuleList:
     """LDM's input_blocks; the main path's input conv also reads the face-position mask."""
     dim, levels = config.dim, len(config.dim_mult)
-    conv_in = (latent_and_mask_conv_class(ops.Conv2d)(config.in_channels - 1, dim) if with_face_mask
-               else ops.Conv2d(config.ref_in_channels, dim, 3, padding=1))
+    conv_in = (
+        latent_and_mask_conv_class(ops.Conv2d)(config.in_channels - 1, dim)
+        if with_face_mask
+        else ops.Conv2d(config.ref_in_channels, dim, 3, padding=1)
+    )
     layers = nn.ModuleList([UNetBlock([conv_in])])
     width = dim
     for level, (mult, has_attention) in enumerate(zip(config.dim_mult, _attention_levels(config))):
         for _ in range(config.num_res_blocks):
-            block = [ResBlock(ops, width, config.embed_dim, dim * mult)]
+            block: list[nn.Module] = [ResBlock(ops, width, config.embed_dim, dim * mult)]
             width = dim * mult
             if has_attention:
                 block.append(SpatialTransformer(ops, width, config, reads_references=False))
@@ -291,11 +304,13 @@ def _skip_widths(config: UNetConfig) -> list[int]:
 
 def build_middle_block(ops, config: UNetConfig, reads_references: bool) -> UNetBlock:
     width = config.dim * config.dim_mult[-1]
-    return UNetBlock([
-        ResBlock(ops, width, config.embed_dim, width),
-        SpatialTransformer(ops, width, config, reads_references),
-        ResBlock(ops, width, config.embed_dim, width),
-    ])
+    return UNetBlock(
+        [
+            ResBlock(ops, width, config.embed_dim, width),
+            SpatialTransformer(ops, width, config, reads_references),
+            ResBlock(ops, width, config.embed_dim, width),
+        ]
+    )
 
 
 def build_output_blocks(ops, config: UNetConfig, reads_references: bool) -> nn.ModuleList:
@@ -306,7 +321,7 @@ def build_output_blocks(ops, config: UNetConfig, reads_references: bool) -> nn.M
     for level in reversed(range(len(config.dim_mult))):
         out_width = config.dim * config.dim_mult[level]
         for j in range(config.num_res_blocks + 1):
-            block = [ResBlock(ops, width + skips.pop(), config.embed_dim, out_width)]
+            block: list[nn.Module] = [ResBlock(ops, width + skips.pop(), config.embed_dim, out_width)]
             width = out_width
             if attention[level]:
                 block.append(SpatialTransformer(ops, width, config, reads_references))
@@ -333,13 +348,15 @@ class FlashFaceUNet(nn.Module):
         # its model management reads it to estimate the memory of cast weights); None: the weights'.
         self.manual_cast_dtype: torch.dtype | None = None
         self.time_embed = nn.Sequential(
-            ops.Linear(config.dim, config.embed_dim), nn.SiLU(), ops.Linear(config.embed_dim, config.embed_dim))
+            ops.Linear(config.dim, config.embed_dim), nn.SiLU(), ops.Linear(config.embed_dim, config.embed_dim)
+        )
         self.input_blocks = build_input_blocks(ops, config, with_face_mask=True)
         self.middle_block = build_middle_block(ops, config, reads_references=True)
         self.output_blocks = build_output_blocks(ops, config, reads_references=True)
         out_width = config.dim * config.dim_mult[0]
-        self.out = nn.Sequential(ops.GroupNorm(32, out_width, eps=1e-6), nn.SiLU(),
-                                 ops.Conv2d(out_width, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            ops.GroupNorm(32, out_width, eps=1e-6), nn.SiLU(), ops.Conv2d(out_width, config.out_channels, 3, padding=1)
+        )
         # The reference network: copies of the encoder and decoder (the middle block is shared).
         self.reference_input_blocks = build_input_blocks(ops, config, with_face_mask=False)
         self.reference_output_blocks = build_output_blocks(ops, config, reads_references=False)
@@ -350,7 +367,7 @@ class FlashFaceUNet(nn.Module):
     @property
     def weight_dtype(self) -> torch.dtype:
         """Dtype the (non-norm) weights are stored in."""
-        return self.out[2].weight.dtype
+        return cast(nn.Conv2d, self.out[2]).weight.dtype
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -364,20 +381,28 @@ class FlashFaceUNet(nn.Module):
         if t.dim() == 0:
             t = t.expand(rows)
         if t.shape != (rows,):
-            raise InvalidInputError(f"{MODEL_NAME}: timesteps of shape {tuple(t.shape)} for {rows} rows; "
-                                    f"give one timestep per row or a single one.")
+            raise InvalidInputError(
+                f"{MODEL_NAME}: timesteps of shape {tuple(t.shape)} for {rows} rows; "
+                f"give one timestep per row or a single one."
+            )
         return self.time_embed(timestep_embedding(t, self.config.dim).to(self.compute_dtype))
 
-    def _through_blocks(self, x: torch.Tensor, input_blocks: nn.ModuleList, output_blocks: nn.ModuleList,
-                        run: _Pass, additions: BlockAdditions) -> torch.Tensor:
+    def _through_blocks(
+        self,
+        x: torch.Tensor,
+        input_blocks: nn.ModuleList,
+        output_blocks: nn.ModuleList,
+        run: _Pass,
+        additions: BlockAdditions,
+    ) -> torch.Tensor:
         """x through the encoder `input_blocks`, the middle block and the decoder `output_blocks`."""
-        skips = []
+        skips: list[tuple[torch.Tensor, int]] = []
         for index, block in enumerate(input_blocks):
             additions.enter("input", index)
             x = additions.add_control(block(x, run), "input")
-            x = additions.patch("input_block_patch", x)
+            (x,) = additions.patch("input_block_patch", x)
             skips.append((x, run.space))
-            x = additions.patch("input_block_patch_after_skip", x)
+            (x,) = additions.patch("input_block_patch_after_skip", x)
         additions.enter("middle", 0)
         x = additions.add_control(self.middle_block(x, run), "middle")
         for index, block in enumerate(output_blocks):
@@ -390,9 +415,14 @@ class FlashFaceUNet(nn.Module):
         return x
 
     @torch.no_grad()
-    def encode_references(self, reference_latents: torch.Tensor, t: int | torch.Tensor,
-                          reference_context: torch.Tensor, owners: Sequence[int] | None = None,
-                          copies: Sequence[int] | None = None) -> ReferenceFeatures:
+    def encode_references(
+        self,
+        reference_latents: torch.Tensor,
+        t: int | torch.Tensor,
+        reference_context: torch.Tensor,
+        owners: Sequence[int] | None = None,
+        copies: Sequence[int] | None = None,
+    ) -> ReferenceFeatures:
         """The reference pass on latents [N,4,r,r] at timestep t (a number, or [N]).
 
         `reference_context` [N,77,C] is its cross-attention context (officially the negative
@@ -404,31 +434,58 @@ class FlashFaceUNet(nn.Module):
         """
         n = reference_latents.shape[0]
         if reference_latents.dim() != 4 or reference_latents.shape[1] != self.config.ref_in_channels:
-            raise InvalidInputError(f"{MODEL_NAME}: reference latents must be [N,{self.config.ref_in_channels},r,r], "
-                                    f"got {tuple(reference_latents.shape)}.")
+            raise InvalidInputError(
+                f"{MODEL_NAME}: reference latents must be [N,{self.config.ref_in_channels},r,r], "
+                f"got {tuple(reference_latents.shape)}."
+            )
         if reference_context.shape[0] != n:
-            raise InvalidInputError(f"{MODEL_NAME}: {reference_context.shape[0]} reference contexts for {n} references.")
+            raise InvalidInputError(
+                f"{MODEL_NAME}: {reference_context.shape[0]} reference contexts for {n} references."
+            )
         if owners is not None:
             owners = tuple(int(owner) for owner in owners)
             if len(owners) != n or sorted(set(owners)) != list(range(max(owners) + 1)):
-                raise InvalidInputError(f"{MODEL_NAME}: the owners of {n} references must be one person number per "
-                                        f"reference, numbered from 0 without gaps; got {list(owners)}.")
+                raise InvalidInputError(
+                    f"{MODEL_NAME}: the owners of {n} references must be one person number per "
+                    f"reference, numbered from 0 without gaps; got {list(owners)}."
+                )
         if copies is not None:
             copies = tuple(int(count) for count in copies)
             if len(copies) != n or min(copies) < 1:
-                raise InvalidInputError(f"{MODEL_NAME}: the copies of {n} references must be one count of 1 or more "
-                                        f"per reference; got {list(copies)}.")
+                raise InvalidInputError(
+                    f"{MODEL_NAME}: the copies of {n} references must be one count of 1 or more "
+                    f"per reference; got {list(copies)}."
+                )
         device = reference_latents.device
-        run = _Pass(RowSpaces(RowPlan.unshared([0.0] * n)), (0.0,) * n, self._embed_time(t, n, device),
-                    reference_context.to(self.compute_dtype), recorded={})
-        self._through_blocks(reference_latents.to(self.compute_dtype), self.reference_input_blocks,
-                             self.reference_output_blocks, run, BlockAdditions())
-        return ReferenceFeatures(tokens=run.recorded, copies=copies, owners=owners)
+        recorded: dict[str, torch.Tensor] = {}
+        run = _Pass(
+            RowSpaces(RowPlan.unshared([0.0] * n)),
+            (0.0,) * n,
+            self._embed_time(t, n, device),
+            reference_context.to(self.compute_dtype),
+            recorded=recorded,
+        )
+        self._through_blocks(
+            reference_latents.to(self.compute_dtype),
+            self.reference_input_blocks,
+            self.reference_output_blocks,
+            run,
+            BlockAdditions(),
+        )
+        return ReferenceFeatures(tokens=recorded, copies=copies, owners=owners)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, t: int | torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None,
-                references: ReferenceFeatures | None, rows: RowPlan, additions: BlockAdditions | None = None,
-                regions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: int | torch.Tensor,
+        context: torch.Tensor,
+        mask: torch.Tensor | None,
+        references: ReferenceFeatures | None,
+        rows: RowPlan,
+        additions: BlockAdditions | None = None,
+        regions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Predicted noise [R,4,h,w] for latents x [R,4,h,w] (returned in x's dtype).
 
         t: [R] or a number; context [R,77,C]; mask [R,h,w] face-position channel (None = zeros);
@@ -442,14 +499,18 @@ class FlashFaceUNet(nn.Module):
         """
         count = x.shape[0]
         if x.dim() != 4 or x.shape[1] != self.config.in_channels - 1:
-            raise InvalidInputError(f"{MODEL_NAME}: latents must be [R,{self.config.in_channels - 1},h,w], got {tuple(x.shape)}.")
+            raise InvalidInputError(
+                f"{MODEL_NAME}: latents must be [R,{self.config.in_channels - 1},h,w], got {tuple(x.shape)}."
+            )
         if context.shape[0] != count:
             raise InvalidInputError(f"{MODEL_NAME}: {context.shape[0]} text contexts for {count} latent rows.")
         if mask is None:
             mask = x.new_zeros((count, *x.shape[2:]))
         if tuple(mask.shape) != (count, *x.shape[2:]):
-            raise InvalidInputError(f"{MODEL_NAME}: mask of shape {tuple(mask.shape)} for latents {tuple(x.shape)}; "
-                                    "give one [h,w] mask per row.")
+            raise InvalidInputError(
+                f"{MODEL_NAME}: mask of shape {tuple(mask.shape)} for latents {tuple(x.shape)}; "
+                "give one [h,w] mask per row."
+            )
         if rows.rows != count:
             raise InvalidInputError(f"{MODEL_NAME}: a row plan of {rows.rows} rows for {count} latent rows.")
         if references is None and any(weight != 0 for weight in rows.weights):
@@ -457,10 +518,17 @@ class FlashFaceUNet(nn.Module):
         self._check_regions(regions, references, x.shape[2:])
         additions = additions or BlockAdditions()
         spaces = RowSpaces(RowPlan.unshared(rows.weights) if additions.active else rows)
-        run = _Pass(spaces, rows.weights, self._embed_time(t, count, x.device), context.to(self.compute_dtype),
-                    references=references, regions=regions)
-        inputs = take_rows(torch.cat([x, mask[:, None].to(x.dtype)], 1).to(self.compute_dtype),
-                           spaces.representatives(INPUT))
+        run = _Pass(
+            spaces,
+            rows.weights,
+            self._embed_time(t, count, x.device),
+            context.to(self.compute_dtype),
+            references=references,
+            regions=regions,
+        )
+        inputs = take_rows(
+            torch.cat([x, mask[:, None].to(x.dtype)], 1).to(self.compute_dtype), spaces.representatives(INPUT)
+        )
         out = self._through_blocks(inputs, self.input_blocks, self.output_blocks, run, additions)
         (out,) = run.move(ROWS, out)
         return through_layers(self.out, out).to(x.dtype)
@@ -471,13 +539,17 @@ class FlashFaceUNet(nn.Module):
         if regions is None and owners is None:
             return
         if regions is None or owners is None:
-            raise InvalidInputError(f"{MODEL_NAME}: references of several people need the regions of the image that read "
-                                    "each (and regions need references of several people).")
+            raise InvalidInputError(
+                f"{MODEL_NAME}: references of several people need the regions of the image that read "
+                "each (and regions need references of several people)."
+            )
         if tuple(regions.shape) != tuple(size) or regions.dtype != torch.long:
-            raise InvalidInputError(f"{MODEL_NAME}: regions must be one int64 person number per latent cell, "
-                                    f"{list(size)}; got {regions.dtype} {list(regions.shape)}.")
+            raise InvalidInputError(
+                f"{MODEL_NAME}: regions must be one int64 person number per latent cell, "
+                f"{list(size)}; got {regions.dtype} {list(regions.shape)}."
+            )
         if int(regions.min()) < -1 or int(regions.max()) > max(owners):
-            raise InvalidInputError(f"{MODEL_NAME}: regions name a person with no references (people 0 to {max(owners)} "
-                                    "have some; -1 is no region).")
-
-
+            raise InvalidInputError(
+                f"{MODEL_NAME}: regions name a person with no references (people 0 to {max(owners)} "
+                "have some; -1 is no region)."
+            )

@@ -27,7 +27,6 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
-
 class Attention(nn.Module):
     """Multi-head attention; q/k/v without bias, output projection with bias."""
 
@@ -48,15 +47,15 @@ class Attention(nn.Module):
         context = x if context is None else context
         return self.attend(self.to_q(x), self.to_k(context), self.to_v(context))
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
-               ) -> torch.Tensor:
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Attention on already projected q/k/v ([B, L, C]; `bias` an additive logit bias broadcast
         to [B, heads, Lq, Lk]), then the output projection."""
         b, lq, c = q.shape
         q, k, v = (t.reshape(b, -1, self.num_heads, c // self.num_heads).transpose(1, 2) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.to_out(out.transpose(1, 2).reshape(b, lq, c))
-
 
 
 class GEGLU(nn.Module):
@@ -85,11 +84,13 @@ class ResBlock(nn.Module):
 
     def __init__(self, ops, in_dim: int, embed_dim: int, out_dim: int):
         super().__init__()
-        self.in_layers = nn.Sequential(ops.GroupNorm(32, in_dim, eps=1e-6), nn.SiLU(),
-                                       ops.Conv2d(in_dim, out_dim, 3, padding=1))
+        self.in_layers = nn.Sequential(
+            ops.GroupNorm(32, in_dim, eps=1e-6), nn.SiLU(), ops.Conv2d(in_dim, out_dim, 3, padding=1)
+        )
         self.emb_layers = nn.Sequential(nn.SiLU(), ops.Linear(embed_dim, out_dim))
-        self.out_layers = nn.Sequential(ops.GroupNorm(32, out_dim, eps=1e-6), nn.SiLU(), nn.Dropout(0.0),
-                                        ops.Conv2d(out_dim, out_dim, 3, padding=1))
+        self.out_layers = nn.Sequential(
+            ops.GroupNorm(32, out_dim, eps=1e-6), nn.SiLU(), nn.Dropout(0.0), ops.Conv2d(out_dim, out_dim, 3, padding=1)
+        )
         self.skip_connection = nn.Identity() if in_dim == out_dim else ops.Conv2d(in_dim, out_dim, 1)
 
     def forward(self, x, emb):
@@ -98,7 +99,7 @@ class ResBlock(nn.Module):
         return through_layers(self.out_layers, h) + self.skip_connection(x)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def latent_and_mask_conv_class(conv_class: type) -> type:
     """`conv_class` (the Conv2d of an operations namespace) as FlashFace's input conv."""
 

@@ -37,8 +37,12 @@ UNUSED_PREFIX = "ref_middle."
 
 
 def _require(checkpoint: Checkpoint, key: str) -> tuple[int, ...]:
-    return required_shape(checkpoint, key, f"This is not a {MODEL_NAME} checkpoint: select the FlashFace UNet file "
-                                           f"(flashface.ckpt or flashface.safetensors) in that slot.")
+    return required_shape(
+        checkpoint,
+        key,
+        f"This is not a {MODEL_NAME} checkpoint: select the FlashFace UNet file "
+        f"(flashface.ckpt or flashface.safetensors) in that slot.",
+    )
 
 
 def infer_config(checkpoint: Checkpoint, num_heads: int | None = None) -> UNetConfig:
@@ -57,8 +61,9 @@ def infer_config(checkpoint: Checkpoint, num_heads: int | None = None) -> UNetCo
         index += 1
     layouts = {(len(blocks), len({w for w, _ in blocks}), len({a for _, a in blocks})) for blocks in levels}
     if not levels[0] or len(layouts) != 1 or next(iter(layouts))[1:] != (1, 1):
-        raise ModelFileError(f"{checkpoint.path}: the encoder layout is not one a {MODEL_NAME} has; "
-                             f"select the FlashFace UNet file.")
+        raise ModelFileError(
+            f"{checkpoint.path}: the encoder layout is not one a {MODEL_NAME} has; select the FlashFace UNet file."
+        )
     attn_blocks = count_indexed(checkpoint, "middle.1.blocks.{}.norm1.weight")
     if num_heads is None:
         stored = checkpoint.metadata().get("num_heads")
@@ -67,7 +72,7 @@ def infer_config(checkpoint: Checkpoint, num_heads: int | None = None) -> UNetCo
         dim=dim,
         dim_mult=tuple(blocks[0][0] // dim for blocks in levels),
         num_res_blocks=len(levels[0]),
-        attn_scales=tuple(2.0 ** -level for level, blocks in enumerate(levels) if blocks[0][1]),
+        attn_scales=tuple(2.0**-level for level, blocks in enumerate(levels) if blocks[0][1]),
         num_attn_blocks=attn_blocks,
         num_heads=num_heads,
         context_dim=_require(checkpoint, "middle.1.blocks.0.cross_attn.k.weight")[1],
@@ -78,18 +83,35 @@ def infer_config(checkpoint: Checkpoint, num_heads: int | None = None) -> UNetCo
 
 
 # Module list names -> the published file's.
-OFFICIAL_LISTS = {"time_embed": "time_embedding", "input_blocks": "encoder", "middle_block": "middle",
-                  "output_blocks": "decoder", "out": "head", "reference_input_blocks": "ref_encoder",
-                  "reference_output_blocks": "ref_decoder"}
+OFFICIAL_LISTS = {
+    "time_embed": "time_embedding",
+    "input_blocks": "encoder",
+    "middle_block": "middle",
+    "output_blocks": "decoder",
+    "out": "head",
+    "reference_input_blocks": "ref_encoder",
+    "reference_output_blocks": "ref_decoder",
+}
 # Module path pieces -> the published file's, in this order (each piece between dots).
 OFFICIAL_PIECES = (
     (".0.op.", "."),  # a downsampling conv is an entry of its own in the file
     (".conv.", ".1."),  # the upsampling conv sits at index 1 of the file's nn.Sequential
-    (".in_layers.", ".layer1."), (".emb_layers.", ".embedding."), (".out_layers.", ".layer2."),
+    (".in_layers.", ".layer1."),
+    (".emb_layers.", ".embedding."),
+    (".out_layers.", ".layer2."),
     (".skip_connection.", ".shortcut."),
-    (".norm.", ".norm1."), (".proj_in.", ".conv1."), (".proj_out.", ".conv2."), (".transformer_blocks.", ".blocks."),
-    (".reference_attn.", ".self_attn.self_attn_first."), (".attn1.", ".self_attn."), (".attn2.", ".cross_attn."),
-    (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."), (".to_out.0.", ".o."), (".ff.net.", ".ffn."),
+    (".norm.", ".norm1."),
+    (".proj_in.", ".conv1."),
+    (".proj_out.", ".conv2."),
+    (".transformer_blocks.", ".blocks."),
+    (".reference_attn.", ".self_attn.self_attn_first."),
+    (".attn1.", ".self_attn."),
+    (".attn2.", ".cross_attn."),
+    (".to_q.", ".q."),
+    (".to_k.", ".k."),
+    (".to_v.", ".v."),
+    (".to_out.0.", ".o."),
+    (".ff.net.", ".ffn."),
 )
 
 
@@ -99,7 +121,7 @@ def official_key(module_key: str) -> str:
     head, rest = module_key.split(".", 1)
     rest = "." + rest
     if head.endswith("input_blocks") and rest.startswith(".0.0."):  # the input conv is an entry of its own too
-        rest = rest[len(".0"):]
+        rest = rest[len(".0") :]
     for piece, official in OFFICIAL_PIECES:
         rest = rest.replace(piece, official)
     return OFFICIAL_LISTS[head] + rest
@@ -131,7 +153,7 @@ def checkpoint_plan(config: UNetConfig) -> dict[str, TensorPlan]:
     plans = {}
     for key in module_keys:
         file_keys = _file_keys(key)
-        plan = TensorPlan.aliased(*file_keys) if len(file_keys) > 1 else TensorPlan.copy(file_keys[0])
+        plan = TensorPlan.copy(file_keys[0]) if len(file_keys) == 1 else TensorPlan.aliased(*file_keys)
         if key == CONV_IN_WEIGHT:
             plan = plan.narrowed(1, 0, latent_channels)
         elif key == CONV_IN_MASK_WEIGHT:
@@ -145,37 +167,55 @@ def checkpoint_key_shapes(config: UNetConfig) -> dict[str, torch.Size]:
     with torch.device("meta"):
         model = FlashFaceUNet(config)
         unused_middle = build_middle_block(TORCH_OPERATIONS, config, reads_references=False)
-    shapes = {file_key: tensor.shape for key, tensor in model.state_dict().items() for file_key in _file_keys(key)
-              if key != CONV_IN_MASK_WEIGHT}
+    shapes = {
+        file_key: tensor.shape
+        for key, tensor in model.state_dict().items()
+        for file_key in _file_keys(key)
+        if key != CONV_IN_MASK_WEIGHT
+    }
     for file_key in _file_keys(CONV_IN_WEIGHT):
         shapes[file_key] = torch.Size((config.dim, config.in_channels, 3, 3))
     shapes.update({unused_middle_file_key(key): t.shape for key, t in unused_middle.state_dict().items()})
     return shapes
 
 
-def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None) -> Layout:
+def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None) -> Layout[UNetConfig]:
     """The layout of the published file (or a compact one seen through `compact_view`): the
     never-executed `ref_middle` unused."""
     config = infer_config(checkpoint, num_heads)
     return Layout(config, checkpoint_plan(config), lambda key: key.startswith(UNUSED_PREFIX))
 
 
-def load_unet(source: str | os.PathLike | Checkpoint, *, device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float32, operations=None, num_heads: int | None = None) -> FlashFaceUNet:
+def load_unet(
+    source: str | os.PathLike | Checkpoint,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    operations=None,
+    num_heads: int | None = None,
+) -> FlashFaceUNet:
     """Load the FlashFace UNet from a path or an open `Checkpoint` into `dtype` on `device`.
 
     Norm parameters stay fp32. Each aliased tensor pair is checked equal and kept once;
-    `ref_middle.*` is never read. A compact file (`convert.convert_unet`) loads the same way. Weights stored in fp8 (`STORAGE_ONLY_DTYPES`) are cast per layer
-    to the compute dtype (`compute_dtype_for(device)`, the `manual_cast_dtype`), by the library's
-    casting layers unless `operations` (ComfyUI's cast layers) are given.
+    `ref_middle.*` is never read. A compact file (`convert.convert_unet`) loads the same way.
+    Weights stored in fp8 (`STORAGE_ONLY_DTYPES`) are cast per layer to the compute dtype
+    (`compute_dtype_for(device)`, the `manual_cast_dtype`), by the library's casting layers unless
+    `operations` (ComfyUI's cast layers) are given.
     """
     storage_only = dtype in STORAGE_ONLY_DTYPES
     with checkpoint_source(source) as opened:
         checkpoint = compact_view(opened)
         layout = infer_layout(checkpoint, num_heads)
         ops = operations or (CASTING_OPERATIONS if storage_only else TORCH_OPERATIONS)
-        model = load_module(lambda: FlashFaceUNet(layout.config, ops), checkpoint, layout.plan, what=MODEL_NAME,
-                            device=device, dtype=dtype, ignore=layout.unused)
+        model = load_module(
+            lambda: FlashFaceUNet(layout.config, ops),
+            checkpoint,
+            layout.plan,
+            what=MODEL_NAME,
+            device=device,
+            dtype=dtype,
+            ignore=layout.unused,
+        )
     if storage_only:
         model.manual_cast_dtype = compute_dtype_for(device)
     logger.info("loaded %s %s from %s", MODEL_NAME, layout.config, checkpoint.path)

@@ -55,8 +55,14 @@ class ResidualBlock(nn.Module):
     def __init__(self, ops, in_dim: int, out_dim: int):
         super().__init__()
         self.residual = nn.Sequential(
-            ops.GroupNorm(GROUPS, in_dim, eps=EPS), nn.SiLU(), ops.Conv2d(in_dim, out_dim, 3, padding=1),
-            ops.GroupNorm(GROUPS, out_dim, eps=EPS), nn.SiLU(), nn.Dropout(0.0), ops.Conv2d(out_dim, out_dim, 3, padding=1))
+            ops.GroupNorm(GROUPS, in_dim, eps=EPS),
+            nn.SiLU(),
+            ops.Conv2d(in_dim, out_dim, 3, padding=1),
+            ops.GroupNorm(GROUPS, out_dim, eps=EPS),
+            nn.SiLU(),
+            nn.Dropout(0.0),
+            ops.Conv2d(out_dim, out_dim, 3, padding=1),
+        )
         self.shortcut = ops.Conv2d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,8 +77,9 @@ class Resample(nn.Module):
         if down:
             self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), ops.Conv2d(dim, dim, 3, stride=2))
         else:
-            self.resample = nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"),
-                                          ops.Conv2d(dim, dim, 3, padding=1))
+            self.resample = nn.Sequential(
+                nn.Upsample(scale_factor=2.0, mode="nearest"), ops.Conv2d(dim, dim, 3, padding=1)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.resample(x)
@@ -94,10 +101,7 @@ class MidAttention(nn.Module):
         b, c, h, w = x.shape
         q, k, v = self.to_qkv(norm_at_least_fp32(self.norm, x)).reshape(b, 3, 1, c, h * w).transpose(-1, -2).unbind(1)
         attended = F.scaled_dot_product_attention(q, k, v)[:, 0]  # [b, hw, c]
-        if self.official:
-            attended = attended.reshape(b, c, h, w)
-        else:
-            attended = attended.transpose(1, 2).reshape(b, c, h, w)
+        attended = attended.reshape(b, c, h, w) if self.official else attended.transpose(1, 2).reshape(b, c, h, w)
         return x + self.proj(attended)
 
 
@@ -170,7 +174,7 @@ class AutoencoderKL(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Posterior mean [B, z, H/f, W/f] (unscaled) of images [B, 3, H, W] in [-1, 1]."""
         moments = self.conv1(self.encoder(images.to(self._dtype())))
-        return moments[:, :self.config.z_dim]
+        return moments[:, : self.config.z_dim]
 
     def decode(self, latents: torch.Tensor, should_cancel: CancelCheck | None = None) -> torch.Tensor:
         """Images in about [-1, 1] from unscaled latents; `should_cancel()` is asked between the
@@ -182,8 +186,13 @@ class AutoencoderKL(nn.Module):
         """Pixels per latent cell along a side."""
         return 2 ** (len(self.config.dim_mult) - 1)
 
-    def decode_tiled(self, latents: torch.Tensor, tile: int = TILE_LATENT, overlap: int = TILE_OVERLAP,
-                     should_cancel: CancelCheck | None = None) -> torch.Tensor:
+    def decode_tiled(
+        self,
+        latents: torch.Tensor,
+        tile: int = TILE_LATENT,
+        overlap: int = TILE_OVERLAP,
+        should_cancel: CancelCheck | None = None,
+    ) -> torch.Tensor:
         """`decode` in overlapping tiles of `tile`² latent cells, blended linearly across the
         overlap: a fraction of the memory of a whole decode. The result differs slightly from a
         whole decode (each tile's convolutions and mid-block attention see only that tile).
@@ -195,7 +204,7 @@ class AutoencoderKL(nn.Module):
         for top in _tile_starts(h, tile, tile - overlap):
             for left in _tile_starts(w, tile, tile - overlap):
                 stop_if_cancelled(should_cancel, "Decoding cancelled between two tiles.")
-                part = latents[:, :, top:top + tile, left:left + tile]
+                part = latents[:, :, top : top + tile, left : left + tile]
                 weight = _feather(part.shape[-2:], (top, left), (h, w), overlap, factor).to(out.device)
                 rows = slice(top * factor, (top + part.shape[-2]) * factor)
                 columns = slice(left * factor, (left + part.shape[-1]) * factor)
@@ -232,8 +241,13 @@ def module_keys(config: VAEConfig) -> list[str]:
 
 
 # ------------------------------------------------------------------ the standard (CompVis) naming
-_RESIDUAL_NAMES = {"residual.0": "norm1", "residual.2": "conv1", "residual.3": "norm2", "residual.6": "conv2",
-                   "shortcut": "nin_shortcut"}
+_RESIDUAL_NAMES = {
+    "residual.0": "norm1",
+    "residual.2": "conv1",
+    "residual.3": "norm2",
+    "residual.6": "conv2",
+    "shortcut": "nin_shortcut",
+}
 _MIDDLE_NAMES = {"middle.0": "mid.block_1", "middle.2": "mid.block_2"}
 _TOP_NAMES = {"conv1": "quant_conv", "conv2": "post_quant_conv"}
 
@@ -257,13 +271,19 @@ def _level_blocks(config: VAEConfig, per_level: int) -> list[tuple[int, str]]:
 def standard_plan(config: VAEConfig, prefix: str = "") -> dict[str, TensorPlan]:
     """Module key -> CompVis/ComfyUI key(s) under `prefix`."""
     levels = len(config.dim_mult)
-    rename: dict[str, str] = {"encoder.conv1": "encoder.conv_in", "decoder.conv1": "decoder.conv_in",
-                              "encoder.head.0": "encoder.norm_out", "encoder.head.2": "encoder.conv_out",
-                              "decoder.head.0": "decoder.norm_out", "decoder.head.2": "decoder.conv_out",
-                              **_TOP_NAMES}
+    rename: dict[str, str] = {
+        "encoder.conv1": "encoder.conv_in",
+        "decoder.conv1": "decoder.conv_in",
+        "encoder.head.0": "encoder.norm_out",
+        "encoder.head.2": "encoder.conv_out",
+        "decoder.head.0": "decoder.norm_out",
+        "decoder.head.2": "decoder.conv_out",
+        **_TOP_NAMES,
+    }
     for part, sequence, per_level, theirs, resample in (
-            ("encoder", "downsamples", config.num_res_blocks, lambda lv: f"down.{lv}", "downsample"),
-            ("decoder", "upsamples", config.num_res_blocks + 1, lambda lv: f"up.{levels - 1 - lv}", "upsample")):
+        ("encoder", "downsamples", config.num_res_blocks, lambda lv: f"down.{lv}", "downsample"),
+        ("decoder", "upsamples", config.num_res_blocks + 1, lambda lv: f"up.{levels - 1 - lv}", "upsample"),
+    ):
         for middle, name in _MIDDLE_NAMES.items():
             for ours, standard in _RESIDUAL_NAMES.items():
                 rename[f"{part}.{middle}.{ours}"] = f"{part}.{name}.{standard}"
@@ -299,18 +319,24 @@ def _shape(checkpoint: Checkpoint, key: str) -> tuple[int, ...]:
 
 def _check_latent_channels(checkpoint: Checkpoint, z_dim: int) -> None:
     if z_dim != 4:
-        raise ModelFileError(f"{checkpoint.path} is a VAE with {z_dim} latent channels (SD3 / Flux family), but "
-                             f"FlashFace is SD 1.5-based and needs an {MODEL_NAME} with 4. Select {EXPECTED_FILES}.")
+        raise ModelFileError(
+            f"{checkpoint.path} is a VAE with {z_dim} latent channels (SD3 / Flux family), but "
+            f"FlashFace is SD 1.5-based and needs an {MODEL_NAME} with 4. Select {EXPECTED_FILES}."
+        )
 
 
-def _config_from_levels(checkpoint: Checkpoint, dim: int, level_widths: list[int], res_blocks: int,
-                        z_dim: int) -> VAEConfig:
+def _config_from_levels(
+    checkpoint: Checkpoint, dim: int, level_widths: list[int], res_blocks: int, z_dim: int
+) -> VAEConfig:
     _check_latent_channels(checkpoint, z_dim)
     if not level_widths or res_blocks == 0 or any(width % dim for width in level_widths):
-        raise ModelFileError(f"{checkpoint.path} has encoder levels {level_widths} of base width {dim}; it is not an "
-                             f"{MODEL_NAME}. Select {EXPECTED_FILES}.")
-    return VAEConfig(dim=dim, dim_mult=tuple(width // dim for width in level_widths), num_res_blocks=res_blocks,
-                     z_dim=z_dim)
+        raise ModelFileError(
+            f"{checkpoint.path} has encoder levels {level_widths} of base width {dim}; it is not an "
+            f"{MODEL_NAME}. Select {EXPECTED_FILES}."
+        )
+    return VAEConfig(
+        dim=dim, dim_mult=tuple(width // dim for width in level_widths), num_res_blocks=res_blocks, z_dim=z_dim
+    )
 
 
 def _official_config(checkpoint: Checkpoint) -> VAEConfig:
@@ -326,9 +352,13 @@ def _official_config(checkpoint: Checkpoint) -> VAEConfig:
         else:
             break
         index += 1
-    return _config_from_levels(checkpoint, _shape(checkpoint, "encoder.conv1.weight")[0],
-                               [level[-1] for level in levels if level], len(levels[0]),
-                               _shape(checkpoint, "conv2.weight")[0])
+    return _config_from_levels(
+        checkpoint,
+        _shape(checkpoint, "encoder.conv1.weight")[0],
+        [level[-1] for level in levels if level],
+        len(levels[0]),
+        _shape(checkpoint, "conv2.weight")[0],
+    )
 
 
 def _standard_config(checkpoint: Checkpoint, prefix: str) -> VAEConfig:
@@ -338,11 +368,16 @@ def _standard_config(checkpoint: Checkpoint, prefix: str) -> VAEConfig:
     widths = []
     while (key := f"{prefix}encoder.down.{len(widths)}.block.0.conv2.weight") in checkpoint:
         widths.append(checkpoint.shape(key)[0])
-    return _config_from_levels(checkpoint, _shape(checkpoint, prefix + "encoder.conv_in.weight")[0], widths,
-                               res_blocks, _shape(checkpoint, prefix + "post_quant_conv.weight")[0])
+    return _config_from_levels(
+        checkpoint,
+        _shape(checkpoint, prefix + "encoder.conv_in.weight")[0],
+        widths,
+        res_blocks,
+        _shape(checkpoint, prefix + "post_quant_conv.weight")[0],
+    )
 
 
-def infer_layout(checkpoint: Checkpoint) -> Layout:
+def infer_layout(checkpoint: Checkpoint) -> Layout[VAEConfig]:
     """The layout of the official or the standard naming (a standard VAE inside a whole SD
     checkpoint: everything outside its prefix unused)."""
     if "encoder.conv1.weight" in checkpoint:
@@ -351,16 +386,23 @@ def infer_layout(checkpoint: Checkpoint) -> Layout:
     for prefix in STANDARD_PREFIXES:
         if prefix + "encoder.conv_in.weight" in checkpoint:
             config = _standard_config(checkpoint, prefix)
-            return Layout(config, standard_plan(config, prefix), lambda key: not key.startswith(prefix))
+            return Layout(config, standard_plan(config, prefix), lambda key, prefix=prefix: not key.startswith(prefix))
     sample = ", ".join(sorted(checkpoint.keys())[:3])
-    raise ModelFileError(f"{checkpoint.path} is not an {MODEL_NAME}: expected keys like encoder.conv1.weight (FlashFace) "
-                         f"or encoder.conv_in.weight (standard), found {sample or 'no tensors'}. "
-                         f"Select {EXPECTED_FILES}.")
+    raise ModelFileError(
+        f"{checkpoint.path} is not an {MODEL_NAME}: expected keys like encoder.conv1.weight (FlashFace) "
+        f"or encoder.conv_in.weight (standard), found {sample or 'no tensors'}. "
+        f"Select {EXPECTED_FILES}."
+    )
 
 
-def load_vae(source: str | os.PathLike | Checkpoint, *, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32, attention: str = VAE_ATTENTIONS[0], operations=None
-             ) -> AutoencoderKL:
+def load_vae(
+    source: str | os.PathLike | Checkpoint,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    attention: str = VAE_ATTENTIONS[0],
+    operations=None,
+) -> AutoencoderKL:
     """Load an SD 1.x VAE (either naming) from a path or an open `Checkpoint`.
 
     GroupNorm parameters stay fp32. The official pipeline runs the VAE in fp32 (the default).
@@ -369,7 +411,14 @@ def load_vae(source: str | os.PathLike | Checkpoint, *, device: torch.device | s
     """
     with checkpoint_source(source) as checkpoint:
         layout = infer_layout(checkpoint)
-        model = load_module(lambda: AutoencoderKL(layout.config, attention, operations), checkpoint, layout.plan,
-                            what=MODEL_NAME, device=device, dtype=dtype, ignore=layout.unused)
+        model = load_module(
+            lambda: AutoencoderKL(layout.config, attention, operations),
+            checkpoint,
+            layout.plan,
+            what=MODEL_NAME,
+            device=device,
+            dtype=dtype,
+            ignore=layout.unused,
+        )
     logger.info("loaded %s %s from %s", MODEL_NAME, layout.config, checkpoint.path)
     return model

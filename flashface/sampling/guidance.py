@@ -17,16 +17,16 @@ its features serve every row; the UNet skips the reference attention of rows who
 from __future__ import annotations
 
 import math
-
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import InvalidInputError
-from ..people import PeopleLayout
-from ..settings import GenerationSettings
 from ..models.row_plan import RowPlan
+from ..people import PeopleLayout
+from ..settings import OFFICIAL, GenerationSettings
 from .mask import LATENT_FACTOR
 from .noise_levels import ve_scale, ve_to_vp
 from .schedule import NoiseSchedule
@@ -58,22 +58,30 @@ def row_weights(settings: GenerationSettings, timestep: int, kinds: Sequence[int
     if three_branches(settings, timestep):
         return [settings.reference_feature_strength if kind == POSITIVE_WITH_REFERENCES else 0.0 for kind in kinds]
     if POSITIVE_WITH_REFERENCES in kinds:
-        raise InvalidInputError(f"no row with references is computed at timestep {timestep}: reference guidance "
-                                f"is not running there.")
-    strength = (settings.reference_feature_strength_before_launch if timestep > settings.launch_timestep
-                else settings.reference_feature_strength)
+        raise InvalidInputError(
+            f"no row with references is computed at timestep {timestep}: reference guidance is not running there."
+        )
+    strength = (
+        settings.reference_feature_strength_before_launch
+        if timestep > settings.launch_timestep
+        else settings.reference_feature_strength
+    )
     return [strength] * len(kinds)
 
 
-def row_plan(settings: GenerationSettings, timestep: int, chunks: Sequence[int], batch: int,
-             one_prompt_per_side: bool = True) -> RowPlan:
+def row_plan(
+    settings: GenerationSettings, timestep: int, chunks: Sequence[int], batch: int, one_prompt_per_side: bool = True
+) -> RowPlan:
     """The rows of a call at `timestep`: `chunks` (kinds) of `batch` rows each, stacked, row b of
     every chunk the same sample. With one prompt per side the positive chunks (with and without
     references) have the same text; otherwise (several conditionings on a side) each chunk is
     taken to have its own."""
     kinds = [kind for kind in chunks for _ in range(batch)]
-    texts = ([POSITIVE if kind == POSITIVE_WITH_REFERENCES else kind for kind in chunks] if one_prompt_per_side
-             else list(range(len(chunks))))
+    texts = (
+        [POSITIVE if kind == POSITIVE_WITH_REFERENCES else kind for kind in chunks]
+        if one_prompt_per_side
+        else list(range(len(chunks)))
+    )
     return RowPlan.of_chunks(texts, batch, row_weights(settings, timestep, kinds))
 
 
@@ -83,8 +91,13 @@ def rescale_guided(guided: torch.Tensor, conditional: torch.Tensor, guide_rescal
     return guided * (guide_rescale * ratio + (1 - guide_rescale)).view(-1, *([1] * (guided.dim() - 1)))
 
 
-def guided_eps(positive: torch.Tensor, negative: torch.Tensor, with_references: torch.Tensor | None,
-               text_guidance: float, settings: GenerationSettings) -> torch.Tensor:
+def guided_eps(
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    with_references: torch.Tensor | None,
+    text_guidance: float,
+    settings: GenerationSettings,
+) -> torch.Tensor:
     """The official combination of the branch predictions: ε_u + g(ε_c − ε_u) [+ c(ε_r − ε_c)],
     then the guide rescale towards ε_c."""
     guided = negative + text_guidance * (positive - negative)
@@ -106,14 +119,26 @@ class ReferenceGuidedDenoiser:
     `model_timesteps` records the integer timestep of every call.
     """
 
-    def __init__(self, unet, schedule: NoiseSchedule, positive: torch.Tensor, negative: torch.Tensor,
-                 reference_latents: torch.Tensor, mask: torch.Tensor | None = None,
-                 settings: GenerationSettings = GenerationSettings(),
-                 reference_context: torch.Tensor | None = None, *, owners: Sequence[int] | None = None,
-                 copies: Sequence[int] | None = None, regions: torch.Tensor | None = None):
+    def __init__(
+        self,
+        unet,
+        schedule: NoiseSchedule,
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+        reference_latents: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        settings: GenerationSettings = OFFICIAL,
+        reference_context: torch.Tensor | None = None,
+        *,
+        owners: Sequence[int] | None = None,
+        copies: Sequence[int] | None = None,
+        regions: torch.Tensor | None = None,
+    ):
         if positive.shape != negative.shape:
-            raise InvalidInputError(f"positive {tuple(positive.shape)} and negative {tuple(negative.shape)} "
-                                    "text embeddings must have the same shape [B,77,C].")
+            raise InvalidInputError(
+                f"positive {tuple(positive.shape)} and negative {tuple(negative.shape)} "
+                "text embeddings must have the same shape [B,77,C]."
+            )
         if reference_latents.dim() != 4 or reference_latents.shape[0] == 0:
             raise InvalidInputError("FlashFace needs at least one reference face latent [N,4,r,r].")
         if mask is not None and mask.dim() == 2:
@@ -123,8 +148,9 @@ class ReferenceGuidedDenoiser:
         self.settings = settings
         self.positive, self.negative, self.mask = positive, negative, mask
         self.reference_latents, self.owners, self.copies, self.regions = reference_latents, owners, copies, regions
-        self.reference_context = (negative[:1].expand(len(reference_latents), -1, -1)
-                                  if reference_context is None else reference_context)
+        self.reference_context = (
+            negative[:1].expand(len(reference_latents), -1, -1) if reference_context is None else reference_context
+        )
         self.model_timesteps: list[int] = []
 
     def eps(self, x: torch.Tensor, timestep: int) -> torch.Tensor:
@@ -134,8 +160,9 @@ class ReferenceGuidedDenoiser:
             raise InvalidInputError(f"{batch} latents for {self.positive.shape[0]} text embeddings.")
         branches = branch_chunks(self.settings, timestep)
         contexts = {POSITIVE_WITH_REFERENCES: self.positive, POSITIVE: self.positive, NEGATIVE: self.negative}
-        references = self.unet.encode_references(self.reference_latents, timestep, self.reference_context,
-                                                 self.owners, self.copies)
+        references = self.unet.encode_references(
+            self.reference_latents, timestep, self.reference_context, self.owners, self.copies
+        )
         out = self.unet(
             x.repeat(len(branches), 1, 1, 1),
             torch.full((len(branches) * batch,), timestep, dtype=torch.long, device=x.device),
@@ -146,8 +173,9 @@ class ReferenceGuidedDenoiser:
             regions=self.regions,
         )
         eps = dict(zip(branches, out.chunk(len(branches))))
-        return guided_eps(eps[POSITIVE], eps[NEGATIVE], eps.get(POSITIVE_WITH_REFERENCES), self.settings.text_guidance,
-                          self.settings)
+        return guided_eps(
+            eps[POSITIVE], eps[NEGATIVE], eps.get(POSITIVE_WITH_REFERENCES), self.settings.text_guidance, self.settings
+        )
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         timestep = self.schedule.model_timestep(sigma)
@@ -172,7 +200,7 @@ class RowGuidance:
 
     reference_latents: torch.Tensor
     reference_context: torch.Tensor
-    settings: GenerationSettings = GenerationSettings()
+    settings: GenerationSettings = OFFICIAL
     people: PeopleLayout | None = None
     schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
 
@@ -180,21 +208,31 @@ class RowGuidance:
         if self.reference_latents.dim() != 4 or self.reference_latents.shape[0] == 0:
             raise InvalidInputError("FlashFace needs at least one reference face latent [N,4,r,r].")
         if self.reference_context.shape[0] != self.reference_latents.shape[0]:
-            raise InvalidInputError(f"{self.reference_context.shape[0]} reference contexts for "
-                                    f"{self.reference_latents.shape[0]} references.")
-        if self.people is None:
-            object.__setattr__(self, "people", PeopleLayout.one_person(self.settings.face_box, None,
-                                                                       len(self.reference_latents)))
-        if sum(self.people.reference_counts) != len(self.reference_latents):
-            raise InvalidInputError(f"The people have {sum(self.people.reference_counts)} references between them, "
-                                    f"but {len(self.reference_latents)} reference latents were given.")
+            raise InvalidInputError(
+                f"{self.reference_context.shape[0]} reference contexts for "
+                f"{self.reference_latents.shape[0]} references."
+            )
+        if sum(self.layout.reference_counts) != len(self.reference_latents):
+            raise InvalidInputError(
+                f"The people have {sum(self.layout.reference_counts)} references between them, "
+                f"but {len(self.reference_latents)} reference latents were given."
+            )
+
+    @property
+    def layout(self) -> PeopleLayout:
+        """The people given, or one person at the settings' face box."""
+        if self.people is not None:
+            return self.people
+        return PeopleLayout.one_person(self.settings.face_box, None, len(self.reference_latents))
 
     def timestep(self, sigma) -> int:
         """The official integer model timestep of a VE sigma (a finite, non-negative number)."""
         level = float(sigma)
         if not math.isfinite(level) or level < 0:
-            raise InvalidInputError(f"A noise level (sigma) of {level} was given to FlashFace: sigmas must be finite, "
-                                    "non-negative numbers. Check the SIGMAS given to the sampler.")
+            raise InvalidInputError(
+                f"A noise level (sigma) of {level} was given to FlashFace: sigmas must be finite, "
+                "non-negative numbers. Check the SIGMAS given to the sampler."
+            )
         return self.schedule.model_timestep(ve_to_vp(level))
 
     def with_references_row(self, sigma) -> bool:
@@ -203,11 +241,19 @@ class RowGuidance:
 
     def latent_mask(self, rows: int, h: int, w: int, device) -> torch.Tensor:
         """The face-position channel [rows,h,w] for latents of h×w cells."""
-        return self.people.face_position(LATENT_FACTOR * w, LATENT_FACTOR * h).to(device).expand(rows, h, w)
+        return self.layout.face_position(LATENT_FACTOR * w, LATENT_FACTOR * h).to(device).expand(rows, h, w)
 
     @torch.no_grad()
-    def denoise(self, unet, x: torch.Tensor, sigma, context: torch.Tensor, chunks: Sequence[int],
-                additions: BlockAdditions | None = None, one_prompt_per_side: bool = True) -> torch.Tensor:
+    def denoise(
+        self,
+        unet,
+        x: torch.Tensor,
+        sigma,
+        context: torch.Tensor,
+        chunks: Sequence[int],
+        additions: BlockAdditions | None = None,
+        one_prompt_per_side: bool = True,
+    ) -> torch.Tensor:
         """x0 [R,4,h,w] of VE latents x [R,4,h,w] at `sigma` (one level, or one per row, all equal).
         The rows are `chunks` of equal size stacked (ComfyUI's cond_or_uncond), each of a kind, row
         b of every chunk the same sample, each row with text `context[r]` (see `row_plan` for
@@ -221,18 +267,37 @@ class RowGuidance:
         if not chunks or x.shape[0] % len(chunks):
             raise InvalidInputError(f"{x.shape[0]} latent rows do not make {len(chunks)} equal chunks.")
         device = x.device
-        references = unet.encode_references(self.reference_latents.to(device), t, self.reference_context.to(device),
-                                            self.people.owners, self.people.copies)
+        references = unet.encode_references(
+            self.reference_latents.to(device),
+            t,
+            self.reference_context.to(device),
+            self.layout.owners,
+            self.layout.copies,
+        )
         h, w = x.shape[2:]
         plan = row_plan(self.settings, t, chunks, x.shape[0] // len(chunks), one_prompt_per_side)
-        eps = unet(x * ve_scale(level), torch.full((plan.rows,), t, dtype=torch.long, device=device), context,
-                   self.latent_mask(plan.rows, h, w, device), references, plan, additions,
-                   regions=self.people.regions(LATENT_FACTOR * w, LATENT_FACTOR * h))
+        eps = unet(
+            x * ve_scale(level),
+            torch.full((plan.rows,), t, dtype=torch.long, device=device),
+            context,
+            self.latent_mask(plan.rows, h, w, device),
+            references,
+            plan,
+            additions,
+            regions=self.layout.regions(LATENT_FACTOR * w, LATENT_FACTOR * h),
+        )
         sigma_t, alpha_t = self.schedule.coefficients(t)
         return (x * ve_scale(level) - sigma_t * eps.float()) / alpha_t
 
-    def combine(self, x: torch.Tensor, sigma, positive: torch.Tensor, negative: torch.Tensor,
-                with_references: torch.Tensor | None, text_guidance: float) -> torch.Tensor:
+    def combine(
+        self,
+        x: torch.Tensor,
+        sigma,
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+        with_references: torch.Tensor | None,
+        text_guidance: float,
+    ) -> torch.Tensor:
         """The guided x0 from the branch x0s (see `guided_eps`), computed through ε in float64
         (float32 on MPS, which has no float64)."""
         level = float(torch.as_tensor(sigma, dtype=torch.float32).flatten()[0])
@@ -240,8 +305,14 @@ class RowGuidance:
         precise = torch.float32 if x.device.type == "mps" else torch.float64
         x_vp = x.to(precise) * ve_scale(level)
 
-        def eps(x0):
-            return None if x0 is None else (x_vp - alpha_t * x0.to(precise)) / sigma_t
+        def eps(x0: torch.Tensor) -> torch.Tensor:
+            return (x_vp - alpha_t * x0.to(precise)) / sigma_t
 
-        guided = guided_eps(eps(positive), eps(negative), eps(with_references), text_guidance, self.settings)
+        guided = guided_eps(
+            eps(positive),
+            eps(negative),
+            None if with_references is None else eps(with_references),
+            text_guidance,
+            self.settings,
+        )
         return ((x_vp - sigma_t * guided) / alpha_t).to(x.dtype)

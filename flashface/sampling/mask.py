@@ -11,7 +11,7 @@ mask and the latent have the same size.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,8 @@ def latent_size(width: int, height: int) -> tuple[int, int]:
         if value < LATENT_FACTOR or value % LATENT_FACTOR:
             raise InvalidInputError(
                 f"The image {name} must be a positive multiple of {LATENT_FACTOR}, got {value}; "
-                f"use {_nearest_multiples(value) if value >= LATENT_FACTOR else LATENT_FACTOR}.")
+                f"use {_nearest_multiples(value) if value >= LATENT_FACTOR else LATENT_FACTOR}."
+            )
     return height // LATENT_FACTOR, width // LATENT_FACTOR
 
 
@@ -67,7 +68,8 @@ def box_mask(box: Sequence[float], width: int, height: int) -> torch.Tensor:
         raise InvalidInputError(
             f"The face box {list(box)} covers no part of a {width}x{height} image (it has no size, or its square "
             "starts outside the image). Give a box around where the face should be, or set all four values to 0 "
-            "for no position hint.")
+            "for no position hint."
+        )
     return mask
 
 
@@ -84,12 +86,15 @@ def resize_mask(mask: torch.Tensor, width: int, height: int, threshold: float = 
     if mask.dim() != 2 or mask.numel() == 0:
         raise InvalidInputError(f"The face mask must be one [height, width] mask, got shape {tuple(mask.shape)}.")
     if not torch.isfinite(mask).all():
-        raise InvalidInputError("The face mask has values that are not numbers (NaN or infinite); give a mask with "
-                                "values between 0 and 1 (white = face).")
+        raise InvalidInputError(
+            "The face mask has values that are not numbers (NaN or infinite); give a mask with "
+            "values between 0 and 1 (white = face)."
+        )
     sampled = (F.interpolate(mask[None, None].float(), size=(h, w), mode="nearest")[0, 0] >= threshold).float()
     if not sampled.any():
         raise InvalidInputError(
             f"The face mask marks no face area at the {width}x{height} output (it is black, or its white part is "
             "smaller than 8 pixels). Paint where the face should be in white, or disconnect the mask and set the "
-            "face box to all zeros for no position hint.")
+            "face box to all zeros for no position hint."
+        )
     return sampled

@@ -31,21 +31,21 @@ BETA_END = 0.012
 KARRAS_RHO = 7.0
 
 
-def scaled_linear_betas(num_timesteps: int = NUM_TIMESTEPS, beta_start: float = BETA_START,
-                        beta_end: float = BETA_END) -> torch.Tensor:
+def scaled_linear_betas(
+    num_timesteps: int = NUM_TIMESTEPS, beta_start: float = BETA_START, beta_end: float = BETA_END
+) -> torch.Tensor:
     """β_i = linspace(√β_start, √β_end)², float64 (SD1.5's 'scaled_linear')."""
-    return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_timesteps, dtype=torch.float64) ** 2
+    return torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
 
 
 class NoiseSchedule:
     """The VP tables for t = 0 … T−1 and the conversions between timesteps and sigmas."""
 
-    def __init__(self, num_timesteps: int = NUM_TIMESTEPS, beta_start: float = BETA_START,
-                 beta_end: float = BETA_END):
+    def __init__(self, num_timesteps: int = NUM_TIMESTEPS, beta_start: float = BETA_START, beta_end: float = BETA_END):
         betas = scaled_linear_betas(num_timesteps, beta_start, beta_end)
         self.num_timesteps = num_timesteps
         self.sigmas = torch.sqrt(1 - torch.cumprod(1 - betas, dim=0))  # float64, VP
-        self.alphas = torch.sqrt(1 - self.sigmas ** 2)
+        self.alphas = torch.sqrt(1 - self.sigmas**2)
         self._log_ve = vp_to_ve(self.sigmas).log().float()
 
     def sigma_at(self, t: torch.Tensor) -> torch.Tensor:
@@ -92,7 +92,9 @@ def discretize(steps: int, discretization: str = "trailing", num_timesteps: int 
     elif discretization == "leading":
         timesteps = torch.arange(0, num_timesteps, num_timesteps / steps).flip(0)
     else:
-        raise InvalidInputError(f"unknown discretization {discretization!r}; choose one of {', '.join(DISCRETIZATIONS)}.")
+        raise InvalidInputError(
+            f"unknown discretization {discretization!r}; choose one of {', '.join(DISCRETIZATIONS)}."
+        )
     return timesteps.clamp(0, last).to(torch.float32)
 
 
@@ -104,8 +106,9 @@ def karras_sigmas(count: int, sigma_min: float, sigma_max: float, rho: float = K
     return ve_to_vp(ve).float()
 
 
-def sampling_sigmas(schedule: NoiseSchedule, steps: int, discretization: str = "trailing",
-                    spacing: str = "timesteps") -> torch.Tensor:
+def sampling_sigmas(
+    schedule: NoiseSchedule, steps: int, discretization: str = "trailing", spacing: str = "timesteps"
+) -> torch.Tensor:
     """Solver sigmas (VP, float32, descending, final 0 appended) of a sampling run.
 
     spacing 'timesteps' takes the sigmas at the discretized timesteps (official); 'karras' keeps

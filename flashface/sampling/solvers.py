@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -47,8 +47,10 @@ def _report(callback: StepCallback | None, i: int, sigmas, x0: torch.Tensor) -> 
 def _float_sigmas(sigmas) -> list[float]:
     values = [float(s) for s in sigmas]
     if len(values) < 2 or values[-1] != 0 or not 0 < values[0] < 1:
-        raise InvalidInputError("Solver sigmas must be VP noise levels in (0, 1) ending in 0; "
-                                "build them with flashface.sampling.schedule.sampling_sigmas.")
+        raise InvalidInputError(
+            "Solver sigmas must be VP noise levels in (0, 1) ending in 0; "
+            "build them with flashface.sampling.schedule.sampling_sigmas."
+        )
     return values
 
 
@@ -76,38 +78,54 @@ def _ancestral_levels(s: float, s_next: float, eta: float) -> tuple[float, float
     """(s_down, s_up): deterministic step to s_down, then fresh noise of std s_up (VE)."""
     if s_next == 0 or eta == 0:
         return s_next, 0.0
-    s_up = min(s_next, eta * math.sqrt(s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2))
-    return math.sqrt(s_next ** 2 - s_up ** 2), s_up
+    s_up = min(s_next, eta * math.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))
+    return math.sqrt(s_next**2 - s_up**2), s_up
 
 
 @torch.no_grad()
-def ddim(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
-         should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def ddim(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    sigmas,
+    *,
+    callback: StepCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Official DDIM (η = 0): x ← α_{i+1}·x0 + σ_{i+1}·(x − α_i·x0)/σ_i."""
     sigmas = _float_sigmas(sigmas)
     for i in _steps(sigmas, should_cancel):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0 = denoise(x, sigma)
         _report(callback, i, sigmas, x0)
-        eps = (x - math.sqrt(1 - sigma ** 2) * x0) / sigma
-        x = math.sqrt(1 - sigma_next ** 2) * x0 + sigma_next * eps
+        eps = (x - math.sqrt(1 - sigma**2) * x0) / sigma
+        x = math.sqrt(1 - sigma_next**2) * x0 + sigma_next * eps
     return x
 
 
 @torch.no_grad()
-def euler(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
-          should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None,
-          s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0
-          ) -> torch.Tensor:
+def euler(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    sigmas,
+    *,
+    callback: StepCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    generator: torch.Generator | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = math.inf,
+    s_noise: float = 1.0,
+) -> torch.Tensor:
     """Euler (Karras et al. 2022, Alg. 2). Without churn it equals DDIM; churn > 0 re-noises
     each step with noise from the generator (the VE levels s_tmin…s_tmax get churned)."""
     denoise_ve, y, s = _in_ve(denoise, x, sigmas)
     total = len(s) - 1
     for i in _steps(s, should_cancel):
-        gamma = min(s_churn / total, 2 ** 0.5 - 1) if s_tmin <= s[i] <= s_tmax else 0.0
+        gamma = min(s_churn / total, 2**0.5 - 1) if s_tmin <= s[i] <= s_tmax else 0.0
         s_hat = s[i] * (1 + gamma)
         if gamma > 0:
-            y = y + _noise(y, generator, "euler") * s_noise * math.sqrt(s_hat ** 2 - s[i] ** 2)
+            y = y + _noise(y, generator, "euler") * s_noise * math.sqrt(s_hat**2 - s[i] ** 2)
         x0 = denoise_ve(y, s_hat)
         _report(callback, i, s, x0)
         y = y + (y - x0) / s_hat * (s[i + 1] - s_hat)
@@ -115,9 +133,17 @@ def euler(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback 
 
 
 @torch.no_grad()
-def euler_ancestral(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
-                    should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None,
-                    eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
+def euler_ancestral(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    sigmas,
+    *,
+    callback: StepCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    generator: torch.Generator | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> torch.Tensor:
     """Euler step down to s_down, then fresh noise up to the next level (stochastic)."""
     denoise_ve, y, s = _in_ve(denoise, x, sigmas)
     for i in _steps(s, should_cancel):
@@ -131,8 +157,15 @@ def euler_ancestral(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: Ste
 
 
 @torch.no_grad()
-def heun(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
-         should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def heun(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    sigmas,
+    *,
+    callback: StepCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Heun's 2nd-order method (Karras et al. 2022); Euler on the last step. Two evaluations per step."""
     denoise_ve, y, s = _in_ve(denoise, x, sigmas)
     for i in _steps(s, should_cancel):
@@ -150,9 +183,17 @@ def heun(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback |
 
 
 @torch.no_grad()
-def dpm_2(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
-          should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None,
-          eta: float = 0.0, s_noise: float = 1.0) -> torch.Tensor:
+def dpm_2(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    sigmas,
+    *,
+    callback: StepCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+) -> torch.Tensor:
     """DPM-Solver-2 (midpoint in log sigma), as k-diffusion's sample_dpm_2; Euler on the last
     step. With eta > 0 (`dpm_2_ancestral`) each step goes down to s_down, then fresh noise from
     the generator brings it up to the next level."""
@@ -174,9 +215,17 @@ def dpm_2(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback 
 
 
 @torch.no_grad()
-def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallback | None = None,
-             should_cancel: CancelCheck | None = None, generator: torch.Generator | None = None,
-             eta: float = 0.0, s_noise: float = 1.0) -> torch.Tensor:
+def dpmpp_2m(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    sigmas,
+    *,
+    callback: StepCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+) -> torch.Tensor:
     """DPM-Solver++(2M): multistep, one evaluation per step, 2nd order from the second step. With
     eta > 0 (`dpmpp_2m_sde`) its SDE form (midpoint variant), with Gaussian noise from the
     generator at every step."""
@@ -191,7 +240,7 @@ def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallba
             h = math.log(s[i]) - math.log(s[i + 1])
             eta_h = eta * h
             y = (s[i + 1] / s[i]) * math.exp(-eta_h) * y - math.expm1(-h - eta_h) * x0
-            if previous_x0 is not None:
+            if previous_x0 is not None and previous_h is not None:
                 y = y - 0.5 * math.expm1(-h - eta_h) * (h / previous_h) * (x0 - previous_x0)
             if eta > 0:
                 y = y + _noise(y, generator, "dpmpp_2m_sde") * s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
@@ -202,9 +251,12 @@ def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas, *, callback: StepCallba
 
 def _stochastic(solver, name: str):
     """`solver` with eta = 1, under its own name."""
-    variant = functools.partial(solver, eta=1.0)
+
+    @functools.wraps(solver)
+    def variant(*args, **kwargs):
+        return solver(*args, eta=1.0, **kwargs)
+
     variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = solver.__doc__
     return variant
 
 

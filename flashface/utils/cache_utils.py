@@ -19,10 +19,10 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from filelock import FileLock, Timeout
 
@@ -38,9 +38,22 @@ from .http_download import (
 )
 
 __all__ = [  # the cache's interface; ExpectedFile and DownloadSettings are defined where they are used
-    "CORRUPT_SUFFIX", "PART_SUFFIX", "SIDECAR_SUFFIX", "DownloadSettings", "ExpectedFile", "FileRecord",
-    "ProgressCallback", "download_file", "hash_file", "manual_install_hint", "network_disabled", "read_record",
-    "record_unusable", "recorded_load_failure", "source_urls", "verify_file",
+    "CORRUPT_SUFFIX",
+    "PART_SUFFIX",
+    "SIDECAR_SUFFIX",
+    "DownloadSettings",
+    "ExpectedFile",
+    "FileRecord",
+    "ProgressCallback",
+    "download_file",
+    "hash_file",
+    "manual_install_hint",
+    "network_disabled",
+    "read_record",
+    "record_unusable",
+    "recorded_load_failure",
+    "source_urls",
+    "verify_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,8 +112,9 @@ def _write_record(path: Path, record: FileRecord) -> None:
         temporary.write_text(json.dumps(asdict(record), indent=1), encoding="utf-8")
         os.replace(temporary, sidecar)
     except OSError as exc:
-        logger.warning("Could not record the check of %s in %s (%s); it will be hashed again next time",
-                       path, sidecar, exc)
+        logger.warning(
+            "Could not record the check of %s in %s (%s); it will be hashed again next time", path, sidecar, exc
+        )
 
 
 def verify_file(path: Path, expected: ExpectedFile, progress: ProgressCallback | None = None) -> str | None:
@@ -116,14 +130,18 @@ def verify_file(path: Path, expected: ExpectedFile, progress: ProgressCallback |
     if expected.size is not None and stat.st_size != expected.size:
         return f"size is {stat.st_size} bytes, expected {expected.size}"
     record = read_record(path)
-    current = record is not None and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
-    if current and not record.verified and record.problem:
-        return record.problem
-    if current:
-        md5, sha256 = record.md5, record.sha256
+    # the record of this very file (same size and modification time), else None
+    current = (
+        record if record is not None and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns) else None
+    )
+    if current is not None and not current.verified and current.problem:
+        return current.problem
+    if current is not None:
+        md5, sha256 = current.md5, current.sha256
     else:
-        logger.info("Checking %s (%.2f GB) once; the result is kept in %s",
-                    path, stat.st_size / 1e9, sidecar_path(path).name)
+        logger.info(
+            "Checking %s (%.2f GB) once; the result is kept in %s", path, stat.st_size / 1e9, sidecar_path(path).name
+        )
         md5, sha256 = hash_file(path, progress=progress)
     problems = mismatches(expected, stat.st_size, md5, sha256)
     checks = pinned_checks(expected)
@@ -133,17 +151,32 @@ def verify_file(path: Path, expected: ExpectedFile, progress: ProgressCallback |
         checks = list(record.checks)
     elif not expected.has_checksum and not problems:
         logger.warning("%s has no published checksum to compare with; accepted on its exact size", path)
-    if not problems and not current and expected.format_problem is not None:
-        if format_problem := expected.format_problem(path):
-            problems.append(format_problem)
+    if (
+        not problems
+        and current is None
+        and expected.format_problem is not None
+        and (format_problem := expected.format_problem(path))
+    ):
+        problems.append(format_problem)
     verified, problem = not problems, "; ".join(problems) or None
     # A checked download's record is the reference for files without a pinned checksum: a
     # rejection of a later copy must not replace it (the copy is checked again next time).
     keeps_reference = record is not None and record.is_reference and not verified and not expected.has_checksum
-    unchanged = current and (record.verified, record.problem) == (verified, problem)
+    unchanged = current is not None and (current.verified, current.problem) == (verified, problem)
     if not unchanged and not keeps_reference:
-        _write_record(path, FileRecord(stat.st_size, stat.st_mtime_ns, md5, sha256, verified, tuple(checks),
-                                       record.source if record is not None else None, problem))
+        _write_record(
+            path,
+            FileRecord(
+                stat.st_size,
+                stat.st_mtime_ns,
+                md5,
+                sha256,
+                verified,
+                tuple(checks),
+                record.source if record is not None else None,
+                problem,
+            ),
+        )
     return problem
 
 
@@ -167,8 +200,12 @@ def record_unusable(path: Path, problem: str) -> None:
         return
     record = read_record(path)
     if record is not None and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
-        _write_record(path, FileRecord(record.size, record.mtime_ns, record.md5, record.sha256, False, record.checks,
-                                       record.source, problem))
+        _write_record(
+            path,
+            FileRecord(
+                record.size, record.mtime_ns, record.md5, record.sha256, False, record.checks, record.source, problem
+            ),
+        )
 
 
 def _first_writable(directories: Sequence[Path], file_name: str, urls: Sequence[str]) -> Path:
@@ -183,7 +220,8 @@ def _first_writable(directories: Sequence[Path], file_name: str, urls: Sequence[
     raise DownloadError(
         f"Cannot save {file_name}: no model folder is writable ({'; '.join(failures)}). Make the folder writable, "
         f"or give FlashFace another one (a 'flashface:' line in ComfyUI's extra_model_paths.yaml, or "
-        f"FLASHFACE_MODELS_DIR outside ComfyUI). {manual_install_hint(urls, directories[0] / file_name)}.")
+        f"FLASHFACE_MODELS_DIR outside ComfyUI). {manual_install_hint(urls, directories[0] / file_name)}."
+    )
 
 
 def _aside_path(path: Path) -> Path:
@@ -207,11 +245,19 @@ def _wait_for_lock(lock: FileLock, target: Path, timeout: float | None) -> None:
     except Timeout as exc:
         raise DownloadError(
             f"Another process has been downloading {target.name} for more than {timeout:.0f} s "
-            f"(lock {lock.lock_file}). Wait for it, or stop it and run again.") from exc
+            f"(lock {lock.lock_file}). Wait for it, or stop it and run again."
+        ) from exc
 
 
-def download_file(urls: Sequence[str], directories: Sequence[Path], file_name: str, expected: ExpectedFile, *,
-                  progress: ProgressCallback | None = None, settings: DownloadSettings | None = None) -> Path:
+def download_file(
+    urls: Sequence[str],
+    directories: Sequence[Path],
+    file_name: str,
+    expected: ExpectedFile,
+    *,
+    progress: ProgressCallback | None = None,
+    settings: DownloadSettings | None = None,
+) -> Path:
     """Download `file_name` into the first writable of `directories` and return its verified path.
 
     `urls` are tried in order (after the environment overrides). If another process holds the
@@ -225,7 +271,8 @@ def download_file(urls: Sequence[str], directories: Sequence[Path], file_name: s
         raise DownloadError(
             f"{file_name} was not downloaded: FlashFace is offline (FLASHFACE_OFFLINE or HF_HUB_OFFLINE is set). "
             f"{manual_install_hint(urls, Path(directories[0]) / file_name)}, or unset the variable to let FlashFace "
-            f"download it.")
+            f"download it."
+        )
     directory = _first_writable([Path(d) for d in directories], file_name, urls)
     target = directory / file_name
     lock = FileLock(str(target) + LOCK_SUFFIX)
@@ -244,18 +291,25 @@ def download_file(urls: Sequence[str], directories: Sequence[Path], file_name: s
         lock.release()
 
 
-def _download_verified(urls: list[str], target: Path, expected: ExpectedFile, settings: DownloadSettings,
-                       progress: ProgressCallback | None) -> None:
+def _download_verified(
+    urls: list[str], target: Path, expected: ExpectedFile, settings: DownloadSettings, progress: ProgressCallback | None
+) -> None:
     outcome = download_to_part(urls, target, expected, settings, progress)
     if isinstance(outcome, VerifiedPart):
         os.replace(outcome.path, target)  # atomic: the final path only ever holds a checked file
         stat = target.stat()
-        _write_record(target, FileRecord(stat.st_size, stat.st_mtime_ns, outcome.md5, outcome.sha256, True,
-                                         outcome.checks, outcome.source))
+        _write_record(
+            target,
+            FileRecord(
+                stat.st_size, stat.st_mtime_ns, outcome.md5, outcome.sha256, True, outcome.checks, outcome.source
+            ),
+        )
         logger.info("Downloaded %s (MD5 %s, verified: %s)", target, outcome.md5, ", ".join(outcome.checks))
         return
     aside = _aside_path(target)
     kept = f" The earlier, bad copy is kept as {aside}; delete it once you have a good one." if aside.exists() else ""
     raise DownloadError(
-        f"Could not download {target.name}:\n  " + "\n  ".join(outcome)
-        + f"\n{manual_install_hint(urls, target)}; it is checked at the next start.{kept}")
+        f"Could not download {target.name}:\n  "
+        + "\n  ".join(outcome)
+        + f"\n{manual_install_hint(urls, target)}; it is checked at the next start.{kept}"
+    )

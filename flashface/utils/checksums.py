@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
@@ -28,7 +28,7 @@ class ExpectedFile:
     size: int | None = None
     md5: str | None = None
     sha256: str | None = None
-    format_problem: Callable[[Path], "str | None"] | None = None
+    format_problem: Callable[[Path], str | None] | None = None
 
     @property
     def has_checksum(self) -> bool:
@@ -40,8 +40,16 @@ class Progress:
 
     def __init__(self, description: str, total: int | None, done: int, callback: ProgressCallback | None):
         self.total, self.done, self._callback = total, done, callback
-        self._bar = tqdm(desc=description, total=total, initial=done, unit="B", unit_scale=True,
-                         unit_divisor=1024, disable=None, leave=False)
+        self._bar = tqdm(
+            desc=description,
+            total=total,
+            initial=done,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=None,
+            leave=False,
+        )
         self._last_report = 0.0
 
     def set_total(self, total: int | None, done: int) -> None:
@@ -109,5 +117,8 @@ def mismatches(expected: ExpectedFile, size: int, md5: str, sha256: str) -> list
 def pinned_checks(expected: ExpectedFile) -> list[str]:
     """Names of the checks `mismatches` makes, for the record."""
     checks = ["size"] if expected.size is not None else []
-    return checks + [f"{name} pinned in the registry"
-                     for name, value in (("MD5", expected.md5), ("SHA-256", expected.sha256)) if value]
+    return checks + [
+        f"{name} pinned in the registry"
+        for name, value in (("MD5", expected.md5), ("SHA-256", expected.sha256))
+        if value
+    ]

@@ -21,9 +21,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import urlparse
 
 import requests
@@ -60,8 +60,9 @@ class DownloadSettings:
 def source_urls(urls: Sequence[str], file_name: str) -> list[str]:
     """The URLs to try, in order, after the FLASHFACE_MIRROR and HF_ENDPOINT overrides."""
     endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/")
-    rewritten = [endpoint + url[len(HUGGING_FACE):] if endpoint and url.startswith(HUGGING_FACE + "/") else url
-                 for url in urls]
+    rewritten = [
+        endpoint + url[len(HUGGING_FACE) :] if endpoint and url.startswith(HUGGING_FACE + "/") else url for url in urls
+    ]
     mirror = os.environ.get("FLASHFACE_MIRROR", "").rstrip("/")
     return ([f"{mirror}/{file_name}"] if mirror else []) + rewritten
 
@@ -123,8 +124,14 @@ class VerifiedPart:
 class _PartialDownload:
     """One file being downloaded into its .part file, with running hashes of what is on disk."""
 
-    def __init__(self, target: Path, urls: Sequence[str], expected: ExpectedFile, settings: DownloadSettings,
-                 progress: ProgressCallback | None):
+    def __init__(
+        self,
+        target: Path,
+        urls: Sequence[str],
+        expected: ExpectedFile,
+        settings: DownloadSettings,
+        progress: ProgressCallback | None,
+    ):
         self.target, self.urls, self.expected, self.settings = target, urls, expected, settings
         self.part = target.with_name(target.name + PART_SUFFIX)
         self.hashes = Hashes()
@@ -170,8 +177,13 @@ class _PartialDownload:
         if (token := _hf_token()) and _is_hugging_face(url):
             headers["Authorization"] = f"Bearer {token}"
         try:
-            with session.get(url, headers=headers, stream=True, allow_redirects=True,
-                             timeout=(self.settings.connect_timeout, self.settings.read_timeout)) as response:
+            with session.get(
+                url,
+                headers=headers,
+                stream=True,
+                allow_redirects=True,
+                timeout=(self.settings.connect_timeout, self.settings.read_timeout),
+            ) as response:
                 self._accept(response, offset)
                 self._stream_body(response)
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
@@ -183,7 +195,9 @@ class _PartialDownload:
         """Take the response's body as the continuation of the .part file, or say why not."""
         self._check_status(response.status_code)
         self._check_server_checksum(response)
-        total = self._resumed_total(response, offset) if response.status_code == 206 else self._full_total(response, offset)
+        total = (
+            self._resumed_total(response, offset) if response.status_code == 206 else self._full_total(response, offset)
+        )
         total = total or _server_size(response)
         if total is not None:
             self._take_total(total)
@@ -210,7 +224,9 @@ class _PartialDownload:
             raise _Transient("the file changed on the server")
         self.server_sha256 = published or self.server_sha256
         if not self.expected.has_checksum and self.server_sha256 is None:
-            raise _UrlFailed("the server publishes no checksum for the file and none is known, so it cannot be verified")
+            raise _UrlFailed(
+                "the server publishes no checksum for the file and none is known, so it cannot be verified"
+            )
 
     def _resumed_total(self, response: requests.Response, offset: int) -> int | None:
         """A 206 must continue exactly where the .part file ends."""
@@ -223,8 +239,9 @@ class _PartialDownload:
     def _full_total(self, response: requests.Response, offset: int) -> int | None:
         """A 200 sends the whole file: what was already there is dropped."""
         if offset:
-            logger.info("The server ignored the resume request for %s; downloading it again from the start",
-                        self.target.name)
+            logger.info(
+                "The server ignored the resume request for %s; downloading it again from the start", self.target.name
+            )
             self.restart()
         length = response.headers.get("Content-Length", "")
         return int(length) if length.isdigit() else None
@@ -251,7 +268,8 @@ class _PartialDownload:
                 raise DownloadError(
                     f"The disk is full while downloading {self.target.name} ({self.hashes.size} of "
                     f"{self.total or '?'} bytes saved in {self.part}). Free some space and run again: the download "
-                    f"resumes. {manual_install_hint(self.urls, self.target)}.") from exc
+                    f"resumes. {manual_install_hint(self.urls, self.target)}."
+                ) from exc
             raise
 
     def problems(self) -> tuple[list[str], list[str]]:
@@ -274,11 +292,17 @@ def check_free_space(target: Path, needed: int, urls: Sequence[str]) -> None:
         raise DownloadError(
             f"Not enough disk space to download {target.name}: it needs {needed / 1e9:.2f} GB more, but only "
             f"{free / 1e9:.2f} GB are free in {target.parent}. Free some space (or point the model folder at "
-            f"another disk) and run again. {manual_install_hint(urls, target)}.")
+            f"another disk) and run again. {manual_install_hint(urls, target)}."
+        )
 
 
-def download_to_part(urls: Sequence[str], target: Path, expected: ExpectedFile, settings: DownloadSettings,
-                     progress: ProgressCallback | None) -> VerifiedPart | list[str]:
+def download_to_part(
+    urls: Sequence[str],
+    target: Path,
+    expected: ExpectedFile,
+    settings: DownloadSettings,
+    progress: ProgressCallback | None,
+) -> VerifiedPart | list[str]:
     """Download `target` into its .part file from the first URL that gives a file that passes its
     checks; the verified part, or what went wrong with each URL."""
     download = _PartialDownload(target, urls, expected, settings, progress)
@@ -296,10 +320,16 @@ def download_to_part(urls: Sequence[str], target: Path, expected: ExpectedFile, 
                         break
                     problems, checks = download.problems()
                     if not problems:
-                        return VerifiedPart(download.part, download.hashes.md5.hexdigest(),
-                                            download.hashes.sha256.hexdigest(), tuple(checks), url)
-                    logger.warning("Download %d of %s from %s is corrupt (%s)", attempt, target.name, url,
-                                   "; ".join(problems))
+                        return VerifiedPart(
+                            download.part,
+                            download.hashes.md5.hexdigest(),
+                            download.hashes.sha256.hexdigest(),
+                            tuple(checks),
+                            url,
+                        )
+                    logger.warning(
+                        "Download %d of %s from %s is corrupt (%s)", attempt, target.name, url, "; ".join(problems)
+                    )
                     download.restart()
                     failures.append(f"{url}: download {attempt} failed its check ({'; '.join(problems)})")
     finally:

@@ -4,7 +4,8 @@ allocator's cache, and retry a computation in smaller pieces."""
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 
@@ -31,13 +32,14 @@ def free_cached_memory(device: torch.device) -> None:
 
 def first_that_fits(attempts: Sequence[tuple[str, Callable[[], T]]], device: torch.device) -> T:
     """Run the attempts in order (largest piece first) until one does not run out of memory."""
-    for index, (name, attempt) in enumerate(attempts):
+    for index, (_, attempt) in enumerate(attempts):
         try:
             return attempt()
         except Exception as error:  # noqa: BLE001 - only out-of-memory errors are retried
             if not is_out_of_memory(error) or index == len(attempts) - 1:
                 raise
-            logger.warning("Out of memory on %s (%s); trying again %s", device, str(error).splitlines()[0],
-                           attempts[index + 1][0])
+            logger.warning(
+                "Out of memory on %s (%s); trying again %s", device, str(error).splitlines()[0], attempts[index + 1][0]
+            )
         free_cached_memory(device)
     raise AssertionError("no attempts given")
