@@ -1,7 +1,6 @@
 """The shared checkpoint reader and module loader (flashface/models/checkpoint.py)."""
 
 import collections
-from pathlib import Path
 
 import pytest
 import torch
@@ -219,34 +218,20 @@ def test_a_loaded_module_owns_its_weights(tmp_path, suffix):
     """Overwriting the file in place (cp, curl -o) changes nothing in the loaded module, and a
     truncated file (its mapping gone) does not fault: run where a SIGBUS cannot end the test run."""
     import subprocess
-    import sys
-    import textwrap
+
+    from comfy_process import child_command, result_of
 
     generator = torch.Generator().manual_seed(0)
     weights = {k: torch.randn(v.shape, generator=generator) for k, v in TwoLayersBig().state_dict().items()}
     path = _save(weights, tmp_path / f"big{suffix}")
-    script = textwrap.dedent(f"""
-        import torch, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_checkpoint import TwoLayersBig, copy_plan
-        from flashface.models.checkpoint import load_module, open_checkpoint
-        checkpoint = open_checkpoint({str(path)!r})
-        module = load_module(TwoLayersBig, checkpoint, copy_plan(checkpoint.keys()), what="test model")
-        checkpoint.close()
-        before = module.linear.weight.clone()
-        size = {path.stat().st_size}
-        with open({str(path)!r}, "r+b") as f:   # overwritten in place
-            f.write(b"\\x00" * size)
-        assert torch.equal(module.linear.weight, before), "the module changed with the file"
-        with open({str(path)!r}, "r+b") as f:   # truncated
-            f.truncate(0)
-        print("sum", float(module.linear.weight.sum() + module.norm.weight.sum()))
-    """)
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120
+        child_command("process_scenarios:module_outlives_its_file", path=str(path)),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
-    assert done.stdout.startswith("sum ")
+    assert result_of(done.stdout) == pytest.approx(float(weights["linear.weight"].sum() + weights["norm.weight"].sum()))
 
 
 class TwoLayersBig(nn.Module):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import install
+from comfy_process import child_command, result_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,13 +82,10 @@ def test_modules_the_nodes_import_leave_open_clip_unimported():
         }
     )
     assert "flashface.models.clip_text" in modules
-    code = (
-        f"import sys; import {', '.join(modules)}; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('open_clip', 'timm')))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    command = child_command("process_scenarios:modules_imported_by", modules=modules, families=["open_clip", "timm"])
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert result_of(result.stdout) == []
 
 
 def test_without_pip_it_installs_with_uv_and_says_so(tmp_path, monkeypatch, capsys):

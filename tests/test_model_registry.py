@@ -9,13 +9,13 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
-import textwrap
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from comfy_process import child_command, result_of
 from flashface.errors import DownloadError, ModelFileError, RegistryError
 from flashface.models.model_registry import (
     KINDS,
@@ -359,30 +359,15 @@ def test_token_is_not_sent_to_other_hosts_and_their_etags_are_not_taken_for_chec
 def test_two_processes_asking_for_the_same_file_make_one_download(server, tmp_path):
     data = payload()
     url = server.add("/model.pth", data, delay=0.1)  # about 1.3 s of transfer
-    script = textwrap.dedent(f"""
-        import logging, os, sys, time
-        sys.path.insert(0, {str(REPO)!r})
-        logging.basicConfig(level=logging.INFO)
-        from flashface.models.model_registry import MODEL_REGISTRY, get_model_path
-        from flashface.utils.cache_utils import DownloadSettings
-        open(os.path.join({str(tmp_path)!r}, "ready-" + sys.argv[1]), "w").close()
-        while len([n for n in os.listdir({str(tmp_path)!r}) if n.startswith("ready-")]) < 2:
-            time.sleep(0.01)
-        time.sleep(0.3 * int(sys.argv[1]))
-        MODEL_REGISTRY["t"] = {{"url": {url!r}, "md5": {md5_of(data)!r}, "filename": "model.pth",
-                               "description": "test"}}
-        print(get_model_path("t", models_dir={str(tmp_path / "models")!r},
-                             settings=DownloadSettings(read_timeout=5, backoff_seconds=0.01)))
-    """)
+    command = partial(
+        child_command, "process_scenarios:download_beside_another", folder=str(tmp_path), url=url, md5=md5_of(data)
+    )
     processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for i in range(2)
+        subprocess.Popen(command(index=i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)
     ]
     outputs = [process.communicate(timeout=60) for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
-    assert {out.strip() for out, _ in outputs} == {str(tmp_path / "models" / "model.pth")}
+    assert {result_of(out) for out, _ in outputs} == {str(tmp_path / "models" / "model.pth")}
     assert "Another process is downloading" in outputs[1][1]
     assert len(server.requests_for("/model.pth")) == 1
     assert (tmp_path / "models" / "model.pth").read_bytes() == data
