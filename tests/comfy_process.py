@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from comfy_server import ComfyInstall
 
@@ -29,6 +29,17 @@ def result_of(stdout: str) -> Any:
     """The scenario's result from the child's output (None when it printed none)."""
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     return json.loads(lines[-1][len("RESULT ") :]) if lines else None
+
+
+class TinyPaths(TypedDict):
+    unet: str
+    vae: str
+    clip: str
+
+
+def tiny_paths(files: dict) -> TinyPaths:
+    """The tiny UNet, VAE and text encoder files of the `tiny_model_files` fixture, as a scenario takes them."""
+    return TinyPaths(unet=str(files["unet_name"]), vae=str(files["vae_name"]), clip=str(files["clip_name"]))
 
 
 def run_with_comfyui(

@@ -25,6 +25,13 @@ from flashface_pack.nodes.comfy_model import ldm_unet_config
 
 LEFT = dict(face_x1=0.05, face_y1=0.2, face_x2=0.35, face_y2=0.5)
 RIGHT = dict(face_x1=0.6, face_y1=0.2, face_x2=0.9, face_y2=0.5)
+# FlashFace Apply's reference settings, official
+APPLY_SETTINGS = dict(
+    reference_feature_strength=1.2,
+    reference_feature_strength_before_launch=0.85,
+    reference_guidance_strength=3.2,
+    launch_timestep=750,
+)
 GENERATOR_SETTINGS = dict(
     solver="ddim",
     discretization="trailing",
@@ -59,6 +66,14 @@ def messages(calls: dict[str, Callable[[], object]]) -> dict[str, str]:
         except Exception as error:
             found[name] = f"RAW {type(error).__name__}: {error}"
     return found
+
+
+def ksample(model, positive, negative, latent_shape: tuple[int, ...]) -> torch.Tensor:
+    """Stock KSampler on `model` from a zero latent: 3 euler steps, seed 3, cfg 7.5."""
+    import nodes as comfy_nodes  # ComfyUI's (imported once the pack is)
+
+    latent = {"samples": torch.zeros(latent_shape)}
+    return comfy_nodes.KSampler().sample(model, 3, 3, 7.5, "euler", "normal", positive, negative, latent)[0]["samples"]
 
 
 def difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -269,10 +284,7 @@ def apply_with_faces(flashface, negative, faces: int):
         negative=negative,
         padding_seed=0,
         pad_references=False,
-        reference_feature_strength=1.2,
-        reference_feature_strength_before_launch=0.85,
-        reference_guidance_strength=3.2,
-        launch_timestep=750,
+        **APPLY_SETTINGS,
         face_x1=0.3,
         face_y1=0.1,
         face_x2=0.6,
@@ -293,13 +305,8 @@ def model_path(unet: str, vae: str, clip: str) -> dict:
         estimates[name] = model.model.memory_required(shape)
     estimates["sd15"] = comfy.model_base.BaseModel.memory_required(four.model, shape)
 
-    import nodes as comfy_nodes  # ComfyUI's (imported once the pack is)
-
     def sample():
-        latent = {"samples": torch.zeros(1, 4, 8, 8)}
-        return comfy_nodes.KSampler().sample(four, 3, 3, 7.5, "euler", "normal", positive, negative, latent)[0][
-            "samples"
-        ]
+        return ksample(four, positive, negative, (1, 4, 8, 8))
 
     whole = sample()
     mm.unload_all_models()
@@ -345,8 +352,6 @@ def sd15_keys(unet: str) -> dict:
 def two_people(unet: str, vae: str, clip: str) -> dict:
     """FlashFace Person chained, the Generator and Apply + KSampler with one person given as a
     Person (against the faces given directly) and with two, and wrong people wiring."""
-    import nodes as comfy_nodes  # ComfyUI's (imported once the pack is)
-
     flashface = tiny_flashface(unet, vae, clip)
     _, positive, negative, _ = text_encode.FlashFaceCLIPTextEncode().encode(flashface, "two people")
     encoded, _, _, _ = text_encode.FlashFaceCLIPTextEncode().encode(flashface, "two people")
@@ -365,17 +370,11 @@ def two_people(unet: str, vae: str, clip: str) -> dict:
             negative=negative,
             padding_seed=3,
             pad_references=True,
-            reference_feature_strength=1.2,
-            reference_feature_strength_before_launch=0.85,
-            reference_guidance_strength=3.2,
-            launch_timestep=750,
+            **APPLY_SETTINGS,
             **given,
             **box,
         )[0]
-        latent = {"samples": torch.zeros(1, 4, 8, 12)}
-        return comfy_nodes.KSampler().sample(model, 3, 3, 7.5, "euler", "normal", positive, negative, latent)[0][
-            "samples"
-        ]
+        return ksample(model, positive, negative, (1, 4, 8, 12))
 
     def person_with_no_box():
         return people.FlashFacePerson().person(faces_b, people=one, face_x1=0.0, face_y1=0.0, face_x2=0.0, face_y2=0.0)[

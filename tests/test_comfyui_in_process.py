@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_process import run_with_comfyui
+from comfy_process import run_with_comfyui, tiny_paths
 
 pytestmark = pytest.mark.comfyui
 
@@ -187,9 +187,7 @@ def test_the_model_path_estimates_its_memory_and_runs_partially_loaded(comfy_ins
         comfy_install,
         "model_path",
         tmp_path,
-        unet=str(tiny_model_files["unet_name"]),
-        vae=str(tiny_model_files["vae_name"]),
-        clip=str(tiny_model_files["clip_name"]),
+        **tiny_paths(tiny_model_files),
     )
     estimates = result["estimates"]
     assert estimates["four"] > estimates["one"] > estimates["sd15"] > 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from comfy_process import run_with_comfyui
+from comfy_process import run_with_comfyui, tiny_paths
 
 pytestmark = pytest.mark.comfyui
 
@@ -17,9 +17,7 @@ def test_people_nodes_chain_and_one_person_is_todays_image(comfy_install, tiny_m
         comfy_install,
         "two_people",
         tmp_path,
-        unet=str(tiny_model_files["unet_name"]),
-        vae=str(tiny_model_files["vae_name"]),
-        clip=str(tiny_model_files["clip_name"]),
+        **tiny_paths(tiny_model_files),
     )
     assert result["chained"] == [1, 2, [2, 1], [[0.05, 0.2, 0.35, 0.5], [0.6, 0.2, 0.9, 0.5]]]
     # one person as a Person node (its box; the Generator's own box is then unused) is the same image

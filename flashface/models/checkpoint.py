@@ -402,3 +402,27 @@ def load_module(
     module.requires_grad_(False).eval()
     logger.debug("loaded %s from %s (%d tensors, %s, %s)", what, checkpoint.path, len(state), device, dtype)
     return module
+
+
+def load_layout(
+    build: Callable[[ConfigT], ModuleT],
+    checkpoint: Checkpoint,
+    layout: Layout[ConfigT],
+    *,
+    what: str,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> ModuleT:
+    """What every loader does with the `layout` its `infer_layout` read off `checkpoint`:
+    `build(layout.config)` filled by `load_module` (the keys `layout.unused` may stay unread)."""
+    module = load_module(
+        lambda: build(layout.config),
+        checkpoint,
+        layout.plan,
+        what=what,
+        device=device,
+        dtype=dtype,
+        ignore=layout.unused,
+    )
+    logger.info("loaded %s from %s%s", what, checkpoint.path, "" if layout.config is None else f": {layout.config}")
+    return module

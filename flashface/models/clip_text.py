@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,10 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
-from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_module
+from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_layout
 from .ops import TORCH_OPERATIONS, count_indexed, norm_at_least_fp32, required_shape
-
-logger = logging.getLogger(__name__)
 
 # How error messages name this network.
 MODEL_NAME = "CLIP ViT-L/14 text encoder"
@@ -394,15 +391,11 @@ def load_text_encoder(
     """
     ops = operations or TORCH_OPERATIONS
     with checkpoint_source(source) as checkpoint:
-        layout = infer_layout(checkpoint, num_heads)
-        model = load_module(
-            lambda: CLIPTextEncoder(layout.config, ops),
+        return load_layout(
+            lambda config: CLIPTextEncoder(config, ops),
             checkpoint,
-            layout.plan,
+            infer_layout(checkpoint, num_heads),
             what=MODEL_NAME,
             device=device,
             dtype=dtype,
-            ignore=layout.unused,
         )
-    logger.info("loaded %s %s from %s", MODEL_NAME, layout.config, checkpoint.path)
-    return model

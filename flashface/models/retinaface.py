@@ -14,7 +14,6 @@ size, decoding with variances (0.1, 0.2), softmax face score, the best `pre_nms_
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 
@@ -22,10 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import Checkpoint, TensorPlan, checkpoint_source, load_module
+from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_layout
 from .ops import TORCH_OPERATIONS
-
-logger = logging.getLogger(__name__)
 
 # How error messages name this network.
 MODEL_NAME = "RetinaFace ResNet-50 face detector (retinaface_resnet50.pth or detection_Resnet50_Final.pth)"
@@ -281,6 +278,14 @@ def checkpoint_plan(module_keys, file_keys) -> dict[str, TensorPlan]:
     }
 
 
+def infer_layout(checkpoint: Checkpoint) -> Layout[None]:
+    """The file's naming (official or facexlib) read off its keys: RetinaFace-R50 has no
+    architecture to infer (config None)."""
+    with torch.device("meta"):
+        module_keys = list(RetinaFace().state_dict())
+    return Layout(None, checkpoint_plan(module_keys, checkpoint.keys()), _is_batch_norm_counter)
+
+
 def load_face_detector(
     source: str | os.PathLike | Checkpoint,
     *,
@@ -293,16 +298,11 @@ def load_face_detector(
     The official pipeline runs the detector in fp32, the default; other dtypes work too.
     """
     with checkpoint_source(source) as checkpoint:
-        with torch.device("meta"):
-            module_keys = list(RetinaFace(operations).state_dict())
-        model = load_module(
-            lambda: RetinaFace(operations),
+        return load_layout(
+            lambda _: RetinaFace(operations),
             checkpoint,
-            checkpoint_plan(module_keys, checkpoint.keys()),
+            infer_layout(checkpoint),
             what=MODEL_NAME,
             device=device,
             dtype=dtype,
-            ignore=_is_batch_norm_counter,
         )
-    logger.info("loaded %s from %s", MODEL_NAME, checkpoint.path)
-    return model

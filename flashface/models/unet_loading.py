@@ -10,13 +10,12 @@ architecture is read from the keys and shapes (`infer_config`).
 
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
 
 from ..errors import ModelFileError
-from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_module
+from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_layout
 from .convert import compact_view
 from .ops import (
     CASTING_OPERATIONS,
@@ -28,8 +27,6 @@ from .ops import (
 )
 from .unet import FlashFaceUNet, UNetConfig, build_middle_block
 from .unet_blocks import MODEL_NAME
-
-logger = logging.getLogger(__name__)
 
 # Lists stored twice in the published file (the module and its `ori_` alias).
 ALIASED_LISTS = ("encoder", "middle", "decoder")
@@ -203,20 +200,17 @@ def load_unet(
     `operations` (ComfyUI's cast layers) are given.
     """
     storage_only = dtype in STORAGE_ONLY_DTYPES
+    ops = operations or (CASTING_OPERATIONS if storage_only else TORCH_OPERATIONS)
     with checkpoint_source(source) as opened:
         checkpoint = compact_view(opened)
-        layout = infer_layout(checkpoint, num_heads)
-        ops = operations or (CASTING_OPERATIONS if storage_only else TORCH_OPERATIONS)
-        model = load_module(
-            lambda: FlashFaceUNet(layout.config, ops),
+        model = load_layout(
+            lambda config: FlashFaceUNet(config, ops),
             checkpoint,
-            layout.plan,
+            infer_layout(checkpoint, num_heads),
             what=MODEL_NAME,
             device=device,
             dtype=dtype,
-            ignore=layout.unused,
         )
     if storage_only:
         model.manual_cast_dtype = compute_dtype_for(device)
-    logger.info("loaded %s %s from %s", MODEL_NAME, layout.config, checkpoint.path)
     return model

@@ -17,7 +17,6 @@ ComfyUI naming (`encoder.conv_in`, `encoder.down.I.block.J.norm1`, `encoder.mid.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 
@@ -26,10 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CancelCheck, InvalidInputError, ModelFileError, stop_if_cancelled
-from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_module
+from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_layout
 from .ops import TORCH_OPERATIONS, norm_at_least_fp32, required_shape, through_layers
-
-logger = logging.getLogger(__name__)
 
 LATENT_SCALE = 0.18215
 # How error messages name this network.
@@ -410,15 +407,11 @@ def load_vae(
     namespace (`ops.TORCH_OPERATIONS` by default).
     """
     with checkpoint_source(source) as checkpoint:
-        layout = infer_layout(checkpoint)
-        model = load_module(
-            lambda: AutoencoderKL(layout.config, attention, operations),
+        return load_layout(
+            lambda config: AutoencoderKL(config, attention, operations),
             checkpoint,
-            layout.plan,
+            infer_layout(checkpoint),
             what=MODEL_NAME,
             device=device,
             dtype=dtype,
-            ignore=layout.unused,
         )
-    logger.info("loaded %s %s from %s", MODEL_NAME, layout.config, checkpoint.path)
-    return model
