@@ -16,6 +16,7 @@ from flashface.sampling.guidance import (
     POSITIVE_WITH_REFERENCES,
     ReferenceGuidedDenoiser,
     RowGuidance,
+    row_plan,
 )
 from flashface.sampling.mask import box_mask
 from flashface.sampling.noise_levels import vp_to_ve
@@ -282,3 +283,15 @@ def test_row_guidance_refuses_a_references_row_before_launch_and_mixed_sigmas(ti
             inputs.positive.repeat(2, 1, 1),
             [POSITIVE, NEGATIVE],
         )
+
+
+def test_the_row_plan_shares_the_positive_text_only_with_one_prompt_per_side():
+    """ComfyUI batches chunks in any order; a side with several conditionings (Conditioning Combine)
+    gives chunks of one kind with different texts, so nothing is shared then."""
+    settings = GenerationSettings(reference_feature_strength=1.2, launch_timestep=750)
+    chunks = [POSITIVE, NEGATIVE, POSITIVE_WITH_REFERENCES]
+    shared = row_plan(settings, 400, chunks, batch=2)
+    assert shared.samples == (0, 1, 0, 1, 0, 1) and shared.weights == (0.0, 0.0, 0.0, 0.0, 1.2, 1.2)
+    assert shared.texts == (POSITIVE, POSITIVE, NEGATIVE, NEGATIVE, POSITIVE, POSITIVE)
+    apart = row_plan(settings, 400, chunks, batch=2, one_prompt_per_side=False)
+    assert len(set(apart.texts)) == 3 and apart.samples == shared.samples

@@ -548,6 +548,11 @@ class FlashFaceUNet(nn.Module):
                 f"{MODEL_NAME}: regions must be one int64 person number per latent cell, "
                 f"{list(size)}; got {regions.dtype} {list(regions.shape)}."
             )
+        if regions.device.type != "cpu":  # read here and turned into positions per grid: host data
+            raise InvalidInputError(
+                f"{MODEL_NAME}: give the regions as a CPU tensor (they are on {regions.device}); "
+                "`flashface.people.PeopleLayout.regions` makes them there."
+            )
         if int(regions.min()) < -1 or int(regions.max()) > max(owners):
             raise InvalidInputError(
                 f"{MODEL_NAME}: regions name a person with no references (people 0 to {max(owners)} "
