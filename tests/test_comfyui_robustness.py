@@ -16,7 +16,6 @@ import torch
 
 from comfy_workflows import (
     CORRUPT_MODEL,
-    PHOTO,
     assert_server_healthy,
     expect_node_error,
     node_id,
@@ -196,7 +195,3 @@ def test_a_value_of_the_wrong_type_through_a_switch_is_explained(server, target,
     prompt["85"] = {"class_type": "ComfySwitchNode", "inputs": {"switch": True, "on_true": wrong, "on_false": wrong}}
     prompt[generator]["inputs"][target] = ["85", 0]
     expect_node_error(server, prompt, "FlashFace_Generator", phrase)
-
-
-def test_the_example_photo_is_there(server):
-    assert (server.input_dir / PHOTO).is_file()
