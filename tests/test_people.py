@@ -238,7 +238,7 @@ def test_the_unet_with_two_people_equals_the_straightforward_computation(tiny_mo
         (torch.zeros(8, 8, dtype=torch.long), None, "need the regions"),
         (torch.zeros(4, 4, dtype=torch.long), (0, 1), r"\[8, 8\]"),
         (torch.full((8, 8), 2), (0, 1), "name a person with no references"),
-    (torch.zeros(8, 8, dtype=torch.long, device="meta"), (0, 1), "as a CPU tensor"),
+        (torch.zeros(8, 8, dtype=torch.long, device="meta"), (0, 1), "as a CPU tensor"),
     ],
 )
 def test_regions_that_do_not_fit_the_people_are_refused(tiny_model, regions, owners, message):
