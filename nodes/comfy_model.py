@@ -99,8 +99,7 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
         if self.manual_cast_dtype != self.diffusion_model.manual_cast_dtype:
             raise InvalidInputError(
                 f"This MODEL's compute dtype was set to {self.manual_cast_dtype or 'its weights dtype'} "
-                f"(by a node such "
-                f"as ModelComputeDtype); the FlashFace UNet computes in "
+                "(by a node such as ModelComputeDtype); the FlashFace UNet computes in "
                 f"{self.diffusion_model.manual_cast_dtype or self.diffusion_model.weight_dtype}, chosen when it is "
                 "loaded: remove that node and set weight_dtype on FlashFace Load Model instead."
             )

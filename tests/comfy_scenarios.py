@@ -23,6 +23,7 @@ from flashface_pack.flashface.utils.cache_utils import DownloadSettings
 from flashface_pack.nodes import detect_face, generator, load_model, model_files, people, sampling, text_encode
 from flashface_pack.nodes.comfy_model import ldm_unet_config
 
+FACE_BOX = dict(face_x1=0.3, face_y1=0.1, face_x2=0.6, face_y2=0.4)  # one person's place
 LEFT = dict(face_x1=0.05, face_y1=0.2, face_x2=0.35, face_y2=0.5)
 RIGHT = dict(face_x1=0.6, face_y1=0.2, face_x2=0.9, face_y2=0.5)
 # FlashFace Apply's reference settings, official
@@ -112,10 +113,7 @@ def partial_load(unet: str, vae: str, width: int) -> dict:
         torch.rand(2, 224, 224, 3),
         seed=1,
         steps=3,
-        face_x1=0.3,
-        face_y1=0.1,
-        face_x2=0.6,
-        face_y2=0.4,
+        **FACE_BOX,
         width=64,
         height=64,
         batch_size=2,
@@ -139,10 +137,7 @@ def wrong_types() -> dict[str, str]:
     settings = dict(
         seed=1,
         steps=2,
-        face_x1=0.3,
-        face_y1=0.1,
-        face_x2=0.6,
-        face_y2=0.4,
+        **FACE_BOX,
         width=64,
         height=64,
         batch_size=1,
@@ -285,10 +280,7 @@ def apply_with_faces(flashface, negative, faces: int):
         padding_seed=0,
         pad_references=False,
         **APPLY_SETTINGS,
-        face_x1=0.3,
-        face_y1=0.1,
-        face_x2=0.6,
-        face_y2=0.4,
+        **FACE_BOX,
     )[0]
 
 

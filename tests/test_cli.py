@@ -41,6 +41,12 @@ def model_arguments(tiny_model_files):
     ]
 
 
+def quick_flags(steps: int = 2, width: int = 64, height: int = 64, seed: int | None = None) -> list[str]:
+    """The flags of a quick run of the tiny models."""
+    flags = ["--steps", str(steps), "--width", str(width), "--height", str(height)]
+    return flags if seed is None else [*flags, "--seed", str(seed)]
+
+
 def run_cli(*arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "flashface", "generate", *arguments],
@@ -62,14 +68,7 @@ def test_reference_photos_to_an_image_file(model_arguments, tmp_path):
         "an astronaut on the moon",
         "--out",
         str(out),
-        "--steps",
-        "2",
-        "--width",
-        "96",
-        "--height",
-        "64",
-        "--seed",
-        "3",
+        *quick_flags(width=96, seed=3),
         *model_arguments,
     )
     assert done.returncode == 0, done.stderr
@@ -77,7 +76,7 @@ def test_reference_photos_to_an_image_file(model_arguments, tmp_path):
     with Image.open(out) as image:
         assert image.size == (96, 64) and image.mode == "RGB"
         colours = image.getcolors(maxcolors=96 * 64)
-    assert colours is None or len(colours) > 10  # a picture, not a flat fill  # a picture, not a flat fill
+    assert colours is None or len(colours) > 10  # a picture, not a flat fill
 
 
 @pytest.mark.slow
@@ -92,14 +91,7 @@ def test_fp8_weights_from_the_command_line(model_arguments, tmp_path):
             "a portrait",
             "--out",
             str(out),
-            "--steps",
-            "2",
-            "--width",
-            "64",
-            "--height",
-            "64",
-            "--seed",
-            "5",
+            *quick_flags(seed=5),
             "--dtype",
             dtype,
             *model_arguments,
@@ -116,14 +108,7 @@ def test_same_seed_writes_the_same_image_and_several_samples_get_numbered_files(
         str(PHOTOS[0]),
         "--prompt",
         "a portrait",
-        "--steps",
-        "2",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--seed",
-        "11",
+        *quick_flags(seed=11),
         *model_arguments,
     ]
     assert main(["generate", *common, "--out", str(tmp_path / "a.png")]) == 0
@@ -151,12 +136,7 @@ def test_face_crops_can_be_given_without_detection(model_arguments, tmp_path):
                 "a portrait",
                 "--out",
                 str(out),
-                "--steps",
-                "1",
-                "--width",
-                "64",
-                "--height",
-                "64",
+                *quick_flags(steps=1),
                 *model_arguments,
             ]
         )
@@ -170,14 +150,7 @@ def test_one_person_flag_is_the_same_image_as_the_reference_photos_and_their_box
     common = [
         "--prompt",
         "a portrait",
-        "--steps",
-        "2",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--seed",
-        "4",
+        *quick_flags(seed=4),
         *model_arguments,
     ]
     refs = [arg for photo in PHOTOS for arg in ("--ref", str(photo))]
@@ -199,12 +172,7 @@ def test_two_people_from_the_command_line(model_arguments, tmp_path):
         "two astronauts",
         "--out",
         str(out),
-        "--steps",
-        "2",
-        "--width",
-        "96",
-        "--height",
-        "64",
+        *quick_flags(width=96),
         *model_arguments,
     )
     assert done.returncode == 0, done.stderr

@@ -105,6 +105,7 @@ class RowSpaces:
             range(plan.rows),
         )
         grouped = [_groups(list(space_keys)) for space_keys in keys]
+        self.weights = plan.weights
         self.first_rows = [first for _, first in grouped]
         # for each row of a finer space, its row in the next coarser one
         self._coarser = [[grouped[space][0][row] for row in grouped[space + 1][1]] for space in range(ROWS)]
@@ -112,6 +113,10 @@ class RowSpaces:
     def representatives(self, space: int) -> list[int]:
         """For each row of `space`, one row of the call it stands for."""
         return self.first_rows[space]
+
+    def weights_of(self, space: int) -> list[float]:
+        """The reference weight of each row of `space` (equal for the rows it stands for from WEIGHT on)."""
+        return [self.weights[row] for row in self.first_rows[space]]
 
     def expand(self, tensor: torch.Tensor, from_space: int, to_space: int) -> torch.Tensor:
         for space in range(from_space, to_space):

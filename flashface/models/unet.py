@@ -135,7 +135,6 @@ class _Pass:
     record their tokens (the reference pass) or read `references` (the main pass)."""
 
     rows: RowSpaces
-    weights: tuple[float, ...]  # reference weight of each row of the call
     emb: torch.Tensor  # [rows of the call, embed_dim]
     context: torch.Tensor  # [rows of the call, tokens, width]
     space: int = INPUT
@@ -149,9 +148,6 @@ class _Pass:
 
     def text(self) -> torch.Tensor:
         return take_rows(self.context, self.rows.representatives(self.space))
-
-    def current_weights(self) -> list[float]:
-        return [self.weights[row] for row in self.rows.representatives(self.space)]
 
     def move(self, space: int, *tensors: torch.Tensor) -> list[torch.Tensor]:
         """Go on in `space` (if finer than the current one), with `tensors` expanded to it."""
@@ -215,7 +211,7 @@ class TransformerBlock(nn.Module):
                     self.reference_attn,
                     y,
                     run.references.tokens[self.feature_key],
-                    run.current_weights(),
+                    run.rows.weights_of(run.space),
                     run.references.copies,
                     run.references.owners,
                     run.region_positions(grid),
@@ -460,7 +456,6 @@ class FlashFaceUNet(nn.Module):
         recorded: dict[str, torch.Tensor] = {}
         run = _Pass(
             RowSpaces(RowPlan.unshared([0.0] * n)),
-            (0.0,) * n,
             self._embed_time(t, n, device),
             reference_context.to(self.compute_dtype),
             recorded=recorded,
@@ -520,7 +515,6 @@ class FlashFaceUNet(nn.Module):
         spaces = RowSpaces(RowPlan.unshared(rows.weights) if additions.active else rows)
         run = _Pass(
             spaces,
-            rows.weights,
             self._embed_time(t, count, x.device),
             context.to(self.compute_dtype),
             references=references,

@@ -16,6 +16,7 @@ its features serve every row; the UNet skips the reference attention of rows who
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -218,7 +219,7 @@ class RowGuidance:
                 f"but {len(self.reference_latents)} reference latents were given."
             )
 
-    @property
+    @functools.cached_property
     def layout(self) -> PeopleLayout:
         """The people given, or one person at the settings' face box."""
         if self.people is not None:
