@@ -12,6 +12,12 @@ if importlib.util.find_spec("folder_paths") is None:
     NODE_CLASS_MAPPINGS = {}
     NODE_DISPLAY_NAME_MAPPINGS = {}
 else:
+    import torch
+
+    from .flashface import torch_version_problem
+
+    if problem := torch_version_problem(torch.__version__):
+        raise ImportError(problem)  # ComfyUI lists the pack as failed to import, with this message
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

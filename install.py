@@ -41,6 +41,9 @@ except ImportError:  # packaging is vendored by pip when it is not installed on 
         sys.exit("[FlashFace install] needs the 'packaging' module (or pip): install it, then run this again")
 
 PACK_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(PACK_DIR))
+from flashface import torch_version_problem  # noqa: E402 - the library's own check, which imports no torch
+
 REQUIREMENTS = PACK_DIR / "requirements.txt"
 OWNED_BY_COMFYUI = {"torch", "torchvision", "torchaudio", "torchsde"}
 
@@ -106,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     tool = installer()
     print(f"[FlashFace install] python: {sys.executable}; installing with: {tool[0] if tool else 'nothing found'}")
     failures = 0
+    with contextlib.suppress(PackageNotFoundError):  # no torch yet: ComfyUI brings it
+        if problem := torch_version_problem(version("torch")):
+            failures += 1
+            print(f"[FlashFace install] torch is too old: {problem}")
     for line in requirement_lines(args.requirements):
         action, reason = classify(line)
         if action != "install":

@@ -25,6 +25,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from . import torch_version_problem
 from .errors import FlashFaceError, InvalidInputError
 from .face import DEFAULT_DETECTION_THRESHOLD, SEVERAL_FACES
 from .models.model_registry import KINDS, entries_of_kind, get_model_path
@@ -35,6 +36,7 @@ from .pipeline import FlashFacePipeline
 from .sampling.mask import check_face_box, latent_size
 from .settings import PRESETS, GenerationSettings, describe
 from .utils.cache_utils import recorded_load_failure
+from .utils.devices import AUTO, pick_device_and_dtype
 
 # Flags of earlier versions, still accepted.
 OLD_FLAGS = {
@@ -121,12 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="largest",
         help="a photo with several faces: keep the largest (default), stop (error), or keep all",
     )
-    gen.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
+    gen.add_argument(
+        "--device",
+        default=AUTO,
+        help="torch device: auto (default: CUDA, then Apple MPS, then the CPU), cpu, cuda, cuda:1, mps",
+    )
     gen.add_argument(
         "--dtype",
-        choices=list(WEIGHT_DTYPES),
-        default="fp32",
-        help="UNet weight precision (fp8: stored in fp8, computed in fp32 on the CPU, fp16 on a GPU)",
+        choices=[AUTO, *WEIGHT_DTYPES],
+        default=AUTO,
+        help="UNet weight precision: auto (default: fp16 on a GPU, fp32 on the CPU, as ComfyUI picks); "
+        "fp8: stored in fp8, computed in fp32 on the CPU, fp16 on a GPU",
     )
     gen.add_argument(
         "--vae-attention",
@@ -145,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help=f"a file to use instead of the registry's {entries_of_kind(kind)[0].description}",
         )
-    gen.add_argument("--verbose", action="store_true")
+    add_verbosity_flags(gen)
     conv = commands.add_parser(
         "convert",
         help="write the compact UNet file: each tensor once, in one dtype "
@@ -159,8 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp16",
         help="weight dtype of the file (norms stay fp32); default fp16",
     )
-    conv.add_argument("--verbose", action="store_true")
+    add_verbosity_flags(conv)
     return parser
+
+
+def add_verbosity_flags(parser: argparse.ArgumentParser) -> None:
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("--verbose", action="store_true", help="log details too (debug level)")
+    loudness.add_argument("--quiet", action="store_true", help="log warnings and errors only")
 
 
 def convert(args: argparse.Namespace) -> list[Path]:
@@ -215,8 +228,8 @@ def load_pipeline(args: argparse.Namespace) -> FlashFacePipeline:
     from .models.unet_loading import load_unet
     from .models.vae import load_vae
 
-    device = torch.device(args.device)
-    unet = _load(load_unet, args.unet, "unet", args.models_dir, device=device, dtype=WEIGHT_DTYPES[args.dtype])
+    device, dtype = pick_device_and_dtype(args.device, args.dtype)
+    unet = _load(load_unet, args.unet, "unet", args.models_dir, device=device, dtype=dtype)
     vae = _load(
         load_vae, args.vae, "vae", args.models_dir, device=device, dtype=torch.float32, attention=args.vae_attention
     )
@@ -268,7 +281,11 @@ def generate(args: argparse.Namespace) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if problem := torch_version_problem(torch.__version__):
+        print(f"flashface: error: {problem}", file=sys.stderr)
+        return 1
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     try:
         for path in convert(args) if args.command == "convert" else generate(args):
             print(path)

@@ -394,3 +394,53 @@ def two_people(unet: str, vae: str, clip: str) -> dict:
         )
     )
     return result
+
+
+def dpmpp_2m_sde_against_comfyui(seed: int, other_seed: int) -> dict:
+    """ComfyUI's own dpmpp_2m_sde (k-diffusion's loop and its Brownian-tree noise seeded with the
+    sampler's seed) and the library's on the same denoiser, start and levels: the largest
+    difference of their results for the same seed, and for another seed of ComfyUI's."""
+    import math
+    from types import SimpleNamespace
+
+    import comfy.k_diffusion.sampling as k_sampling
+    import comfy.model_sampling
+    from flashface_pack.flashface.sampling.noise_levels import vp_to_ve
+    from flashface_pack.flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
+    from flashface_pack.flashface.sampling.solvers import get_solver
+
+    mean, spread = 0.7, 0.5  # Gaussian data: its exact denoiser, in VE terms D(y, s)
+
+    def ve_denoiser(y, s):
+        return mean + spread**2 / (spread**2 + s**2) * (y - mean)
+
+    def vp_denoiser(x, sigma):
+        alpha = math.sqrt(1 - sigma**2)
+        return ve_denoiser(x / alpha, sigma / alpha)
+
+    vp_levels = sampling_sigmas(NoiseSchedule(), 12)
+    ve_levels = torch.tensor([vp_to_ve(float(v)) for v in vp_levels], dtype=torch.float32)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+    ours = get_solver("dpmpp_2m_sde")(
+        vp_denoiser, noise, vp_levels, generator=torch.Generator().manual_seed(seed)
+    ).float()
+
+    class Model:  # what ComfyUI's samplers call: the model, and the model sampling its patcher holds
+        inner_model = SimpleNamespace(
+            model_patcher=SimpleNamespace(get_model_object=lambda name: comfy.model_sampling.EPS())
+        )
+
+        def __call__(self, y, sigma, **extra):
+            return ve_denoiser(y, sigma[0, None, None, None])
+
+    def comfyui(noise_seed: int) -> torch.Tensor:
+        start = noise / math.sqrt(1 - float(vp_levels[0]) ** 2)  # ComfyUI's noise scaling at full denoise
+        return k_sampling.sample_dpmpp_2m_sde(
+            Model(), start, ve_levels, extra_args={"seed": noise_seed}, disable=True
+        ).float()
+
+    return dict(
+        same_seed=difference(ours, comfyui(seed)),
+        other_seed=difference(ours, comfyui(other_seed)),
+        scale=float(ours.abs().max()),
+    )

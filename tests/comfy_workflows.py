@@ -13,6 +13,7 @@ from comfy_server import REPO_ROOT
 from tiny_flashface_models import use_tiny_models
 
 API_DIR = REPO_ROOT / "workflows" / "api"
+API_WORKFLOWS = sorted(API_DIR.glob("*.json"))  # every bundled workflow's API copy
 SMALLEST_WORKFLOW = "flashface_one_photo"
 PHOTO = "flashface_astronaut.jpg"
 # what the comfyui_tiny fixture (conftest.py) adds to the server's folders
@@ -112,3 +113,81 @@ def expect_node_error(server, prompt, node_type, *phrases):
         assert phrase in message, message
     assert_server_healthy(server)
     return run
+
+
+# Every node of the pack: its inputs (required and optional) and its output types.
+NODE_INPUTS = {
+    "FlashFace_LoadModel": {"unet_name", "vae_name", "clip_name", "detector_name", "weight_dtype", "vae_attention"},
+    "FlashFace_DetectFace": {
+        "flashface_model",
+        "images",
+        "threshold",
+        "several_faces",
+        "images_2",
+        "images_3",
+        "images_4",
+    },
+    "FlashFace_CLIPTextEncode": {"flashface_model", "text"},
+    "FlashFace_Apply": {
+        "flashface_model",
+        "reference_faces",
+        "negative",
+        "reference_feature_strength",
+        "reference_feature_strength_before_launch",
+        "reference_guidance_strength",
+        "launch_timestep",
+        "face_x1",
+        "face_y1",
+        "face_x2",
+        "face_y2",
+        "pad_references",
+        "padding_seed",
+        "face_mask",
+        "people",
+    },
+    "FlashFace_Sigmas": {"steps", "discretization", "sigma_spacing"},
+    "FlashFace_VAEEncode": {"flashface_model", "pixels"},
+    "FlashFace_VAEDecode": {"flashface_model", "samples"},
+    "FlashFace_Generator": {
+        "flashface_model",
+        "positive",
+        "negative",
+        "reference_faces",
+        "seed",
+        "steps",
+        "solver",
+        "discretization",
+        "sigma_spacing",
+        "text_guidance",
+        "reference_feature_strength",
+        "reference_guidance_strength",
+        "launch_timestep",
+        "face_x1",
+        "face_y1",
+        "face_x2",
+        "face_y2",
+        "width",
+        "height",
+        "batch_size",
+        "preset",
+        "face_mask",
+        "prompt_postfixes",
+        "reference_feature_strength_before_launch",
+        "pad_references",
+        "people",
+    },
+    "FlashFace_Person": {"reference_faces", "face_x1", "face_y1", "face_x2", "face_y2", "face_mask", "people"},
+}
+
+
+NODE_OUTPUTS = {
+    "FlashFace_LoadModel": ["FLASHFACE_MODEL"],
+    "FlashFace_DetectFace": ["IMAGE", "IMAGE", "INT", "MASK"],
+    "FlashFace_CLIPTextEncode": ["FLASHFACE_CONDITIONING", "CONDITIONING", "CONDITIONING", "CONDITIONING"],
+    "FlashFace_Apply": ["MODEL"],
+    "FlashFace_Sigmas": ["SIGMAS"],
+    "FlashFace_VAEEncode": ["LATENT"],
+    "FlashFace_VAEDecode": ["IMAGE"],
+    "FlashFace_Generator": ["IMAGE", "LATENT"],
+    "FlashFace_Person": ["FLASHFACE_PEOPLE"],
+}

@@ -1,5 +1,10 @@
-"""Shared fixtures. A ComfyUI server is started once per session (per version), only by tests
-that ask for it."""
+"""Shared fixtures, and the tiers. A ComfyUI server is started once per session (per version), only
+by tests that ask for it.
+
+A test's tier is the folder it lives in (tests/fast, tests/smoke, tests/slow, tests/comfyui,
+tests/browser): each test gets its folder's marker, so no test can carry a wrong one. The markers
+and what each tier holds are listed in pyproject.toml; `python -m pytest` runs fast and smoke,
+`python -m pytest -m ""` everything."""
 
 import shutil
 from contextlib import contextmanager
@@ -8,8 +13,29 @@ from pathlib import Path
 import pytest
 
 from comfy_server import ComfyInstall, browser_installs, comfy_installs, running_server
+from demo_cases import DemoCase, demo_cases
 
-VALUE_SOURCE_NODES = Path(__file__).parent / "data" / "value_source_nodes"  # a test-only node pack
+TESTS = Path(__file__).parent
+VALUE_SOURCE_NODES = TESTS / "data" / "value_source_nodes"  # a test-only node pack
+COMFYUI_FIXTURES = {"comfyui", "comfyui_tiny", "comfy_install", "comfyui_for_browser"}
+IN_THIS_PROCESS_TIERS = ("fast", "slow")  # tiers whose tests run no ComfyUI
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each test's marker is its folder's; a test outside a tier's folder, or one that runs ComfyUI
+    in a tier that runs none, stops the collection."""
+    tiers = {line.split(":")[0].strip() for line in config.getini("markers")}
+    for item in items:
+        parts = Path(item.path).relative_to(TESTS).parts
+        tier = parts[0] if len(parts) > 1 else None
+        if tier not in tiers:
+            raise pytest.UsageError(
+                f"{item.nodeid}: a test lives in the folder of its tier, one of tests/{{{','.join(sorted(tiers))}}}/ "
+                "(pyproject.toml's markers say what each holds)"
+            )
+        if tier in IN_THIS_PROCESS_TIERS and COMFYUI_FIXTURES & set(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(f"{item.nodeid} runs ComfyUI: it belongs in tests/smoke/ or tests/comfyui/")
+        item.add_marker(tier)
 
 
 @contextmanager
@@ -88,3 +114,21 @@ def pipeline(tiny_model_files):
         load_text_encoder(tiny_model_files["clip_name"]),
         device="cpu",
     )
+
+
+@pytest.fixture(scope="module")
+def model_arguments(tiny_model_files):
+    """The command-line flags that give `python -m flashface generate` the tiny models."""
+    from cli_runs import model_flags
+
+    return model_flags(tiny_model_files)
+
+
+@pytest.fixture(params=demo_cases())
+def demo(request) -> DemoCase:
+    return DemoCase(request.param)
+
+
+@pytest.fixture
+def models_folder(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "demo_models"

@@ -10,14 +10,21 @@ so a failing route says where the difference starts.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
+from flashface.models.clip_text import load_text_encoder
+from flashface.models.retinaface import load_face_detector
+from flashface.models.unet_loading import load_unet
+from flashface.models.vae import load_vae
+from flashface.pipeline import FlashFacePipeline
 from parity import Case, cases, recipe_detector_state
 
 DEMO_KIND = "demo_generate"
@@ -205,3 +212,40 @@ def diagnose(demo: DemoCase, pipeline) -> list[str]:
     report("x0", result.latents, c["tolerance"]["x0"]["atol"])
     lines.append(f"image: {demo.difference((result.images * 255).round().to(torch.uint8))}")
     return lines
+
+
+_pipelines: dict[str, FlashFacePipeline] = {}
+
+
+def case_pipeline(demo: DemoCase, folder) -> FlashFacePipeline:
+    """The case's networks loaded from its files, once per case."""
+    if demo.name not in _pipelines:
+        files = demo.model_files(folder)
+        _pipelines[demo.name] = FlashFacePipeline(
+            load_unet(files["unet_name"]),
+            load_vae(files["vae_name"]),
+            load_text_encoder(files["clip_name"]),
+            load_face_detector(files["detector_name"]),
+            device="cpu",
+        )
+    return _pipelines[demo.name]
+
+
+def library_images(pipeline: FlashFacePipeline, demo: DemoCase, **overrides) -> torch.Tensor:
+    config = demo.config
+    faces = pipeline.crop_reference_faces(demo.read_photos(), config["min_thr"])
+    result = pipeline.generate(
+        faces, config["prompt"], config["negative_prompt"], dataclasses.replace(demo.settings(), **overrides)
+    )
+    return levels_of(result.to_pil())
+
+
+def assert_reproduced(demo: DemoCase, images: torch.Tensor, pipeline: FlashFacePipeline, route: str) -> None:
+    difference = demo.difference(images)
+    if not difference.within(demo.image_tolerance):
+        details = "\n  ".join(diagnose(demo, pipeline))
+        pytest.fail(
+            f"{demo.name} through {route}: {difference} from the official image (tolerance "
+            f"{demo.image_tolerance}). Intermediates recomputed with the library:\n  {details}"
+        )
+    print(f"{demo.name} via {route}: {difference}")

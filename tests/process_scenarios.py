@@ -15,9 +15,9 @@ def module_outlives_its_file(path: str) -> float:
     must keep its weights (a change raises) and reading them must not fault (SIGBUS would end this
     process, not the test run). The sum of two of its weights."""
     import torch
+    from test_checkpoint import TwoLayersBig, copy_plan
 
     from flashface.models.checkpoint import load_module, open_checkpoint
-    from test_checkpoint import TwoLayersBig, copy_plan
 
     checkpoint = open_checkpoint(path)
     module = load_module(TwoLayersBig, checkpoint, copy_plan(checkpoint.keys()), what="test model")

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelFileError
-from .ops import at_least_fp32, norm_parameter_names
+from .ops import STORAGE_ONLY_DTYPES, at_least_fp32, norm_parameter_names
 
 logger = logging.getLogger(__name__)
 
@@ -189,14 +189,19 @@ def _first_line(exc: BaseException) -> str:
     return line.split(" Re-running `torch.load`")[0].split(" Re-running torch.load")[0]
 
 
+# How torch.load(weights_only=True) names a Python object it refused: torch 2.4 and later
+# "Unsupported global: GLOBAL x.y", earlier "Unsupported class x.y".
+_UNSAFE_OBJECT = re.compile(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)")
+
+
 def _is_unsafe_pickle(exc: BaseException) -> bool:
     """torch.load(weights_only=True) refused a pickle because it holds Python objects."""
-    return "Unsupported global" in str(exc)
+    return _UNSAFE_OBJECT.search(str(exc)) is not None
 
 
 def _unsafe_globals(exc: BaseException) -> str:
-    """The Python objects a refused pickle names (`Unsupported global: GLOBAL x.y`), for the message."""
-    names = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    """The Python objects a refused pickle names, for the message."""
+    names = _UNSAFE_OBJECT.findall(str(exc))
     return ", ".join(dict.fromkeys(names)) or "not named"
 
 
@@ -304,9 +309,14 @@ def _check_aliases_equal(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
             if first.shape != other.shape:
                 raise _AliasMismatch()
             continue
-        if first.shape != other.shape or not torch.equal(first, other):
+        if first.shape != other.shape or not torch.equal(_comparable(first), _comparable(other)):
             raise _AliasMismatch()
     return first
+
+
+def _comparable(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` as something torch.equal takes: fp8 as its bytes (torch before 2.5 cannot compare fp8)."""
+    return tensor.view(torch.uint8) if tensor.dtype in STORAGE_ONLY_DTYPES else tensor
 
 
 Plan = Mapping[str, TensorPlan]

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 
@@ -54,12 +56,48 @@ def _float_sigmas(sigmas) -> list[float]:
     return values
 
 
-def _noise(like: torch.Tensor, generator: torch.Generator | None, solver: str) -> torch.Tensor:
-    """Unit Gaussian noise drawn from `generator` (on its device), moved to `like`'s device."""
+def _needed(generator: torch.Generator | None, solver: str) -> torch.Generator:
+    """The generator a stochastic solver draws from; refused when there is none."""
     if generator is None:
         raise InvalidInputError(f"The {solver} solver is stochastic: pass a torch.Generator for its noise.")
+    return generator
+
+
+def _noise(like: torch.Tensor, generator: torch.Generator | None, solver: str) -> torch.Tensor:
+    """Unit Gaussian noise drawn from `generator` (on its device), moved to `like`'s device."""
+    generator = _needed(generator, solver)
     noise = torch.randn(like.shape, generator=generator, device=generator.device, dtype=torch.float32)
     return noise.to(like.device, like.dtype)
+
+
+class BrownianNoise:
+    """The noise of ComfyUI's (and k-diffusion's) SDE samplers: increments of one Brownian motion
+    over the VE levels, from torchsde's `BrownianTree` seeded with the generator's seed, on the CPU
+    in fp32, so that a seed gives ComfyUI's noise for the same levels (its KSampler seeds the tree
+    with the noise seed, which also seeds the initial noise). `between(i)` is the unit-variance
+    noise of the step from level i to level i+1."""
+
+    def __init__(self, like: torch.Tensor, levels: list[float], generator: torch.Generator | None, solver: str):
+        seed = _needed(generator, solver).initial_seed()
+        try:
+            import torchsde
+        except ImportError:
+            raise InvalidInputError(
+                f"The {solver} solver draws its noise from a Brownian tree, which needs the torchsde package "
+                "(ComfyUI installs it): pip install torchsde, or pick another solver."
+            ) from None
+        self.levels = torch.tensor(levels, dtype=torch.float32)
+        lowest, highest = self.levels[self.levels > 0].min(), self.levels.max()
+        self.tree = torchsde.BrownianTree(lowest, torch.zeros(like.shape), highest, entropy=seed)
+
+    def between(self, i: int, like: torch.Tensor) -> torch.Tensor:
+        high, low = self.levels[i], self.levels[i + 1]
+        with warnings.catch_warnings():
+            # the tree rounds its ends to 6 digits and clamps the lowest level onto its start, as in
+            # ComfyUI, with a warning that is no fault here
+            warnings.filterwarnings("ignore", "Should have", UserWarning)
+            increment = cast(torch.Tensor, self.tree(low, high))  # low to high; the levels run down: negated
+        return (-increment / (low - high).abs().sqrt()).to(like.device, like.dtype)
 
 
 def _in_ve(denoise: Denoiser, x: torch.Tensor, sigmas) -> tuple[Denoiser, torch.Tensor, list[float]]:
@@ -227,9 +265,10 @@ def dpmpp_2m(
     s_noise: float = 1.0,
 ) -> torch.Tensor:
     """DPM-Solver++(2M): multistep, one evaluation per step, 2nd order from the second step. With
-    eta > 0 (`dpmpp_2m_sde`) its SDE form (midpoint variant), with Gaussian noise from the
-    generator at every step."""
+    eta > 0 (`dpmpp_2m_sde`) its SDE form (midpoint variant), as ComfyUI's sampler of that name: its
+    noise comes from a Brownian tree seeded with the generator's seed (`BrownianNoise`)."""
     denoise_ve, y, s = _in_ve(denoise, x, sigmas)
+    brownian = BrownianNoise(y, s, generator, "dpmpp_2m_sde") if eta > 0 else None
     previous_x0, previous_h = None, None
     for i in _steps(s, should_cancel):
         x0 = denoise_ve(y, s[i])
@@ -242,8 +281,8 @@ def dpmpp_2m(
             y = (s[i + 1] / s[i]) * math.exp(-eta_h) * y - math.expm1(-h - eta_h) * x0
             if previous_x0 is not None and previous_h is not None:
                 y = y - 0.5 * math.expm1(-h - eta_h) * (h / previous_h) * (x0 - previous_x0)
-            if eta > 0:
-                y = y + _noise(y, generator, "dpmpp_2m_sde") * s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
+            if brownian is not None:
+                y = y + brownian.between(i, y) * s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
             previous_h = h
         previous_x0 = x0
     return y

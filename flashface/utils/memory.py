@@ -16,8 +16,10 @@ _MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """CUDA/ROCm/XPU raise torch.OutOfMemoryError; MPS and the CPU allocator a RuntimeError."""
-    if isinstance(error, torch.OutOfMemoryError):
+    """CUDA/ROCm/XPU raise torch.OutOfMemoryError (torch 2.5 and later; before it only
+    torch.cuda.OutOfMemoryError, which 2.5 made the same class); MPS and the CPU allocator a
+    RuntimeError."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(error, RuntimeError) and any(text in str(error).lower() for text in _MESSAGES)
 

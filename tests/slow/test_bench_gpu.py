@@ -11,8 +11,6 @@ import pytest
 
 from comfy_server import REPO_ROOT, vendored_comfyui
 
-pytestmark = pytest.mark.slow
-
 NUMBER = r"[0-9.]+(?:e[-+]?[0-9]+)?"
 
 

@@ -8,14 +8,11 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import time
-from functools import partial
-from pathlib import Path
 
 import pytest
 
-from comfy_process import child_command, result_of
+from comfy_server import REPO_ROOT as REPO
 from flashface.errors import DownloadError, ModelFileError, RegistryError
 from flashface.models.model_registry import (
     KINDS,
@@ -30,7 +27,6 @@ from flashface.utils.cache_utils import CORRUPT_SUFFIX, PART_SUFFIX, DownloadSet
 from http_fixture_server import FixtureServer
 from http_fixture_server import model_file as payload
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = DownloadSettings(
     connect_timeout=2,
     read_timeout=2,
@@ -353,24 +349,6 @@ def test_token_is_not_sent_to_other_hosts_and_their_etags_are_not_taken_for_chec
         )
     with pytest.raises(DownloadError, match="cannot be verified"):
         get_model_path(register(server.add("/model.pth", data, hf="etag"), data), models_dir=tmp_path, settings=FAST)
-
-
-@pytest.mark.slow
-def test_two_processes_asking_for_the_same_file_make_one_download(server, tmp_path):
-    data = payload()
-    url = server.add("/model.pth", data, delay=0.1)  # about 1.3 s of transfer
-    command = partial(
-        child_command, "process_scenarios:download_beside_another", folder=str(tmp_path), url=url, md5=md5_of(data)
-    )
-    processes = [
-        subprocess.Popen(command(index=i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)
-    ]
-    outputs = [process.communicate(timeout=60) for process in processes]
-    assert [process.returncode for process in processes] == [0, 0], outputs
-    assert {result_of(out) for out, _ in outputs} == {str(tmp_path / "models" / "model.pth")}
-    assert "Another process is downloading" in outputs[1][1]
-    assert len(server.requests_for("/model.pth")) == 1
-    assert (tmp_path / "models" / "model.pth").read_bytes() == data
 
 
 # Offline, read-only, disk full ------------------------------------------------------------------

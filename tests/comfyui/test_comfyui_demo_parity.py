@@ -1,7 +1,8 @@
 """The third route to the official demo's image: every `demo_generate` fixture case through the
 bundled workflow in a real ComfyUI server, with only the inputs the case names changed (model
 files, photos, prompts, seed, steps, size, samples, face box, strengths, launch timestep,
-detection threshold). The library and command-line routes are in test_demo_parity.py."""
+detection threshold). The library and command-line routes are in tests/fast/test_demo_parity.py and
+tests/slow/test_demo_parity_command_line.py."""
 
 from __future__ import annotations
 
@@ -9,10 +10,7 @@ import pytest
 import torch
 
 from comfy_workflows import load_api_workflow, node_id, node_ids, node_titled, saved_levels, set_inputs
-from demo_cases import DemoCase, demo_cases, diagnose
-from test_demo_parity import case_pipeline
-
-pytestmark = pytest.mark.comfyui
+from demo_cases import DemoCase, case_pipeline, demo_cases, diagnose
 
 DETECT_FACE_PHOTO_INPUTS = ("images", "images_2", "images_3", "images_4")
 FACES_PREVIEW = "faces_for_diagnosis"

@@ -4,11 +4,7 @@ rest of the picture comes back unchanged."""
 
 from __future__ import annotations
 
-import pytest
-
 from comfy_workflows import cheap_model_workflow, level_difference, node_id, node_titled, saved_levels
-
-pytestmark = pytest.mark.comfyui
 
 
 def _face_fix(denoise: float) -> dict:

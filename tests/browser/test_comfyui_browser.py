@@ -12,8 +12,6 @@ from comfy_browser import ComfyPage, browser_unavailable_reason, without_meta, w
 from comfy_server import REPO_ROOT
 from tiny_flashface_models import use_tiny_models
 
-pytestmark = pytest.mark.browser
-
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 UI_WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
 # UI workflows as an earlier version of the pack saved them (v0.1: bundled on 2026-11-30).

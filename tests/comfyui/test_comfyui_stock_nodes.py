@@ -12,8 +12,6 @@ from comfy_workflows import PHOTO, cheap_model_workflow, node_id, saved_levels
 from stock_model_nodes import STOCK_MODEL_NODES, readme_table
 from tiny_flashface_models import CONTROLNET_UNET, TINY_CONTROLNETS, TINY_HYPERNETWORK, TINY_LORA
 
-pytestmark = pytest.mark.comfyui
-
 FILE_WIDGETS = {
     "hypernetwork_name": TINY_HYPERNETWORK,
     "control_net_name": TINY_CONTROLNETS["random"],

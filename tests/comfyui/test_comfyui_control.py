@@ -10,8 +10,6 @@ import torch
 from comfy_workflows import PHOTO, cheap_model_workflow, expect_node_error, level_difference, node_id, run_to_levels
 from tiny_flashface_models import ADAPTER_UNET, CONTROLNET_UNET, TINY_CONTROLNETS, TINY_MODELS, TINY_T2I_ADAPTERS
 
-pytestmark = pytest.mark.comfyui
-
 
 @pytest.fixture(scope="module")
 def server(comfyui_tiny):

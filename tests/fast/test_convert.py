@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
+from test_unet import call_model, random_call
 
 from flashface.__main__ import main
 from flashface.errors import InvalidInputError, ModelFileError
@@ -15,7 +16,6 @@ from flashface.models.convert import COMPACT_FORMAT, convert_unet
 from flashface.models.ops import WEIGHT_DTYPES
 from flashface.models.unet_loading import load_unet
 from seeded_weights import save_state_dict
-from test_unet import call_model, random_call
 from tiny_unet import tiny_unet_state_dict, write_tiny_unet
 
 

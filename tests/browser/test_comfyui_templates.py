@@ -13,8 +13,6 @@ from comfy_browser import ComfyPage, browser_unavailable_reason
 from comfy_server import REPO_ROOT, browser_installs, running_server
 from tiny_flashface_models import CONTROLNET_UNET, TINY_CONTROLNETS, TINY_LORA, TINY_MODELS, write_tiny_model_folders
 
-pytestmark = pytest.mark.browser
-
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 
 

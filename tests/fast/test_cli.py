@@ -1,105 +1,14 @@
-"""`python -m flashface generate` end to end with tiny seeded models: reference photos in, image
-file out; and the errors a user meets (unreadable photo, no face, bad size, missing model offline)."""
+"""`python -m flashface generate` in this process (its `main`) with tiny seeded models: reference
+photos in, image files out; and the errors a user meets (unreadable photo, no face, bad size, flags
+that cannot be used). The runs in a process of their own are in tests/slow/test_cli_processes.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import numpy as np
 import pytest
 from PIL import Image
 
+from cli_runs import PHOTOS, quick_flags
 from flashface.__main__ import main
-from flashface.models.retinaface import load_face_detector
-from tiny_retinaface import post_nms_scores, threshold_for_count
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = [
-    REPO_ROOT / "workflows" / "input" / name for name in ("flashface_astronaut.jpg", "flashface_astronaut_closeup.jpg")
-]
-
-
-@pytest.fixture(scope="module")
-def model_arguments(tiny_model_files):
-    detector = load_face_detector(tiny_model_files["detector_name"])
-    thresholds = [threshold_for_count(post_nms_scores(detector, Image.open(p).convert("RGB")), 1) for p in PHOTOS]
-    return [
-        "--unet",
-        str(tiny_model_files["unet_name"]),
-        "--vae",
-        str(tiny_model_files["vae_name"]),
-        "--text-encoder",
-        str(tiny_model_files["clip_name"]),
-        "--detector",
-        str(tiny_model_files["detector_name"]),
-        # one threshold that gives each photo at least one face; extra faces: the largest is used
-        "--detection-threshold",
-        f"{min(thresholds):.6f}",
-    ]
-
-
-def quick_flags(steps: int = 2, width: int = 64, height: int = 64, seed: int | None = None) -> list[str]:
-    """The flags of a quick run of the tiny models."""
-    flags = ["--steps", str(steps), "--width", str(width), "--height", str(height)]
-    return flags if seed is None else [*flags, "--seed", str(seed)]
-
-
-def run_cli(*arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "flashface", "generate", *arguments],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-@pytest.mark.slow
-def test_reference_photos_to_an_image_file(model_arguments, tmp_path):
-    out = tmp_path / "portrait.png"
-    refs = [arg for photo in PHOTOS for arg in ("--ref", str(photo))]
-    done = run_cli(
-        *refs,
-        "--prompt",
-        "an astronaut on the moon",
-        "--out",
-        str(out),
-        *quick_flags(width=96, seed=3),
-        *model_arguments,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(out)
-    with Image.open(out) as image:
-        assert image.size == (96, 64) and image.mode == "RGB"
-        colours = image.getcolors(maxcolors=96 * 64)
-    assert colours is None or len(colours) > 10  # a picture, not a flat fill
-
-
-@pytest.mark.slow
-def test_fp8_weights_from_the_command_line(model_arguments, tmp_path):
-    images = {}
-    for dtype in ("fp32", "fp8_e4m3fn"):
-        out = tmp_path / f"{dtype}.png"
-        done = run_cli(
-            "--ref",
-            str(PHOTOS[0]),
-            "--prompt",
-            "a portrait",
-            "--out",
-            str(out),
-            *quick_flags(seed=5),
-            "--dtype",
-            dtype,
-            *model_arguments,
-        )
-        assert done.returncode == 0, done.stderr
-        images[dtype] = np.asarray(Image.open(out), dtype=np.int32)
-    difference = np.abs(images["fp8_e4m3fn"] - images["fp32"])
-    assert 0 < difference.mean() < 40  # fp8's rounding of the weights: near, not equal
 
 
 def test_same_seed_writes_the_same_image_and_several_samples_get_numbered_files(model_arguments, tmp_path):
@@ -158,25 +67,6 @@ def test_one_person_flag_is_the_same_image_as_the_reference_photos_and_their_box
     person = ",".join(str(photo) for photo in PHOTOS) + "@" + ",".join(box)
     assert main(["generate", "--person", person, *common, "--out", str(tmp_path / "person.png")]) == 0
     assert (tmp_path / "refs.png").read_bytes() == (tmp_path / "person.png").read_bytes()
-
-
-@pytest.mark.slow
-def test_two_people_from_the_command_line(model_arguments, tmp_path):
-    out = tmp_path / "two.png"
-    done = run_cli(
-        "--person",
-        f"{PHOTOS[0]}@0.05,0.2,0.35,0.5",
-        "--person",
-        f"{PHOTOS[1]}@0.6,0.2,0.9,0.5",
-        "--prompt",
-        "two astronauts",
-        "--out",
-        str(out),
-        *quick_flags(width=96),
-        *model_arguments,
-    )
-    assert done.returncode == 0, done.stderr
-    assert Image.open(out).size == (96, 64)
 
 
 @pytest.mark.parametrize(
@@ -256,25 +146,6 @@ def test_user_errors_are_one_clear_line(model_arguments, tmp_path, capsys, probl
     assert not (tmp_path / "o.png").exists()
 
 
-@pytest.mark.slow
-def test_missing_model_while_offline_says_what_to_do(tmp_path):
-    env = {**os.environ, "FLASHFACE_OFFLINE": "1"}
-    done = run_cli(
-        "--ref",
-        str(PHOTOS[0]),
-        "--prompt",
-        "x",
-        "--out",
-        str(tmp_path / "o.png"),
-        "--models-dir",
-        str(tmp_path / "models"),
-        env=env,
-    )
-    assert done.returncode == 1
-    assert "flashface: error:" in done.stderr and "offline" in done.stderr.lower()
-    assert "flashface.ckpt" in done.stderr and "Traceback" not in done.stderr
-
-
 def test_every_setting_has_a_flag_of_its_name_and_earlier_flags_still_work():
     import dataclasses
 
@@ -345,3 +216,12 @@ def test_every_setting_has_a_flag_of_its_name_and_earlier_flags_still_work():
     assert settings("--preset", "age_change", "--text-guidance", "5") == dataclasses.replace(
         GenerationSettings().with_preset("age_change"), text_guidance=5.0
     )
+
+
+def test_an_old_torch_is_one_line_saying_what_to_do(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch, "__version__", "2.3.1")
+    assert main(["generate", "--ref", "a.jpg", "--prompt", "x", "--out", "o.png"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("flashface: error: FlashFace needs torch 2.4 or later") and "2.3.1" in error

@@ -11,7 +11,7 @@ from flashface.settings import GenerationSettings
 from parity import cases
 
 # Why the loop is compared in float64. One fp32 model call differs from the official one by about
-# 3e-6 (tests/test_unet.py), which is plain fp32 rounding: the official fp32 result is as far from
+# 3e-6 (tests/fast/test_unet.py), which is plain fp32 rounding: the official fp32 result is as far from
 # the exact float64 answer. The first sampling step multiplies that by g / alpha_999 (7.5 / 0.068,
 # about 110), so any two fp32 runs of the loop that round differently (another CPU, another thread
 # count) end about 2e-4 apart, the size of the fixture tolerance. Measured on the 5-step case: the

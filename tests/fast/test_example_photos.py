@@ -3,24 +3,20 @@ one once, never over a user's file, and a folder that cannot be written only cos
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
 from comfy_server import REPO_ROOT
+from pack_modules import node_module
 
 PHOTOS = sorted(path.name for path in (REPO_ROOT / "workflows" / "input").iterdir())
 
 
 @pytest.fixture(scope="module")
 def examples():
-    """nodes/examples.py on its own (the nodes package needs ComfyUI; this module does not)."""
-    spec = importlib.util.spec_from_file_location("flashface_examples", REPO_ROOT / "nodes" / "examples.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """nodes/examples.py (the nodes package needs ComfyUI; this module does not)."""
+    return node_module("examples")
 
 
 def test_photos_are_copied_once_and_a_users_file_is_kept(examples, tmp_path):

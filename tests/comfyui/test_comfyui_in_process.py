@@ -15,8 +15,6 @@ import torch
 
 from comfy_process import run_with_comfyui, tiny_paths
 
-pytestmark = pytest.mark.comfyui
-
 
 def test_generator_runs_on_the_load_device_of_a_partially_loaded_unet(comfy_install, tiny_model_files, tmp_path):
     from tiny_flashface_models import TEXT_WIDTH
@@ -212,3 +210,12 @@ def test_the_main_path_has_the_names_and_shapes_of_comfyuis_sd_unet(comfy_instal
     assert {key: ours[key] for key in ours if key not in own} == sd15
     assert set(sd15) <= set(result["diffusers"])  # diffusers-named LoRAs reach every one of them
     assert len(own) > 100 and sd15["input_blocks.0.0.weight"][1] == 4
+
+
+def test_dpmpp_2m_sde_draws_comfyuis_noise_for_a_seed(comfy_install, tmp_path):
+    """The Generator's dpmpp_2m_sde and ComfyUI's sampler of that name give the same result for the
+    same seed and levels (the same Brownian tree), and another for another seed."""
+    result = run_with_comfyui(comfy_install, "dpmpp_2m_sde_against_comfyui", tmp_path, seed=12, other_seed=13)
+    print(f"\ndpmpp_2m_sde vs ComfyUI's: {result}")
+    assert result["same_seed"] < 1e-5 * result["scale"], result
+    assert result["other_seed"] > 0.05 * result["scale"], result

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_pipeline import QUICK, random_faces
+from test_unet import random_call
 
 from flashface.errors import InvalidInputError
 from flashface.models.checkpoint import StateDictCheckpoint
@@ -16,8 +18,6 @@ from flashface.people import NO_REGION, PeopleLayout, Person, padded_reference_i
 from flashface.sampling.mask import box_mask, resize_mask
 from flashface.settings import GenerationSettings
 from straightforward_unet import straightforward_eps, straightforward_reference_attention
-from test_pipeline import QUICK, random_faces
-from test_unet import random_call
 from tiny_unet import tiny_unet_state_dict
 
 LEFT, RIGHT = (0.05, 0.25, 0.3, 0.5), (0.6, 0.25, 0.85, 0.5)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_comfyui_demo_parity import case_prompt
 
 from comfy_workflows import (
     assert_server_healthy,
@@ -17,9 +18,6 @@ from comfy_workflows import (
     set_inputs,
 )
 from demo_cases import DemoCase, demo_cases
-from test_comfyui_demo_parity import case_prompt
-
-pytestmark = pytest.mark.comfyui
 
 KSAMPLER_WORKFLOW = "flashface_ksampler"
 IMG2IMG_WORKFLOW = "flashface_img2img"

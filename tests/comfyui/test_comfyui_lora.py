@@ -15,8 +15,6 @@ from tiny_flashface_models import TEXT_WIDTH
 from tiny_lora import write_loras, write_merged_unet
 from tiny_unet import tiny_unet_state_dict, write_tiny_unet
 
-pytestmark = pytest.mark.comfyui
-
 SIZE = 64
 MERGED_UNET = "tiny_unet_lora_merged_{}_{}.safetensors"
 SECOND_UNET = "tiny_unet_seed1.safetensors"

@@ -26,8 +26,6 @@ from comfy_workflows import (
 from tiny_flashface_models import TINY_MODELS
 from tiny_unet import write_tiny_unet
 
-pytestmark = pytest.mark.comfyui
-
 VICTIMS = {"unet_name": "victim_unet.safetensors", "detector_name": "victim_retinaface.pth"}
 
 

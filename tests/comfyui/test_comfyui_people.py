@@ -5,11 +5,7 @@ given directly, two people give another, and wrong wiring is explained."""
 
 from __future__ import annotations
 
-import pytest
-
 from comfy_process import run_with_comfyui, tiny_paths
-
-pytestmark = pytest.mark.comfyui
 
 
 def test_people_nodes_chain_and_one_person_is_todays_image(comfy_install, tiny_model_files, tmp_path):

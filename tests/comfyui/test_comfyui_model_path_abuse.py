@@ -21,7 +21,6 @@ from comfy_workflows import (
 )
 from tiny_flashface_models import TEXT_WIDTH, TINY_MODELS
 
-pytestmark = pytest.mark.comfyui
 SOURCE = "99"  # the TestValueSource node's id in these prompts
 MASK, LATENT, CONDITIONING, SIGMAS = range(4)  # its outputs
 
