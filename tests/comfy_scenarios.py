@@ -444,3 +444,25 @@ def dpmpp_2m_sde_against_comfyui(seed: int, other_seed: int) -> dict:
         other_seed=difference(ours, comfyui(other_seed)),
         scale=float(ours.abs().max()),
     )
+
+
+def pack_import_with_torch(version: str) -> str:
+    """The pack imported again as ComfyUI imports a custom node, with torch saying it is `version`:
+    the ImportError's message ComfyUI shows, or "imported"."""
+    import importlib.util
+    import sys
+
+    from child import REPO_ROOT
+
+    torch.__version__ = version  # pyright: ignore[reportAttributeAccessIssue]
+    spec = importlib.util.spec_from_file_location(
+        "flashface_pack_again", REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as error:
+        return str(error)
+    return "imported"

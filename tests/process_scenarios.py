@@ -9,18 +9,20 @@ import sys
 import time
 from pathlib import Path
 
+from torch import nn
+
 
 def module_outlives_its_file(path: str) -> float:
     """Load `TwoLayersBig` from `path`, overwrite the file with zeros, then truncate it: the module
     must keep its weights (a change raises) and reading them must not fault (SIGBUS would end this
     process, not the test run). The sum of two of its weights."""
     import torch
-    from test_checkpoint import TwoLayersBig, copy_plan
 
-    from flashface.models.checkpoint import load_module, open_checkpoint
+    from flashface.models.checkpoint import TensorPlan, load_module, open_checkpoint
 
     checkpoint = open_checkpoint(path)
-    module = load_module(TwoLayersBig, checkpoint, copy_plan(checkpoint.keys()), what="test model")
+    plan = {key: TensorPlan.copy(key) for key in checkpoint.keys()}
+    module = load_module(TwoLayersBig, checkpoint, plan, what="test model")
     checkpoint.close()
     before = module.linear.weight.clone()
     size = Path(path).stat().st_size
@@ -56,3 +58,12 @@ def modules_imported_by(modules: list[str], families: list[str]) -> list[str]:
     for module in modules:
         importlib.import_module(module)
     return sorted(name for name in sys.modules if name.split(".")[0] in families)
+
+
+class TwoLayersBig(nn.Module):
+    """Two layers big enough that their file is memory-mapped in pages."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(192, 128)
+        self.norm = nn.LayerNorm(128)

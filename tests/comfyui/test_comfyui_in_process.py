@@ -219,3 +219,11 @@ def test_dpmpp_2m_sde_draws_comfyuis_noise_for_a_seed(comfy_install, tmp_path):
     print(f"\ndpmpp_2m_sde vs ComfyUI's: {result}")
     assert result["same_seed"] < 1e-5 * result["scale"], result
     assert result["other_seed"] > 0.05 * result["scale"], result
+
+
+def test_the_pack_refuses_an_old_torch_with_a_message_comfyui_shows(comfy_install, tmp_path):
+    """ComfyUI lists a pack whose import raises as failed, with the message: it names the torch
+    and what to do (a torch from the minimum on imports)."""
+    message = run_with_comfyui(comfy_install, "pack_import_with_torch", tmp_path, version="2.3.1+cu121")
+    assert message.startswith("FlashFace needs torch 2.4 or later, and this Python has torch 2.3.1+cu121")
+    assert run_with_comfyui(comfy_install, "pack_import_with_torch", tmp_path, version="2.4.0") == "imported"

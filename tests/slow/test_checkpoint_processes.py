@@ -5,9 +5,9 @@ import subprocess
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from comfy_process import child_command, result_of
+from process_scenarios import TwoLayersBig
 
 
 def _save(weights, path):
@@ -33,10 +33,3 @@ def test_a_loaded_module_owns_its_weights(tmp_path, suffix):
     )
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
     assert result_of(done.stdout) == pytest.approx(float(weights["linear.weight"].sum() + weights["norm.weight"].sum()))
-
-
-class TwoLayersBig(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(192, 128)
-        self.norm = nn.LayerNorm(128)

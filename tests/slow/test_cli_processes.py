@@ -25,6 +25,7 @@ def test_reference_photos_to_an_image_file(model_arguments, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(out)
+    assert "INFO device cpu (auto), UNet weights fp32 (auto)" in done.stderr.splitlines()  # no GPU here
     with Image.open(out) as image:
         assert image.size == (96, 64) and image.mode == "RGB"
         colours = image.getcolors(maxcolors=96 * 64)
