@@ -28,6 +28,8 @@ from tqdm import tqdm
 from . import torch_version_problem
 from .errors import FlashFaceError, InvalidInputError
 from .face import DEFAULT_DETECTION_THRESHOLD, SEVERAL_FACES
+from .models.convert import GraftRequest
+from .models.graft import check_strength, graft_unet
 from .models.model_registry import KINDS, entries_of_kind, get_model_path
 from .models.ops import WEIGHT_DTYPES
 from .models.vae import VAE_ATTENTIONS
@@ -143,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default); standard: the usual SD attention, as ComfyUI's own VAE Decode",
     )
     gen.add_argument("--models-dir", type=Path, help="where model files are found and downloaded to")
+    add_graft_flags(gen)
     for kind in KINDS:
         gen.add_argument(
             f"--{kind.replace('_', '-')}",
@@ -166,8 +169,43 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp16",
         help="weight dtype of the file (norms stay fp32); default fp16",
     )
+    add_graft_flags(conv)
     add_verbosity_flags(conv)
     return parser
+
+
+def add_graft_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--graft",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="experimental: an SD1.5 fine-tune whose look is grafted onto FlashFace (add difference: "
+        "FlashFace + strength * (CHECKPOINT - BASE)); needs --graft-base",
+    )
+    parser.add_argument(
+        "--graft-base",
+        type=Path,
+        metavar="BASE",
+        help="the SD1.5 the --graft checkpoint was fine-tuned from (usually v1-5-pruned-emaonly)",
+    )
+    parser.add_argument(
+        "--graft-strength", type=float, default=1.0, help="how much of the difference is added (default 1)"
+    )
+
+
+def graft_request(args: argparse.Namespace) -> GraftRequest | None:
+    """The --graft flags as a request, checked (both files, a finite strength) before anything loads."""
+    if (args.graft is None) != (args.graft_base is None):
+        raise InvalidInputError(
+            "--graft and --graft-base go together: the fine-tune to graft and the SD1.5 it was trained from."
+        )
+    if args.graft is None:
+        return None
+    check_strength(args.graft_strength)
+    for path in (args.graft, args.graft_base):
+        if not path.is_file():
+            raise InvalidInputError(f"{path} does not exist: give the path of an SD1.5 checkpoint file.")
+    return GraftRequest(args.graft, args.graft_base, args.graft_strength)
 
 
 def add_verbosity_flags(parser: argparse.ArgumentParser) -> None:
@@ -185,7 +223,7 @@ def convert(args: argparse.Namespace) -> list[Path]:
             bar.total = total
             bar.update(done - bar.n)
 
-        return [convert_unet(args.source, args.out, WEIGHT_DTYPES[args.dtype], progress)]
+        return [convert_unet(args.source, args.out, WEIGHT_DTYPES[args.dtype], progress, graft_request(args))]
 
 
 def person_argument(value: str) -> tuple[list[Path], tuple[float, ...]]:
@@ -230,6 +268,14 @@ def load_pipeline(args: argparse.Namespace) -> FlashFacePipeline:
 
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
     unet = _load(load_unet, args.unet, "unet", args.models_dir, device=device, dtype=dtype)
+    if (graft := graft_request(args)) is not None:
+        with tqdm(desc="grafting", unit="tensor", disable=None) as bar:
+
+            def grafted(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            graft_unet(unet, graft.checkpoint, graft.base, graft.strength, grafted)
     vae = _load(
         load_vae, args.vae, "vae", args.models_dir, device=device, dtype=torch.float32, attention=args.vae_attention
     )
@@ -253,6 +299,7 @@ def output_paths(out: Path, count: int) -> list[Path]:
 def generate(args: argparse.Namespace) -> list[Path]:
     settings = settings_from_args(args)  # reject bad settings before loading gigabytes
     latent_size(settings.width, settings.height)
+    graft_request(args)
     if args.person and args.face_box is not None:
         raise InvalidInputError("--face-box places one person: with --person give each person's box after the @.")
     given = [(args.ref, None)] if args.ref else args.person

@@ -206,9 +206,14 @@ def _unsafe_globals(exc: BaseException) -> str:
 
 
 def _unwrap_pickle(obj: object, path: str) -> Mapping[str, torch.Tensor]:
-    # Some trainers save {"state_dict": {...}} or {"params": ...}; the published files are flat.
+    # Some trainers save {"state_dict": {...}} or {"params": ...}, SD checkpoints {"state_dict": {...},
+    # "global_step": 840000, ...} (numbers beside the tensors); the published files are flat.
     for wrapper in ("state_dict", "model", "params"):
-        if isinstance(obj, Mapping) and set(obj) == {wrapper} and isinstance(obj[wrapper], Mapping):
+        if (
+            isinstance(obj, Mapping)
+            and isinstance(obj.get(wrapper), Mapping)
+            and not any(isinstance(value, torch.Tensor) for value in obj.values())
+        ):
             obj = obj[wrapper]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelFileError(

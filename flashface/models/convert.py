@@ -16,6 +16,8 @@ import json
 import os
 import struct
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -64,14 +66,30 @@ def compact_view(checkpoint: Checkpoint) -> Checkpoint:
     return CompactCheckpoint(checkpoint) if checkpoint.metadata().get("format") == COMPACT_FORMAT else checkpoint
 
 
+@dataclass(frozen=True)
+class GraftRequest:
+    """An SD1.5 fine-tune to graft while converting (see `graft`): its file, its base's, the strength."""
+
+    checkpoint: str | os.PathLike
+    base: str | os.PathLike
+    strength: float = 1.0
+
+
 def convert_unet(
-    source: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype, progress: Progress | None = None
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    dtype: torch.dtype,
+    progress: Progress | None = None,
+    graft: GraftRequest | None = None,
 ) -> Path:
     """Write the compact file of the FlashFace UNet `source` to `out` (a new .safetensors file),
-    reading and writing one tensor at a time; the file appears only once complete."""
+    reading and writing one tensor at a time; the file appears only once complete. With `graft`, the
+    fine-tune's difference is added to the published fp32 weights (`graft.graft_unet`'s sum) before
+    they are stored in `dtype`."""
+    from .graft import add_difference, check_strength, graft_shapes, open_graft
     from .unet import FlashFaceUNet
     from .unet_blocks import MODEL_NAME
-    from .unet_loading import infer_layout  # it reads files through `compact_view`
+    from .unet_loading import infer_layout, official_key  # it reads files through `compact_view`
 
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -96,19 +114,6 @@ def convert_unet(
         stored = sorted(
             key for key in wanted if not (key.startswith(ALIAS_PREFIX) and key[len(ALIAS_PREFIX) :] in wanted)
         )
-
-        def converted(key: str, target: torch.dtype) -> torch.Tensor:
-            tensor = checkpoint.tensor(key)
-            if key in aliased and not torch.equal(tensor, checkpoint.tensor(ALIAS_PREFIX + key)):
-                raise ModelFileError(
-                    f"{checkpoint.path}: the tensors {key} and {ALIAS_PREFIX}{key} should be identical "
-                    f"copies but differ, so this is not an unmodified {MODEL_NAME} file."
-                )
-            return tensor.to(target)
-
-        entries = [
-            (key, at_least_fp32(dtype) if key in norm_keys else dtype, tuple(checkpoint.shape(key))) for key in stored
-        ]
         metadata = {
             "format": COMPACT_FORMAT,
             "num_heads": str(layout.config.num_heads),
@@ -116,7 +121,32 @@ def convert_unet(
             "aliased": json.dumps(aliased),
             "source": Path(checkpoint.path).name,
         }
-        write_safetensors(out, entries, converted, metadata, progress)
+        with ExitStack() as stack:
+            graft_files, strength, grafted = None, 0.0, {}
+            if graft is not None:
+                strength = check_strength(graft.strength)
+                graft_files = stack.enter_context(open_graft(graft.checkpoint, graft.base, graft_shapes(module)))
+                grafted = {official_key(key): key for key in graft_files.shapes} if strength else {}
+                metadata["grafted"] = json.dumps(
+                    dict(checkpoint=Path(graft.checkpoint).name, base=Path(graft.base).name, strength=strength)
+                )
+
+            def converted(key: str, target: torch.dtype) -> torch.Tensor:
+                tensor = checkpoint.tensor(key)
+                if key in aliased and not torch.equal(tensor, checkpoint.tensor(ALIAS_PREFIX + key)):
+                    raise ModelFileError(
+                        f"{checkpoint.path}: the tensors {key} and {ALIAS_PREFIX}{key} should be identical "
+                        f"copies but differ, so this is not an unmodified {MODEL_NAME} file."
+                    )
+                if graft_files is not None and key in grafted:
+                    tensor = add_difference(tensor, graft_files.difference(grafted[key]), strength)
+                return tensor.to(target)
+
+            entries = [
+                (key, at_least_fp32(dtype) if key in norm_keys else dtype, tuple(checkpoint.shape(key)))
+                for key in stored
+            ]
+            write_safetensors(out, entries, converted, metadata, progress)
     return out
 
 
