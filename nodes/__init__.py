@@ -1,14 +1,15 @@
 """The ComfyUI nodes (V1 API). Thin: validate, convert, call `flashface`, report progress.
 
 The four core nodes (Load Model, Detect Face, CLIP Text Encode, Generator: the official run), and
-the MODEL path into ComfyUI's own sampling (Apply, Sigmas, VAE Encode / Decode), and Person (several
-people in one picture)."""
+the MODEL path into ComfyUI's own sampling (Apply, Sigmas, VAE Encode / Decode), Person (several
+people in one picture) and Graft Checkpoint (a user's SD1.5 checkpoint grafted onto the UNet)."""
 
 import folder_paths
 
 from .detect_face import FlashFaceDetectFace
 from .examples import copy_example_photos
 from .generator import FlashFaceGenerator
+from .graft import FlashFaceGraftCheckpoint
 from .latents import FlashFaceVAEDecode, FlashFaceVAEEncode
 from .load_model import FlashFaceLoadModel
 from .model_files import register_flashface_folder
@@ -29,6 +30,7 @@ NODE_CLASS_MAPPINGS = {
     "FlashFace_VAEEncode": FlashFaceVAEEncode,
     "FlashFace_VAEDecode": FlashFaceVAEDecode,
     "FlashFace_Person": FlashFacePerson,
+    "FlashFace_GraftCheckpoint": FlashFaceGraftCheckpoint,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "FlashFace_LoadModel": "FlashFace Load Model",
@@ -40,4 +42,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FlashFace_VAEEncode": "FlashFace VAE Encode",
     "FlashFace_VAEDecode": "FlashFace VAE Decode",
     "FlashFace_Person": "FlashFace Person (experimental)",
+    "FlashFace_GraftCheckpoint": "FlashFace Graft Checkpoint (experimental)",
 }

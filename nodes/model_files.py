@@ -131,11 +131,44 @@ def locate(kind: str, name: str) -> Path | None:
 def fingerprint(kind: str, name: str) -> str:
     """Identity of the file behind a choice (device, inode, size, time): it changes when the file
     is replaced, overwritten or truncated, so ComfyUI runs Load Model again."""
-    path = locate(kind, name)
+    return file_fingerprint(locate(kind, name), name)
+
+
+def file_fingerprint(path: Path | None, name: str = "") -> str:
+    """Identity of a file (device, inode, size, time), or that `name` is missing."""
     if path is None:
         return f"{name}: missing"
     stat = path.stat()
     return f"{path}: {stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+CHECKPOINTS = "checkpoints"  # ComfyUI's folder key of single-file checkpoints (models/checkpoints)
+
+
+def checkpoint_choices() -> list[str]:
+    """The checkpoints ComfyUI's own Load Checkpoint offers."""
+    return folder_paths.get_filename_list(CHECKPOINTS)
+
+
+def _checkpoint_path(name: str) -> Path | None:
+    path = folder_paths.get_full_path(CHECKPOINTS, name)
+    return Path(path) if path else None
+
+
+def checkpoint_fingerprint(name: str) -> str:
+    """`fingerprint` of a checkpoint of models/checkpoints."""
+    return file_fingerprint(_checkpoint_path(name), name)
+
+
+def resolve_checkpoint(name: str) -> Path:
+    """The file behind a checkpoint choice, as it is on disk."""
+    path = _checkpoint_path(name)
+    if path is None:
+        raise ModelFileError(
+            f"The checkpoint {name!r} is not in {', '.join(folder_paths.get_folder_paths(CHECKPOINTS))}; "
+            "refresh the node list (press R) and choose another file."
+        )
+    return path
 
 
 def resolve(kind: str, name: str) -> Path:

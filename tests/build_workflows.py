@@ -181,6 +181,8 @@ def _model_spec(
 
 
 EXAMPLE_LORA = "your_sd15_lora.safetensors"  # placeholders: the user picks a file of theirs
+EXAMPLE_CHECKPOINT = "your_sd15_checkpoint.safetensors"
+SD15_BASE = "v1-5-pruned-emaonly.safetensors"
 EXAMPLE_CONTROLNET = "control_v11p_sd15_canny.pth"
 
 
@@ -247,6 +249,29 @@ def workflow_specs() -> dict[str, dict]:
         ("canvas", "MASK", "mask", "destination"),
         ("square", "MASK", "mask", "source"),
         ("mask", "MASK", "generator", "face_mask"),
+    ]
+
+    own = specs["flashface_own_checkpoint"] = _spec(
+        "your own SD1.5 checkpoint (experimental)",
+        "FlashFace Graft Checkpoint adds what your SD1.5 checkpoint changed from SD1.5 to FlashFace's UNet (add "
+        "difference, as ControlNet and inpainting models are moved between fine-tunes), so the picture takes your "
+        "checkpoint's look while the network that reads the faces stays FlashFace's. Put your checkpoint and the "
+        "SD1.5 it was trained from (usually v1-5-pruned-emaonly) in `ComfyUI/models/checkpoints` and pick them. "
+        "Lower `strength` if the likeness weakens. Experimental: nobody has published images of this yet.",
+        "A woman astronaut smiling, portrait, on the street in the night, soft light",
+    )
+    own["nodes"].append(
+        dict(
+            key="graft",
+            type="FlashFace_GraftCheckpoint",
+            pos=[380, 300],
+            widgets={"checkpoint": EXAMPLE_CHECKPOINT, "base_checkpoint": SD15_BASE, "strength": 1.0},
+        )
+    )
+    own["links"].remove(("model", "flashface_model", "generator", "flashface_model"))
+    own["links"] += [
+        ("model", "flashface_model", "graft", "flashface_model"),
+        ("graft", "flashface_model", "generator", "flashface_model"),
     ]
 
     sampler = {"steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras"}

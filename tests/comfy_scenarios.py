@@ -334,9 +334,12 @@ def sd15_keys(unet: str) -> dict:
         for key, value in patcher.model.state_dict().items()
         if key.startswith("diffusion_model.")
     }
+    from flashface_pack.flashface.models.graft import graft_shapes
+
     return dict(
         sd15={key: list(value.shape) for key, value in sd15.state_dict().items()},
         ours=ours,
+        grafted={key: list(shape) for key, shape in graft_shapes(patcher.model.diffusion_model).items()},
         diffusers=sorted(set(comfy.utils.unet_to_diffusers(patcher.model.model_config.unet_config).values())),
     )
 
@@ -466,3 +469,49 @@ def pack_import_with_torch(version: str) -> str:
     except ImportError as error:
         return str(error)
     return "imported"
+
+
+def graft_node(unet: str, vae: str, clip: str, folder: str, strength: float) -> dict:
+    """FlashFace Graft Checkpoint on the tiny models with the tiny SD1.5 checkpoints "custom.safetensors"
+    and "base.ckpt" of `folder` (added to ComfyUI's checkpoints folders): the loaded UNet's weights
+    against the graft by hand (the plain UNet + strength * (custom - base) read from the files), with
+    the stock LoRA "lora.safetensors" on top against the changes it makes ("lora_changes.safetensors",
+    by UNet key) added by hand, Load Model's own UNet left as it was, and strength 0."""
+    import comfy.sd
+    from flashface_pack.nodes import graft
+
+    full_checkpoint = "model.diffusion_model."  # the SD1.5 UNet's tensors in a single-file checkpoint
+
+    folder_paths.add_model_folder_path("checkpoints", folder)
+    flashface = tiny_flashface(unet, vae, clip)
+    plain = {key: value.clone() for key, value in flashface.unet.model.diffusion_model.state_dict().items()}
+    custom = comfy.utils.load_torch_file(os.path.join(folder, "custom.safetensors"))
+    base = comfy.utils.load_torch_file(os.path.join(folder, "base.ckpt"))
+    by_hand = dict(plain)
+    for key in plain:
+        if full_checkpoint + key in custom:
+            by_hand[key] = plain[key] + strength * (
+                custom[full_checkpoint + key].float() - base[full_checkpoint + key].float()
+            )
+    (grafted,) = graft.FlashFaceGraftCheckpoint().graft(flashface, "custom.safetensors", "base.ckpt", strength)
+
+    def loaded(patcher) -> dict[str, torch.Tensor]:
+        mm.load_models_gpu([patcher])
+        return {key: value.clone() for key, value in patcher.model.diffusion_model.state_dict().items()}
+
+    weights = loaded(grafted.unet)
+    lora = comfy.utils.load_torch_file(os.path.join(folder, "lora.safetensors"))
+    with_lora, _ = comfy.sd.load_lora_for_models(grafted.unet, None, lora, 1.0, 0)
+    changes = comfy.utils.load_torch_file(os.path.join(folder, "lora_changes.safetensors"))
+    lora_by_hand = {key: value + changes[key] if key in changes else value for key, value in by_hand.items()}
+    lora_weights = loaded(with_lora)
+    after = loaded(flashface.unet)
+    (unchanged,) = graft.FlashFaceGraftCheckpoint().graft(flashface, "custom.safetensors", "base.ckpt", 0.0)
+    return dict(
+        grafted=max(difference(weights[key], by_hand[key]) for key in weights),
+        changed=sum(not torch.equal(weights[key], plain[key]) for key in weights),
+        sd15_tensors=sum(1 for key in custom if key.startswith(full_checkpoint)),
+        with_lora=max(difference(lora_weights[key], lora_by_hand[key]) for key in lora_weights),
+        load_model_unet=max(difference(after[key], plain[key]) for key in after),
+        strength_zero_is_the_input=unchanged is flashface,
+    )

@@ -177,6 +177,7 @@ NODE_INPUTS = {
         "people",
     },
     "FlashFace_Person": {"reference_faces", "face_x1", "face_y1", "face_x2", "face_y2", "face_mask", "people"},
+    "FlashFace_GraftCheckpoint": {"flashface_model", "checkpoint", "base_checkpoint", "strength"},
 }
 
 
@@ -190,4 +191,5 @@ NODE_OUTPUTS = {
     "FlashFace_VAEDecode": ["IMAGE"],
     "FlashFace_Generator": ["IMAGE", "LATENT"],
     "FlashFace_Person": ["FLASHFACE_PEOPLE"],
+    "FlashFace_GraftCheckpoint": ["FLASHFACE_MODEL"],
 }

@@ -70,6 +70,28 @@ def write_tiny_controlnets(models_dir: Path) -> None:
         write_tiny_t2i_adapter(Path(models_dir) / "controlnet" / name, zero=kind == "zero")
 
 
+# in models/checkpoints: an SD1.5 fine-tune of the tiny UNet's layout and its base, single-file checkpoints
+TINY_SD15 = {"checkpoint": "tiny_sd15_fine_tune.safetensors", "base_checkpoint": "tiny_sd15_base.safetensors"}
+
+
+def tiny_sd15_pair() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(fine-tune, base): SD1.5 UNet tensors of the tiny UNet's main path, the fine-tune its base
+    plus a seeded change of every tensor (as a fine-tune changes them all)."""
+    from tiny_sd15 import sd15_unet
+
+    base, change = sd15_unet(10, context_dim=TEXT_WIDTH), sd15_unet(11, context_dim=TEXT_WIDTH)
+    return {key: value + 0.05 * change[key] for key, value in base.items()}, base
+
+
+def write_tiny_sd15_checkpoints(models_dir: Path) -> dict[str, Path]:
+    """The tiny fine-tune and base (`tiny_sd15_pair`) as models/checkpoints/ files; their paths by
+    Graft Checkpoint input."""
+    from tiny_sd15 import write_sd15
+
+    folder = Path(models_dir) / "checkpoints"
+    return {name: write_sd15(folder / TINY_SD15[name], unet) for name, unet in zip(TINY_SD15, tiny_sd15_pair())}
+
+
 TINY_HYPERNETWORK = "tiny_hypernetwork.pt"  # in models/hypernetworks
 
 
@@ -101,13 +123,14 @@ def write_tiny_model_folders(models_dir: Path) -> dict[str, Path]:
     write_tiny_lora(models_dir)
     write_tiny_controlnets(models_dir)
     write_tiny_hypernetwork(models_dir)
+    write_tiny_sd15_checkpoints(models_dir)
     return paths
 
 
 def use_tiny_models(prompt: dict) -> dict:
     """Point every FlashFace Load Model node of an API-format prompt at the tiny files (the width-64
-    UNet where a ControlNet steers it), every stock LoRA loader at the tiny LoRA and every
-    ControlNet loader at the tiny ControlNet."""
+    UNet where a ControlNet steers it), every stock LoRA loader at the tiny LoRA, every ControlNet
+    loader at the tiny ControlNet and every Graft Checkpoint at the tiny SD1.5 pair."""
     with_controlnet = any(node["class_type"] == "ControlNetLoader" for node in prompt.values())
     for node in prompt.values():
         if node["class_type"] == "FlashFace_LoadModel":
@@ -118,6 +141,8 @@ def use_tiny_models(prompt: dict) -> dict:
             node["inputs"]["lora_name"] = TINY_LORA
         elif node["class_type"] == "ControlNetLoader":
             node["inputs"]["control_net_name"] = TINY_CONTROLNETS["random"]
+        elif node["class_type"] == "FlashFace_GraftCheckpoint":
+            node["inputs"].update(TINY_SD15)
     return prompt
 
 

@@ -11,7 +11,14 @@ import pytest
 
 from comfy_browser import ComfyPage, browser_unavailable_reason
 from comfy_server import REPO_ROOT, browser_installs, running_server
-from tiny_flashface_models import CONTROLNET_UNET, TINY_CONTROLNETS, TINY_LORA, TINY_MODELS, write_tiny_model_folders
+from tiny_flashface_models import (
+    CONTROLNET_UNET,
+    TINY_CONTROLNETS,
+    TINY_LORA,
+    TINY_MODELS,
+    TINY_SD15,
+    write_tiny_model_folders,
+)
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 
@@ -51,6 +58,7 @@ def test_every_template_runs_with_one_queue_in_a_fresh_instance(fresh_instance, 
             assert not [d for d in ui.dialogs() if "missing" in d.lower()], ui.dialogs()
             assert ui.set_widgets("FlashFace_LoadModel", **TINY_MODELS) == 1
             ui.set_widgets("LoraLoaderModelOnly", lora_name=TINY_LORA)
+            ui.set_widgets("FlashFace_GraftCheckpoint", **TINY_SD15)
             if ui.set_widgets("ControlNetLoader", control_net_name=TINY_CONTROLNETS["random"]):
                 ui.set_widgets("FlashFace_LoadModel", unet_name=CONTROLNET_UNET)
             if ui.set_widgets("FlashFace_Generator", width=64, height=64, steps=2) == 0:  # a MODEL template

@@ -208,6 +208,7 @@ def test_the_main_path_has_the_names_and_shapes_of_comfyuis_sd_unet(comfy_instal
         or key.startswith(("reference_input_blocks.", "reference_output_blocks."))
     }
     assert {key: ours[key] for key in ours if key not in own} == sd15
+    assert result["grafted"] == sd15  # the graft changes exactly the tensors an SD1.5 UNet has
     assert set(sd15) <= set(result["diffusers"])  # diffusers-named LoRAs reach every one of them
     assert len(own) > 100 and sd15["input_blocks.0.0.weight"][1] == 4
 
@@ -227,3 +228,32 @@ def test_the_pack_refuses_an_old_torch_with_a_message_comfyui_shows(comfy_instal
     message = run_with_comfyui(comfy_install, "pack_import_with_torch", tmp_path, version="2.3.1+cu121")
     assert message.startswith("FlashFace needs torch 2.4 or later, and this Python has torch 2.3.1+cu121")
     assert run_with_comfyui(comfy_install, "pack_import_with_torch", tmp_path, version="2.4.0") == "imported"
+
+
+def test_graft_checkpoint_patches_the_difference_and_a_lora_adds_to_it(comfy_install, tiny_model_files, tmp_path):
+    """The node's UNet, loaded by ComfyUI, is the plain UNet + strength * (custom - base) on each of the
+    SD1.5 checkpoint's tensors (bit for bit, fp32), a stock LoRA on it adds exactly its own change,
+    Load Model's UNet stays as it was, and strength 0 gives the input back."""
+    from seeded_weights import save_state_dict
+    from tiny_flashface_models import TEXT_WIDTH, tiny_sd15_pair
+    from tiny_lora import write_loras
+    from tiny_sd15 import write_sd15
+
+    custom, base = tiny_sd15_pair()
+    write_sd15(tmp_path / "custom.safetensors", custom)
+    write_sd15(tmp_path / "base.ckpt", base, dtype=torch.float16)
+    lora, deltas = write_loras(tmp_path / "loras", context_dim=TEXT_WIDTH)["kohya"]
+    lora.rename(tmp_path / "lora.safetensors")
+    changes = {}
+    for target, delta in deltas.items():  # each LoRA change as a whole tensor of the UNet's key
+        whole = torch.zeros(base[target.ldm + ".weight"].shape)
+        whole[:, target.part] = delta
+        changes[target.ldm + ".weight"] = whole
+    save_state_dict(changes, tmp_path / "lora_changes.safetensors")
+    result = run_with_comfyui(
+        comfy_install, "graft_node", tmp_path, **tiny_paths(tiny_model_files), folder=str(tmp_path), strength=0.6
+    )
+    print(f"\nGraft Checkpoint in ComfyUI: {result}")
+    assert result["grafted"] == 0 and result["with_lora"] == 0 and result["load_model_unet"] == 0
+    assert result["changed"] == result["sd15_tensors"] == len(base)
+    assert result["strength_zero_is_the_input"]
