@@ -11,6 +11,8 @@ Prints
   references, and two people of 4 references each side by side (batch 1; experimental), with the peak
   device memory of each (CUDA: peak allocated by torch; CPU: peak resident memory, anonymous and
   file-backed);
+* the graft of an SD1.5-size fine-tune (random fp16 files) onto the fp16 UNet on the device: seconds and
+  peak memory, then the step on the grafted UNet (512 px, batch 1, 3 branches);
 * with --comfyui: the same step (512 px, batch 1, fp16) with the UNet loaded through ComfyUI's
   ModelPatcher into a budget of --budget of its size, as ComfyUI's model management does on a
   small GPU or with --lowvram: the rest stays on the CPU and is cast per layer at each call;
@@ -27,8 +29,10 @@ import contextlib
 import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -141,6 +145,30 @@ def step_table(source, sizes, batches, dtypes, repeats, reference_size, device) 
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def grafted_step(source, size: int, repeats: int, reference_size: int, device: torch.device) -> None:
+    """An SD1.5-size fine-tune and base (random, fp16 files in a temporary folder) grafted onto the
+    fp16 UNet on the device (`graft_unet`), then the step timed on the grafted UNet."""
+    from bench.bench_graft import write_sd15_checkpoint
+    from flashface.models.graft import graft_shapes, graft_unet
+
+    model = on_device(source, torch.float16, device)
+    with tempfile.TemporaryDirectory(prefix="flashface-graft-") as folder:
+        files = [Path(folder) / f"{name}.safetensors" for name in ("fine_tune", "base")]
+        for seed, path in enumerate(files):
+            write_sd15_checkpoint(path, graft_shapes(model), seed)
+        with peak_memory(device) as memory:
+            start = time.perf_counter()
+            changed = graft_unet(model, files[0], files[1])
+            synchronize(device)
+            seconds = time.perf_counter() - start
+    print(
+        f"graft of an SD1.5 fine-tune onto the fp16 UNet: {changed} tensors, {seconds:.1f} s, {memory[0]}", flush=True
+    )
+    inputs = StepInputs(size, 4, 4, 1, source.config.context_dim, reference_size, device)
+    steps = time_calls(model, inputs, 3, repeats, device)
+    print(f"  grafted fp16 {size} px batch 1, 3 branches: {statistics.median(steps):.3f} s/step", flush=True)
 
 
 def import_comfyui(tree: str, device: torch.device):
@@ -261,6 +289,7 @@ def main() -> None:
     )
     if not args.deviation_only:
         step_table(source, shape.sizes, args.batches, args.dtypes, args.repeats, shape.reference_size, device)
+        grafted_step(source, shape.sizes[0], args.repeats, shape.reference_size, device)
         if args.comfyui:
             partial_load(source, args.comfyui, args.budget, shape.sizes[0], args.repeats, shape.reference_size, device)
         else:

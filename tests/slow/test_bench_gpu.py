@@ -58,3 +58,5 @@ def test_gpu_benchmark_runs_at_a_tiny_size_on_the_cpu():
     assert partial and float(partial.group(3)) > 0, out
     assert len(re.findall(rf"fp16 64 px batch 1, [23] branches: {NUMBER} s/step", out)) == 2, out
     assert re.search(r'noise="device" equals .* cpu normal_\(\): True$', out, re.M), out
+    assert re.search(rf"^graft of an SD1.5 fine-tune onto the fp16 UNet: 686 tensors, {NUMBER} s", out, re.M), out
+    assert re.search(rf"^  grafted fp16 64 px batch 1, 3 branches: {NUMBER} s/step", out, re.M), out
