@@ -176,7 +176,7 @@ def _calc_cond_batch(args):
         )
     _refuse_what_the_combination_would_drop(args["model"], options)
     with_references = _guidance(options).with_references_row(args["sigma"].flatten()[0])  # checks the sigma
-    _check_step_inputs(args["model"], args["sigma"], conds)
+    _check_step_inputs(args["model"], float(args["sigma"].flatten()[0]), conds)
     if with_references:
         conds = [conds[0], conds[1], conds[0]]
     marked = dict(
@@ -225,12 +225,22 @@ def _refuse_what_the_combination_would_drop(model, model_options) -> None:
     model.accepted_sampling = weakref.ref(sampling)
 
 
-def _check_step_inputs(model, sigma: torch.Tensor, conds) -> None:
+def _check_the_whole_run(executor, guider, sigmas, *args, **kwargs):
+    """Before the first step (ComfyUI's sampler-sample wrapper): the step checks at every level of
+    the run, so that conditioning limited to some steps (ConditioningSetTimestepRange) is refused
+    before any work rather than at the first step it leaves uncovered."""
+    conds = getattr(guider, "conds", None) or {}
+    if "positive" in conds and "negative" in conds:
+        for level in sigmas[:-1].tolist():
+            _check_step_inputs(guider.inner_model, level, [conds["positive"], conds["negative"]])
+    return executor(guider, sigmas, *args, **kwargs)
+
+
+def _check_step_inputs(model, level: float, conds) -> None:
     """What can be checked of a step's inputs without reading values off the device (no host sync
-    per step): each side's conditioning is present, active at this sigma, over the whole latent and
-    as wide as the text encoder's output. Values (NaN, infinity) are examined only when a step's
-    prediction is not finite (`_name_what_is_not_finite`)."""
-    level = float(sigma.flatten()[0])
+    per step): each side's conditioning is present, active at this noise level, over the whole
+    latent and as wide as the text encoder's output. Values (NaN, infinity) are examined only when a
+    step's prediction is not finite (`_name_what_is_not_finite`)."""
     for side, entries in (("positive", conds[0]), ("negative", conds[1])):
         if not entries:
             raise InvalidInputError(
@@ -310,4 +320,5 @@ def guided_model(unet_patcher, guidance: RowGuidance):
     model.model_options["transformer_options"][GUIDANCE] = guidance
     model.set_model_sampler_calc_cond_batch_function(_calc_cond_batch)
     model.set_model_sampler_pre_cfg_function(_combine_branches, disable_cfg1_optimization=True)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, GUIDANCE, _check_the_whole_run)
     return model

@@ -117,21 +117,25 @@ def test_area_conditioning_is_refused_rather_than_placing_the_face_in_the_area(s
     )
 
 
-def test_a_negative_that_stops_halfway_is_refused_rather_than_read_as_zero(server):
+@pytest.mark.parametrize("side", ["positive", "negative"])
+def test_a_prompt_that_stops_halfway_is_refused_before_the_first_step(server, side):
+    """ConditioningSetTimestepRange limiting one side to the first half: refused before any step runs
+    (the ranges are known before the first step), not when sampling reaches the second half."""
     prompt = model_prompt()
-    sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
+    ksampler = node_id(prompt, "KSampler")
+    sampler = prompt[ksampler]["inputs"]
     prompt["93"] = {
         "class_type": "ConditioningSetTimestepRange",
-        "inputs": {"conditioning": sampler["negative"], "start": 0.0, "end": 0.5},
+        "inputs": {"conditioning": sampler[side], "start": 0.0, "end": 0.5},
     }
-    sampler["negative"] = ["93", 0]
-    expect_node_error(
-        server,
-        prompt,
-        "KSampler",
-        "no part of the sampler's negative conditioning is active",
-        "ConditioningSetTimestepRange",
-    )
+    sampler[side] = ["93", 0]
+    run = server.run(prompt)
+    assert run.status == "error" and run.error["node_type"] == "KSampler", run.error_text()
+    message = run.error["exception_message"]
+    assert f"no part of the sampler's {side} conditioning is active" in message, message
+    assert "ConditioningSetTimestepRange" in message
+    assert not [m for m in run.of_type("progress") if m.get("node") == ksampler], "a step ran before the refusal"
+    assert_server_healthy(server)
 
 
 def test_prompts_scheduled_over_the_steps_still_work(server):
