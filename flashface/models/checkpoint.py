@@ -226,6 +226,8 @@ def _unwrap_pickle(obj: object, path: str) -> Mapping[str, torch.Tensor]:
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open a checkpoint file for lazy reading; never executes code from a pickle."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path} is a folder, not a model file: give the path of the file itself.")
     if not os.path.isfile(path):
         raise ModelFileError(f"The model file {path} does not exist. Download it or select another file.")
     lower = path.lower()

@@ -35,6 +35,7 @@ _SAFETENSORS_DTYPES = {
     torch.float8_e4m3fn: "F8_E4M3",
     torch.float8_e5m2: "F8_E5M2",
 }
+_DTYPE_NAMES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
 Progress = Callable[[int, int], None]  # (bytes written, bytes in all)
 
 
@@ -59,6 +60,14 @@ class CompactCheckpoint(Checkpoint):
 
     def close(self) -> None:
         self.stored.close()
+
+
+def stored_weight_dtype(checkpoint: Checkpoint) -> torch.dtype | None:
+    """The dtype a compact file's weights were stored in (None for any other file)."""
+    if checkpoint.metadata().get("format") != COMPACT_FORMAT:
+        return None
+    names = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}
+    return names.get(checkpoint.metadata().get("weights", ""))
 
 
 def compact_view(checkpoint: Checkpoint) -> Checkpoint:
@@ -96,13 +105,24 @@ def convert_unet(
         raise InvalidInputError(f"{out}: the compact file is a safetensors file; give a name ending in .safetensors.")
     if out.exists():
         raise InvalidInputError(f"{out} already exists; convert never overwrites a file: give a new name.")
+    folder = out.parent
+    if not folder.is_dir():
+        raise InvalidInputError(f"The folder {folder} does not exist: create it, or give a path in a folder that does.")
+    if not os.access(folder, os.W_OK):
+        raise InvalidInputError(f"The folder {folder} cannot be written to: give a path in a folder you can write to.")
     if dtype not in _SAFETENSORS_DTYPES:
         raise InvalidInputError(
             f"Cannot store weights as {dtype}; choose one of fp32, fp16, bf16, fp8_e4m3fn, fp8_e5m2."
         )
     with checkpoint_source(source) as checkpoint:
         if checkpoint.metadata().get("format") == COMPACT_FORMAT:
-            raise InvalidInputError(f"{checkpoint.path} is already a compact FlashFace UNet file.")
+            stored = checkpoint.metadata()
+            weights = _DTYPE_NAMES.get(stored.get("weights", ""), "of an unknown dtype")
+            raise InvalidInputError(
+                f"{checkpoint.path} is already a compact FlashFace UNet file ({weights}, converted from "
+                f"{stored.get('source', 'the published file')}): to store it in another dtype, convert that original "
+                "file again (a compact file has already lost the original's precision)."
+            )
         layout = infer_layout(checkpoint)
         plan = layout.plan
         with torch.device("meta"):
@@ -158,7 +178,8 @@ def write_safetensors(
     progress: Progress | None = None,
 ) -> None:
     """A safetensors file written tensor by tensor (the header first, from the shapes), so memory
-    holds one tensor at a time; written beside `path` and renamed onto it when complete."""
+    holds one tensor at a time; written beside `path` and renamed onto it when complete. A write
+    that fails (disk full, a folder that went away) is a ModelFileError naming `path`."""
     entries = list(entries)
     header: dict[str, object] = {"__metadata__": metadata}
     offset = 0
@@ -189,5 +210,7 @@ def write_safetensors(
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
+    except OSError as error:
+        raise ModelFileError(f"Could not write {path}: {error.strerror or error}. Nothing was kept.") from error
     finally:
         partial.unlink(missing_ok=True)

@@ -10,13 +10,15 @@ architecture is read from the keys and shapes (`infer_config`).
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
 from ..errors import ModelFileError
+from ..utils.devices import dtype_name
 from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_layout
-from .convert import compact_view
+from .convert import compact_view, stored_weight_dtype
 from .ops import (
     CASTING_OPERATIONS,
     STORAGE_ONLY_DTYPES,
@@ -31,6 +33,7 @@ from .unet_blocks import MODEL_NAME
 # Lists stored twice in the published file (the module and its `ori_` alias).
 ALIASED_LISTS = ("encoder", "middle", "decoder")
 UNUSED_PREFIX = "ref_middle."
+logger = logging.getLogger(__name__)
 
 
 def _require(checkpoint: Checkpoint, key: str) -> tuple[int, ...]:
@@ -202,6 +205,19 @@ def load_unet(
     storage_only = dtype in STORAGE_ONLY_DTYPES
     ops = operations or (CASTING_OPERATIONS if storage_only else TORCH_OPERATIONS)
     with checkpoint_source(source) as opened:
+        stored = stored_weight_dtype(opened)
+        if stored is not None and dtype.itemsize > stored.itemsize:
+            logger.warning(
+                "%s holds %s weights: loaded as %s they take %d times the memory with the precision of %s. Load it "
+                "as %s, or convert the published file to %s.",
+                opened.path,
+                dtype_name(stored),
+                dtype_name(dtype),
+                dtype.itemsize // stored.itemsize,
+                dtype_name(stored),
+                dtype_name(stored),
+                dtype_name(dtype),
+            )
         checkpoint = compact_view(opened)
         model = load_layout(
             lambda config: FlashFaceUNet(config, ops),

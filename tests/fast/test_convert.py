@@ -78,3 +78,40 @@ def test_convert_from_the_command_line(published, tmp_path, capsys):
     assert load_unet(out, dtype=torch.float8_e4m3fn).weight_dtype == torch.float8_e4m3fn
     assert main(["convert", str(published), str(out)]) == 1  # exists: one clear line, no traceback
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_missing_output_folder_or_a_folder_as_source_is_one_line_before_anything_is_read(
+    published, tmp_path, capsys, monkeypatch
+):
+    from flashface.models import convert
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the source was read before the output folder was checked")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(convert, "checkpoint_source", unread)
+        assert main(["convert", str(published), str(tmp_path / "missing" / "out.safetensors")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "The folder" in error and "missing does not exist" in error
+    assert ".partial" not in error and "Traceback" not in error
+    assert main(["convert", str(tmp_path), str(tmp_path / "out.safetensors")]) == 1
+    assert "is a folder, not a model file" in capsys.readouterr().err
+
+
+def test_converting_a_compact_file_again_says_to_convert_the_original(published, tmp_path):
+    compact = convert_unet(published, tmp_path / "fp16.safetensors", torch.float16)
+    with pytest.raises(
+        InvalidInputError, match="already a compact FlashFace UNet file \\(fp16, converted from"
+    ) as refused:
+        convert_unet(compact, tmp_path / "fp8.safetensors", torch.float8_e4m3fn)
+    assert f"{published.name}): to store it in another dtype, convert that original file again" in str(refused.value)
+
+
+def test_a_compact_file_loaded_in_a_wider_dtype_says_what_that_costs(published, tmp_path, caplog):
+    compact = convert_unet(published, tmp_path / "fp8.safetensors", torch.float8_e4m3fn)
+    load_unet(compact, dtype=torch.float32)
+    (warning,) = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert "holds fp8_e4m3fn weights: loaded as fp32 they take 4 times the memory with the precision of" in warning
+    caplog.clear()
+    load_unet(compact, dtype=torch.float8_e4m3fn)
+    assert not [record for record in caplog.records if record.levelname == "WARNING"]
