@@ -28,6 +28,7 @@ import torch
 from ..flashface.errors import InvalidInputError
 from ..flashface.face import REFERENCE_SIZE
 from ..flashface.models.unet import BLOCK_PATCHES, BlockAdditions, UNetConfig
+from ..flashface.models.unet_loading import CONV_IN_MASK_WEIGHT, CONV_IN_WEIGHT
 from ..flashface.people import OFFICIAL_REFERENCE_COUNT
 from ..flashface.sampling.guidance import POSITIVE, POSITIVE_WITH_REFERENCES, RowGuidance
 from ..flashface.sampling.mask import LATENT_FACTOR
@@ -113,6 +114,17 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
             BlockAdditions(control, transformer_options),
             transformer_options[ONE_PROMPT_PER_SIDE],
         )
+
+    def state_dict_for_saving(self, *args, **kwargs):
+        """What ComfyUI's ModelSave writes: the FlashFace UNet under ComfyUI's names (LoRAs and merges
+        applied), which FlashFace Load Model reads (`unet_loading.unet_view`), with the input conv
+        whole as published (its face-mask channel joined to the latent ones), so that ComfyUI's own
+        checkpoint loaders stop at it instead of sampling it as a plain SD1.5 UNet."""
+        state = super().state_dict_for_saving(*args, **kwargs)
+        prefix = next(key for key in state if key.endswith(CONV_IN_WEIGHT))[: -len(CONV_IN_WEIGHT)]
+        mask = state.pop(prefix + CONV_IN_MASK_WEIGHT)
+        state[prefix + CONV_IN_WEIGHT] = torch.cat([state[prefix + CONV_IN_WEIGHT], mask], dim=1)
+        return state
 
     def memory_required(self, input_shape, cond_shapes=None):
         """ComfyUI's SD1.5 estimate for more rows: the references' tokens join every decoder

@@ -98,7 +98,7 @@ def convert_unet(
     from .graft import add_difference, check_strength, graft_shapes, open_graft
     from .unet import FlashFaceUNet
     from .unet_blocks import MODEL_NAME
-    from .unet_loading import infer_layout, official_key  # it reads files through `compact_view`
+    from .unet_loading import infer_layout, official_key, unet_view
 
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -114,15 +114,16 @@ def convert_unet(
         raise InvalidInputError(
             f"Cannot store weights as {dtype}; choose one of fp32, fp16, bf16, fp8_e4m3fn, fp8_e5m2."
         )
-    with checkpoint_source(source) as checkpoint:
-        if checkpoint.metadata().get("format") == COMPACT_FORMAT:
-            stored = checkpoint.metadata()
+    with checkpoint_source(source) as opened:
+        stored = opened.metadata()
+        if stored.get("format") == COMPACT_FORMAT:
             weights = _DTYPE_NAMES.get(stored.get("weights", ""), "of an unknown dtype")
             raise InvalidInputError(
-                f"{checkpoint.path} is already a compact FlashFace UNet file ({weights}, converted from "
+                f"{opened.path} is already a compact FlashFace UNet file ({weights}, converted from "
                 f"{stored.get('source', 'the published file')}): to store it in another dtype, convert that original "
                 "file again (a compact file has already lost the original's precision)."
             )
+        checkpoint = unet_view(opened)  # the published file, or one in ComfyUI's names (ComfyUI's ModelSave)
         layout = infer_layout(checkpoint)
         plan = layout.plan
         with torch.device("meta"):

@@ -179,9 +179,74 @@ def checkpoint_key_shapes(config: UNetConfig) -> dict[str, torch.Size]:
     return shapes
 
 
+COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "")  # ComfyUI's ModelSave, UNet-only files
+
+
+class ComfyNamedCheckpoint(Checkpoint):
+    """A FlashFace UNet stored under ComfyUI's module names (what ComfyUI's ModelSave writes of a
+    FlashFace MODEL, LoRAs and merges applied) seen as the published layout: each official name
+    reads the tensor of its module name (`official_key`), the `ori_` aliases the same tensors, and
+    the input conv's latent and mask channels (stored apart, or joined) the published 5-channel
+    tensor. Tensors outside the UNet (a VAE or text encoder saved beside it) are not offered."""
+
+    def __init__(self, stored: Checkpoint, prefix: str):
+        self.stored, self.prefix, self.path = stored, prefix, stored.path
+        self.split_conv_in = prefix + CONV_IN_MASK_WEIGHT in stored
+        self.names: dict[str, str] = {}
+        for key in stored.keys():
+            if not key.startswith(prefix) or key == prefix + CONV_IN_MASK_WEIGHT:
+                continue
+            official = official_key(key[len(prefix) :])
+            self.names[official] = key
+            if official.split(".", 1)[0] in ALIASED_LISTS:
+                self.names["ori_" + official] = key
+
+    def _joins_mask(self, key: str) -> bool:
+        return self.split_conv_in and self.names[key] == self.prefix + CONV_IN_WEIGHT
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        shape = tuple(self.stored.shape(self.names[key]))
+        return (shape[0], shape[1] + 1, *shape[2:]) if self._joins_mask(key) else shape
+
+    def tensor(self, key: str) -> torch.Tensor:
+        tensor = self.stored.tensor(self.names[key])
+        if self._joins_mask(key):
+            tensor = torch.cat([tensor, self.stored.tensor(self.prefix + CONV_IN_MASK_WEIGHT).to(tensor.dtype)], dim=1)
+        return tensor
+
+    def metadata(self) -> dict[str, str]:
+        return self.stored.metadata()
+
+    def close(self) -> None:
+        self.stored.close()
+
+
+def unet_view(checkpoint: Checkpoint) -> Checkpoint:
+    """Any FlashFace UNet file seen as the published layout: a compact file (`compact_view`), a
+    FlashFace UNet in ComfyUI's names (`ComfyNamedCheckpoint`), or the published file itself. A plain
+    SD1.5 UNet, which lacks the reference network, is refused with what it is and what to do."""
+    if stored_weight_dtype(checkpoint) is not None:
+        return compact_view(checkpoint)
+    if "ref_encoder.0.weight" in checkpoint:
+        return checkpoint
+    for prefix in COMFY_PREFIXES:
+        if prefix + "reference_input_blocks.0.0.weight" in checkpoint:
+            return ComfyNamedCheckpoint(checkpoint, prefix)
+    if any(prefix + CONV_IN_WEIGHT in checkpoint for prefix in COMFY_PREFIXES):
+        raise ModelFileError(
+            f"{checkpoint.path} is an SD1.5 checkpoint (a UNet without FlashFace's reference network), not a FlashFace "
+            "UNet: pick the FlashFace UNet file (flashface.ckpt) here. To give FlashFace this checkpoint's look, graft "
+            "it with FlashFace Graft Checkpoint (python -m flashface ... --graft)."
+        )
+    return checkpoint
+
+
 def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None) -> Layout[UNetConfig]:
-    """The layout of the published file (or a compact one seen through `compact_view`): the
-    never-executed `ref_middle` unused."""
+    """The layout of the published file (or another FlashFace UNet file seen through `unet_view`):
+    the never-executed `ref_middle` unused."""
     config = infer_config(checkpoint, num_heads)
     return Layout(config, checkpoint_plan(config), lambda key: key.startswith(UNUSED_PREFIX))
 
@@ -197,7 +262,8 @@ def load_unet(
     """Load the FlashFace UNet from a path or an open `Checkpoint` into `dtype` on `device`.
 
     Norm parameters stay fp32. Each aliased tensor pair is checked equal and kept once;
-    `ref_middle.*` is never read. A compact file (`convert.convert_unet`) loads the same way.
+    `ref_middle.*` is never read. A compact file (`convert.convert_unet`) and a FlashFace UNet saved
+    in ComfyUI's names (ComfyUI's ModelSave) load the same way (`unet_view`).
     Weights stored in fp8 (`STORAGE_ONLY_DTYPES`) are cast per layer to the compute dtype
     (`compute_dtype_for(device)`, the `manual_cast_dtype`), by the library's casting layers unless
     `operations` (ComfyUI's cast layers) are given.
@@ -218,7 +284,7 @@ def load_unet(
                 dtype_name(stored),
                 dtype_name(dtype),
             )
-        checkpoint = compact_view(opened)
+        checkpoint = unet_view(opened)
         model = load_layout(
             lambda config: FlashFaceUNet(config, ops),
             checkpoint,

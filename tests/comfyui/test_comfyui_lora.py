@@ -118,3 +118,33 @@ def test_model_merging_merges_every_weight_with_a_partner(server, without_lora):
         )
         assert (merged - by_hand).abs().max() <= 1
         assert (merged - without_lora).abs().float().mean() > 1
+
+
+def test_model_save_writes_a_file_load_model_takes_and_stock_loaders_refuse(server, loras, tmp_path):
+    """ComfyUI's ModelSave of FlashFace Apply's MODEL with a LoRA: the file (ComfyUI's names, LoRA
+    applied) picked in FlashFace Load Model draws the image the saved MODEL drew; ComfyUI's own
+    Load Checkpoint does not sample it as a plain SD1.5 UNet (it stops with an error)."""
+    import shutil
+
+    path, _ = loras["kohya"]
+    prompt = lora_prompt(path.name, 0.8)
+    lora = node_id(prompt, "LoraLoaderModelOnly")
+    prompt["95"] = {
+        "class_type": "ModelSave",
+        "inputs": {"model": [lora, 0], "filename_prefix": "checkpoints/ff_saved"},
+    }
+    saved_run = run_to_levels(server, prompt)
+    (saved,) = sorted((server.models_dir.parent / "output" / "checkpoints").glob("ff_saved*.safetensors"))
+    shutil.copy(saved, server.models_dir / "flashface" / "saved_by_modelsave.safetensors")
+    reloaded = run_to_levels(server, lora_prompt(unet="saved_by_modelsave.safetensors"))
+    print(f"\nModelSave file in Load Model vs the saved MODEL: {level_difference(reloaded, saved_run)}")
+    assert (reloaded - saved_run).abs().max() <= 1
+
+    shutil.copy(saved, server.models_dir / "checkpoints" / "saved_by_modelsave.safetensors")
+    stock = cheap_model_workflow("flashface_ksampler", SIZE, steps=3, seed=5)
+    sampler = stock[node_id(stock, "KSampler")]["inputs"]
+    stock["96"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "saved_by_modelsave.safetensors"}}
+    sampler["model"] = ["96", 0]
+    run = server.run(stock, timeout=600)
+    assert run.status == "error", "ComfyUI's Load Checkpoint sampled a FlashFace file as a plain SD1.5 UNet"
+    print(f"Load Checkpoint on it: {run.error['node_type']}: {run.error['exception_message'][:200]}")
