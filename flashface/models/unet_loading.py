@@ -196,6 +196,8 @@ class ComfyNamedCheckpoint(Checkpoint):
         for key in stored.keys():
             if not key.startswith(prefix) or key == prefix + CONV_IN_MASK_WEIGHT:
                 continue
+            if key[len(prefix) :].split(".", 1)[0] not in OFFICIAL_LISTS:  # not the UNet's (a VAE beside it)
+                continue
             official = official_key(key[len(prefix) :])
             self.names[official] = key
             if official.split(".", 1)[0] in ALIASED_LISTS:

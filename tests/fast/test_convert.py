@@ -115,3 +115,39 @@ def test_a_compact_file_loaded_in_a_wider_dtype_says_what_that_costs(published, 
     caplog.clear()
     load_unet(compact, dtype=torch.float8_e4m3fn)
     assert not [record for record in caplog.records if record.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize(
+    "prefix, joined, suffix",
+    [
+        ("model.diffusion_model.", True, ".safetensors"),
+        ("diffusion_model.", False, ".ckpt"),
+        ("", False, ".safetensors"),
+    ],
+)
+def test_a_flashface_unet_in_comfyuis_names_loads_and_converts_as_the_published_one(
+    published, tmp_path, prefix, joined, suffix
+):
+    """What ComfyUI's ModelSave writes (ComfyUI's names under its prefix, the input conv whole) and
+    UNet-only files in those names (the input conv's mask channel apart): the same UNet."""
+    expected = load_unet(published).state_dict()
+    stored = {prefix + key: value.clone() for key, value in expected.items()}
+    if joined:
+        mask = stored.pop(prefix + "input_blocks.0.0.mask_weight")
+        stored[prefix + "input_blocks.0.0.weight"] = torch.cat([stored[prefix + "input_blocks.0.0.weight"], mask], 1)
+    stored["first_stage_model.decoder.conv_out.weight"] = torch.zeros(3, 4, 3, 3)  # a VAE saved beside it
+    path = save_state_dict(stored, tmp_path / f"comfy_named{suffix}")
+    assert all(torch.equal(value, expected[key]) for key, value in load_unet(path).state_dict().items())
+    compact = convert_unet(path, tmp_path / "compact.safetensors", torch.float32)
+    assert all(torch.equal(value, expected[key]) for key, value in load_unet(compact).state_dict().items())
+
+
+def test_an_sd15_checkpoint_picked_as_the_flashface_unet_says_what_it_is(tmp_path):
+    from tiny_sd15 import sd15_unet, write_sd15
+
+    path = write_sd15(tmp_path / "realistic_vision.safetensors", sd15_unet(1))
+    with pytest.raises(
+        ModelFileError, match="is an SD1.5 checkpoint \\(a UNet without FlashFace's reference"
+    ) as refused:
+        load_unet(path)
+    assert "FlashFace Graft Checkpoint" in str(refused.value)
