@@ -15,8 +15,10 @@ region gets the reference network's self-attention alone (weight 0). Regions
   distances (e.g. inside two overlapping squares) go to the person listed first. With no box among
   the people, such a cell is in no region.
 
-A person left with no cell (an earlier person's box or mask covers theirs) is refused. So one
-person with a box owns the whole image: today's computation, whatever the box. The
+A person who owns no cell of their own face area (their face square, or their mask) is refused,
+boxes and masks alike: an earlier person's box or mask covers it, and their face would be drawn
+where only the other person's references are read. So one person with a box owns the whole image:
+today's computation, whatever the box. The
 face-position channel is the union of the people's face squares and masks, as officially for one.
 """
 
@@ -143,12 +145,26 @@ class PeopleLayout:
         return tuple(person for person, count in enumerate(self.reference_counts) for _ in range(count))
 
     def _latent_masks(self, width: int, height: int) -> list[torch.Tensor]:
-        return [
-            resize_mask(mask, width, height)
-            if mask is not None
-            else box_mask(cast(Sequence[float], box), width, height)
-            for box, mask in zip(self.boxes, self.masks)
-        ]
+        """Each person's face area on the latent grid; with several people, a face area that covers
+        nothing is refused naming the person."""
+        masks = []
+        for number, (box, mask) in enumerate(zip(self.boxes, self.masks), 1):
+            try:
+                masks.append(
+                    resize_mask(mask, width, height)
+                    if mask is not None
+                    else box_mask(cast(Sequence[float], box), width, height)
+                )
+            except InvalidInputError as error:
+                if self.count == 1:
+                    raise
+                place = "face mask" if mask is not None else f"face box {list(cast(Sequence[float], box))}"
+                raise InvalidInputError(
+                    f"Person {number}'s {place} marks no face area of the {width}x{height} image (a box with no size "
+                    "or outside the image, a black mask, or a white part under 8 pixels). With several people each "
+                    "needs a place: give that person a larger box around their face, or paint their face white."
+                ) from error
+        return masks
 
     def face_position(self, width: int, height: int) -> torch.Tensor:
         """The face-position channel [h, w] of a width×height image: the union of the people's."""
@@ -179,9 +195,14 @@ class PeopleLayout:
             if self.masks[person] is not None:
                 labels[latent_masks[person] > 0] = person
         for person in range(self.count):
-            if not (labels == person).any():
+            face = latent_masks[person] > 0
+            if not (labels[face] == person).any():
+                holder = int(labels[face].mode().values)
+                theirs = "face mask" if self.masks[person] is not None else "face box"
+                holders = "mask" if self.masks[holder] is not None else "face box"
                 raise InvalidInputError(
-                    f"Person {person + 1} gets no part of the {width}x{height} image: an earlier person's face box or "
-                    "mask covers theirs (the first listed wins). Give each person a place of their own."
+                    f"Person {person + 1}'s {theirs} lies inside person {holder + 1}'s {holders} on the "
+                    f"{width}x{height} image: their face would be drawn where only person {holder + 1}'s references "
+                    "are read (the first listed wins). Give each person a place of their own."
                 )
         return labels

@@ -74,13 +74,29 @@ def test_with_masks_only_a_cell_in_no_mask_reads_no_references():
     assert torch.equal(layout.face_position(64, 64), ((first + second) > 0).float()[::8, ::8])
 
 
-def test_a_person_who_gets_no_part_of_the_image_is_refused():
+def test_a_person_whose_face_lies_in_an_earlier_persons_place_is_refused_for_boxes_and_masks():
     same_box = PeopleLayout.of([Person([0], LEFT), Person([0], LEFT)])
-    with pytest.raises(InvalidInputError, match="Person 2 gets no part of the 160x80 image"):
+    with pytest.raises(InvalidInputError, match="Person 2's face box lies inside person 1's face box on the 160x80"):
         same_box.regions(160, 80)
     covered = torch.ones(80, 160)
-    with pytest.raises(InvalidInputError, match="Person 2 gets no part"):
+    with pytest.raises(InvalidInputError, match="Person 2's face box lies inside person 1's mask"):
         PeopleLayout.of([Person([0], face_mask=covered), Person([0], RIGHT)]).regions(160, 80)
+    left_half = torch.zeros(80, 160)
+    left_half[:, :80] = 1  # person 2's box inside it still owns cells outside it, but not their face
+    with pytest.raises(InvalidInputError, match="Person 2's face box lies inside person 1's mask") as refused:
+        PeopleLayout.of([Person([0], face_mask=left_half), Person([0], (0.1, 0.3, 0.2, 0.5))]).regions(160, 80)
+    assert "their face would be drawn where only person 1's references are read" in str(refused.value)
+
+
+def test_a_persons_place_that_marks_nothing_is_refused_naming_the_person():
+    tiny = (0.9, 0.9, 0.9, 0.9)
+    with pytest.raises(
+        InvalidInputError, match=r"Person 2's face box \[0.9, 0.9, 0.9, 0.9\] marks no face area"
+    ) as refused:
+        PeopleLayout.of([Person([0], LEFT), Person([0], tiny)]).regions(160, 80)
+    assert "all four" not in str(refused.value)  # the one-person advice (no position hint) does not apply
+    with pytest.raises(InvalidInputError, match="Person 1's face mask marks no face area"):
+        PeopleLayout.of([Person([0], face_mask=torch.zeros(80, 160)), Person([0], RIGHT)]).face_position(160, 80)
 
 
 @pytest.mark.parametrize(
