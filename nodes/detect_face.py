@@ -52,8 +52,14 @@ class FlashFaceDetectFace(FlashFaceNode):
             "For each photo, a mask of its kept faces' boxes (white = face), the photo's size: "
             "the region to redraw in a face fix, or Apply's face position.",
         ),
+        (
+            "photos",
+            "IMAGE",
+            "Each photo as an image of its own (a batch taken apart), in the order of face_masks: what a face "
+            "fix encodes and pastes onto, so that each picture is redrawn at its own face.",
+        ),
     )
-    OUTPUT_IS_LIST = (False, True, False, True)
+    OUTPUT_IS_LIST = (False, True, False, True, True)
     FUNCTION = "detect"
 
     @classmethod
@@ -112,4 +118,4 @@ class FlashFaceDetectFace(FlashFaceNode):
         crops = [pad_to_square(crop, REFERENCE_SIZE) for photo in found for crop in photo.crops]
         previews = [pil_to_image(_draw_faces(photo.photo, photo.faces)) for photo in found]
         masks = [face_region_mask(photo)[None] for photo in found]
-        return (pil_to_batch(crops), previews, len(crops), masks)
+        return (pil_to_batch(crops), previews, len(crops), masks, [pil_to_image(photo) for photo in photos])

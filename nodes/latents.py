@@ -18,7 +18,9 @@ from .load_model import expect_model, model_input
 class FlashFaceVAEEncode(FlashFaceNode):
     """Encodes images into a LATENT with the FlashFace VAE (the posterior mean, as FlashFace
     encodes), for KSampler's img2img (denoise below 1) and Set Latent Noise Mask. Sides that are
-    not multiples of 8 are cropped to them, as ComfyUI's VAE Encode does."""
+    not multiples of 8 lose their last rows or columns: the picture keeps its top-left corner, so
+    the decoded image pasted back at x = y = 0 (ImageCompositeMasked) lines up with it, and a mask
+    made at the picture's size covers the same pixels (ComfyUI's own VAE Encode crops centred)."""
 
     SEARCH_ALIASES = ["vae encode", "img2img", "encode image"]
     RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = outputs(
@@ -45,8 +47,7 @@ class FlashFaceVAEEncode(FlashFaceNode):
                 f"The pixels input is {pixels.shape[2]}x{pixels.shape[1]} pixels; the VAE needs "
                 f"at least {LATENT_FACTOR} on each side."
             )
-        top, left = (pixels.shape[1] - h) // 2, (pixels.shape[2] - w) // 2
-        pixels = pixels[:, top : top + h, left : left + w, :3]
+        pixels = pixels[:, :h, :w, :3]
         if pixels.shape[-1] == 1:
             pixels = pixels.expand(-1, -1, -1, 3)
         images = pixels.permute(0, 3, 1, 2).float() * 2 - 1

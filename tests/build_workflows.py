@@ -349,8 +349,9 @@ def workflow_specs() -> dict[str, dict]:
         "Redraws only the face of any picture (a photo, an image from another SD1.5 model) with the reference "
         "identity: a second Detect Face finds the face in the picture; its mask, grown a little, tells FlashFace Apply "
         "where the face is and limits the redraw (Set Latent Noise Mask) and the paste-back (ImageCompositeMasked). "
-        "Denoise 0.55 keeps the pose and light; raise it for a stronger likeness. Pictures up to about 1024 px "
-        "work whole; for larger ones use Impact Pack's FaceDetailer (see the README).",
+        "Denoise 0.55 keeps the pose and light; raise it for a stronger likeness. A batch or a list of pictures is "
+        "fixed picture by picture (the second Detect Face hands each picture on with its own mask). Pictures up to "
+        "about 1024 px work whole; for larger ones use Impact Pack's FaceDetailer (see the README).",
         "A woman astronaut, portrait photo, detailed face, soft light",
         {**sampler, "denoise": 0.55},
         [
@@ -379,10 +380,10 @@ def workflow_specs() -> dict[str, dict]:
             ("find", "face_masks", "grow", "mask"),
             ("grow", "MASK", "apply", "face_mask"),
             ("model", "flashface_model", "encode", "flashface_model"),
-            ("picture", "IMAGE", "encode", "pixels"),
+            ("find", "photos", "encode", "pixels"),  # each picture of a batch with its own face mask
             ("encode", "latent", "noise_mask", "samples"),
             ("grow", "MASK", "noise_mask", "mask"),
-            ("picture", "IMAGE", "paste", "destination"),
+            ("find", "photos", "paste", "destination"),
             ("decode", "images", "paste", "source"),
             ("grow", "MASK", "paste", "mask"),
         ],

@@ -86,8 +86,10 @@ def cheap_model_workflow(name: str, size: int = 64, steps: int = 4, **ksampler) 
     prompt = api_workflow(name)
     if "EmptyLatentImage" in {node["class_type"] for node in prompt.values()}:
         set_inputs(prompt, "EmptyLatentImage", width=size, height=size)
-    else:  # the start picture scaled, for every node that takes it (a face fix pastes onto it)
+    else:  # the start picture scaled, for every node that takes it (a face fix finds its face in it first)
         picture = list(prompt[node_id(prompt, "FlashFace_VAEEncode")]["inputs"]["pixels"])
+        if prompt[picture[0]]["class_type"] == "FlashFace_DetectFace":
+            picture = list(prompt[picture[0]]["inputs"]["images"])
         for node in prompt.values():
             node["inputs"].update({name: ["90", 0] for name, value in node["inputs"].items() if value == picture})
         prompt["90"] = {
@@ -183,7 +185,7 @@ NODE_INPUTS = {
 
 NODE_OUTPUTS = {
     "FlashFace_LoadModel": ["FLASHFACE_MODEL"],
-    "FlashFace_DetectFace": ["IMAGE", "IMAGE", "INT", "MASK"],
+    "FlashFace_DetectFace": ["IMAGE", "IMAGE", "INT", "MASK", "IMAGE"],
     "FlashFace_CLIPTextEncode": ["FLASHFACE_CONDITIONING", "CONDITIONING", "CONDITIONING", "CONDITIONING"],
     "FlashFace_Apply": ["MODEL"],
     "FlashFace_Sigmas": ["SIGMAS"],

@@ -78,7 +78,10 @@ def resize_mask(mask: torch.Tensor, width: int, height: int, threshold: float = 
 
     The mask is sampled with nearest neighbour at the latent cells' top-left pixels, which for a
     mask of the output size is exactly the official stride-8 subsampling, then binarized at
-    `threshold` (the network was trained with 0/1 masks).
+    `threshold` (the network was trained with 0/1 masks). A mask up to 7 pixels larger than the
+    output on a side was made at the size of a picture whose sides are not multiples of 8: it loses
+    its last rows or columns, as that picture does when it is encoded (FlashFace VAE Encode), so it
+    stays on the same pixels instead of being stretched.
     """
     h, w = latent_size(width, height)
     if mask.dim() == 3 and mask.shape[0] == 1:
@@ -90,6 +93,8 @@ def resize_mask(mask: torch.Tensor, width: int, height: int, threshold: float = 
             "The face mask has values that are not numbers (NaN or infinite); give a mask with "
             "values between 0 and 1 (white = face)."
         )
+    if all(0 <= side - cells * LATENT_FACTOR < LATENT_FACTOR for side, cells in zip(mask.shape, (h, w))):
+        mask = mask[: h * LATENT_FACTOR, : w * LATENT_FACTOR]
     sampled = (F.interpolate(mask[None, None].float(), size=(h, w), mode="nearest")[0, 0] >= threshold).float()
     if not sampled.any():
         raise InvalidInputError(

@@ -116,3 +116,13 @@ def test_a_box_that_covers_no_latent_cell_is_refused(box):
 def test_an_empty_or_broken_mask_is_refused(mask, phrase):
     with pytest.raises(InvalidInputError, match=phrase):
         resize_mask(mask, 64, 64)
+
+
+def test_a_mask_at_a_picture_size_that_is_no_multiple_of_8_keeps_its_pixels():
+    """A mask made at a 207x203 picture's size for its 200x200 encoding loses its last rows and
+    columns as the picture does (FlashFace VAE Encode keeps the top-left corner): not stretched."""
+    mask = (torch.rand(203, 207, generator=torch.Generator().manual_seed(3)) > 0.5).float()
+    assert torch.equal(resize_mask(mask, 200, 200), resize_mask(mask[:200, :200], 200, 200))
+    stretched = torch.nn.functional.interpolate(mask[None, None], size=(25, 25), mode="nearest")[0, 0]
+    assert not torch.equal(resize_mask(mask, 200, 200), (stretched >= 0.5).float())
+    assert resize_mask(mask, 192, 192).shape == (24, 24)  # 8 or more pixels larger: resampled as before
