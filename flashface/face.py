@@ -164,11 +164,14 @@ def face_region_mask(found: PhotoFaces) -> torch.Tensor:
     return mask
 
 
-def check_reference_count(count: int) -> None:
-    """The limit on reference faces of every entry point (the Generator, FlashFace Apply, the library)."""
+def check_reference_count(count: int, people: int = 1) -> None:
+    """The limit on reference faces of every entry point (the Generator, FlashFace Apply, the library);
+    with several people, the limit is on all their faces together."""
     if count > MAX_REFERENCES:
+        given_by = f" by {people} people" if people > 1 else ""
         raise InvalidInputError(
-            f"{count} reference faces were given; FlashFace takes at most {MAX_REFERENCES} (the official demo uses "
+            f"{count} reference faces were given{given_by}; FlashFace takes at most {MAX_REFERENCES}"
+            f"{' in all, over every person' if people > 1 else ''} (the official demo uses "
             f"4, and every face adds attention work and memory). Give fewer faces: in Detect Face, fewer photos or "
             f"several_faces 'largest'."
         )
@@ -199,7 +202,7 @@ def find_reference_faces(
         stop_if_cancelled(should_cancel, f"Face detection cancelled before photo {number} of {len(photos)}.")
         if photo.getexif().get(ExifTags.Base.Orientation, 1) != 1:
             photo = ImageOps.exif_transpose(photo)
-        where = f"reference photo {number} of {len(photos)} ({photo.width}x{photo.height})"
+        where = f"photo {number} of {len(photos)} ({photo.width}x{photo.height})"  # a reference, or a picture to fix
         if min(photo.size) < MIN_PHOTO_SIDE:
             raise FaceDetectionError(
                 f"The {where} is too small to find a face in: use a photo at least {MIN_PHOTO_SIDE} pixels on each "
@@ -214,7 +217,7 @@ def find_reference_faces(
         if len(faces) > 1 and several_faces == "error":
             raise FaceDetectionError(
                 f"{len(faces)} faces found in {where}. Crop the photo to one person, or set several_faces to "
-                f"'largest' (or 'all' if every face is the same person)."
+                f"'largest' to keep the biggest face."
             )
         if several_faces != "all" and len(faces) > 1:
             logger.info("%d faces in %s; keeping the largest", len(faces), where)

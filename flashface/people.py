@@ -118,7 +118,7 @@ class PeopleLayout:
             tuple(len(p.faces) for p in people),
             copies,
         )
-        check_reference_count(sum(layout.reference_counts))
+        check_reference_count(sum(layout.reference_counts), len(people))
         if len(people) > 1:
             for number, box in enumerate(layout.boxes, 1):
                 if box is not None and not any(box):

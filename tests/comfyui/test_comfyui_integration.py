@@ -208,9 +208,7 @@ def test_photo_without_a_face_names_the_photo(server, detector_scores):
     assert detector_scores[0] < 0.99
     prompt = set_inputs(quick_prompt(), "LoadImage", image=BLANK_PHOTO)
     set_inputs(prompt, "FlashFace_DetectFace", threshold=0.99)
-    run = expect_node_error(
-        server, prompt, "FlashFace_DetectFace", "No face found in reference photo 1 of 1", "320x240"
-    )
+    run = expect_node_error(server, prompt, "FlashFace_DetectFace", "No face found in photo 1 of 1", "320x240")
     assert run.error["exception_type"].endswith("FaceDetectionError")
 
 
@@ -218,9 +216,7 @@ def test_photo_with_two_faces_is_refused_when_asked(server, detector_scores):
     prompt = set_inputs(
         quick_prompt(), "FlashFace_DetectFace", several_faces="error", threshold=threshold_for_count(detector_scores, 2)
     )
-    expect_node_error(
-        server, prompt, "FlashFace_DetectFace", "2 faces found in reference photo 1 of 1", "several_faces"
-    )
+    expect_node_error(server, prompt, "FlashFace_DetectFace", "2 faces found in photo 1 of 1", "several_faces")
 
 
 def test_size_not_multiple_of_eight_is_explained(server):

@@ -110,7 +110,7 @@ def test_a_face_box_beside_people_is_refused(model_arguments, tmp_path, capsys):
     "problem, message",
     [
         ("unreadable", "Cannot read the reference image"),
-        ("no_face", "No face found in reference photo 1"),
+        ("no_face", "No face found in photo 1"),
         ("bad_size", "multiple of 8"),
     ],
 )

@@ -195,11 +195,11 @@ def test_several_faces_policy_keeps_the_largest_stops_or_keeps_all(detector):
     assert largest.faces == (largest_face(faces),) and len(largest.crops) == 1
     (every,) = find_reference_faces(detector, [image], threshold, "cpu", "all")
     assert every.faces == tuple(faces) and [c.size for c in every.crops] == [crop_face(image, f).size for f in faces]
-    with pytest.raises(FaceDetectionError, match=r"3 faces found in reference photo 1 of 1 \(300x400\)"):
+    with pytest.raises(FaceDetectionError, match=r"3 faces found in photo 1 of 1 \(300x400\)"):
         find_reference_faces(detector, [image], threshold, "cpu", "error")
     with_face, without = sorted([image, photo(300, 400, seed=9)], key=lambda p: -post_nms_scores(detector, p)[0])
     between = (post_nms_scores(detector, with_face)[0] + post_nms_scores(detector, without)[0]) / 2
-    with pytest.raises(FaceDetectionError, match="No face found in reference photo 2 of 2 .* lower the threshold"):
+    with pytest.raises(FaceDetectionError, match="No face found in photo 2 of 2 .* lower the threshold"):
         find_reference_faces(detector, [with_face, without], between, "cpu")
 
 

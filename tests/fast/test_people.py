@@ -320,3 +320,12 @@ def test_a_face_mask_beside_people_is_refused(pipeline):
             GenerationSettings(**QUICK),
             face_mask=torch.ones(8, 8),
         )
+
+
+def test_the_face_limit_is_said_to_be_over_all_people():
+    people = [Person([0] * 4, (0.05 + 0.18 * n, 0.2, 0.2 + 0.18 * n, 0.4)) for n in range(5)]
+    with pytest.raises(
+        InvalidInputError,
+        match="20 reference faces were given by 5 people; FlashFace takes at most 16 in all, over every person",
+    ):
+        PeopleLayout.of(people)
