@@ -42,7 +42,8 @@ def expect_image(value, input_name: str) -> torch.Tensor:
 
 
 def expect_mask(value, input_name: str) -> torch.Tensor:
-    """A ComfyUI MASK: [H,W], or [B,H,W] of which the first mask is used; not empty, finite."""
+    """A ComfyUI MASK holding one mask: [H,W], or [B,H,W] whose masks are all the same (a batch of
+    different masks is refused: a person has one place); not empty, finite."""
     expect(value, torch.Tensor, input_name, "a MASK (e.g. from Load Image or Solid Mask)")
     if value.dim() not in (2, 3) or 0 in value.shape:
         raise InvalidInputError(
@@ -51,6 +52,12 @@ def expect_mask(value, input_name: str) -> torch.Tensor:
             "through)."
         )
     mask = value[0] if value.dim() == 3 else value
+    if value.dim() == 3 and value.shape[0] > 1 and not all(torch.equal(mask, other) for other in value[1:]):
+        raise InvalidInputError(
+            f"The {input_name} input got a batch of {value.shape[0]} different masks; it takes one mask (one "
+            "person's place). Give one mask; to fix several pictures, give them as a batch to the face fix's Detect "
+            "Face, which hands on each picture with its own mask."
+        )
     if not torch.isfinite(mask).all():
         raise InvalidInputError(
             f"The {input_name} input has values that are not numbers (NaN or infinite); check the nodes that made it."

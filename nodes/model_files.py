@@ -29,6 +29,7 @@ from ..flashface.models.model_registry import (
     ModelFolders,
     entries_of_kind,
     get_model_path,
+    header_fits,
 )
 
 logger = logging.getLogger(__name__)
@@ -107,14 +108,32 @@ def _files_below(folder: Path) -> list[str]:
     return names
 
 
+# (kind, path, size, time) -> whether the file's header reads as that kind (`header_fits`)
+_fits: dict[tuple[str, Path, int, int], bool] = {}
+
+
+def _offered(kind: str, path: Path) -> bool:
+    """Whether a file found in a kind's folders is offered for it: not a .safetensors file whose
+    header says it is another network (models/flashface holds all four kinds)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return True
+    key = (kind, path, stat.st_size, stat.st_mtime_ns)
+    if key not in _fits:
+        _fits[key] = header_fits(kind, path)
+    return _fits[key]
+
+
 def choices(kind: str) -> list[str]:
-    """The names offered for one kind: registry file names first, then the other files found."""
+    """The names offered for one kind: registry file names first, then the other files found that
+    can be of that kind."""
     registered = [entry.filename for entry in entries_of_kind(kind)]
     other_registered = {entry.get("filename") for entry in MODEL_REGISTRY.values()} - set(registered)
     found: set[str] = set()
     try:
         for folder in kind_folders(kind):
-            found.update(_files_below(folder))
+            found.update(name for name in _files_below(folder) if _offered(kind, folder / name))
     except OSError as error:  # an unreadable folder must not break the node list
         logger.warning("FlashFace: could not list model files: %s", error)
     return registered + sorted(found - set(registered) - other_registered)

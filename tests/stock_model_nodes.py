@@ -117,7 +117,10 @@ STOCK_MODEL_NODES: dict[str, Verdict] = {
     "ModelSamplingLTXV": SAMPLING,
     "ModelSamplingSD3": SAMPLING,
     "ModelSamplingStableCascade": SAMPLING,
-    "ModelSave": works("saves the UNet under ComfyUI's names (reference network included)"),
+    "ModelSave": works(
+        "saves the UNet under ComfyUI's names (reference network, LoRAs and merges included): FlashFace Load Model "
+        "loads the file; ComfyUI's Load Checkpoint refuses it"
+    ),
     "PatchModelAddDownscale": works("Kohya Deep Shrink on the main pass", True, block_number=1),
     "PerpNeg": CFG_FUNCTION,
     "PerpNegGuider": refused("calls the model outside FlashFace's batching: use CFGGuider", "PerpNegGuider"),

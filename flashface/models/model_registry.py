@@ -51,7 +51,7 @@ from ..utils.cache_utils import (
     source_urls,
     verify_file,
 )
-from .checkpoint import unreadable_reason
+from .checkpoint import SAFETENSORS_SUFFIXES, open_checkpoint, unreadable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -301,3 +301,55 @@ def get_model_path(
         if not problems:
             raise
         raise DownloadError(f"{found.strip()} It could not be replaced: {error}") from error
+
+
+def header_fits(kind: str, path: str | os.PathLike) -> bool:
+    """Whether a .safetensors file reads as a network of `kind` from its header alone (tensor names
+    and shapes: the loader's own layout check, no tensor read). Pickles, whose names cost a load to
+    read, and files whose header cannot be read count as fitting: picked, their loader says what
+    is wrong with them."""
+    if not os.fspath(path).lower().endswith(SAFETENSORS_SUFFIXES):
+        return True
+    try:
+        checkpoint = open_checkpoint(path)
+    except (ModelFileError, OSError):
+        return True
+    try:
+        _LAYOUT_CHECKS[kind](checkpoint)
+    except ModelFileError:
+        return False
+    finally:
+        checkpoint.close()
+    return True
+
+
+def _unet_layout(checkpoint) -> object:
+    from .unet_loading import infer_layout, unet_view
+
+    return infer_layout(unet_view(checkpoint))
+
+
+def _vae_layout(checkpoint) -> object:
+    from .vae import infer_layout
+
+    return infer_layout(checkpoint)
+
+
+def _text_encoder_layout(checkpoint) -> object:
+    from .clip_text import infer_layout
+
+    return infer_layout(checkpoint)
+
+
+def _detector_layout(checkpoint) -> object:
+    from .retinaface import infer_layout
+
+    return infer_layout(checkpoint)
+
+
+_LAYOUT_CHECKS = {
+    "unet": _unet_layout,
+    "vae": _vae_layout,
+    "text_encoder": _text_encoder_layout,
+    "detector": _detector_layout,
+}

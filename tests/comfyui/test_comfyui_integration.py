@@ -76,6 +76,10 @@ def test_model_lists_offer_the_official_files_first_and_every_file_found(server)
     assert TINY_MODELS["unet_name"] in unet_choices and CORRUPT_MODEL in unet_choices
     assert inputs["detector_name"][0][0] == "retinaface_resnet50.pth"
     assert "sd-v1-vae.pth" not in unet_choices  # another kind's official file is not offered as a UNet
+    # nor another network's file found beside it (models/flashface holds all four kinds)
+    assert TINY_MODELS["vae_name"] not in unet_choices and TINY_MODELS["clip_name"] not in unet_choices
+    assert TINY_MODELS["unet_name"] not in inputs["vae_name"][0] and TINY_MODELS["vae_name"] in inputs["vae_name"][0]
+    assert TINY_MODELS["detector_name"] in unet_choices  # a pickle's names cost a load: listed, refused when picked
 
 
 # ------------------------------------------------------------------ the bundled workflows

@@ -120,3 +120,11 @@ def test_person_nodes_chain_in_order_and_a_link_of_another_kind_is_explained():
         people.faces_or_people(None, None)
     with pytest.raises(errors.InvalidInputError, match="connect the people output of FlashFace Person"):
         node.person(faces, people=[faces], face_x1=0.1, face_y1=0.1, face_x2=0.2, face_y2=0.2)
+
+
+def test_a_batch_of_different_masks_is_refused_and_repeated_masks_are_one():
+    one = torch.zeros(8, 8)
+    one[2:5, 2:5] = 1
+    assert torch.equal(inputs.expect_mask(one.expand(3, 8, 8), "face_mask"), one)
+    with pytest.raises(errors.InvalidInputError, match="got a batch of 2 different masks; it takes one mask"):
+        inputs.expect_mask(torch.stack([one, 1 - one]), "face_mask")
