@@ -8,8 +8,13 @@ FLASHFACE_MODELS_DIR or the user cache directory); --unet/--vae/--text-encoder/-
 files instead. The generation settings (`settings.GenerationSettings`) each have a flag of the
 same name with dashes. The UNet runs in --dtype; the VAE, text encoder and detector run in fp32 as officially.
 
+``python -m flashface batch jobs.jsonl --out DIR [--workers N]`` runs a jobs file, in this process or
+on Ray workers (see `flashface.batch`), every generate flag the default of every job.
+
 ``python -m flashface convert flashface.ckpt flashface_fp16.safetensors --dtype fp16`` writes the
 compact UNet file (each tensor once, in one dtype), which every loader takes in place of the original.
+``--graft CHECKPOINT --graft-base BASE`` on generate, batch or convert grafts an SD1.5 fine-tune onto
+the UNet (`models.graft`).
 """
 
 from __future__ import annotations
@@ -22,23 +27,22 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from . import torch_version_problem
+from .batch import MANIFEST, Batch, read_jobs, run_here
 from .errors import FlashFaceError, InvalidInputError
 from .face import DEFAULT_DETECTION_THRESHOLD, SEVERAL_FACES
-from .models.convert import GraftRequest
-from .models.graft import check_strength, graft_unet
-from .models.model_registry import KINDS, entries_of_kind, get_model_path
+from .models.graft import GraftFiles, check_strength
+from .models.model_registry import KINDS, entries_of_kind
 from .models.ops import WEIGHT_DTYPES
 from .models.vae import VAE_ATTENTIONS
-from .people import Person
 from .pipeline import FlashFacePipeline
+from .runs import FaceOptions, PersonPhotos, PipelineOptions, load_pipeline, read_image, render
 from .sampling.mask import check_face_box, latent_size
 from .settings import PRESETS, GenerationSettings, describe
-from .utils.cache_utils import recorded_load_failure
-from .utils.devices import AUTO, pick_device_and_dtype
+from .utils.devices import AUTO
 
 # Flags of earlier versions, still accepted.
 OLD_FLAGS = {
@@ -111,51 +115,31 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--out", required=True, type=Path, help="output image; with several samples NAME_1.png, NAME_2.png, ..."
     )
-    add_setting_flags(gen)
-    gen.add_argument("--no-detect", action="store_true", help="the --ref images are already face crops")
-    gen.add_argument(
-        "--detection-threshold",
+    add_run_flags(gen)
+    batch = commands.add_parser(
+        "batch",
+        help="many generations from a jobs file (one JSON object per line), in this process or on Ray workers",
+        description="Every generate flag is the default of every job; a job's own keys come first.",
+    )
+    batch.add_argument("jobs", type=Path, help="the jobs file (.jsonl): id, photos or people, prompt, settings")
+    batch.add_argument("--out", required=True, type=Path, help="the folder of the images and manifest.jsonl")
+    batch.add_argument("--overwrite", action="store_true", help="run every job again, also those done before")
+    batch.add_argument(
+        "--workers",
+        help="run on Ray: N worker actors, or auto (one per GPU of the cluster); default: in this process",
+    )
+    batch.add_argument(
+        "--address", help="a Ray cluster to join (else RAY_ADDRESS, else a local one); implies Ray workers"
+    )
+    batch.add_argument(
+        "--gpus-per-worker",
         type=float,
-        default=DEFAULT_DETECTION_THRESHOLD,
-        help=f"RetinaFace score a face needs (default {DEFAULT_DETECTION_THRESHOLD}, as officially)",
+        help="GPUs each Ray worker takes (default 1 on a cluster with GPUs, else 0; 0.5 puts two on a GPU)",
     )
-    gen.add_argument(
-        "--several-faces",
-        choices=SEVERAL_FACES,
-        default="largest",
-        help="a photo with several faces: keep the largest (default), stop (error), or keep all",
+    batch.add_argument(
+        "--retries", type=int, default=2, help="times a job is sent again when its Ray worker dies (default 2)"
     )
-    gen.add_argument(
-        "--device",
-        default=AUTO,
-        help="torch device: auto (default: CUDA, then Apple MPS, then the CPU), cpu, cuda, cuda:1, mps",
-    )
-    gen.add_argument(
-        "--dtype",
-        choices=[AUTO, *WEIGHT_DTYPES],
-        default=AUTO,
-        help="UNet weight precision: auto (default: fp16 on a GPU, fp32 on the CPU, as ComfyUI picks); "
-        "fp8: stored in fp8, computed in fp32 on the CPU, fp16 on a GPU",
-    )
-    gen.add_argument(
-        "--vae-attention",
-        choices=VAE_ATTENTIONS,
-        default=VAE_ATTENTIONS[0],
-        help="official: the VAE mid-block attention exactly as the official code computes it "
-        "(default); standard: the usual SD attention, as ComfyUI's own VAE Decode",
-    )
-    gen.add_argument("--models-dir", type=Path, help="where model files are found and downloaded to")
-    add_graft_flags(gen)
-    for kind in KINDS:
-        gen.add_argument(
-            f"--{kind.replace('_', '-')}",
-            *(["--clip"] if kind == "text_encoder" else []),
-            dest=kind,
-            type=Path,
-            metavar="FILE",
-            help=f"a file to use instead of the registry's {entries_of_kind(kind)[0].description}",
-        )
-    add_verbosity_flags(gen)
+    add_run_flags(batch)
     conv = commands.add_parser(
         "convert",
         help="write the compact UNet file: each tensor once, in one dtype "
@@ -172,6 +156,55 @@ def build_parser() -> argparse.ArgumentParser:
     add_graft_flags(conv)
     add_verbosity_flags(conv)
     return parser
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a generation besides who and what: settings, detection, models, device."""
+    add_setting_flags(parser)
+    parser.add_argument("--no-detect", action="store_true", help="the photos are already face crops")
+    parser.add_argument(
+        "--detection-threshold",
+        type=float,
+        default=DEFAULT_DETECTION_THRESHOLD,
+        help=f"RetinaFace score a face needs (default {DEFAULT_DETECTION_THRESHOLD}, as officially)",
+    )
+    parser.add_argument(
+        "--several-faces",
+        choices=SEVERAL_FACES,
+        default="largest",
+        help="a photo with several faces: keep the largest (default), stop (error), or keep all",
+    )
+    parser.add_argument(
+        "--device",
+        default=AUTO,
+        help="torch device: auto (default: CUDA, then Apple MPS, then the CPU), cpu, cuda, cuda:1, mps",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=[AUTO, *WEIGHT_DTYPES],
+        default=AUTO,
+        help="UNet weight precision: auto (default: fp16 on a GPU, fp32 on the CPU, as ComfyUI picks); "
+        "fp8: stored in fp8, computed in fp32 on the CPU, fp16 on a GPU",
+    )
+    parser.add_argument(
+        "--vae-attention",
+        choices=VAE_ATTENTIONS,
+        default=VAE_ATTENTIONS[0],
+        help="official: the VAE mid-block attention exactly as the official code computes it "
+        "(default); standard: the usual SD attention, as ComfyUI's own VAE Decode",
+    )
+    parser.add_argument("--models-dir", type=Path, help="where model files are found and downloaded to")
+    add_graft_flags(parser)
+    for kind in KINDS:
+        parser.add_argument(
+            f"--{kind.replace('_', '-')}",
+            *(["--clip"] if kind == "text_encoder" else []),
+            dest=kind,
+            type=Path,
+            metavar="FILE",
+            help=f"a file to use instead of the registry's {entries_of_kind(kind)[0].description}",
+        )
+    add_verbosity_flags(parser)
 
 
 def add_graft_flags(parser: argparse.ArgumentParser) -> None:
@@ -193,8 +226,8 @@ def add_graft_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def graft_request(args: argparse.Namespace) -> GraftRequest | None:
-    """The --graft flags as a request, checked (both files, a finite strength) before anything loads."""
+def graft_request(args: argparse.Namespace) -> GraftFiles | None:
+    """The --graft flags as a graft, checked (both files, a finite strength) before anything loads."""
     if (args.graft is None) != (args.graft_base is None):
         raise InvalidInputError(
             "--graft and --graft-base go together: the fine-tune to graft and the SD1.5 it was trained from."
@@ -205,7 +238,41 @@ def graft_request(args: argparse.Namespace) -> GraftRequest | None:
     for path in (args.graft, args.graft_base):
         if not path.is_file():
             raise InvalidInputError(f"{path} does not exist: give the path of an SD1.5 checkpoint file.")
-    return GraftRequest(args.graft, args.graft_base, args.graft_strength)
+    return GraftFiles(str(args.graft), str(args.graft_base), args.graft_strength)
+
+
+def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
+    """What `runs.load_pipeline` loads, from the flags."""
+
+    def named(path: Path | None) -> str | None:
+        return None if path is None else str(path)
+
+    return PipelineOptions(
+        unet=named(args.unet),
+        vae=named(args.vae),
+        text_encoder=named(args.text_encoder),
+        detector=named(args.detector),
+        models_dir=named(args.models_dir),
+        device=args.device,
+        dtype=args.dtype,
+        vae_attention=args.vae_attention,
+        detect_faces=not args.no_detect,
+        graft=graft_request(args),
+    )
+
+
+def face_options(args: argparse.Namespace) -> FaceOptions:
+    return FaceOptions(args.detection_threshold, args.several_faces, detect=not args.no_detect)
+
+
+def load_pipeline_with_progress(options: PipelineOptions) -> FlashFacePipeline:
+    with tqdm(desc="grafting", unit="tensor", disable=None if options.graft else True) as bar:
+
+        def grafted(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return load_pipeline(options, grafted)
 
 
 def add_verbosity_flags(parser: argparse.ArgumentParser) -> None:
@@ -243,51 +310,7 @@ def person_argument(value: str) -> tuple[list[Path], tuple[float, ...]]:
 
 
 def read_photo(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError) as error:
-        raise InvalidInputError(
-            f"Cannot read the reference image {path}: {error}. Give a JPEG, PNG or WebP file."
-        ) from error
-
-
-def _load(loader, explicit: Path | None, kind: str, models_dir: Path | None, **options):
-    """`loader` on the given file, else on a verified copy of the registry's default file of that
-    kind (downloaded if missing)."""
-    path = explicit if explicit is not None else get_model_path(entries_of_kind(kind)[0].name, models_dir=models_dir)
-    with recorded_load_failure(path):
-        return loader(path, **options)
-
-
-def load_pipeline(args: argparse.Namespace) -> FlashFacePipeline:
-    from .models.clip_text import load_text_encoder
-    from .models.retinaface import load_face_detector
-    from .models.unet_loading import load_unet
-    from .models.vae import load_vae
-
-    device, dtype = pick_device_and_dtype(args.device, args.dtype)
-    unet = _load(load_unet, args.unet, "unet", args.models_dir, device=device, dtype=dtype)
-    if (graft := graft_request(args)) is not None:
-        with tqdm(desc="grafting", unit="tensor", disable=None) as bar:
-
-            def grafted(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
-            graft_unet(unet, graft.checkpoint, graft.base, graft.strength, grafted)
-    vae = _load(
-        load_vae, args.vae, "vae", args.models_dir, device=device, dtype=torch.float32, attention=args.vae_attention
-    )
-    text_encoder = _load(
-        load_text_encoder, args.text_encoder, "text_encoder", args.models_dir, device=device, dtype=torch.float32
-    )
-    detector = None
-    if not args.no_detect:
-        detector = _load(
-            load_face_detector, args.detector, "detector", args.models_dir, device=device, dtype=torch.float32
-        )
-    return FlashFacePipeline(unet, vae, text_encoder, detector, device=device)
+    return read_image(path, "reference image", path)
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -299,31 +322,47 @@ def output_paths(out: Path, count: int) -> list[Path]:
 def generate(args: argparse.Namespace) -> list[Path]:
     settings = settings_from_args(args)  # reject bad settings before loading gigabytes
     latent_size(settings.width, settings.height)
-    graft_request(args)
+    options = pipeline_options(args)
     if args.person and args.face_box is not None:
         raise InvalidInputError("--face-box places one person: with --person give each person's box after the @.")
     given = [(args.ref, None)] if args.ref else args.person
-    photos = [[read_photo(path) for path in paths] for paths, _ in given]
-    pipeline = load_pipeline(args)
-    faces = [
-        person
-        if args.no_detect
-        else pipeline.crop_reference_faces(person, args.detection_threshold, args.several_faces)
-        for person in photos
-    ]
-    references = faces[0] if args.ref else [Person(crops, box) for crops, (_, box) in zip(faces, given)]
-    with tqdm(desc="sampling", unit="step") as bar:
+    people = [PersonPhotos(tuple(read_photo(path) for path in paths), box) for paths, box in given]
+    pipeline = load_pipeline_with_progress(options)
+    bars: list[tqdm] = []  # opened at the first step: the faces are found before it
 
-        def progress(step: int, total: int, x0: torch.Tensor) -> None:
-            bar.total = total
-            bar.update(1)
+    def progress(step: int, total: int, x0: torch.Tensor) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc="sampling", unit="step"))
+        bars[0].update(1)
 
-        result = pipeline.generate(references, args.prompt, args.negative_prompt, settings, progress=progress)
+    try:
+        images = render(
+            pipeline, people, args.prompt, args.negative_prompt, settings, face_options(args), progress=progress
+        )
+    finally:
+        for bar in bars:
+            bar.close()
     paths = output_paths(args.out, settings.batch_size)
-    for image, path in zip(result.to_pil(), paths):
+    for image, path in zip(images, paths):
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)
     return paths
+
+
+def batch(args: argparse.Namespace) -> int:
+    """Run a jobs file; 0 when every job is done, 1 otherwise (after the summary line)."""
+    jobs = read_jobs(args.jobs, settings_from_args(args))  # the whole file checked before anything runs
+    options, faces = pipeline_options(args), face_options(args)
+    if args.workers is not None or args.address is not None:
+        from .batch_ray import run_on_ray, worker_count
+
+        workers = worker_count(args.workers) if args.workers is not None else None
+        runner = run_on_ray(options, faces, workers, args.gpus_per_worker, args.address, args.retries)
+    else:
+        runner = run_here(lambda: load_pipeline_with_progress(options), faces)
+    summary = Batch(jobs, args.out, args.overwrite).run(runner)
+    print(f"{summary}; manifest: {args.out / MANIFEST}")
+    return 0 if summary.failed == 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     try:
+        if args.command == "batch":
+            return batch(args)
         for path in convert(args) if args.command == "convert" else generate(args):
             print(path)
     except FlashFaceError as error:

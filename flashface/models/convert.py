@@ -17,14 +17,17 @@ import os
 import struct
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import InvalidInputError, ModelFileError
 from .checkpoint import Checkpoint, check_plan, checkpoint_source
 from .ops import at_least_fp32, norm_parameter_names
+
+if TYPE_CHECKING:
+    from .graft import GraftFiles
 
 COMPACT_FORMAT = "flashface-unet-compact"
 ALIAS_PREFIX = "ori_"
@@ -75,21 +78,12 @@ def compact_view(checkpoint: Checkpoint) -> Checkpoint:
     return CompactCheckpoint(checkpoint) if checkpoint.metadata().get("format") == COMPACT_FORMAT else checkpoint
 
 
-@dataclass(frozen=True)
-class GraftRequest:
-    """An SD1.5 fine-tune to graft while converting (see `graft`): its file, its base's, the strength."""
-
-    checkpoint: str | os.PathLike
-    base: str | os.PathLike
-    strength: float = 1.0
-
-
 def convert_unet(
     source: str | os.PathLike,
     out: str | os.PathLike,
     dtype: torch.dtype,
     progress: Progress | None = None,
-    graft: GraftRequest | None = None,
+    graft: GraftFiles | None = None,
 ) -> Path:
     """Write the compact file of the FlashFace UNet `source` to `out` (a new .safetensors file),
     reading and writing one tensor at a time; the file appears only once complete. With `graft`, the

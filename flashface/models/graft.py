@@ -27,6 +27,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -40,6 +41,15 @@ REFERENCE_NETWORK = ("reference_input_blocks.", "reference_output_blocks.")
 FLASHFACE_ONLY = (".reference_attn.", ".mask_weight")  # main-path tensors SD1.5 has no partner for
 CONV_IN = "input_blocks.0.0.weight"
 Progress = Callable[[int, int], None]  # (tensors done, tensors in all)
+
+
+@dataclass(frozen=True)
+class GraftFiles:
+    """A graft to make: the SD1.5 fine-tune's file, the file of the base it was trained from, the strength."""
+
+    checkpoint: str | os.PathLike
+    base: str | os.PathLike
+    strength: float = 1.0
 
 
 def graft_shapes(unet: nn.Module) -> dict[str, tuple[int, ...]]:
