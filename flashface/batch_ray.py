@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from .batch import Job, JobResult, Runner, execute, job_files, worker_name
 from .errors import InvalidInputError
 from .runs import FaceOptions, PipelineOptions, load_pipeline
@@ -46,10 +48,13 @@ def _ray():
 class JobWorker:
     """A Ray Data worker actor: loads the pipeline once, then renders one job per batch."""
 
-    def __init__(self, options: str, faces: str, memory_fraction: float):
+    def __init__(self, options: str, faces: str, memory_fraction: float, threads: int):
         import ray
         import torch
 
+        # Ray starts workers with OMP_NUM_THREADS=1; the CPU kernels' sums depend on the thread count,
+        # so a worker computes with the driver's count, to draw generate's image bit for bit
+        torch.set_num_threads(threads)
         from .models.graft import GraftFiles
 
         settings = json.loads(options)
@@ -77,6 +82,11 @@ class JobWorker:
         }
 
 
+def worker_runtime_env() -> dict:
+    """What every worker gets, on any machine of the cluster: this package (Ray ships it)."""
+    return {"py_modules": [str(Path(__file__).resolve().parent)]}
+
+
 def run_on_ray(
     options: PipelineOptions,
     faces: FaceOptions,
@@ -93,8 +103,7 @@ def run_on_ray(
         if not jobs:
             return
         if not ray.is_initialized():
-            package = str(Path(__file__).resolve().parent)  # the workers import this package, on any machine
-            ray.init(address=address, runtime_env={"py_modules": [package]}, log_to_driver=False)
+            ray.init(address=address, runtime_env=worker_runtime_env(), log_to_driver=False)
         cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
         gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if cluster_gpus else 0.0)
         count = workers or max(1, math.floor(cluster_gpus / gpus) if gpus else 1)
@@ -111,7 +120,7 @@ def run_on_ray(
         context.max_errored_blocks = -1
         context.enable_progress_bars = False
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-        with warnings.catch_warnings():  # max_task_retries has no named parameter yet (Ray 2.60)
+        with warnings.catch_warnings():  # max_restarts and max_task_retries have no named parameter (Ray 2.60)
             warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
             results = dataset.map_batches(
                 JobWorker,
@@ -119,12 +128,14 @@ def run_on_ray(
                     options=json.dumps(asdict(options), default=str),
                     faces=json.dumps(asdict(faces)),
                     memory_fraction=gpus if 0 < gpus < 1 else 1.0,
+                    threads=torch.get_num_threads(),
                 ),
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=count),
                 num_gpus=gpus,
                 num_cpus=0,
-                ray_remote_args={"max_restarts": -1, "max_task_retries": retries},
+                max_restarts=-1,
+                max_task_retries=retries,
             )
         for row in results.iter_rows():
             yield JobResult(
