@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import weakref
 
+import comfy.ldm.modules.attention
 import comfy.model_base
 import comfy.model_sampling
 import comfy.patcher_extension
@@ -27,7 +28,13 @@ import torch
 
 from ..flashface.errors import InvalidInputError
 from ..flashface.face import REFERENCE_SIZE
-from ..flashface.models.unet import BLOCK_PATCHES, BlockAdditions, UNetConfig
+from ..flashface.models.unet import (
+    ATTENTION_PATCHES,
+    ATTENTION_REPLACEMENTS,
+    BLOCK_PATCHES,
+    BlockAdditions,
+    UNetConfig,
+)
 from ..flashface.models.unet_loading import CONV_IN_MASK_WEIGHT, CONV_IN_WEIGHT
 from ..flashface.people import OFFICIAL_REFERENCE_COUNT
 from ..flashface.sampling.guidance import POSITIVE, POSITIVE_WITH_REFERENCES, RowGuidance
@@ -105,13 +112,18 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
                 "loaded: remove that node and set weight_dtype on FlashFace Load Model instead."
             )
         chunks = transformer_options.get("cond_or_uncond") or [POSITIVE]
+        # what a patch written for SD1.5 is told of the rows: the third branch is a positive one
+        for_patches = {
+            **transformer_options,
+            "cond_or_uncond": [POSITIVE if chunk == POSITIVE_WITH_REFERENCES else chunk for chunk in chunks],
+        }
         return guidance.denoise(
             self.diffusion_model,
             x,
             t,
             c_crossattn,
             chunks,
-            BlockAdditions(control, transformer_options),
+            BlockAdditions(control, for_patches, comfyui_attention(for_patches)),
             transformer_options[ONE_PROMPT_PER_SIDE],
         )
 
@@ -141,12 +153,23 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
         return super().memory_required([rows, *input_shape[1:]], {} if cond_shapes is None else cond_shapes)
 
 
+def comfyui_attention(transformer_options: dict | None = None):
+    """ComfyUI's optimized attention (xformers, sage, PyTorch's, split... as ComfyUI was started,
+    and any override in a call's transformer options) as the library's attention function."""
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+        return comfy.ldm.modules.attention.optimized_attention(q, k, v, heads, transformer_options=transformer_options)
+
+    return attention
+
+
 def _refuse_unapplied_patches(transformer_options) -> None:
-    """Attention patches and replacements (Self-Attention Guidance, PAG, Tome, HyperTile,
-    hypernetworks...) and wrappers of the diffusion model's forward (EasyCache) are not applied by
-    the FlashFace UNet: stop rather than ignore them. Block patches (BLOCK_PATCHES: FreeU,
-    PatchModelAddDownscale) are applied; wrappers of the steps around it (sampling, CFG, batching,
-    apply_model) are ComfyUI's to run and do run."""
+    """What the FlashFace UNet does not apply, refused rather than ignored: patches and replacements
+    of kinds ComfyUI's SD1.5 UNet does not have either, and wrappers of the diffusion model's forward
+    (EasyCache). Block patches (BLOCK_PATCHES: FreeU, PatchModelAddDownscale) and attention patches
+    and attn1/attn2 replacements (ATTENTION_PATCHES: IPAdapter, HyperTile, Tome, hypernetworks) are
+    applied in the main pass; wrappers of the steps around it (sampling, CFG, batching, apply_model)
+    are ComfyUI's to run and do run."""
     forward_wrappers = (transformer_options.get("wrappers") or {}).get(
         comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
     ) or {}
@@ -160,16 +183,20 @@ def _refuse_unapplied_patches(transformer_options) -> None:
     patches = {
         name: value
         for name, value in (transformer_options.get("patches") or {}).items()
-        if value and name not in BLOCK_PATCHES
+        if value and name not in BLOCK_PATCHES + ATTENTION_PATCHES
     }
-    replaced = {name: value for name, value in (transformer_options.get("patches_replace") or {}).items() if value}
+    replaced = {
+        name: value
+        for name, value in (transformer_options.get("patches_replace") or {}).items()
+        if value and name not in ATTENTION_REPLACEMENTS
+    }
     if patches or replaced:
         kinds = ", ".join(sorted(patches) + [f"{name} replacement" for name in sorted(replaced)])
         raise InvalidInputError(
-            f"This MODEL carries ComfyUI attention patches ({kinds}), set by a node such as Self-Attention "
-            "Guidance, Perturbed-Attention Guidance, Tome, HyperTile or Load Hypernetwork. The FlashFace UNet does "
-            "not apply them: remove that node between FlashFace Apply and the sampler. (LoRAs, model merges, "
-            "ControlNet, FreeU and PatchModelAddDownscale do work.)"
+            f"This MODEL carries ComfyUI patches of a kind the SD1.5 UNet has no place for ({kinds}), set by a "
+            "node made for another model family. The FlashFace UNet does not apply them: remove that node between "
+            "FlashFace Apply and the sampler. (Attention patches, LoRAs, model merges, ControlNet, FreeU and "
+            "PatchModelAddDownscale do work.)"
         )
 
 

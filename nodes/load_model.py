@@ -31,7 +31,7 @@ from ..flashface.models.vae import VAE_ATTENTIONS, load_vae
 from ..flashface.pipeline import FlashFacePipeline
 from ..flashface.utils.cache_utils import recorded_load_failure
 from . import model_files
-from .comfy_model import FlashFaceDiffusionModel
+from .comfy_model import FlashFaceDiffusionModel, comfyui_attention
 from .declare import FlashFaceNode, outputs
 from .inputs import expect
 
@@ -98,7 +98,9 @@ def _load_unet(path: Path, weight_dtype: str) -> comfy.model_patcher.ModelPatche
     dtype = UNET_WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(device)
     manual_cast_dtype = mm.unet_manual_cast(dtype, device)
     operations = comfy.ops.manual_cast if manual_cast_dtype is not None else comfy.ops.disable_weight_init
-    unet = load_unet(path, device=mm.unet_offload_device(), dtype=dtype, operations=operations)
+    unet = load_unet(
+        path, device=mm.unet_offload_device(), dtype=dtype, operations=operations, attention=comfyui_attention()
+    )
     unet.manual_cast_dtype = manual_cast_dtype
     logger.info("FlashFace UNet %s: weights %s, compute %s on %s", path.name, dtype, manual_cast_dtype or dtype, device)
     return _patcher(FlashFaceDiffusionModel(unet), device)

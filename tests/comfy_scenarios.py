@@ -515,3 +515,53 @@ def graft_node(unet: str, vae: str, clip: str, folder: str, strength: float) -> 
         load_model_unet=max(difference(after[key], plain[key]) for key in after),
         strength_zero_is_the_input=unchanged is flashface,
     )
+
+
+def comfyui_attention_is_used(unet: str) -> dict:
+    """The UNet Load Model loads, called once (reference pass, then a main pass of 2 rows): how many
+    attentions ComfyUI's optimized_attention computed, and how many self- and cross-attentions the
+    two passes have (FlashFace's reference attention is its own)."""
+    import comfy.ldm.modules.attention as attention
+    from flashface_pack.flashface.models.row_plan import RowPlan
+    from flashface_pack.flashface.models.unet import TransformerBlock
+
+    model = load_model._load_unet(Path(unet), "fp32").model.diffusion_model
+    calls = []
+    original = attention.optimized_attention
+
+    def counting(q, k, v, heads, *args, **kwargs):
+        calls.append(tuple(q.shape))
+        return original(q, k, v, heads, *args, **kwargs)
+
+    attention.optimized_attention = counting
+    try:
+        generator = torch.Generator().manual_seed(0)
+        config = model.config
+        references = model.encode_references(
+            torch.randn(1, 4, 8, 8, generator=generator),
+            500,
+            torch.randn(1, 77, config.context_dim, generator=generator),
+        )
+        reference_pass = len(calls)
+        model(
+            torch.randn(2, 4, 8, 8, generator=generator),
+            500,
+            torch.randn(2, 77, config.context_dim, generator=generator),
+            None,
+            references,
+            RowPlan.unshared([1.0, 1.0]),
+        )
+    finally:
+        attention.optimized_attention = original
+    main_blocks = sum(
+        isinstance(m, TransformerBlock) for name, m in model.named_modules() if not name.startswith("reference_")
+    )
+    reference_blocks = sum(
+        isinstance(m, TransformerBlock) for name, m in model.named_modules() if name.startswith("reference_")
+    )
+    return dict(
+        reference_pass=reference_pass,
+        main_pass=len(calls) - reference_pass,
+        main_blocks=main_blocks,
+        reference_blocks=reference_blocks,
+    )

@@ -18,6 +18,7 @@ from demo_cases import DemoCase, demo_cases
 TESTS = Path(__file__).parent
 VALUE_SOURCE_NODES = TESTS / "data" / "value_source_nodes"  # a test-only node pack
 TINY_SD15_DETECTION = TESTS / "data" / "tiny_sd15_detection"  # a test-only pack: tiny SD1.5 files load as SD1.5
+ATTENTION_PATCH_NODES = TESTS / "data" / "attention_patch_nodes"  # a test-only pack: IPAdapter-like image tokens
 COMFYUI_FIXTURES = {"comfyui", "comfyui_tiny", "comfy_install", "comfyui_for_browser"}
 IN_THIS_PROCESS_TIERS = ("fast", "slow")  # tiers whose tests run no ComfyUI
 
@@ -41,12 +42,13 @@ def pytest_collection_modifyitems(config, items):
 
 @contextmanager
 def running_comfyui(install: ComfyInstall, workdir: Path):
-    """A running ComfyUI of `install` (--cpu, 127.0.0.1, free port) with this pack, the test-only
-    TestValueSource node and the tiny-SD1.5 detection scaffold in custom_nodes/, and the bundled
-    workflows' example photos in its input/ folder; skips where it cannot run."""
+    """A running ComfyUI of `install` (--cpu, 127.0.0.1, free port) with this pack and the test-only
+    packs in custom_nodes/ (TestValueSource, the tiny-SD1.5 detection scaffold, TestImageTokens),
+    and the bundled workflows' example photos in its input/ folder; skips where it cannot run."""
     if install.missing:
         pytest.skip(install.missing)
-    with running_server(workdir, install, custom_nodes=[VALUE_SOURCE_NODES, TINY_SD15_DETECTION]) as server:
+    packs = [VALUE_SOURCE_NODES, TINY_SD15_DETECTION, ATTENTION_PATCH_NODES]
+    with running_server(workdir, install, custom_nodes=packs) as server:
         yield server
 
 

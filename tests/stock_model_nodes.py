@@ -41,7 +41,6 @@ def needs(note: str, kind: str) -> Verdict:
 CFG_FUNCTION = refused("replaces CFG, which FlashFace's own combination of its branches does", "CFG function")
 PRE_CFG = refused("a pre-CFG function: FlashFace hands CFG one guided result", "another pre-CFG function")
 SAMPLING = refused("changes the model sampling: FlashFace predicts eps on SD1.5's schedule", "sampling was changed")
-ATTENTION = refused("an attention patch, not applied by the FlashFace UNet", "attention patches")
 OTHER_FAMILY = works("meant for another model family: asks nothing of an SD1.5 UNet")
 MERGE_OTHER = works("merges by another family's block names (SD1.5's that match are merged)")
 MERGE = works("merges on ComfyUI's SD1.5 names (with an SD1.5 model: the main path)")
@@ -69,8 +68,10 @@ STOCK_MODEL_NODES: dict[str, Verdict] = {
     "FreSca": PRE_CFG,
     "FreeU": works("FreeU's block patches on the main pass", True, b1=1.3, b2=1.4, s1=0.9, s2=0.2),
     "FreeU_V2": works("FreeU's block patches on the main pass", True, b1=1.3, b2=1.4, s1=0.9, s2=0.2),
-    "HyperTile": ATTENTION,
-    "HypernetworkLoader": ATTENTION,
+    "HyperTile": works("tiles the main pass's self-attention (attn1 patches)", True, tile_size=32, max_depth=2),
+    "HypernetworkLoader": works(
+        "a hypernetwork on the main pass's attention (attn1/attn2 patches)", True, strength=2.0
+    ),
     "ImageOnlyCheckpointSave": needs("needs a CLIP vision model and a ComfyUI VAE (video models)", "CLIP_VISION"),
     "KSampler": works("FlashFace's combination with KSampler's cfg as text guidance"),
     "KSamplerAdvanced": works("FlashFace's combination with its cfg as text guidance"),
@@ -141,7 +142,7 @@ STOCK_MODEL_NODES: dict[str, Verdict] = {
     "SkipLayerGuidanceSD3": CFG_FUNCTION,
     "TCFG": PRE_CFG,
     "TemporalScoreRescaling": CFG_FUNCTION,
-    "TomePatchModel": ATTENTION,
+    "TomePatchModel": works("merges tokens of the main pass's self-attention (attn1 patches)", True, ratio=0.5),
     "TorchCompileModel": works("compiles the main pass (the reference pass runs as it is)"),
     "TrainLoraNode": refused(
         "trains with the positive only; FlashFace needs a negative at every step",

@@ -41,6 +41,7 @@ from .row_plan import INPUT, ROWS, TEXT, WEIGHT, RowPlan, RowSpaces, take_rows
 from .unet_blocks import (
     MODEL_NAME,
     Attention,
+    AttentionFunction,
     Downsample,
     FeedForward,
     ResBlock,
@@ -78,33 +79,91 @@ def _broadcasts_to(tensor: torch.Tensor, target: torch.Tensor) -> bool:
 
 
 BLOCK_PATCHES = ("input_block_patch", "input_block_patch_after_skip", "output_block_patch")
+ATTENTION_PATCHES = ("attn1_patch", "attn2_patch", "attn1_output_patch", "attn2_output_patch", "middle_patch")
+ATTENTION_REPLACEMENTS = ("attn1", "attn2")
 
 
 class BlockAdditions:
-    """What ComfyUI's samplers add to a main pass, applied where its SD UNet (openaimodel.UNetModel)
-    applies them, so ControlNet, T2I-Adapter, FreeU and PatchModelAddDownscale work as on SD1.5:
+    """What ComfyUI's samplers add to a main pass, applied where its SD UNet (openaimodel.UNetModel
+    and its transformer blocks) applies them, so ControlNet, T2I-Adapter, FreeU, Deep Shrink and the
+    attention patches of IPAdapter, HyperTile, Tome or a hypernetwork work as on SD1.5:
 
     * `control`: residuals by place ("input", "middle", "output": lists used from the end, one per
       block, as ComfyUI's ControlNets and T2I-Adapters make them), added to the main pass only
       (the reference pass reads the faces as trained);
-    * `transformer_options`: ComfyUI's, whose "patches" of the kinds in BLOCK_PATCHES are called
-      as ComfyUI calls them, with "block" set to the block being run.
+    * `transformer_options`: ComfyUI's, whose "patches" of the kinds in BLOCK_PATCHES and
+      ATTENTION_PATCHES and whose "patches_replace" of attn1/attn2 (keyed by (block, index,
+      transformer index) or by block) are called as ComfyUI calls them, with "block",
+      "block_index", "transformer_index", "original_shape" and "activations_shape" kept as it
+      keeps them; FlashFace's reference attention is never patched;
+    * `attention`: the function the main pass's self- and cross-attention compute with (ComfyUI's
+      optimized attention under ComfyUI), else the library's SDPA.
     """
 
-    def __init__(self, control: dict | None = None, transformer_options: dict | None = None):
+    def __init__(
+        self,
+        control: dict | None = None,
+        transformer_options: dict | None = None,
+        attention: AttentionFunction | None = None,
+    ):
         # the lists are consumed as the blocks run: never those of the caller
         self.control: dict[str, list] = {name: list(values) for name, values in (control or {}).items()}
         self.transformer_options = transformer_options
-        patches = (transformer_options or {}).get("patches") or {}
+        self.attention = attention
+        options = transformer_options or {}
+        patches = options.get("patches") or {}
         self.patches: dict[str, list] = {name: list(patches.get(name) or ()) for name in BLOCK_PATCHES}
+        self.attention_patches: dict[str, list] = {name: list(patches.get(name) or ()) for name in ATTENTION_PATCHES}
+        replaced = options.get("patches_replace") or {}
+        self.replacements: dict[str, dict] = {name: dict(replaced.get(name) or {}) for name in ATTENTION_REPLACEMENTS}
 
     @property
     def active(self) -> bool:
-        return any(self.control.values()) or any(self.patches.values())
+        """Whether anything is added that treats each row on its own (rows are then not shared)."""
+        return (
+            any(self.control.values())
+            or any(self.patches.values())
+            or any(self.attention_patches.values())
+            or any(self.replacements.values())
+        )
+
+    @property
+    def patches_attention(self) -> bool:
+        return any(self.attention_patches.values()) or any(self.replacements.values())
+
+    def begin(self, x: torch.Tensor) -> None:
+        """A main pass starts on latents x (ComfyUI's "original_shape", "transformer_index")."""
+        if self.transformer_options is not None:
+            self.transformer_options["original_shape"] = list(x.shape)
+            self.transformer_options["transformer_index"] = 0
 
     def enter(self, place: str, index: int) -> None:
         if self.transformer_options is not None:
             self.transformer_options["block"] = (place, index)
+
+    def set_option(self, name: str, value) -> None:
+        if self.transformer_options is not None:
+            self.transformer_options[name] = value
+
+    def extra_options(self, heads: int, dim_head: int) -> dict:
+        """What ComfyUI hands an attention patch: its transformer options but the patches, with
+        the attention's heads and head width."""
+        options = {
+            name: value
+            for name, value in (self.transformer_options or {}).items()
+            if name not in ("patches", "patches_replace")
+        }
+        return {**options, "n_heads": heads, "dim_head": dim_head, "attn_precision": None}
+
+    def replacement(self, kind: str):
+        """The replacement of attention `kind` for the running transformer block, or None."""
+        replacements = self.replacements[kind]
+        if not replacements or self.transformer_options is None:
+            return None
+        block = self.transformer_options.get("block")
+        index = self.transformer_options.get("block_index", 0)
+        key = (block[0], block[1], index) if block is not None else None
+        return replacements.get(key) if key in replacements else replacements.get(block)
 
     def add_control(self, h: torch.Tensor, place: str) -> torch.Tensor:
         residuals = self.control.get(place)
@@ -138,6 +197,8 @@ class _Pass:
     emb: torch.Tensor  # [rows of the call, embed_dim]
     context: torch.Tensor  # [rows of the call, tokens, width]
     space: int = INPUT
+    additions: BlockAdditions = field(default_factory=BlockAdditions)  # the main pass's; none in the reference pass
+    attention: AttentionFunction | None = None  # what self- and cross-attention compute with (None: SDPA)
     recorded: dict | None = None  # reference pass: collects the tokens
     references: ReferenceFeatures | None = None  # main pass: the tokens to attend to
     regions: torch.Tensor | None = None  # main pass, several people: [h, w] person of each latent cell (CPU)
@@ -194,8 +255,12 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(ops, dim)
 
     def forward(self, x: torch.Tensor, run: _Pass, grid: tuple[int, int]) -> torch.Tensor:
+        additions = run.additions
         y = norm_at_least_fp32(self.norm1, x)
-        x = x + self.attn1(y)
+        if additions.patches_attention:
+            x = x + self._patched_attention("attn1", self.attn1, y, None, run)
+        else:
+            x = x + self.attn1(y, attention=run.attention)
         if self.feature_key is not None:
             if run.recorded is not None:  # the reference pass
                 run.recorded[self.feature_key] = y
@@ -216,9 +281,42 @@ class TransformerBlock(nn.Module):
                     run.references.owners,
                     run.region_positions(grid),
                 )
+        for patch in additions.attention_patches["middle_patch"]:
+            x = patch(x, additions.extra_options(self.attn1.num_heads, x.shape[-1] // self.attn1.num_heads))
         (x,) = run.move(TEXT, x)
-        x = x + self.attn2(norm_at_least_fp32(self.norm2, x), run.text())
+        if additions.patches_attention:
+            x = x + self._patched_attention("attn2", self.attn2, norm_at_least_fp32(self.norm2, x), run.text(), run)
+        else:
+            x = x + self.attn2(norm_at_least_fp32(self.norm2, x), run.text(), attention=run.attention)
         return x + self.ff(norm_at_least_fp32(self.norm3, x))
+
+    @staticmethod
+    def _patched_attention(
+        kind: str, attention: Attention, n: torch.Tensor, context: torch.Tensor | None, run: _Pass
+    ) -> torch.Tensor:
+        """Self- (attn1, `context` None) or cross-attention (attn2) through ComfyUI's attention
+        patches as its SD1.5 transformer blocks call them: the input patches on (query input,
+        context, value), a replacement of the attention on projected q/k/v, the output patches."""
+        additions = run.additions
+        extra = additions.extra_options(attention.num_heads, n.shape[-1] // attention.num_heads)
+        value = None
+        input_patches = additions.attention_patches[f"{kind}_patch"]
+        if input_patches:
+            context = n if context is None else context
+            value = context
+            for patch in input_patches:
+                n, context, value = patch(n, context, value, extra)
+        replacement = additions.replacement(kind)
+        if replacement is not None:
+            context = n if context is None else context
+            value = context if value is None else value
+            q, k, v = attention.to_q(n), attention.to_k(context), attention.to_v(value)
+            n = attention.to_out(replacement(q, k, v, extra))
+        else:
+            n = attention(n, context, value, attention=run.attention)
+        for patch in additions.attention_patches[f"{kind}_output_patch"]:
+            n = patch(n, extra)
+        return n
 
 
 class SpatialTransformer(nn.Module):
@@ -239,9 +337,14 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor, run: _Pass) -> torch.Tensor:
         entered = run.space
         _, c, h, w = x.shape
+        run.additions.set_option("activations_shape", list(x.shape))
         tokens = self.proj_in(norm_at_least_fp32(self.norm, x)).flatten(2).transpose(1, 2)
-        for block in self.transformer_blocks:
+        for index, block in enumerate(self.transformer_blocks):
+            run.additions.set_option("block_index", index)
             tokens = block(tokens, run, (h, w))
+        options = run.additions.transformer_options
+        if options is not None and "transformer_index" in options:
+            options["transformer_index"] += 1
         return self.proj_out(tokens.transpose(1, 2).reshape(-1, c, h, w)) + run.in_current(x, entered)
 
 
@@ -336,10 +439,13 @@ def _name_feature_blocks(layers: nn.Module, list_name: str) -> None:
 class FlashFaceUNet(nn.Module):
     """The FlashFace reference UNet (one copy of every aliased module, no `ref_middle`)."""
 
-    def __init__(self, config: UNetConfig, operations=None):
+    def __init__(self, config: UNetConfig, operations=None, attention: AttentionFunction | None = None):
         super().__init__()
         ops = operations or TORCH_OPERATIONS
         self.config = config
+        # What self- and cross-attention compute with (ComfyUI's optimized attention under ComfyUI),
+        # given as the layer operations are; None: PyTorch's SDPA. A call's BlockAdditions may give another.
+        self.attention = attention
         # The dtype layers compute in when it differs from the stored weights' (ComfyUI's name:
         # its model management reads it to estimate the memory of cast weights); None: the weights'.
         self.manual_cast_dtype: torch.dtype | None = None
@@ -389,9 +495,10 @@ class FlashFaceUNet(nn.Module):
         input_blocks: nn.ModuleList,
         output_blocks: nn.ModuleList,
         run: _Pass,
-        additions: BlockAdditions,
     ) -> torch.Tensor:
-        """x through the encoder `input_blocks`, the middle block and the decoder `output_blocks`."""
+        """x through the encoder `input_blocks`, the middle block and the decoder `output_blocks`
+        (with the pass's additions)."""
+        additions = run.additions
         skips: list[tuple[torch.Tensor, int]] = []
         for index, block in enumerate(input_blocks):
             additions.enter("input", index)
@@ -458,6 +565,7 @@ class FlashFaceUNet(nn.Module):
             RowSpaces(RowPlan.unshared([0.0] * n)),
             self._embed_time(t, n, device),
             reference_context.to(self.compute_dtype),
+            attention=self.attention,
             recorded=recorded,
         )
         self._through_blocks(
@@ -465,7 +573,6 @@ class FlashFaceUNet(nn.Module):
             self.reference_input_blocks,
             self.reference_output_blocks,
             run,
-            BlockAdditions(),
         )
         return ReferenceFeatures(tokens=recorded, copies=copies, owners=owners)
 
@@ -512,18 +619,21 @@ class FlashFaceUNet(nn.Module):
             raise InvalidInputError(f"{MODEL_NAME}: nonzero reference weights need reference features.")
         self._check_regions(regions, references, x.shape[2:])
         additions = additions or BlockAdditions()
+        additions.begin(x)
         spaces = RowSpaces(RowPlan.unshared(rows.weights) if additions.active else rows)
         run = _Pass(
             spaces,
             self._embed_time(t, count, x.device),
             context.to(self.compute_dtype),
+            additions=additions,
+            attention=additions.attention or self.attention,
             references=references,
             regions=regions,
         )
         inputs = take_rows(
             torch.cat([x, mask[:, None].to(x.dtype)], 1).to(self.compute_dtype), spaces.representatives(INPUT)
         )
-        out = self._through_blocks(inputs, self.input_blocks, self.output_blocks, run, additions)
+        out = self._through_blocks(inputs, self.input_blocks, self.output_blocks, run)
         (out,) = run.move(ROWS, out)
         return through_layers(self.out, out).to(x.dtype)
 

@@ -7,6 +7,7 @@ latent + face-position mask. How they are wired, and FlashFace's reference atten
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,20 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
+AttentionFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Multi-head scaled dot-product attention on [B, L, C] tensors (PyTorch's kernel), [B, Lq, C]
+    out: the library's attention, and the signature of one given in its place."""
+    b, lq, c = q.shape
+    q, k, v = (t.reshape(b, -1, heads, c // heads).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    return out.transpose(1, 2).reshape(b, lq, c)
+
+
 class Attention(nn.Module):
     """Multi-head attention; q/k/v without bias, output projection with bias."""
 
@@ -43,19 +58,33 @@ class Attention(nn.Module):
         self.to_v = ops.Linear(context_dim, dim, bias=False)
         self.to_out = nn.Sequential(ops.Linear(dim, dim))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
+        attention: AttentionFunction | None = None,
+    ) -> torch.Tensor:
+        """Attention of x to `context` (x itself when None), with values from `value` (the context
+        when None), through `attention` (the library's SDPA when None)."""
         context = x if context is None else context
-        return self.attend(self.to_q(x), self.to_k(context), self.to_v(context))
+        value = context if value is None else value
+        return self.attend(self.to_q(x), self.to_k(context), self.to_v(value), attention=attention)
 
     def attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        attention: AttentionFunction | None = None,
     ) -> torch.Tensor:
         """Attention on already projected q/k/v ([B, L, C]; `bias` an additive logit bias broadcast
-        to [B, heads, Lq, Lk]), then the output projection."""
-        b, lq, c = q.shape
-        q, k, v = (t.reshape(b, -1, self.num_heads, c // self.num_heads).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.to_out(out.transpose(1, 2).reshape(b, lq, c))
+        to [B, heads, Lq, Lk]), then the output projection. `attention`, a function of (q, k, v,
+        heads) on [B, L, C] tensors, computes it instead of SDPA (no bias then)."""
+        if attention is not None and bias is None:
+            return self.to_out(attention(q, k, v, self.num_heads))
+        return self.to_out(sdpa(q, k, v, self.num_heads, bias))
 
 
 class GEGLU(nn.Module):

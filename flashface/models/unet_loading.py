@@ -260,6 +260,7 @@ def load_unet(
     dtype: torch.dtype = torch.float32,
     operations=None,
     num_heads: int | None = None,
+    attention=None,
 ) -> FlashFaceUNet:
     """Load the FlashFace UNet from a path or an open `Checkpoint` into `dtype` on `device`.
 
@@ -268,7 +269,8 @@ def load_unet(
     in ComfyUI's names (ComfyUI's ModelSave) load the same way (`unet_view`).
     Weights stored in fp8 (`STORAGE_ONLY_DTYPES`) are cast per layer to the compute dtype
     (`compute_dtype_for(device)`, the `manual_cast_dtype`), by the library's casting layers unless
-    `operations` (ComfyUI's cast layers) are given.
+    `operations` (ComfyUI's cast layers) are given. `attention`: what the UNet's self- and
+    cross-attention compute with (`unet_blocks.sdpa`'s signature; None: PyTorch's SDPA).
     """
     storage_only = dtype in STORAGE_ONLY_DTYPES
     ops = operations or (CASTING_OPERATIONS if storage_only else TORCH_OPERATIONS)
@@ -288,7 +290,7 @@ def load_unet(
             )
         checkpoint = unet_view(opened)
         model = load_layout(
-            lambda config: FlashFaceUNet(config, ops),
+            lambda config: FlashFaceUNet(config, ops, attention),
             checkpoint,
             infer_layout(checkpoint, num_heads),
             what=MODEL_NAME,

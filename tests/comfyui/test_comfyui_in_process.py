@@ -257,3 +257,16 @@ def test_graft_checkpoint_patches_the_difference_and_a_lora_adds_to_it(comfy_ins
     assert result["grafted"] == 0 and result["with_lora"] == 0 and result["load_model_unet"] == 0
     assert result["changed"] == result["sd15_tensors"] == len(base)
     assert result["strength_zero_is_the_input"]
+
+
+def test_the_unet_computes_its_attention_with_comfyuis(comfy_install, tiny_model_files, tmp_path):
+    """ComfyUI's attention (xformers, sage, PyTorch's or split, as ComfyUI was started) computes every
+    self- and cross-attention of both passes of the UNet Load Model loads; FlashFace's reference
+    attention, with its own logit bias, is not ComfyUI's."""
+    result = run_with_comfyui(
+        comfy_install, "comfyui_attention_is_used", tmp_path, unet=str(tiny_model_files["unet_name"])
+    )
+    print(f"\noptimized_attention calls: {result}")
+    middle = 1  # the reference pass runs the main middle block
+    assert result["main_pass"] == 2 * result["main_blocks"]
+    assert result["reference_pass"] == 2 * (result["reference_blocks"] + middle)
