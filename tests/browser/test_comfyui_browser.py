@@ -25,6 +25,8 @@ PACK_NODES = [
     "FlashFace Sigmas",
     "FlashFace VAE Encode",
     "FlashFace VAE Decode",
+    "FlashFace Person (experimental)",
+    "FlashFace Graft Checkpoint (experimental)",
 ]
 
 
@@ -38,7 +40,8 @@ def ui(comfyui_for_browser):
 
 
 def test_workflows_folder_has_what_the_template_browser_needs():
-    assert len(UI_WORKFLOWS) == 10
+    api_copies = {path.stem for path in (WORKFLOWS_DIR / "api").glob("*.json")}
+    assert {workflow.stem for workflow in UI_WORKFLOWS} == api_copies and len(api_copies) >= 10
     for workflow in UI_WORKFLOWS:
         assert workflow.with_suffix(".jpg").is_file(), f"{workflow.name} has no thumbnail"
         assert (WORKFLOWS_DIR / "api" / workflow.name).is_file(), f"{workflow.name} has no API copy"

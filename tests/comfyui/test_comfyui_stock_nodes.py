@@ -1,6 +1,8 @@
-"""Every stock node that takes a MODEL, run once on FlashFace Apply's MODEL in a real server
-(every ComfyUI version the tests know; the nodes that version has): it works or stops with its
-message, as stock_model_nodes.py says, and README.md's table says the same."""
+"""Every stock node that takes a MODEL, on FlashFace Apply's MODEL in a real server (every ComfyUI
+version the tests know; the nodes that version has): it works and is shown to act (the image changes
+where its widgets ask for a change and is the one without it where they ask for none; merges merge a
+second, different FlashFace model), or stops with its message, as stock_model_nodes.py says, and
+README.md's table says the same."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import pytest
 import torch
 
 from comfy_server import REPO_ROOT, PromptRejected
-from comfy_workflows import PHOTO, cheap_model_workflow, node_id, saved_levels
+from comfy_workflows import PHOTO, cheap_model_workflow, level_difference, node_id, saved_levels
 from stock_model_nodes import STOCK_MODEL_NODES, readme_table
-from tiny_flashface_models import CONTROLNET_UNET, TINY_CONTROLNETS, TINY_HYPERNETWORK, TINY_LORA
+from tiny_flashface_models import CONTROLNET_UNET, TEXT_WIDTH, TINY_CONTROLNETS, TINY_HYPERNETWORK, TINY_LORA
+from tiny_unet import write_tiny_unet
 
 FILE_WIDGETS = {
     "hypernetwork_name": TINY_HYPERNETWORK,
@@ -23,6 +26,7 @@ OWN_FAILURES = {
     "multi_res) before it samples"
 }
 UNET_FOR_WIDGET = {"control_net_name": CONTROLNET_UNET}  # the tiny ControlNet steers the width-64 UNet
+SECOND_UNET = "tiny_unet_for_merges.safetensors"  # what model2 of a merge loads: another tiny UNet
 # where an input of these types comes from: (node, its widgets, output index), MODEL-fed where it asks
 SOURCES = {
     "SAMPLER": ("KSamplerSelect", {"sampler_name": "euler"}, 0),
@@ -34,6 +38,8 @@ SOURCES = {
 
 @pytest.fixture(scope="module")
 def server(comfyui_tiny):
+    """The session's server with a second tiny UNet (another seed) for the merges' model2."""
+    write_tiny_unet(comfyui_tiny.models_dir / "flashface" / SECOND_UNET, seed=1, context_dim=TEXT_WIDTH)
     return comfyui_tiny
 
 
@@ -81,7 +87,7 @@ class Wiring:
                         key
                     ]
             elif kind == "MODEL":
-                inputs[key] = self.sampler["model"]
+                inputs[key] = self.second_model() if key == "model2" else self.sampler["model"]
             elif kind == "CONDITIONING":
                 inputs[key] = self.sampler["negative" if "negative" in key else "positive"]
             elif kind == "LATENT":
@@ -96,6 +102,20 @@ class Wiring:
         self.next_id += 1
         self.prompt[str(self.next_id)] = {"class_type": class_type, "inputs": inputs}
         return str(self.next_id)
+
+    def second_model(self) -> list:
+        """A FlashFace Apply MODEL like the workflow's, on another UNet (a merge's model2)."""
+        loader = self.prompt[node_id(self.prompt, "FlashFace_LoadModel")]
+        apply = self.prompt[node_id(self.prompt, "FlashFace_Apply")]
+        self.prompt["80"] = {
+            "class_type": "FlashFace_LoadModel",
+            "inputs": {**loader["inputs"], "unet_name": SECOND_UNET},
+        }
+        self.prompt["81"] = {
+            "class_type": "FlashFace_Apply",
+            "inputs": {**apply["inputs"], "flashface_model": ["80", 0]},
+        }
+        return ["81", 0]
 
     def sample_with(self, class_type: str, widgets: dict) -> str:
         """Put the node where its output goes, so that the image depends on it; the node that
@@ -141,27 +161,46 @@ def test_a_stock_node_on_a_flashface_model_works_or_says_why(server, object_info
     if (server.install.version, class_type) in OWN_FAILURES:
         pytest.skip(OWN_FAILURES[server.install.version, class_type])
     verdict = STOCK_MODEL_NODES[class_type]
-    wiring = Wiring(object_info)
     if verdict.kind == "needs":
         with pytest.raises(LookupError, match=verdict.needs):
-            wiring.add(class_type)
+            Wiring(object_info).add(class_type)
         return
-    sampling_node = wiring.sample_with(class_type, dict(verdict.widgets))
-    try:
-        run = server.run(wiring.prompt, timeout=300)
-    except PromptRejected as rejected:
-        pytest.fail(f"{class_type}: prompt rejected: {rejected}")
     if verdict.kind == "refused":
+        wiring = Wiring(object_info)
+        sampling_node = wiring.sample_with(class_type, dict(verdict.widgets))
+        run = _run(server, wiring, class_type)
         assert run.status == "error", f"{class_type} should be refused, it ran"
         assert run.error["node_type"] in (sampling_node, class_type), run.error_text()  # Train LoRA samples itself
         assert verdict.phrase in run.error["exception_message"], run.error_text()
         assert "InvalidInputError" in run.error["exception_type"], run.error_text()
         return
+    assert verdict.change is not None or verdict.plain, f"{class_type}: a works row must be shown to act"
+    same = _image(server, object_info, class_type, dict(verdict.same or ()))
+    if verdict.plain:  # at `same` (or its defaults) it asks for nothing: the image without it
+        assert (same - plain).abs().max() <= 1, f"{class_type}: {level_difference(same, plain)} from without it"
+    if verdict.change is not None:  # what it asks for is applied, not dropped
+        changed = _image(server, object_info, class_type, dict(verdict.change))
+        against = same if verdict.same is not None else plain
+        print(f"\n{class_type} {dict(verdict.change)}: {level_difference(changed, against)}")
+        assert (changed - against).abs().float().mean() > 0.5, f"{class_type} changed nothing"
+
+
+def _run(server, wiring: Wiring, class_type: str):
+    try:
+        return server.run(wiring.prompt, timeout=300)
+    except PromptRejected as rejected:
+        pytest.fail(f"{class_type}: prompt rejected: {rejected}")
+
+
+def _image(server, object_info: dict, class_type: str, widgets: dict) -> torch.Tensor:
+    """The image of the workflow with the node (at `widgets`, else its defaults) where its output goes."""
+    wiring = Wiring(object_info)
+    wiring.sample_with(class_type, widgets)
+    run = _run(server, wiring, class_type)
     assert run.status == "success", run.error_text() or server.log_tail()
     levels = saved_levels(server, run, node_id(wiring.prompt, "SaveImage")).int()
     assert levels.float().std() > 1, f"{class_type}: a flat image"  # not black, not one colour
-    if verdict.changes:  # what it asks for is applied, not dropped
-        assert (levels - plain).abs().float().mean() > 0.5, f"{class_type} changed nothing"
+    return levels
 
 
 def test_the_table_holds_every_stock_node_that_takes_a_model(object_info, server):
