@@ -242,20 +242,16 @@ class FlashFacePipeline:
         reference_latents = self.encode_people(people).to(device)
 
         positive, negative = self.encode_prompts(prompt, negative_prompt, batch, settings.prompt_postfixes)
-        mask = layout.face_position(settings.width, settings.height)
-
         denoiser = ReferenceGuidedDenoiser(
             self.unet,
             self.schedule,
             positive.to(device),
             negative.to(device),
             reference_latents,
-            mask.to(device),
-            settings,
-            owners=layout.owners,
-            copies=layout.copies,
-            regions=layout.regions(settings.width, settings.height),
+            settings=settings,
+            people=layout,
         )
+        denoiser.guidance.place(h, w)  # the people's places checked before the first step
         sigmas = sampling_sigmas(self.schedule, settings.steps, settings.discretization, settings.sigma_spacing)
         run_solver = get_solver(settings.solver)
         x, generator = initial_noise((batch, 4, h, w), settings.seed, device, settings.noise)

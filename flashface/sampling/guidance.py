@@ -107,84 +107,6 @@ def guided_eps(
     return rescale_guided(guided, positive, settings.guide_rescale)
 
 
-class ReferenceGuidedDenoiser:
-    """``denoiser(x, sigma) -> x0`` for B samples; plugs into every solver of `solvers`.
-
-    positive/negative: text embeddings [B,77,C]; reference_latents [N,4,r,r] (already scaled by
-    the VAE factor); mask [B,h,w] or [h,w] or None; `settings`: the guidance fields of a
-    `GenerationSettings`; reference_context [N,77,C] defaults to the
-    first negative embedding repeated per reference, as officially. `copies`: how many times each
-    reference stands (the official padding, `flashface.people.PeopleLayout.copies`). With several
-    people: `owners` the person of each reference and `regions` [h,w] the person each latent cell
-    reads (see `flashface.people.PeopleLayout`).
-    `model_timesteps` records the integer timestep of every call.
-    """
-
-    def __init__(
-        self,
-        unet,
-        schedule: NoiseSchedule,
-        positive: torch.Tensor,
-        negative: torch.Tensor,
-        reference_latents: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        settings: GenerationSettings = OFFICIAL,
-        reference_context: torch.Tensor | None = None,
-        *,
-        owners: Sequence[int] | None = None,
-        copies: Sequence[int] | None = None,
-        regions: torch.Tensor | None = None,
-    ):
-        if positive.shape != negative.shape:
-            raise InvalidInputError(
-                f"positive {tuple(positive.shape)} and negative {tuple(negative.shape)} "
-                "text embeddings must have the same shape [B,77,C]."
-            )
-        if reference_latents.dim() != 4 or reference_latents.shape[0] == 0:
-            raise InvalidInputError("FlashFace needs at least one reference face latent [N,4,r,r].")
-        if mask is not None and mask.dim() == 2:
-            mask = mask.expand(positive.shape[0], *mask.shape)
-        self.unet = unet
-        self.schedule = schedule
-        self.settings = settings
-        self.positive, self.negative, self.mask = positive, negative, mask
-        self.reference_latents, self.owners, self.copies, self.regions = reference_latents, owners, copies, regions
-        self.reference_context = (
-            negative[:1].expand(len(reference_latents), -1, -1) if reference_context is None else reference_context
-        )
-        self.model_timesteps: list[int] = []
-
-    def eps(self, x: torch.Tensor, timestep: int) -> torch.Tensor:
-        """The guided noise prediction at an integer model timestep."""
-        batch = x.shape[0]
-        if batch != self.positive.shape[0]:
-            raise InvalidInputError(f"{batch} latents for {self.positive.shape[0]} text embeddings.")
-        branches = branch_chunks(self.settings, timestep)
-        contexts = {POSITIVE_WITH_REFERENCES: self.positive, POSITIVE: self.positive, NEGATIVE: self.negative}
-        references = self.unet.encode_references(
-            self.reference_latents, timestep, self.reference_context, self.owners, self.copies
-        )
-        out = self.unet(
-            x.repeat(len(branches), 1, 1, 1),
-            torch.full((len(branches) * batch,), timestep, dtype=torch.long, device=x.device),
-            torch.cat([contexts[kind] for kind in branches]),
-            None if self.mask is None else self.mask.repeat(len(branches), 1, 1),
-            references,
-            row_plan(self.settings, timestep, branches, batch),
-            regions=self.regions,
-        )
-        eps = dict(zip(branches, out.chunk(len(branches))))
-        return guided_eps(
-            eps[POSITIVE], eps[NEGATIVE], eps.get(POSITIVE_WITH_REFERENCES), self.settings.text_guidance, self.settings
-        )
-
-    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        timestep = self.schedule.model_timestep(sigma)
-        self.model_timesteps.append(timestep)
-        sigma_t, alpha_t = self.schedule.coefficients(timestep)
-        return (x - sigma_t * self.eps(x, timestep)) / alpha_t
-
-
 @dataclass(frozen=True)
 class RowGuidance:
     """FlashFace's reference guidance for a sampler that picks and batches the rows of a step itself
@@ -204,6 +126,8 @@ class RowGuidance:
     settings: GenerationSettings = OFFICIAL
     people: PeopleLayout | None = None
     schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
+    mask: torch.Tensor | None = None  # the face-position channel [B,h,w] as given, in place of the people's
+    _places: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # see `place`
 
     def __post_init__(self):
         if self.reference_latents.dim() != 4 or self.reference_latents.shape[0] == 0:
@@ -240,9 +164,21 @@ class RowGuidance:
         """Whether the step at `sigma` needs the third branch (reference guidance launched)."""
         return three_branches(self.settings, self.timestep(sigma))
 
+    def place(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """For latents of h×w cells: the people's face-position channel [h,w] and the regions of
+        several people (None for one), on the CPU; computed once per size (and checked then: a
+        person with no place of their own is refused)."""
+        if (h, w) not in self._places:
+            width, height = LATENT_FACTOR * w, LATENT_FACTOR * h
+            self._places[h, w] = (self.layout.face_position(width, height), self.layout.regions(width, height))
+        return self._places[h, w]
+
     def latent_mask(self, rows: int, h: int, w: int, device) -> torch.Tensor:
-        """The face-position channel [rows,h,w] for latents of h×w cells."""
-        return self.layout.face_position(LATENT_FACTOR * w, LATENT_FACTOR * h).to(device).expand(rows, h, w)
+        """The face-position channel [rows,h,w] for latents of h×w cells: the people's, or the mask
+        given (one per sample, repeated for each chunk of rows)."""
+        if self.mask is not None:
+            return self.mask.to(device).repeat(rows // self.mask.shape[0], 1, 1)
+        return self.place(h, w)[0].to(device).expand(rows, h, w)
 
     @torch.no_grad()
     def denoise(
@@ -285,10 +221,10 @@ class RowGuidance:
             references,
             plan,
             additions,
-            regions=self.layout.regions(LATENT_FACTOR * w, LATENT_FACTOR * h),
+            regions=self.place(h, w)[1],
         )
         sigma_t, alpha_t = self.schedule.coefficients(t)
-        return (x * ve_scale(level) - sigma_t * eps.float()) / alpha_t
+        return (x * ve_scale(level) - sigma_t * eps.to(torch.promote_types(x.dtype, torch.float32))) / alpha_t
 
     def combine(
         self,
@@ -317,3 +253,68 @@ class RowGuidance:
             self.settings,
         )
         return ((x_vp - sigma_t * guided) / alpha_t).to(x.dtype)
+
+
+class ReferenceGuidedDenoiser:
+    """``denoiser(x, sigma) -> x0`` of VP latents for the solvers: the Generator's adapter of
+    `RowGuidance`, the one guided step. Each call evaluates the step's official branches in one UNet
+    call (block-stacked: all samples of a branch, then the next) and combines them.
+
+    positive/negative: text embeddings [B,77,C]; reference_latents [N,4,r,r] (scaled by the VAE
+    factor); `people`: where each person is and which references are theirs, with the copies of the
+    official padding (default: one person at the settings' face box); `mask` [B,h,w] a face-position
+    channel given as is (else the people's); reference_context [N,77,C] defaults to the first
+    negative embedding repeated per reference, as officially. `model_timesteps` records the integer
+    timestep of every call.
+    """
+
+    def __init__(
+        self,
+        unet,
+        schedule: NoiseSchedule,
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+        reference_latents: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        settings: GenerationSettings = OFFICIAL,
+        reference_context: torch.Tensor | None = None,
+        *,
+        people: PeopleLayout | None = None,
+    ):
+        if positive.shape != negative.shape:
+            raise InvalidInputError(
+                f"positive {tuple(positive.shape)} and negative {tuple(negative.shape)} "
+                "text embeddings must have the same shape [B,77,C]."
+            )
+        if mask is not None and mask.dim() == 2:
+            mask = mask.expand(positive.shape[0], *mask.shape)
+        self.unet, self.positive, self.negative, self.settings = unet, positive, negative, settings
+        context = (
+            negative[:1].expand(len(reference_latents), -1, -1) if reference_context is None else reference_context
+        )
+        self.guidance = RowGuidance(reference_latents, context, settings, people, schedule, mask)
+        self.model_timesteps: list[int] = []
+
+    def x0(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The guided x0 of VP latents x [B,4,h,w] at VP noise level `sigma`."""
+        batch = x.shape[0]
+        if batch != self.positive.shape[0]:
+            raise InvalidInputError(f"{batch} latents for {self.positive.shape[0]} text embeddings.")
+        alpha = math.sqrt(1 - sigma**2)
+        y, level = x / alpha, sigma / alpha  # the VE view RowGuidance works in
+        timestep = self.guidance.timestep(level)
+        self.model_timesteps.append(timestep)
+        chunks = branch_chunks(self.settings, timestep)
+        context = torch.cat([self.negative if kind == NEGATIVE else self.positive for kind in chunks])
+        x0 = self.guidance.denoise(self.unet, y.repeat(len(chunks), 1, 1, 1), level, context, chunks)
+        branches = dict(zip(chunks, x0.chunk(len(chunks))))
+        return self.guidance.combine(
+            y,
+            level,
+            branches[POSITIVE],
+            branches[NEGATIVE],
+            branches.get(POSITIVE_WITH_REFERENCES),
+            self.settings.text_guidance,
+        )
+
+    __call__ = x0

@@ -99,7 +99,6 @@ def test_optimized_guidance_equals_straightforward(tiny_unet, timestep):
     assert denoiser.model_timesteps == [timestep]
     eps = straightforward_eps(tiny_unet, inputs, settings, timestep)
     # float32 rounding of differently batched matmuls, amplified by the guidance scales
-    torch.testing.assert_close(denoiser.eps(inputs.x, timestep), eps, atol=5e-5, rtol=1e-5)
     sigma, alpha = schedule.sigmas[timestep], (1 - schedule.sigmas[timestep] ** 2).sqrt()
     torch.testing.assert_close(x0, (inputs.x - float(sigma) * eps) / float(alpha), atol=5e-5 / float(alpha), rtol=1e-5)
 
@@ -207,7 +206,8 @@ def test_without_reference_guidance_every_call_has_two_branches():
         unet, schedule, inputs.positive, inputs.negative, inputs.references, None, settings
     )
     get_solver("ddim")(denoiser, inputs.x, sampling_sigmas(schedule, 10))
-    assert all(call.rows == 2 and call.mask is None for call in unet.calls)
+    face_position = box_mask(settings.face_box, 64, 64)  # no mask given: the one person's, at the settings' box
+    assert all(call.rows == 2 and torch.equal(call.mask, face_position.expand(2, -1, -1)) for call in unet.calls)
     assert [call.reference_weights[0] for call in unet.calls] == pytest.approx(
         [0.85 if t > 750 else 1.3 for t in denoiser.model_timesteps]
     )
@@ -230,8 +230,12 @@ def test_guidance_and_rescale_formula():
     denoiser = ReferenceGuidedDenoiser(
         ScalingUNet(), schedule, torch.zeros(1, 77, 8), torch.zeros(1, 77, 8), torch.zeros(1, 4, 7, 7), None, settings
     )
+    sigma = float(schedule.sigmas[500])
+    alpha = (1 - sigma**2) ** 0.5
+    x0 = denoiser(x, sigma)
+    assert denoiser.model_timesteps == [500]
     # guided = 0 + 3·(x − 0) + 2·(3x − x) = 7x; the rescale factor is 0.5·std(x)/std(7x) + 0.5 = 0.5/7 + 0.5
-    torch.testing.assert_close(denoiser.eps(x, 500), 7 * x * (0.5 / 7 + 0.5))
+    torch.testing.assert_close((x - alpha * x0) / sigma, 7 * x * (0.5 / 7 + 0.5), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("timestep", [900, 400], ids=["before launch", "launched"])

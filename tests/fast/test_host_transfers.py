@@ -16,13 +16,8 @@ from flashface.models.row_plan import RowPlan
 from flashface.models.unet_loading import load_unet
 from flashface.people import PeopleLayout
 from flashface.sampling.guidance import (
-    NEGATIVE,
-    POSITIVE,
-    POSITIVE_WITH_REFERENCES,
     ReferenceGuidedDenoiser,
-    RowGuidance,
 )
-from flashface.sampling.noise_levels import vp_to_ve
 from flashface.sampling.schedule import NoiseSchedule
 from flashface.settings import GenerationSettings
 from tiny_unet import tiny_unet_state_dict
@@ -128,24 +123,15 @@ def test_a_sampler_step_reads_nothing_from_the_device(unet_on_device, timestep):
     schedule = NoiseSchedule()
     probe = HostTransfers()
     with probe:
-        denoiser = ReferenceGuidedDenoiser(
+        denoiser = ReferenceGuidedDenoiser(  # the one guided step, as the Generator and the MODEL path take it
             unet_on_device,
             schedule,
             call["positive"],
             call["negative"],
             call["references"],
-            torch.zeros(2, 8, 8, device=DEVICE),
-            settings,
-            copies=(2, 1, 1),
+            settings=settings,
+            reference_context=call["reference_context"],
+            people=PeopleLayout((settings.face_box,), (None,), (3,), (2, 1, 1)),
         )
-        denoiser.eps(call["x"], timestep)
-        guidance = RowGuidance(
-            call["references"], call["reference_context"], settings, PeopleLayout.one_person(settings.face_box, None, 3)
-        )
-        level = vp_to_ve(float(schedule.sigmas[timestep]))
-        chunks = [POSITIVE, NEGATIVE] + ([POSITIVE_WITH_REFERENCES] if guidance.with_references_row(level) else [])
-        context = torch.cat([call["positive"] if kind != NEGATIVE else call["negative"] for kind in chunks])
-        x0 = guidance.denoise(unet_on_device, call["x"].repeat(len(chunks), 1, 1, 1), level, context, chunks)
-        parts = x0.chunk(len(chunks))
-        guidance.combine(call["x"], level, parts[0], parts[1], parts[2] if len(parts) > 2 else None, 7.5)
+        denoiser(call["x"], float(schedule.sigmas[timestep]))
     assert probe.reads == []
