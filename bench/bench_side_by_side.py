@@ -23,6 +23,7 @@ anonymous and file-backed resident memory separately.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -137,13 +138,17 @@ def official_run(official_dir: str, model, inputs: StepInputs, noise: torch.Tens
 
 
 def our_run(model, inputs: StepInputs, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    from flashface.people import PeopleLayout
     from flashface.sampling.guidance import ReferenceGuidedDenoiser
     from flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
     from flashface.sampling.solvers import ddim
+    from flashface.settings import OFFICIAL
 
     schedule = NoiseSchedule()
+    one_person = PeopleLayout.one_person(OFFICIAL.face_box, None, len(inputs.faces))
+    people = dataclasses.replace(one_person, copies=inputs.copies)  # the faces as the official padding stacks them
     denoiser = ReferenceGuidedDenoiser(
-        model, schedule, inputs.positive, inputs.negative, inputs.faces, inputs.mask, copies=inputs.copies
+        model, schedule, inputs.positive, inputs.negative, inputs.faces, inputs.mask, people=people
     )
     return ddim(denoiser, noise, sampling_sigmas(schedule, steps))
 

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import CancelCheck, InvalidInputError, stop_if_cancelled
-from .face import DEFAULT_DETECTION_THRESHOLD, find_reference_faces, prepare_reference
+from .errors import CancelCheck, InvalidInputError
+from .face import DEFAULT_DETECTION_THRESHOLD, find_reference_faces
 from .models.clip_text import encode_texts
-from .models.vae import LATENT_SCALE
+from .models.vae_codec import VAECodec
 from .people import PeopleLayout, Person, as_people
 from .prompts import EncodedPrompt, prompt_text
 from .sampling.guidance import ReferenceGuidedDenoiser
@@ -40,7 +40,6 @@ from .sampling.mask import latent_size
 from .sampling.schedule import NoiseSchedule, sampling_sigmas
 from .sampling.solvers import get_solver
 from .settings import NOISE_SOURCES, OFFICIAL, GenerationSettings
-from .utils.memory import first_that_fits
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +106,7 @@ class FlashFacePipeline:
         self.text_encoder_device = torch.device(text_encoder_device or device)
         self.detector_device = torch.device(detector_device or device)
         self.schedule = schedule or NoiseSchedule()
+        self.codec = VAECodec(vae, self.vae_device)
 
     def crop_reference_faces(
         self,
@@ -157,57 +157,6 @@ class FlashFacePipeline:
             embeddings.append(value.float().cpu().expand(batch, -1, -1))
         return embeddings[0], embeddings[1]
 
-    def reference_latents(self, faces: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
-        """Reference latents [N,4,28,28] (scaled), on the VAE's device, from face crops or prepared
-        tensors [N,3,224,224] in [-1, 1]."""
-        if isinstance(faces, torch.Tensor):
-            images = faces
-        else:
-            images = torch.stack([prepare_reference(face) for face in faces]) if len(faces) else torch.empty(0)
-        if images.dim() != 4 or images.shape[0] == 0 or images.shape[1] != 3:
-            raise InvalidInputError("Give at least one reference face (a face crop, or a [N,3,224,224] tensor).")
-        return self.encode_images(images)
-
-    def encode_people(self, people: Sequence[Person]) -> torch.Tensor:
-        """The reference latents of every person, person after person (see `reference_latents`)."""
-        return torch.cat([self.reference_latents(person.faces) for person in people])
-
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, should_cancel: CancelCheck | None = None) -> torch.Tensor:
-        """Latents [B,4,H/8,W/8] (posterior mean, scaled), on the VAE's device, of images [B,3,H,W]
-        in [-1, 1], one image at a time (`should_cancel()` asked before each)."""
-        latents = []
-        for number, image in enumerate(images.to(self.vae_device), 1):
-            stop_if_cancelled(should_cancel, f"Encoding cancelled before image {number} of {len(images)}.")
-            latents.append(self.vae.encode(image[None]))
-        return torch.cat(latents).float() * LATENT_SCALE
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor, should_cancel: CancelCheck | None = None) -> torch.Tensor:
-        """Images [B,3,H,W] in about [-1,1] from scaled latents, on the VAE's device, one image at a
-        time (`should_cancel()` asked before each, between the decoder's blocks and between tiles); an
-        image that does not fit in
-        memory is decoded in tiles (see `AutoencoderKL.decode_tiled`). A latent that decodes to
-        values that are not numbers (it holds NaN, or values far outside a VAE latent's) is refused."""
-        images = []
-        for number, z in enumerate((latents / LATENT_SCALE).to(self.vae_device), 1):
-            stop_if_cancelled(should_cancel, f"Decoding cancelled before image {number} of {len(latents)}.")
-            image = first_that_fits(
-                [
-                    ("as a whole", lambda z=z: self.vae.decode(z[None], should_cancel).float()),
-                    ("in tiles", lambda z=z: self.vae.decode_tiled(z[None], should_cancel=should_cancel)),
-                ],
-                self.vae_device,
-            )
-            if image.device.type != "meta" and not torch.isfinite(image).all():  # meta tensors hold no values
-                raise InvalidInputError(
-                    f"Latent {number} of {len(latents)} decodes to values that are not numbers: it holds NaN or "
-                    f"infinite values, or values far outside an SD1.5 latent's (largest magnitude "
-                    f"{float(z.abs().nan_to_num(float('inf')).max()):.3g}). Check the sampler or node that made it."
-                )
-            images.append(image)
-        return torch.cat(images)
-
     @torch.no_grad()
     def generate(
         self,
@@ -224,7 +173,7 @@ class FlashFacePipeline:
         """Generate `settings.batch_size` images of the reference person (see `GenerationSettings`;
         its defaults are the official demo's).
 
-        `reference_faces`: one person's face crops (or prepared tensors, see `reference_latents`),
+        `reference_faces`: one person's face crops (or prepared tensors, see `VAECodec.encode_faces`),
         placed at the settings' face box, or at `face_mask` (a [H',W'] mask in [0,1]) when one is
         given; or several `Person`s, each with their own faces and place (experimental, see
         `flashface.people`; one `Person` is exactly the same as their faces and place given directly).
@@ -239,7 +188,7 @@ class FlashFacePipeline:
         device, batch = self.device, settings.batch_size
 
         layout = PeopleLayout.of(people, settings.seed if settings.pad_references else None)
-        reference_latents = self.encode_people(people).to(device)
+        reference_latents = self.codec.encode_people(people).to(device)
 
         positive, negative = self.encode_prompts(prompt, negative_prompt, batch, settings.prompt_postfixes)
         denoiser = ReferenceGuidedDenoiser(
@@ -268,7 +217,7 @@ class FlashFacePipeline:
         )
         latents = run_solver(denoiser, x, sigmas, callback=progress, should_cancel=should_cancel, generator=generator)
 
-        images = official_levels(self.decode(latents, should_cancel)).to(output_device).float() / 255
+        images = official_levels(self.codec.decode(latents, should_cancel)).to(output_device).float() / 255
         return GenerationResult(
             images=images,
             latents=latents.float().to(output_device),

@@ -52,7 +52,7 @@ class FlashFaceVAEEncode(FlashFaceNode):
             pixels = pixels.expand(-1, -1, -1, 3)
         images = pixels.permute(0, 3, 1, 2).float() * 2 - 1
         with comfy_cancel() as should_cancel:
-            latents = flashface_model.vae_pipeline().encode_images(images, should_cancel)
+            latents = flashface_model.vae_codec().encode(images, should_cancel)
         return ({"samples": (latents / LATENT_SCALE).to(mm.intermediate_device())},)
 
 
@@ -77,5 +77,5 @@ class FlashFaceVAEDecode(FlashFaceNode):
         flashface_model = expect_model(flashface_model)
         latents = expect_latent(samples, "samples")
         with comfy_cancel() as should_cancel:
-            decoded = flashface_model.vae_pipeline().decode(latents * LATENT_SCALE, should_cancel)
+            decoded = flashface_model.vae_codec().decode(latents * LATENT_SCALE, should_cancel)
         return (official_levels(decoded).to(mm.intermediate_device()).float() / 255,)

@@ -28,7 +28,7 @@ from ..flashface.models.ops import WEIGHT_DTYPES
 from ..flashface.models.retinaface import load_face_detector
 from ..flashface.models.unet_loading import load_unet
 from ..flashface.models.vae import VAE_ATTENTIONS, load_vae
-from ..flashface.pipeline import FlashFacePipeline
+from ..flashface.models.vae_codec import VAECodec
 from ..flashface.utils.cache_utils import recorded_load_failure
 from . import model_files
 from .comfy_model import FlashFaceDiffusionModel, comfyui_attention
@@ -58,10 +58,10 @@ class FlashFaceModel:
         # The UNet's patcher holds ComfyUI's model around it (`comfy_model`); the library takes the UNet.
         return [getattr(patcher.model, "diffusion_model", patcher.model) for patcher in patchers]
 
-    def vae_pipeline(self) -> FlashFacePipeline:
-        """The library's encode/decode (with its out-of-memory fallbacks) on the loaded VAE."""
+    def vae_codec(self) -> VAECodec:
+        """The library's encode/decode (with its out-of-memory fallbacks and Cancel) on the loaded VAE."""
         (vae,) = self.ready("vae")
-        return FlashFacePipeline(None, vae, device=self.device("vae"))
+        return VAECodec(vae, self.device("vae"))
 
     @property
     def prompt_width(self) -> int:

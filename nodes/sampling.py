@@ -83,7 +83,7 @@ class FlashFaceApply(FlashFaceNode):
         settings = settings_from_inputs(inputs)
         people = as_people(faces, settings.face_box, face_mask)
         layout = PeopleLayout.of(people, padding_seed if settings.pad_references else None)
-        latents = flashface_model.vae_pipeline().encode_people(people)
+        latents = flashface_model.vae_codec().encode_people(people)
         guidance = RowGuidance(latents.cpu(), context.cpu().expand(len(latents), -1, -1), settings, layout)
         return (guided_model(flashface_model.unet, guidance),)
 

@@ -204,7 +204,7 @@ def diagnose(demo: DemoCase, pipeline) -> list[str]:
     positive, negative = pipeline.encode_prompts(c["prompt"], c["negative_prompt"], c["num_samples"])
     report("positive", positive, 1e-4)
     report("negative", negative, 1e-4)
-    report("reference_latents", pipeline.reference_latents(padded).cpu(), 1e-4)
+    report("reference_latents", pipeline.codec.encode_faces(padded).cpu(), 1e-4)
     report("mask", box_mask(c["face_bbox"], c["width"], c["height"])[None].expand(c["num_samples"], -1, -1))
     generator = torch.Generator().manual_seed(c["seed"])
     report("noise", torch.randn(tuple(expected["noise"].shape), generator=generator))

@@ -328,21 +328,21 @@ def test_decoding_stops_between_images_blocks_and_tiles_when_cancelled(pipeline)
 
     blocks = len(pipeline.vae.decoder.upsamples)
     with pytest.raises(GenerationCancelled, match="before image 2 of 3"):  # image 1, its blocks, then image 2
-        pipeline.decode(latents, lambda: bool(asked.append(True)) or len(asked) == 2 + blocks)
+        pipeline.codec.decode(latents, lambda: bool(asked.append(True)) or len(asked) == 2 + blocks)
     asked.clear()
     with pytest.raises(GenerationCancelled, match="inside an image"):
-        pipeline.decode(latents, cancel_on_second_question)
+        pipeline.codec.decode(latents, cancel_on_second_question)
     tiling = FlashFacePipeline(pipeline.unet, RunsOutOfMemory(pipeline.vae, 16), pipeline.text_encoder, device="cpu")
     asked.clear()
     with pytest.raises(GenerationCancelled, match="between two tiles"):
-        tiling.decode(latents, cancel_on_second_question)  # image 1 asked, then its first tile
+        tiling.codec.decode(latents, cancel_on_second_question)  # image 1 asked, then its first tile
 
 
 def test_a_latent_that_decodes_to_no_numbers_is_refused(pipeline):
     latents = torch.zeros(2, 4, 8, 8)
     latents[1, 0, 0, 0] = 1e30
     with pytest.raises(InvalidInputError, match="Latent 2 of 2 decodes to values that are not numbers"):
-        pipeline.decode(latents)
+        pipeline.codec.decode(latents)
 
 
 def test_an_error_that_is_not_out_of_memory_is_not_retried(pipeline):

@@ -14,7 +14,7 @@ from flashface.errors import ModelFileError
 from flashface.face import prepare_reference
 from flashface.models.checkpoint import StateDictCheckpoint
 from flashface.models.vae import LATENT_SCALE, load_vae
-from flashface.pipeline import FlashFacePipeline
+from flashface.models.vae_codec import VAECodec
 from parity import ManifestCheckpoint, cases, manifest
 from tiny_vae import tiny_vae_state_dict, write_tiny_vae
 
@@ -42,7 +42,7 @@ def test_reference_latents_are_the_posterior_mean_in_the_official_latent_scale(c
     demo = DemoCase(case)
     vae = load_vae(demo.case.weights_dir() / demo.config["weights"]["vae"])
     crops = [Image.fromarray(face.numpy()) for face in demo.expected["references_224"]]
-    latents = FlashFacePipeline(None, vae, device="cpu").reference_latents(crops)
+    latents = VAECodec(vae, "cpu").encode_faces(crops)
     torch.testing.assert_close(latents, demo.expected["reference_latents"], atol=1e-4, rtol=1e-4)
     with torch.no_grad():  # the posterior mean, image by image (so Cancel is seen between images)
         mean = torch.cat([vae.encode(prepare_reference(crop)[None]) for crop in crops])
