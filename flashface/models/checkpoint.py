@@ -443,3 +443,22 @@ def load_layout(
     )
     logger.info("loaded %s from %s%s", what, checkpoint.path, "" if layout.config is None else f": {layout.config}")
     return module
+
+
+def required_shape(checkpoint: Checkpoint, key: str, problem: str, dims: int | None = None) -> tuple[int, ...]:
+    """The shape of tensor `key`; a ModelFileError saying `problem` when it is missing (or does
+    not have `dims` dimensions)."""
+    shape = tuple(checkpoint.shape(key)) if key in checkpoint else None
+    if shape is None or (dims is not None and len(shape) != dims):
+        found = "missing" if shape is None else f"of shape {shape}"
+        raise ModelFileError(f"{checkpoint.path}: tensor {key} is {found}. {problem}")
+    return shape
+
+
+def count_indexed(checkpoint: Checkpoint, pattern: str, start: int = 0) -> int:
+    """How many of pattern.format(start), pattern.format(start + 1), ... are in the checkpoint,
+    counting until the first that is not."""
+    count = 0
+    while pattern.format(start + count) in checkpoint:
+        count += 1
+    return count

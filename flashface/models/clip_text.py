@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
-from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_layout
-from .ops import TORCH_OPERATIONS, count_indexed, norm_at_least_fp32, required_shape
+from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, count_indexed, load_layout, required_shape
+from .ops import TORCH_OPERATIONS, norm_at_least_fp32
 
 # How error messages name this network.
 MODEL_NAME = "CLIP ViT-L/14 text encoder"

@@ -5,7 +5,7 @@ share twice (`encoder.*` and `ori_encoder.*`, ...) and a reference middle block 
 (`ref_middle.*`). `convert_unet` writes a safetensors file with the official key names, each
 aliased pair once (the `ori_` copy dropped, after checking the two are equal), no `ref_middle`,
 weights in the chosen dtype (norm parameters stay fp32, as every loader keeps them), and metadata
-saying so. `compact_view` lets every loader read it as the published file: the dropped `ori_`
+saying so. `compact.compact_view` lets every loader read it as the published file: the dropped `ori_`
 names answer with the tensor kept. Loading the compact file in its dtype gives the same tensors,
 bit for bit, as loading the published file in that dtype.
 """
@@ -18,64 +18,19 @@ import struct
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import InvalidInputError, ModelFileError
-from .checkpoint import Checkpoint, check_plan, checkpoint_source
+from .checkpoint import check_plan, checkpoint_source
+from .compact import ALIAS_PREFIX, COMPACT_FORMAT, DTYPE_NAMES, SAFETENSORS_DTYPES
+from .graft import GraftFiles, add_difference, check_strength, graft_shapes, open_graft
 from .ops import at_least_fp32, norm_parameter_names
+from .unet import FlashFaceUNet
+from .unet_blocks import MODEL_NAME
+from .unet_loading import infer_layout, official_key, unet_view
 
-if TYPE_CHECKING:
-    from .graft import GraftFiles
-
-COMPACT_FORMAT = "flashface-unet-compact"
-ALIAS_PREFIX = "ori_"
-_SAFETENSORS_DTYPES = {
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-}
-_DTYPE_NAMES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
 Progress = Callable[[int, int], None]  # (bytes written, bytes in all)
-
-
-class CompactCheckpoint(Checkpoint):
-    """A compact file seen as the published one: each dropped `ori_` name reads the kept tensor."""
-
-    def __init__(self, stored: Checkpoint):
-        self.stored, self.path = stored, stored.path
-        self.aliases = {ALIAS_PREFIX + key: key for key in json.loads(stored.metadata().get("aliased", "[]"))}
-
-    def keys(self) -> list[str]:
-        return self.stored.keys() + list(self.aliases)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self.stored.shape(self.aliases.get(key, key))
-
-    def tensor(self, key: str) -> torch.Tensor:
-        return self.stored.tensor(self.aliases.get(key, key))
-
-    def metadata(self) -> dict[str, str]:
-        return self.stored.metadata()
-
-    def close(self) -> None:
-        self.stored.close()
-
-
-def stored_weight_dtype(checkpoint: Checkpoint) -> torch.dtype | None:
-    """The dtype a compact file's weights were stored in (None for any other file)."""
-    if checkpoint.metadata().get("format") != COMPACT_FORMAT:
-        return None
-    names = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}
-    return names.get(checkpoint.metadata().get("weights", ""))
-
-
-def compact_view(checkpoint: Checkpoint) -> Checkpoint:
-    """`checkpoint` as the published layout: a CompactCheckpoint for a compact file, else itself."""
-    return CompactCheckpoint(checkpoint) if checkpoint.metadata().get("format") == COMPACT_FORMAT else checkpoint
 
 
 def convert_unet(
@@ -89,11 +44,6 @@ def convert_unet(
     reading and writing one tensor at a time; the file appears only once complete. With `graft`, the
     fine-tune's difference is added to the published fp32 weights (`graft.graft_unet`'s sum) before
     they are stored in `dtype`."""
-    from .graft import add_difference, check_strength, graft_shapes, open_graft
-    from .unet import FlashFaceUNet
-    from .unet_blocks import MODEL_NAME
-    from .unet_loading import infer_layout, official_key, unet_view
-
     out = Path(out)
     if out.suffix != ".safetensors":
         raise InvalidInputError(f"{out}: the compact file is a safetensors file; give a name ending in .safetensors.")
@@ -104,14 +54,14 @@ def convert_unet(
         raise InvalidInputError(f"The folder {folder} does not exist: create it, or give a path in a folder that does.")
     if not os.access(folder, os.W_OK):
         raise InvalidInputError(f"The folder {folder} cannot be written to: give a path in a folder you can write to.")
-    if dtype not in _SAFETENSORS_DTYPES:
+    if dtype not in SAFETENSORS_DTYPES:
         raise InvalidInputError(
             f"Cannot store weights as {dtype}; choose one of fp32, fp16, bf16, fp8_e4m3fn, fp8_e5m2."
         )
     with checkpoint_source(source) as opened:
         stored = opened.metadata()
         if stored.get("format") == COMPACT_FORMAT:
-            weights = _DTYPE_NAMES.get(stored.get("weights", ""), "of an unknown dtype")
+            weights = DTYPE_NAMES.get(stored.get("weights", ""), "of an unknown dtype")
             raise InvalidInputError(
                 f"{opened.path} is already a compact FlashFace UNet file ({weights}, converted from "
                 f"{stored.get('source', 'the published file')}): to store it in another dtype, convert that original "
@@ -132,7 +82,7 @@ def convert_unet(
         metadata = {
             "format": COMPACT_FORMAT,
             "num_heads": str(layout.config.num_heads),
-            "weights": _SAFETENSORS_DTYPES[dtype],
+            "weights": SAFETENSORS_DTYPES[dtype],
             "aliased": json.dumps(aliased),
             "source": Path(checkpoint.path).name,
         }
@@ -181,7 +131,7 @@ def write_safetensors(
     for key, dtype, shape in entries:
         size = torch.Size(shape).numel() * dtype.itemsize
         header[key] = {
-            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "dtype": SAFETENSORS_DTYPES[dtype],
             "shape": list(shape),
             "data_offsets": [offset, offset + size],
         }

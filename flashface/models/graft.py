@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, ModelFileError
 from .checkpoint import Checkpoint, open_checkpoint
-from .convert import COMPACT_FORMAT
+from .compact import COMPACT_FORMAT
 
 SD15_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "")  # full checkpoint, UNet-only files
 REFERENCE_NETWORK = ("reference_input_blocks.", "reference_output_blocks.")

@@ -9,7 +9,6 @@
   parameters are stored in at least fp32 (`norm_parameter_names`). This is what the official
   fp16 autocast does: its GroupNorm runs in fp32 and its LayerNorm returns fp32, which the next
   layer casts down, giving the same numbers.
-* Reading a network's layout from a checkpoint: `required_shape`, `count_indexed`.
 * `host_to_device`: the one way small host-made tensors (indices, weights) reach the device
   while sampling, without the host waiting for the device.
 """
@@ -18,16 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from ..errors import ModelFileError
-
-if TYPE_CHECKING:
-    from .checkpoint import Checkpoint
 
 TORCH_OPERATIONS = SimpleNamespace(Linear=nn.Linear, Conv2d=nn.Conv2d, GroupNorm=nn.GroupNorm, LayerNorm=nn.LayerNorm)
 NORMS = (nn.GroupNorm, nn.LayerNorm)  # comfy.ops norms are subclasses
@@ -102,22 +95,3 @@ def host_to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Te
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
-
-
-def required_shape(checkpoint: Checkpoint, key: str, problem: str, dims: int | None = None) -> tuple[int, ...]:
-    """The shape of tensor `key`; a ModelFileError saying `problem` when it is missing (or does
-    not have `dims` dimensions)."""
-    shape = tuple(checkpoint.shape(key)) if key in checkpoint else None
-    if shape is None or (dims is not None and len(shape) != dims):
-        found = "missing" if shape is None else f"of shape {shape}"
-        raise ModelFileError(f"{checkpoint.path}: tensor {key} is {found}. {problem}")
-    return shape
-
-
-def count_indexed(checkpoint: Checkpoint, pattern: str, start: int = 0) -> int:
-    """How many of pattern.format(start), pattern.format(start + 1), ... are in the checkpoint,
-    counting until the first that is not."""
-    count = 0
-    while pattern.format(start + count) in checkpoint:
-        count += 1
-    return count

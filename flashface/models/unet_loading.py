@@ -17,15 +17,13 @@ import torch
 
 from ..errors import ModelFileError
 from ..utils.devices import dtype_name
-from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_layout
-from .convert import compact_view, stored_weight_dtype
+from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, count_indexed, load_layout, required_shape
+from .compact import compact_view, stored_weight_dtype
 from .ops import (
     CASTING_OPERATIONS,
     STORAGE_ONLY_DTYPES,
     TORCH_OPERATIONS,
     compute_dtype_for,
-    count_indexed,
-    required_shape,
 )
 from .unet import FlashFaceUNet, UNetConfig, build_middle_block
 from .unet_blocks import MODEL_NAME

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CancelCheck, InvalidInputError, ModelFileError, stop_if_cancelled
-from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_layout
-from .ops import TORCH_OPERATIONS, norm_at_least_fp32, required_shape, through_layers
+from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_layout, required_shape
+from .ops import TORCH_OPERATIONS, norm_at_least_fp32, through_layers
 
 LATENT_SCALE = 0.18215
 # How error messages name this network.

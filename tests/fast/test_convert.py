@@ -12,7 +12,8 @@ from test_unet import call_model, random_call
 
 from flashface.__main__ import main
 from flashface.errors import InvalidInputError, ModelFileError
-from flashface.models.convert import COMPACT_FORMAT, convert_unet
+from flashface.models.compact import COMPACT_FORMAT
+from flashface.models.convert import convert_unet
 from flashface.models.ops import WEIGHT_DTYPES
 from flashface.models.unet_loading import load_unet
 from seeded_weights import save_state_dict
