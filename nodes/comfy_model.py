@@ -28,13 +28,8 @@ import torch
 
 from ..flashface.errors import InvalidInputError
 from ..flashface.face import REFERENCE_SIZE
-from ..flashface.models.unet import (
-    ATTENTION_PATCHES,
-    ATTENTION_REPLACEMENTS,
-    BLOCK_PATCHES,
-    BlockAdditions,
-    UNetConfig,
-)
+from ..flashface.models.block_additions import ATTENTION_PATCHES, ATTENTION_REPLACEMENTS, BLOCK_PATCHES, BlockAdditions
+from ..flashface.models.unet import UNetConfig
 from ..flashface.models.unet_loading import CONV_IN_MASK_WEIGHT, CONV_IN_WEIGHT
 from ..flashface.people import OFFICIAL_REFERENCE_COUNT
 from ..flashface.sampling.guidance import POSITIVE, POSITIVE_WITH_REFERENCES, RowGuidance

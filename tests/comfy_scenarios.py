@@ -523,7 +523,7 @@ def comfyui_attention_is_used(unet: str) -> dict:
     two passes have (FlashFace's reference attention is its own)."""
     import comfy.ldm.modules.attention as attention
     from flashface_pack.flashface.models.row_plan import RowPlan
-    from flashface_pack.flashface.models.unet import TransformerBlock
+    from flashface_pack.flashface.models.unet_pass import TransformerBlock
 
     model = load_model._load_unet(Path(unet), "fp32").model.diffusion_model
     calls = []

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from flashface.models.ops import at_least_fp32, norm_at_least_fp32, through_layers
-from flashface.models.unet import SpatialTransformer
 from flashface.models.unet_blocks import ResBlock, Upsample, timestep_embedding
+from flashface.models.unet_pass import SpatialTransformer
 from flashface.people import NO_REGION
 
 

@@ -8,8 +8,9 @@ ComfyUI's LoRA key maps, model merging and block patches find the main path wher
 SD1.5's. FlashFace's own parts have names of their own: the extra self-attention of every
 middle and decoder transformer block (SA1) is ``reference_attn``, the reference copies of the
 encoder and decoder are ``reference_input_blocks`` and ``reference_output_blocks``. The layers
-are in `unet_blocks`, the reference attention in `reference_attention`, reading the published
-file in `unet_loading`.
+are in `unet_blocks`, the transformer blocks and the pass through the blocks in `unet_pass`, what
+ComfyUI adds to the main pass in `block_additions`, the reference attention in
+`reference_attention`, reading the published file in `unet_loading`.
 
 One model evaluation is two explicit steps, with no state kept between calls:
 
@@ -27,28 +28,27 @@ parameters stay fp32), convolutions, linears and attention in the compute dtype.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from .ops import TORCH_OPERATIONS, host_to_device, norm_at_least_fp32, through_layers
-from .reference_attention import ReferenceFeatures, reference_attention
-from .row_plan import INPUT, ROWS, TEXT, WEIGHT, RowPlan, RowSpaces, take_rows
+from .block_additions import BlockAdditions
+from .ops import TORCH_OPERATIONS, through_layers
+from .reference_attention import ReferenceFeatures
+from .row_plan import INPUT, ROWS, RowPlan, RowSpaces, take_rows
 from .unet_blocks import (
     MODEL_NAME,
-    Attention,
     AttentionFunction,
     Downsample,
-    FeedForward,
     ResBlock,
     Upsample,
     latent_and_mask_conv_class,
     timestep_embedding,
 )
+from .unet_pass import SpatialTransformer, TransformerBlock, UNetBlock, UNetPass
 
 
 @dataclass(frozen=True)
@@ -71,298 +71,9 @@ class UNetConfig:
         return 4 * self.dim
 
 
-def _broadcasts_to(tensor: torch.Tensor, target: torch.Tensor) -> bool:
-    try:
-        return tensor.dim() == target.dim() and torch.broadcast_shapes(tensor.shape, target.shape) == target.shape
-    except RuntimeError:
-        return False
-
-
-BLOCK_PATCHES = ("input_block_patch", "input_block_patch_after_skip", "output_block_patch")
-ATTENTION_PATCHES = ("attn1_patch", "attn2_patch", "attn1_output_patch", "attn2_output_patch", "middle_patch")
-ATTENTION_REPLACEMENTS = ("attn1", "attn2")
-
-
-class BlockAdditions:
-    """What ComfyUI's samplers add to a main pass, applied where its SD UNet (openaimodel.UNetModel
-    and its transformer blocks) applies them, so ControlNet, T2I-Adapter, FreeU, Deep Shrink and the
-    attention patches of IPAdapter, HyperTile, Tome or a hypernetwork work as on SD1.5:
-
-    * `control`: residuals by place ("input", "middle", "output": lists used from the end, one per
-      block, as ComfyUI's ControlNets and T2I-Adapters make them), added to the main pass only
-      (the reference pass reads the faces as trained);
-    * `transformer_options`: ComfyUI's, whose "patches" of the kinds in BLOCK_PATCHES and
-      ATTENTION_PATCHES and whose "patches_replace" of attn1/attn2 (keyed by (block, index,
-      transformer index) or by block) are called as ComfyUI calls them, with "block",
-      "block_index", "transformer_index", "original_shape" and "activations_shape" kept as it
-      keeps them; FlashFace's reference attention is never patched;
-    * `attention`: the function the main pass's self- and cross-attention compute with (ComfyUI's
-      optimized attention under ComfyUI), else the library's SDPA.
-    """
-
-    def __init__(
-        self,
-        control: dict | None = None,
-        transformer_options: dict | None = None,
-        attention: AttentionFunction | None = None,
-    ):
-        # the lists are consumed as the blocks run: never those of the caller
-        self.control: dict[str, list] = {name: list(values) for name, values in (control or {}).items()}
-        self.transformer_options = transformer_options
-        self.attention = attention
-        options = transformer_options or {}
-        patches = options.get("patches") or {}
-        self.patches: dict[str, list] = {name: list(patches.get(name) or ()) for name in BLOCK_PATCHES}
-        self.attention_patches: dict[str, list] = {name: list(patches.get(name) or ()) for name in ATTENTION_PATCHES}
-        replaced = options.get("patches_replace") or {}
-        self.replacements: dict[str, dict] = {name: dict(replaced.get(name) or {}) for name in ATTENTION_REPLACEMENTS}
-
-    @property
-    def active(self) -> bool:
-        """Whether anything is added that treats each row on its own (rows are then not shared)."""
-        return (
-            any(self.control.values())
-            or any(self.patches.values())
-            or any(self.attention_patches.values())
-            or any(self.replacements.values())
-        )
-
-    @property
-    def patches_attention(self) -> bool:
-        return any(self.attention_patches.values()) or any(self.replacements.values())
-
-    def begin(self, x: torch.Tensor) -> None:
-        """A main pass starts on latents x (ComfyUI's "original_shape", "transformer_index")."""
-        if self.transformer_options is not None:
-            self.transformer_options["original_shape"] = list(x.shape)
-            self.transformer_options["transformer_index"] = 0
-
-    def enter(self, place: str, index: int) -> None:
-        if self.transformer_options is not None:
-            self.transformer_options["block"] = (place, index)
-
-    def set_option(self, name: str, value) -> None:
-        if self.transformer_options is not None:
-            self.transformer_options[name] = value
-
-    def extra_options(self, heads: int, dim_head: int) -> dict:
-        """What ComfyUI hands an attention patch: its transformer options but the patches, with
-        the attention's heads and head width."""
-        options = {
-            name: value
-            for name, value in (self.transformer_options or {}).items()
-            if name not in ("patches", "patches_replace")
-        }
-        return {**options, "n_heads": heads, "dim_head": dim_head, "attn_precision": None}
-
-    def replacement(self, kind: str):
-        """The replacement of attention `kind` for the running transformer block, or None."""
-        replacements = self.replacements[kind]
-        if not replacements or self.transformer_options is None:
-            return None
-        block = self.transformer_options.get("block")
-        index = self.transformer_options.get("block_index", 0)
-        key = (block[0], block[1], index) if block is not None else None
-        return replacements.get(key) if key in replacements else replacements.get(block)
-
-    def add_control(self, h: torch.Tensor, place: str) -> torch.Tensor:
-        residuals = self.control.get(place)
-        residual = residuals.pop() if residuals else None
-        if residual is None:
-            return h
-        if not _broadcasts_to(residual, h):
-            raise InvalidInputError(
-                f"A ControlNet / T2I-Adapter residual of shape {tuple(residual.shape)} does not fit the FlashFace "
-                f"UNet's {place} block output {tuple(h.shape)}: it was made for another model (use one for SD1.5)."
-            )
-        return h + residual.to(h.dtype)
-
-    def patch(self, name: str, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """`values` through the patches of kind `name` (one tensor, or the output and skip tensors)."""
-        for patch in self.patches[name]:
-            result = patch(*values, self.transformer_options)
-            values = result if isinstance(result, tuple) else (result,)
-        return values
-
-
-@dataclass
-class _Pass:
-    """One pass through the blocks (built per call): which rows are computed as one so far
-    (`rows`, `space`: a pass starts in the coarsest space and moves to a finer one where rows part
-    ways -- before the first cross-attention, before the first reference attention, at the end),
-    the time embedding and text of the call's rows, and what the reference-reading blocks do:
-    record their tokens (the reference pass) or read `references` (the main pass)."""
-
-    rows: RowSpaces
-    emb: torch.Tensor  # [rows of the call, embed_dim]
-    context: torch.Tensor  # [rows of the call, tokens, width]
-    space: int = INPUT
-    additions: BlockAdditions = field(default_factory=BlockAdditions)  # the main pass's; none in the reference pass
-    attention: AttentionFunction | None = None  # what self- and cross-attention compute with (None: SDPA)
-    recorded: dict | None = None  # reference pass: collects the tokens
-    references: ReferenceFeatures | None = None  # main pass: the tokens to attend to
-    regions: torch.Tensor | None = None  # main pass, several people: [h, w] person of each latent cell (CPU)
-    _region_positions: dict = field(default_factory=dict)
-
-    def embedding(self) -> torch.Tensor:
-        return take_rows(self.emb, self.rows.representatives(self.space))
-
-    def text(self) -> torch.Tensor:
-        return take_rows(self.context, self.rows.representatives(self.space))
-
-    def move(self, space: int, *tensors: torch.Tensor) -> list[torch.Tensor]:
-        """Go on in `space` (if finer than the current one), with `tensors` expanded to it."""
-        if space <= self.space:
-            return list(tensors)
-        moved = [self.rows.expand(tensor, self.space, space) for tensor in tensors]
-        self.space = space
-        return moved
-
-    def in_current(self, tensor: torch.Tensor, space: int) -> torch.Tensor:
-        """A tensor computed in `space` (e.g. a skip connection), expanded to the current space."""
-        return self.rows.expand(tensor, space, self.space)
-
-    def region_positions(self, grid: tuple[int, int]) -> list[torch.Tensor] | None:
-        """For each person, the token positions of a grid (h', w') in their region (indices on the
-        device), from the latent cells' regions sampled at nearest; None with one person."""
-        if self.regions is None or self.references is None or self.references.owners is None:
-            return None
-        if grid not in self._region_positions:
-            labels = F.interpolate(self.regions[None, None].float(), size=grid, mode="nearest").flatten().long()
-            self._region_positions[grid] = [
-                host_to_device((labels == person).nonzero().flatten(), self.emb.device)
-                for person in range(max(self.references.owners) + 1)
-            ]
-        return self._region_positions[grid]
-
-
-class TransformerBlock(nn.Module):
-    """LN-SA, LN-CA, LN-GEGLU FFN; middle and decoder blocks also record or read reference tokens.
-
-    `feature_key` is the block's path inside its list ("output_blocks.3.1.transformer_blocks.0"),
-    shared by a reference-decoder block and its main-decoder twin; None for encoder blocks.
-    """
-
-    def __init__(self, ops, dim: int, context_dim: int, num_heads: int, reads_references: bool):
-        super().__init__()
-        self.feature_key: str | None = None
-        self.norm1 = ops.LayerNorm(dim)
-        self.attn1 = Attention(ops, dim, dim, num_heads)
-        self.reference_attn = Attention(ops, dim, dim, num_heads) if reads_references else None
-        self.norm2 = ops.LayerNorm(dim)
-        self.attn2 = Attention(ops, dim, context_dim, num_heads)
-        self.norm3 = ops.LayerNorm(dim)
-        self.ff = FeedForward(ops, dim)
-
-    def forward(self, x: torch.Tensor, run: _Pass, grid: tuple[int, int]) -> torch.Tensor:
-        additions = run.additions
-        y = norm_at_least_fp32(self.norm1, x)
-        if additions.patches_attention:
-            x = x + self._patched_attention("attn1", self.attn1, y, None, run)
-        else:
-            x = x + self.attn1(y, attention=run.attention)
-        if self.feature_key is not None:
-            if run.recorded is not None:  # the reference pass
-                run.recorded[self.feature_key] = y
-            elif self.reference_attn is None:
-                raise InvalidInputError(
-                    f"{MODEL_NAME}: {self.feature_key} of the reference network records tokens, it reads none."
-                )
-            elif run.references is None:  # every weight is 0
-                x = x + self.reference_attn(y)
-            else:
-                x, y = run.move(WEIGHT, x, y)
-                x = x + reference_attention(
-                    self.reference_attn,
-                    y,
-                    run.references.tokens[self.feature_key],
-                    run.rows.weights_of(run.space),
-                    run.references.copies,
-                    run.references.owners,
-                    run.region_positions(grid),
-                )
-        for patch in additions.attention_patches["middle_patch"]:
-            x = patch(x, additions.extra_options(self.attn1.num_heads, x.shape[-1] // self.attn1.num_heads))
-        (x,) = run.move(TEXT, x)
-        if additions.patches_attention:
-            x = x + self._patched_attention("attn2", self.attn2, norm_at_least_fp32(self.norm2, x), run.text(), run)
-        else:
-            x = x + self.attn2(norm_at_least_fp32(self.norm2, x), run.text(), attention=run.attention)
-        return x + self.ff(norm_at_least_fp32(self.norm3, x))
-
-    @staticmethod
-    def _patched_attention(
-        kind: str, attention: Attention, n: torch.Tensor, context: torch.Tensor | None, run: _Pass
-    ) -> torch.Tensor:
-        """Self- (attn1, `context` None) or cross-attention (attn2) through ComfyUI's attention
-        patches as its SD1.5 transformer blocks call them: the input patches on (query input,
-        context, value), a replacement of the attention on projected q/k/v, the output patches."""
-        additions = run.additions
-        extra = additions.extra_options(attention.num_heads, n.shape[-1] // attention.num_heads)
-        value = None
-        input_patches = additions.attention_patches[f"{kind}_patch"]
-        if input_patches:
-            context = n if context is None else context
-            value = context
-            for patch in input_patches:
-                n, context, value = patch(n, context, value, extra)
-        replacement = additions.replacement(kind)
-        if replacement is not None:
-            context = n if context is None else context
-            value = context if value is None else value
-            q, k, v = attention.to_q(n), attention.to_k(context), attention.to_v(value)
-            n = attention.to_out(replacement(q, k, v, extra))
-        else:
-            n = attention(n, context, value, attention=run.attention)
-        for patch in additions.attention_patches[f"{kind}_output_patch"]:
-            n = patch(n, extra)
-        return n
-
-
-class SpatialTransformer(nn.Module):
-    """GroupNorm, 1x1 conv to tokens, transformer blocks, 1x1 conv back, plus the input."""
-
-    def __init__(self, ops, dim: int, config: UNetConfig, reads_references: bool):
-        super().__init__()
-        self.norm = ops.GroupNorm(32, dim, eps=1e-6)
-        self.proj_in = ops.Conv2d(dim, dim, 1)
-        self.transformer_blocks = nn.ModuleList(
-            [
-                TransformerBlock(ops, dim, config.context_dim, config.num_heads, reads_references)
-                for _ in range(config.num_attn_blocks)
-            ]
-        )
-        self.proj_out = ops.Conv2d(dim, dim, 1)
-
-    def forward(self, x: torch.Tensor, run: _Pass) -> torch.Tensor:
-        entered = run.space
-        _, c, h, w = x.shape
-        run.additions.set_option("activations_shape", list(x.shape))
-        tokens = self.proj_in(norm_at_least_fp32(self.norm, x)).flatten(2).transpose(1, 2)
-        for index, block in enumerate(self.transformer_blocks):
-            run.additions.set_option("block_index", index)
-            tokens = block(tokens, run, (h, w))
-        options = run.additions.transformer_options
-        if options is not None and "transformer_index" in options:
-            options["transformer_index"] += 1
-        return self.proj_out(tokens.transpose(1, 2).reshape(-1, c, h, w)) + run.in_current(x, entered)
-
-
-class UNetBlock(nn.ModuleList):
-    """One entry of input_blocks / middle_block / output_blocks (LDM's TimestepEmbedSequential):
-    its layers in order, each given what it takes."""
-
-    def forward(self, x, run: _Pass, upsample_size=None):
-        for layer in self:
-            if isinstance(layer, ResBlock):
-                x = layer(x, run.embedding())
-            elif isinstance(layer, SpatialTransformer):
-                x = layer(x, run)
-            elif isinstance(layer, Upsample):
-                x = layer(x, upsample_size)
-            else:
-                x = layer(x)
-        return x
+def _attention_shape(config: UNetConfig) -> tuple[int, int, int]:
+    """A SpatialTransformer's (context width, heads, transformer blocks)."""
+    return config.context_dim, config.num_heads, config.num_attn_blocks
 
 
 def _attention_levels(config: UNetConfig) -> list[bool]:
@@ -384,7 +95,7 @@ def build_input_blocks(ops, config: UNetConfig, with_face_mask: bool) -> nn.Modu
             block: list[nn.Module] = [ResBlock(ops, width, config.embed_dim, dim * mult)]
             width = dim * mult
             if has_attention:
-                block.append(SpatialTransformer(ops, width, config, reads_references=False))
+                block.append(SpatialTransformer(ops, width, *_attention_shape(config), reads_references=False))
             layers.append(UNetBlock(block))
         if level != levels - 1:
             layers.append(UNetBlock([Downsample(ops, width)]))
@@ -406,7 +117,7 @@ def build_middle_block(ops, config: UNetConfig, reads_references: bool) -> UNetB
     return UNetBlock(
         [
             ResBlock(ops, width, config.embed_dim, width),
-            SpatialTransformer(ops, width, config, reads_references),
+            SpatialTransformer(ops, width, *_attention_shape(config), reads_references),
             ResBlock(ops, width, config.embed_dim, width),
         ]
     )
@@ -423,7 +134,7 @@ def build_output_blocks(ops, config: UNetConfig, reads_references: bool) -> nn.M
             block: list[nn.Module] = [ResBlock(ops, width + skips.pop(), config.embed_dim, out_width)]
             width = out_width
             if attention[level]:
-                block.append(SpatialTransformer(ops, width, config, reads_references))
+                block.append(SpatialTransformer(ops, width, *_attention_shape(config), reads_references))
             if level != 0 and j == config.num_res_blocks:
                 block.append(Upsample(ops, width))
             layers.append(UNetBlock(block))
@@ -494,7 +205,7 @@ class FlashFaceUNet(nn.Module):
         x: torch.Tensor,
         input_blocks: nn.ModuleList,
         output_blocks: nn.ModuleList,
-        run: _Pass,
+        run: UNetPass,
     ) -> torch.Tensor:
         """x through the encoder `input_blocks`, the middle block and the decoder `output_blocks`
         (with the pass's additions)."""
@@ -561,7 +272,7 @@ class FlashFaceUNet(nn.Module):
                 )
         device = reference_latents.device
         recorded: dict[str, torch.Tensor] = {}
-        run = _Pass(
+        run = UNetPass(
             RowSpaces(RowPlan.unshared([0.0] * n)),
             self._embed_time(t, n, device),
             reference_context.to(self.compute_dtype),
@@ -621,7 +332,7 @@ class FlashFaceUNet(nn.Module):
         additions = additions or BlockAdditions()
         additions.begin(x)
         spaces = RowSpaces(RowPlan.unshared(rows.weights) if additions.active else rows)
-        run = _Pass(
+        run = UNetPass(
             spaces,
             self._embed_time(t, count, x.device),
             context.to(self.compute_dtype),

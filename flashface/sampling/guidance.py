@@ -33,7 +33,7 @@ from .noise_levels import ve_scale, ve_to_vp
 from .schedule import NoiseSchedule
 
 if TYPE_CHECKING:
-    from ..models.unet import BlockAdditions
+    from ..models.block_additions import BlockAdditions
 
 
 # What a row of a model call is (ComfyUI's cond / uncond chunk indices, then ours).

@@ -9,10 +9,11 @@ from safetensors import safe_open
 from torch import nn
 
 from flashface.errors import InvalidInputError, ModelFileError
+from flashface.models.block_additions import BlockAdditions
 from flashface.models.checkpoint import StateDictCheckpoint
 from flashface.models.ops import CASTING_OPERATIONS, TORCH_OPERATIONS
 from flashface.models.row_plan import INPUT, ROWS, TEXT, WEIGHT, RowPlan, RowSpaces
-from flashface.models.unet import BlockAdditions, FlashFaceUNet, UNetConfig
+from flashface.models.unet import FlashFaceUNet, UNetConfig
 from flashface.models.unet_loading import checkpoint_plan, load_unet
 from parity import ManifestCheckpoint, cases, manifest
 from straightforward_unet import straightforward_eps
