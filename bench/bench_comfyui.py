@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench.memory import PeakMemory, describe, resident  # noqa: E402
-from comfy_server import PACK_FOLDER_NAME, REPO_ROOT, unavailable_reason  # noqa: E402
+from comfy_installs import PACK_FOLDER_NAME, REPO_ROOT, unavailable_reason  # noqa: E402
 from tiny_flashface_models import tiny_model_server, use_tiny_models  # noqa: E402
 
 WORKFLOW = REPO_ROOT / "workflows" / "api" / "flashface_one_photo.json"

@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench.memory import PeakMemory  # noqa: E402
-from comfy_server import ComfyServer, default_install, unavailable_reason  # noqa: E402
+from comfy_installs import default_install, unavailable_reason  # noqa: E402
+from comfy_server import ComfyServer  # noqa: E402
 from comfy_workflows import api_workflow, cheap_model_workflow, set_inputs  # noqa: E402
 from tiny_flashface_models import tiny_model_server  # noqa: E402
 

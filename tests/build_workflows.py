@@ -27,7 +27,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from comfy_browser import ComfyPage
-from comfy_server import EXAMPLE_PHOTOS, REPO_ROOT, running_server
+from comfy_installs import EXAMPLE_PHOTOS, REPO_ROOT
+from comfy_server import running_server
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 API_DIR = WORKFLOWS_DIR / "api"

@@ -8,7 +8,7 @@ import sys
 
 from PIL import Image
 
-from comfy_server import REPO_ROOT
+from comfy_installs import REPO_ROOT
 from flashface.models.retinaface import load_face_detector
 from tiny_retinaface import post_nms_scores, threshold_for_count
 

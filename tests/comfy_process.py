@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, TypedDict
 
-from comfy_server import ComfyInstall
+from comfy_installs import ComfyInstall
 
 CHILD = Path(__file__).resolve().parent / "child.py"
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from comfy_server import REPO_ROOT
+from comfy_installs import REPO_ROOT
 from tiny_flashface_models import use_tiny_models
 
 API_DIR = REPO_ROOT / "workflows" / "api"

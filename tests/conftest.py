@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from comfy_server import ComfyInstall, browser_installs, comfy_installs, running_server
+from comfy_installs import ComfyInstall, browser_installs, comfy_installs
+from comfy_server import running_server
 from demo_cases import DemoCase, demo_cases
 
 TESTS = Path(__file__).parent

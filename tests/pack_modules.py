@@ -10,7 +10,7 @@ import sys
 import types
 from types import ModuleType
 
-from comfy_server import REPO_ROOT
+from comfy_installs import REPO_ROOT
 
 PACK = "flashface_pack"
 

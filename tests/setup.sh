@@ -15,7 +15,7 @@
 #      unpacked into the test cache (FLASHFACE_TEST_CACHE, default ~/.cache/flashface-tests) with a
 #      virtual environment of its own: it sees this Python's packages (torch is not installed
 #      twice) and holds 0.8.0's pinned requirements, the pack's requirements and the Manager CLI
-#      (tests/comfy_server.py install); skipped with a message where ../shared is absent;
+#      (tests/comfy_installs.py); skipped with a message where ../shared is absent;
 #   6. the newest comfyui-frontend-package from PyPI beside it, for the browser tests;
 #   7. Debian's chromium for the browser tests, only if /usr/bin/chromium is missing
 #      (never `playwright install`).
@@ -85,7 +85,7 @@ log "installing ComfyUI's requirements (torch lines dropped)"
 pip_install -r "$WORK/comfyui-requirements.txt" -c "$WORK/torch-pin.txt"
 
 # 5. + 6. ComfyUI 0.8.0 and the newest frontend -----------------------------------------------
-"$PY" tests/comfy_server.py install | while read -r line; do log "$line"; done
+"$PY" tests/comfy_installs.py | while read -r line; do log "$line"; done
 
 # 7. browser -------------------------------------------------------------------------------
 if [[ -x /usr/bin/chromium ]]; then

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from comfy_browser import ComfyPage, browser_unavailable_reason, without_meta, workflow_node_types
-from comfy_server import REPO_ROOT
+from comfy_installs import REPO_ROOT
 from tiny_flashface_models import use_tiny_models
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"

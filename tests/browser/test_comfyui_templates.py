@@ -10,7 +10,8 @@ import time
 import pytest
 
 from comfy_browser import ComfyPage, browser_unavailable_reason
-from comfy_server import REPO_ROOT, browser_installs, running_server
+from comfy_installs import REPO_ROOT, browser_installs
+from comfy_server import running_server
 from tiny_flashface_models import (
     CONTROLNET_UNET,
     TINY_CONTROLNETS,

@@ -12,7 +12,8 @@ import subprocess
 
 import pytest
 
-from comfy_server import REPO_ROOT, ComfyServer, comfy_installs
+from comfy_installs import REPO_ROOT, comfy_installs
+from comfy_server import ComfyServer
 from comfy_workflows import NODE_INPUTS
 
 PACK_NODES = set(NODE_INPUTS)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_server import REPO_ROOT, PromptRejected
+from comfy_installs import REPO_ROOT
+from comfy_server import PromptRejected
 from comfy_workflows import PHOTO, cheap_model_workflow, level_difference, node_id, saved_levels
 from stock_model_nodes import STOCK_MODEL_NODES, readme_table
 from tiny_flashface_models import CONTROLNET_UNET, TEXT_WIDTH, TINY_CONTROLNETS, TINY_HYPERNETWORK, TINY_LORA

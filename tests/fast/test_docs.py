@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from comfy_server import REPO_ROOT
+from comfy_installs import REPO_ROOT
 
 INDENT = 2
 

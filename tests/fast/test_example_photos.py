@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from comfy_server import REPO_ROOT
+from comfy_installs import REPO_ROOT
 from pack_modules import node_module
 
 PHOTOS = sorted(path.name for path in (REPO_ROOT / "workflows" / "input").iterdir())

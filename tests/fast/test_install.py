@@ -8,7 +8,7 @@ from importlib.metadata import version
 import pytest
 
 import install
-from comfy_server import REPO_ROOT as REPO
+from comfy_installs import REPO_ROOT as REPO
 from flashface import MINIMUM_TORCH, torch_version_problem
 
 
@@ -93,7 +93,7 @@ def test_with_neither_pip_nor_uv_it_says_what_to_do(tmp_path, monkeypatch, capsy
 def test_registry_metadata_is_complete_and_cannot_collide():
     import tomllib
 
-    from comfy_server import comfy_installs
+    from comfy_installs import comfy_installs
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     name = project["project"]["name"]

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from comfy_server import REPO_ROOT as REPO
+from comfy_installs import REPO_ROOT as REPO
 from flashface.errors import DownloadError, ModelFileError, RegistryError
 from flashface.models.model_registry import (
     KINDS,

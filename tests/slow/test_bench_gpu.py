@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from comfy_server import REPO_ROOT, vendored_comfyui
+from comfy_installs import REPO_ROOT, vendored_comfyui
 
 NUMBER = r"[0-9.]+(?:e[-+]?[0-9]+)?"
 

@@ -4,8 +4,8 @@ import re
 import subprocess
 import sys
 
+from comfy_installs import REPO_ROOT as REPO
 from comfy_process import child_command, result_of
-from comfy_server import REPO_ROOT as REPO
 
 
 def test_dry_run_after_setup_has_nothing_to_install():

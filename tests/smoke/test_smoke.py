@@ -10,7 +10,7 @@ import re
 import pytest
 from PIL import Image
 
-from comfy_server import PACK_FOLDER_NAME
+from comfy_installs import PACK_FOLDER_NAME
 from comfy_workflows import (
     API_WORKFLOWS,
     NODE_INPUTS,
