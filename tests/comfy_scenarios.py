@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import comfy.ldm.modules.attention
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -104,6 +105,8 @@ def partial_load(unet: str, vae: str, width: int) -> dict:
 
     mm.load_models_gpu = small_gpu
     mm.intermediate_device = lambda: gpu
+    # the attention ComfyUI computes with on a GPU (the CPU's sub-quadratic one asks the stand-in device for its memory)
+    comfy.ldm.modules.attention.optimized_attention = comfy.ldm.modules.attention.attention_pytorch
     model = load_model.FlashFaceModel(unet=unet_patcher, vae=vae_patcher, text_encoder=None, detector=None)
     prompt = EncodedPrompt("x", *(torch.randn(1, 77, width) for _ in range(3)))
     images, latent = generator.FlashFaceGenerator().generate(
