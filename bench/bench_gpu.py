@@ -20,12 +20,15 @@ Prints
   (fp32 computed on the device if it fits, else on the CPU);
 * whether ``noise="device"`` gives the same latent noise as ``torch.manual_seed(seed)`` followed by
   ``torch.empty(..., device=device).normal_()`` (what the official code does on CUDA).
+
+``--json PATH`` also writes every figure as JSON (what `tests/slow/test_bench_gpu.py` reads).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import sys
@@ -70,16 +73,22 @@ STRENGTH = {2: default("reference_feature_strength_before_launch"), 3: default("
 
 @contextlib.contextmanager
 def peak_memory(device: torch.device):
-    """Yields a list that holds, after the block, a description of its peak memory."""
-    report: list[str] = []
+    """Yields a dict that holds, after the block, its peak memory: "peak_gib" (CUDA: allocated by
+    torch; else resident) and "text", its description."""
+    report: dict = {}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         yield report
-        report.append(f"peak VRAM {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
+        report["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        report["text"] = f"peak VRAM {report['peak_gib']:.2f} GiB"
     else:
         with PeakMemory() as memory:
             yield report
-        report.append(str(memory))
+        report["peak_gib"], report["text"] = memory.peak / 2**30, str(memory)
+
+
+def timing(seconds: list[float]) -> dict:
+    return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds)}
 
 
 def on_device(source: FlashFaceUNet, dtype: torch.dtype, device: torch.device, operations=None) -> FlashFaceUNet:
@@ -117,11 +126,12 @@ def out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-def step_table(source, sizes, batches, dtypes, repeats, reference_size, device) -> None:
+def step_table(source, sizes, batches, dtypes, repeats, reference_size, device) -> list[dict]:
     print(
         f"{'dtype':<11}{'px':>5}{'batch':>6}{'people':>7}{'branches':>9}{'s/step':>9}  range          memory",
         flush=True,
     )
+    rows = []
     for dtype_name in dtypes:
         model = on_device(source, DTYPES[dtype_name], device)
         for size in sizes:
@@ -129,6 +139,7 @@ def step_table(source, sizes, batches, dtypes, repeats, reference_size, device) 
                 inputs = StepInputs(size, 4, 4, batch, source.config.context_dim, reference_size, device, people=people)
                 for branches in (2, 3):
                     row = f"{dtype_name:<11}{size:>5}{batch:>6}{people:>7}{branches:>9}"
+                    figures = dict(dtype=dtype_name, px=size, batch=batch, people=people, branches=branches)
                     try:
                         with peak_memory(device) as memory:
                             seconds = time_calls(model, inputs, branches, repeats, device)
@@ -136,18 +147,22 @@ def step_table(source, sizes, batches, dtypes, repeats, reference_size, device) 
                         if not out_of_memory(error):
                             raise
                         print(f"{row}  out of memory", flush=True)
+                        rows.append({**figures, "out_of_memory": True})
                         torch.cuda.empty_cache() if device.type == "cuda" else None
                         continue
+                    step = timing(seconds)
+                    rows.append({**figures, "seconds": step, "peak_gib": memory["peak_gib"]})
                     print(
-                        f"{row}{statistics.median(seconds):9.3f}  [{min(seconds):.3f}-{max(seconds):.3f}]  {memory[0]}",
+                        f"{row}{step['median']:9.3f}  [{step['min']:.3f}-{step['max']:.3f}]  {memory['text']}",
                         flush=True,
                     )
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    return rows
 
 
-def grafted_step(source, size: int, repeats: int, reference_size: int, device: torch.device) -> None:
+def grafted_step(source, size: int, repeats: int, reference_size: int, device: torch.device) -> dict:
     """An SD1.5-size fine-tune and base (random, fp16 files in a temporary folder) grafted onto the
     fp16 UNet on the device (`graft_unet`), then the step timed on the grafted UNet."""
     from bench.bench_graft import write_sd15_checkpoint
@@ -164,11 +179,13 @@ def grafted_step(source, size: int, repeats: int, reference_size: int, device: t
             synchronize(device)
             seconds = time.perf_counter() - start
     print(
-        f"graft of an SD1.5 fine-tune onto the fp16 UNet: {changed} tensors, {seconds:.1f} s, {memory[0]}", flush=True
+        f"graft of an SD1.5 fine-tune onto the fp16 UNet: {changed} tensors, {seconds:.1f} s, {memory['text']}",
+        flush=True,
     )
     inputs = StepInputs(size, 4, 4, 1, source.config.context_dim, reference_size, device)
-    steps = time_calls(model, inputs, 3, repeats, device)
-    print(f"  grafted fp16 {size} px batch 1, 3 branches: {statistics.median(steps):.3f} s/step", flush=True)
+    step = timing(time_calls(model, inputs, 3, repeats, device))
+    print(f"  grafted fp16 {size} px batch 1, 3 branches: {step['median']:.3f} s/step", flush=True)
+    return {"tensors": changed, "seconds": seconds, "peak_gib": memory["peak_gib"], "step": {"px": size, **step}}
 
 
 def import_comfyui(tree: str, device: torch.device):
@@ -186,7 +203,7 @@ def import_comfyui(tree: str, device: torch.device):
 
 def partial_load(
     source, tree: str, budget: float, size: int, repeats: int, reference_size: int, device: torch.device
-) -> None:
+) -> dict:
     comfy = import_comfyui(tree, device)
     unet = on_device(source, torch.float16, torch.device("cpu"), operations=comfy.ops.disable_weight_init)
     size_bytes = comfy.model_management.module_size(unet)
@@ -205,22 +222,32 @@ def partial_load(
     print(
         f"ComfyUI ModelPatcher, budget {budget:.0%} of {size_bytes / 2**30:.3f} GiB: weights loaded to "
         f"{device.type} {resident / 2**30:.3f} GiB, cast per layer at each call {cast / 2**30:.3f} GiB; "
-        f"load {load_memory[0]}",
+        f"load {load_memory['text']}",
         flush=True,
     )
     inputs = StepInputs(size, 4, 4, 1, source.config.context_dim, reference_size, device)
+    steps = []
     for branches in (2, 3):
         with peak_memory(device) as memory:
-            seconds = time_calls(unet, inputs, branches, repeats, device)
+            step = timing(time_calls(unet, inputs, branches, repeats, device))
+        steps.append({"px": size, "branches": branches, "seconds": step, "peak_gib": memory["peak_gib"]})
         print(
-            f"  fp16 {size} px batch 1, {branches} branches: {statistics.median(seconds):.3f} s/step "
-            f"[{min(seconds):.3f}-{max(seconds):.3f}], {memory[0]}",
+            f"  fp16 {size} px batch 1, {branches} branches: {step['median']:.3f} s/step "
+            f"[{step['min']:.3f}-{step['max']:.3f}], {memory['text']}",
             flush=True,
         )
     patcher.detach() if hasattr(patcher, "detach") else patcher.unpatch_model(torch.device("cpu"))
+    gib = 2**30
+    return {
+        "budget": budget,
+        "model_gib": size_bytes / gib,
+        "resident_gib": resident / gib,
+        "cast_gib": cast / gib,
+        "steps": steps,
+    }
 
 
-def deviation(source, dtypes, size: int, reference_size: int, device: torch.device) -> None:
+def deviation(source, dtypes, size: int, reference_size: int, device: torch.device) -> dict:
     inputs_on = {}
 
     def call(model, where):
@@ -235,25 +262,33 @@ def deviation(source, dtypes, size: int, reference_size: int, device: torch.devi
             raise
         torch.cuda.empty_cache() if device.type == "cuda" else None
         exact, where = call(source, torch.device("cpu")), "cpu"
+    deviations = {}
     for dtype_name in dtypes:
         low = call(on_device(source, DTYPES[dtype_name], device), device)
         difference = (low - exact).abs()
+        found = deviations[dtype_name] = {
+            "fp32_on": where,
+            "max": float(difference.max()),
+            "mean": float(difference.mean()),
+            "output_std": float(exact.std()),
+            "max_relative_to_std": float(difference.max() / exact.std()),
+        }
         print(
             f"{dtype_name} vs fp32 (fp32 on {where}), one 3-branch call at {size} px: max |diff| "
-            f"{float(difference.max()):.3e}, mean {float(difference.mean()):.3e}, output std "
-            f"{float(exact.std()):.3f}, max relative to std {float(difference.max() / exact.std()):.3e}",
+            f"{found['max']:.3e}, mean {found['mean']:.3e}, output std {found['output_std']:.3f}, "
+            f"max relative to std {found['max_relative_to_std']:.3e}",
             flush=True,
         )
+    return deviations
 
 
-def noise_check(device: torch.device, seed: int = 1234, shape=(2, 4, 64, 64)) -> None:
+def noise_check(device: torch.device, seed: int = 1234, shape=(2, 4, 64, 64)) -> bool:
     ours, _ = initial_noise(shape, seed, device, "device")
     torch.manual_seed(seed)
     official = torch.empty(shape, device=device).normal_()
-    print(
-        f'noise="device" equals torch.manual_seed({seed}) then {device.type} normal_(): {torch.equal(ours, official)}',
-        flush=True,
-    )
+    same = torch.equal(ours, official)
+    print(f'noise="device" equals torch.manual_seed({seed}) then {device.type} normal_(): {same}', flush=True)
+    return same
 
 
 def main() -> None:
@@ -270,6 +305,7 @@ def main() -> None:
         action="store_true",
         help="only the deviation from fp32 (e.g. at full size on a CPU, where the step table is slow)",
     )
+    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     device = torch.device(args.device)
@@ -280,6 +316,12 @@ def main() -> None:
         f"{'tiny' if args.tiny else 'SD1.5-size'} UNet",
         flush=True,
     )
+    results: dict = {
+        "device": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "size": "tiny" if args.tiny else "SD1.5",
+    }
     start = time.perf_counter()
     source = random_unet(shape.config, torch.float32, "cpu")
     print(
@@ -288,15 +330,22 @@ def main() -> None:
         flush=True,
     )
     if not args.deviation_only:
-        step_table(source, shape.sizes, args.batches, args.dtypes, args.repeats, shape.reference_size, device)
-        grafted_step(source, shape.sizes[0], args.repeats, shape.reference_size, device)
+        results["steps"] = step_table(
+            source, shape.sizes, args.batches, args.dtypes, args.repeats, shape.reference_size, device
+        )
+        results["graft"] = grafted_step(source, shape.sizes[0], args.repeats, shape.reference_size, device)
         if args.comfyui:
-            partial_load(source, args.comfyui, args.budget, shape.sizes[0], args.repeats, shape.reference_size, device)
+            results["partial_load"] = partial_load(
+                source, args.comfyui, args.budget, shape.sizes[0], args.repeats, shape.reference_size, device
+            )
         else:
             print("partial load through ComfyUI: not measured (give --comfyui /path/to/ComfyUI)")
-    deviation(source, args.dtypes, shape.sizes[0], shape.reference_size, device)
-    noise_check(device)
-    print(f"total {time.perf_counter() - start:.0f} s")
+    results["deviation_from_fp32"] = deviation(source, args.dtypes, shape.sizes[0], shape.reference_size, device)
+    results["noise_matches_official"] = noise_check(device)
+    results["total_seconds"] = time.perf_counter() - start
+    print(f"total {results['total_seconds']:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
