@@ -73,7 +73,32 @@ def ldm_unet_config(config: UNetConfig) -> dict:
     }
 
 
+# Conditioning a sampler may hand a model evaluation that the FlashFace UNet has no input for (its
+# one extra input is its face-position mask), with what sends it. ControlNets read
+# "crossattn_controlnet" from the conditioning themselves: it is not the UNet's to take.
+UNTAKEN_CONDITIONING = {
+    "c_concat": "an image or mask joined to the latent, for inpainting or instruct-pix2pix models",
+    "y": "a pooled or class embedding, for SDXL, unCLIP or SD2 image-variation models",
+}
+CONDITIONING_READ_BY_CONTROLNETS = "crossattn_controlnet"
+# What a conditioning node (InpaintModelConditioning, an image-edit conditioning) puts in a conditioning
+# entry to become c_concat on a model with the extra input channels.
+CONCAT_CONDITIONING_KEYS = ("concat_latent_image", "concat_mask", "concat_image", "noise_concat")
+
+
 class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
+    """The FlashFace UNet as a ComfyUI model (SD1.5's config, latent format and ε schedule).
+
+    It reaches ComfyUI through public hooks where one exists: the conds are batched by a
+    calc-cond-batch function, the branches combined by a pre-CFG function, the whole run checked
+    by a sampler-sample wrapper (`guided_model`), and what ComfyUI asks of a model (dtype, memory,
+    saving) answered by BaseModel's public methods. One private method is overridden:
+    `_apply_model`, the evaluation every APPLY_MODEL wrapper wraps. FlashFace's evaluation is a
+    guided step (reference pass, rows of their own weights, no text concatenation) that
+    BaseModel's body cannot express, and a wrapper doing it instead would cut off the wrappers
+    inside it; overriding the wrapped method keeps every wrapper around the FlashFace step.
+    """
+
     def __init__(self, unet, device=None):
         config = comfy.supported_models.SD15(ldm_unet_config(unet.config))
         super().__init__(config, comfy.model_base.ModelType.EPS, device=device)
@@ -99,6 +124,7 @@ class FlashFaceDiffusionModel(comfy.model_base.BaseModel):
                 "KSampler, SamplerCustom or CFGGuider, one positive and one negative."
             )
         _refuse_unapplied_patches(transformer_options)
+        _refuse_untaken_conditioning({"c_concat": c_concat, **kwargs})
         if self.manual_cast_dtype != self.diffusion_model.manual_cast_dtype:
             raise InvalidInputError(
                 f"This MODEL's compute dtype was set to {self.manual_cast_dtype or 'its weights dtype'} "
@@ -195,6 +221,18 @@ def _refuse_unapplied_patches(transformer_options) -> None:
         )
 
 
+def _refuse_untaken_conditioning(given: dict) -> None:
+    untaken = sorted(
+        name for name, value in given.items() if value is not None and name != CONDITIONING_READ_BY_CONTROLNETS
+    )
+    if untaken:
+        told = "; ".join(f"{name}: {UNTAKEN_CONDITIONING.get(name, 'an input of another model')}" for name in untaken)
+        raise InvalidInputError(
+            f"The sampler gives the FlashFace UNet conditioning it has no input for ({told}), set by a node made "
+            "for another kind of model. Remove that node: FlashFace reads prompts and its reference faces only."
+        )
+
+
 def _guidance(model_options) -> RowGuidance:
     return model_options["transformer_options"][GUIDANCE]
 
@@ -288,6 +326,15 @@ def _check_step_inputs(model, level: float, conds) -> None:
                 "step: let the ranges cover the whole run."
             )
         for entry in entries:
+            joined = [key for key in CONCAT_CONDITIONING_KEYS if key in entry]
+            if joined:
+                raise InvalidInputError(
+                    f"The {side} conditioning carries {', '.join(joined)} (from a node such as "
+                    "InpaintModelConditioning), an image to join to the latent for an inpainting model's extra input "
+                    "channels, which the FlashFace UNet does not have: it would be ignored. Remove that node; to "
+                    "inpaint with FlashFace, give KSampler a latent with a noise mask (FlashFace VAE Encode, then "
+                    "Set Latent Noise Mask)."
+                )
             if "area" in entry or "mask" in entry:
                 raise InvalidInputError(
                     f"The {side} conditioning is limited to an area or a mask (by a node such as ConditioningSetArea "

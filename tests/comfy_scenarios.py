@@ -322,6 +322,32 @@ def model_path(unet: str, vae: str, clip: str) -> dict:
     )
 
 
+def untaken_conditioning(unet: str, vae: str, clip: str) -> dict[str, str]:
+    """The MODEL evaluated with conditioning its UNet has no input for (c_concat, y, another model's
+    input), and KSampler given a conditioning entry meant to become c_concat."""
+    from flashface_pack.nodes.comfy_model import BATCHED_BY_FLASHFACE
+
+    flashface = tiny_flashface(unet, vae, clip)
+    _, positive, negative, _ = text_encode.FlashFaceCLIPTextEncode().encode(flashface, "a portrait")
+    model = apply_with_faces(flashface, negative, 1)
+    options = {**model.model_options["transformer_options"], BATCHED_BY_FLASHFACE: True}
+    x, t, text = torch.zeros(2, 4, 8, 8), torch.full((2,), 5.0), positive[0][0].expand(2, -1, -1)
+
+    def evaluate(**given):
+        return model.model.apply_model(x, t, c_crossattn=text, transformer_options=options, **given)
+
+    inpainting = [[positive[0][0], {**positive[0][1], "concat_latent_image": torch.zeros(1, 4, 8, 8)}]]
+    return messages(
+        {
+            "c_concat": lambda: evaluate(c_concat=torch.zeros(2, 5, 8, 8)),
+            "y": lambda: evaluate(y=torch.zeros(2, 2816)),
+            "other": lambda: evaluate(guidance=torch.ones(2)),
+            "controlnet text": lambda: evaluate(crossattn_controlnet=text),
+            "inpaint conditioning": lambda: ksample(model, inpainting, negative, (1, 4, 8, 8)),
+        }
+    )
+
+
 def sd15_keys(unet: str) -> dict:
     """ComfyUI's own SD UNet built with the FlashFace MODEL's unet_config: its tensors, ours, and
     the diffusers names ComfyUI maps."""

@@ -270,3 +270,17 @@ def test_the_unet_computes_its_attention_with_comfyuis(comfy_install, tiny_model
     middle = 1  # the reference pass runs the main middle block
     assert result["main_pass"] == 2 * result["main_blocks"]
     assert result["reference_pass"] == 2 * (result["reference_blocks"] + middle)
+
+
+def test_conditioning_the_flashface_unet_has_no_input_for_is_refused_by_name(comfy_install, tiny_model_files, tmp_path):
+    found = run_with_comfyui(comfy_install, "untaken_conditioning", tmp_path, **tiny_paths(tiny_model_files))
+    assert "c_concat: an image or mask joined to the latent, for inpainting" in found["c_concat"], found
+    assert "y: a pooled or class embedding, for SDXL" in found["y"], found
+    assert "guidance: an input of another model" in found["other"], found
+    assert all("Remove that node" in found[name] for name in ("c_concat", "y", "other")), found
+    # the text ControlNets read is theirs: the evaluation goes on past the check (and fails later on
+    # purpose-made inputs, never with the refusal)
+    assert "no input for" not in found["controlnet text"], found
+    message = found["inpaint conditioning"]
+    assert "positive conditioning carries concat_latent_image" in message and "InpaintModelConditioning" in message
+    assert "Set Latent Noise Mask" in message, message
