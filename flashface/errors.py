@@ -1,7 +1,8 @@
 """Exceptions whose message is shown to the user as is.
 
 Every message says what went wrong and what to do about it. Nodes and the command line let
-these propagate unchanged; anything else is a bug.
+these propagate unchanged. `ContractError` is the one exception here that is not the user's to
+fix: a broken contract between the library's own modules, reported as the bug it is.
 """
 
 from __future__ import annotations
@@ -31,6 +32,21 @@ class FaceDetectionError(FlashFaceError):
 
 class InvalidInputError(FlashFaceError, ValueError):
     """A parameter is out of range or inconsistent (size not a multiple of 8, no references...)."""
+
+
+ISSUES_URL = "https://github.com/flashface-comfy/ComfyUI-FlashFace/issues"
+
+
+class ContractError(RuntimeError):
+    """A caller broke a contract of a library function (row counts, tensor layouts, internal kinds):
+    a bug in the calling code, never something a user typed, picked or wired (those are
+    InvalidInputError). Not a FlashFaceError, so nothing shows it as the user's mistake."""
+
+    def __init__(self, message: str):
+        super().__init__(
+            f"{message} This is a bug in ComfyUI-FlashFace (or in code calling its library), not a problem "
+            f"with your inputs: please report it with this message at {ISSUES_URL}."
+        )
 
 
 class GenerationCancelled(FlashFaceError):

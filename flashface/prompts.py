@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InvalidInputError
+from .errors import ContractError
 from .models.clip_text import encode_texts
 
 POSITIVE_POSTFIX = "best quality, masterpiece,ultra-detailed, UHD 4K, photographic"
@@ -39,7 +39,7 @@ def official_negative(text: str) -> str:
 def prompt_text(text: str, side: str, postfixes: bool) -> str:
     """The text the network reads for `text` used on `side`, with or without the official words."""
     if side not in SIDES:
-        raise InvalidInputError(f"A prompt side is one of {', '.join(SIDES)}, not {side!r}.")
+        raise ContractError(f"A prompt side is one of {', '.join(SIDES)}, not {side!r}.")
     if not postfixes:
         return text
     return official_positive(text) if side == "positive" else official_negative(text)

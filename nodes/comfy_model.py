@@ -247,6 +247,7 @@ def _calc_cond_batch(args):
             "LoRA give only a positive): use CFGGuider, KSampler or SamplerCustom with a negative."
         )
     _refuse_what_the_combination_would_drop(args["model"], options)
+    _check_latent_channels(args["input"], args["model"].diffusion_model.config.in_channels - 1)
     with_references = _guidance(options).with_references_row(args["sigma"].flatten()[0])  # checks the sigma
     _check_step_inputs(args["model"], float(args["sigma"].flatten()[0]), conds)
     if with_references:
@@ -260,6 +261,15 @@ def _calc_cond_batch(args):
         },
     )
     return comfy.samplers.calc_cond_batch(args["model"], conds, args["input"], args["sigma"], marked)
+
+
+def _check_latent_channels(latent: torch.Tensor, channels: int) -> None:
+    if latent.dim() != 4 or latent.shape[1] != channels:
+        raise InvalidInputError(
+            f"The sampler's latent has shape {list(latent.shape)}: FlashFace's (SD1.5's) latents are "
+            f"[batch, {channels}, height/8, width/8]. Make it with Empty Latent Image or FlashFace VAE Encode, not "
+            "a node or VAE of another model (SD3, Flux, a video model)."
+        )
 
 
 def _refuse_what_the_combination_would_drop(model, model_options) -> None:

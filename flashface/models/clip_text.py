@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidInputError, ModelFileError
+from ..errors import ContractError, ModelFileError
 from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, count_indexed, load_layout, required_shape
 from .ops import TORCH_OPERATIONS, norm_at_least_fp32
 
@@ -251,7 +251,7 @@ class CLIPTextEncoder(nn.Module):
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Embeddings [P, 77, width] after the final LayerNorm, in the weights' dtype."""
         if token_ids.dim() != 2 or token_ids.shape[1] != self.config.context_length:
-            raise InvalidInputError(
+            raise ContractError(
                 f"{MODEL_NAME}: token ids must be [P, {self.config.context_length}], got {tuple(token_ids.shape)}."
             )
         x = self.token_embedding(token_ids) + self.pos_embedding

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import InvalidInputError
+from ..errors import ContractError
 
 # The row spaces of a main pass, coarsest first: rows with the same input (latent, mask,
 # timestep); with the same input and text; with the same input, text and reference weight;
@@ -35,12 +35,12 @@ class RowPlan:
 
     def __post_init__(self):
         if not len(self.samples) == len(self.texts) == len(self.weights):
-            raise InvalidInputError(
+            raise ContractError(
                 f"A row plan needs a sample, a text and a weight for each row; got "
                 f"{len(self.samples)}, {len(self.texts)} and {len(self.weights)}."
             )
         if not all(math.isfinite(weight) for weight in self.weights):
-            raise InvalidInputError(f"Reference weights must be finite numbers, got {list(self.weights)}.")
+            raise ContractError(f"Reference weights must be finite numbers, got {list(self.weights)}.")
 
     @classmethod
     def unshared(cls, weights: Sequence[float]) -> RowPlan:

@@ -34,7 +34,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError
+from ..errors import ContractError
 from .block_additions import BlockAdditions
 from .ops import TORCH_OPERATIONS, through_layers
 from .reference_attention import ReferenceFeatures
@@ -194,7 +194,7 @@ class FlashFaceUNet(nn.Module):
         if t.dim() == 0:
             t = t.expand(rows)
         if t.shape != (rows,):
-            raise InvalidInputError(
+            raise ContractError(
                 f"{MODEL_NAME}: timesteps of shape {tuple(t.shape)} for {rows} rows; "
                 f"give one timestep per row or a single one."
             )
@@ -248,25 +248,23 @@ class FlashFaceUNet(nn.Module):
         """
         n = reference_latents.shape[0]
         if reference_latents.dim() != 4 or reference_latents.shape[1] != self.config.ref_in_channels:
-            raise InvalidInputError(
+            raise ContractError(
                 f"{MODEL_NAME}: reference latents must be [N,{self.config.ref_in_channels},r,r], "
                 f"got {tuple(reference_latents.shape)}."
             )
         if reference_context.shape[0] != n:
-            raise InvalidInputError(
-                f"{MODEL_NAME}: {reference_context.shape[0]} reference contexts for {n} references."
-            )
+            raise ContractError(f"{MODEL_NAME}: {reference_context.shape[0]} reference contexts for {n} references.")
         if owners is not None:
             owners = tuple(int(owner) for owner in owners)
             if len(owners) != n or sorted(set(owners)) != list(range(max(owners) + 1)):
-                raise InvalidInputError(
+                raise ContractError(
                     f"{MODEL_NAME}: the owners of {n} references must be one person number per "
                     f"reference, numbered from 0 without gaps; got {list(owners)}."
                 )
         if copies is not None:
             copies = tuple(int(count) for count in copies)
             if len(copies) != n or min(copies) < 1:
-                raise InvalidInputError(
+                raise ContractError(
                     f"{MODEL_NAME}: the copies of {n} references must be one count of 1 or more "
                     f"per reference; got {list(copies)}."
                 )
@@ -312,22 +310,22 @@ class FlashFaceUNet(nn.Module):
         """
         count = x.shape[0]
         if x.dim() != 4 or x.shape[1] != self.config.in_channels - 1:
-            raise InvalidInputError(
+            raise ContractError(
                 f"{MODEL_NAME}: latents must be [R,{self.config.in_channels - 1},h,w], got {tuple(x.shape)}."
             )
         if context.shape[0] != count:
-            raise InvalidInputError(f"{MODEL_NAME}: {context.shape[0]} text contexts for {count} latent rows.")
+            raise ContractError(f"{MODEL_NAME}: {context.shape[0]} text contexts for {count} latent rows.")
         if mask is None:
             mask = x.new_zeros((count, *x.shape[2:]))
         if tuple(mask.shape) != (count, *x.shape[2:]):
-            raise InvalidInputError(
+            raise ContractError(
                 f"{MODEL_NAME}: mask of shape {tuple(mask.shape)} for latents {tuple(x.shape)}; "
                 "give one [h,w] mask per row."
             )
         if rows.rows != count:
-            raise InvalidInputError(f"{MODEL_NAME}: a row plan of {rows.rows} rows for {count} latent rows.")
+            raise ContractError(f"{MODEL_NAME}: a row plan of {rows.rows} rows for {count} latent rows.")
         if references is None and any(weight != 0 for weight in rows.weights):
-            raise InvalidInputError(f"{MODEL_NAME}: nonzero reference weights need reference features.")
+            raise ContractError(f"{MODEL_NAME}: nonzero reference weights need reference features.")
         self._check_regions(regions, references, x.shape[2:])
         additions = additions or BlockAdditions()
         additions.begin(x)
@@ -354,22 +352,22 @@ class FlashFaceUNet(nn.Module):
         if regions is None and owners is None:
             return
         if regions is None or owners is None:
-            raise InvalidInputError(
+            raise ContractError(
                 f"{MODEL_NAME}: references of several people need the regions of the image that read "
                 "each (and regions need references of several people)."
             )
         if tuple(regions.shape) != tuple(size) or regions.dtype != torch.long:
-            raise InvalidInputError(
+            raise ContractError(
                 f"{MODEL_NAME}: regions must be one int64 person number per latent cell, "
                 f"{list(size)}; got {regions.dtype} {list(regions.shape)}."
             )
         if regions.device.type != "cpu":  # read here and turned into positions per grid: host data
-            raise InvalidInputError(
+            raise ContractError(
                 f"{MODEL_NAME}: give the regions as a CPU tensor (they are on {regions.device}); "
                 "`flashface.people.PeopleLayout.regions` makes them there."
             )
         if int(regions.min()) < -1 or int(regions.max()) > max(owners):
-            raise InvalidInputError(
+            raise ContractError(
                 f"{MODEL_NAME}: regions name a person with no references (people 0 to {max(owners)} "
                 "have some; -1 is no region)."
             )

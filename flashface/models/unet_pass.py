@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidInputError
+from ..errors import ContractError
 from .block_additions import BlockAdditions
 from .ops import host_to_device, norm_at_least_fp32
 from .reference_attention import ReferenceFeatures, reference_attention
@@ -98,7 +98,7 @@ class TransformerBlock(nn.Module):
             if run.recorded is not None:  # the reference pass
                 run.recorded[self.feature_key] = y
             elif self.reference_attn is None:
-                raise InvalidInputError(
+                raise ContractError(
                     f"{MODEL_NAME}: {self.feature_key} of the reference network records tokens, it reads none."
                 )
             elif run.references is None:  # every weight is 0

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import InvalidInputError
+from ..errors import ContractError, InvalidInputError
 from ..models.row_plan import RowPlan
 from ..people import PeopleLayout
 from ..settings import OFFICIAL, GenerationSettings
@@ -59,7 +59,7 @@ def row_weights(settings: GenerationSettings, timestep: int, kinds: Sequence[int
     if three_branches(settings, timestep):
         return [settings.reference_feature_strength if kind == POSITIVE_WITH_REFERENCES else 0.0 for kind in kinds]
     if POSITIVE_WITH_REFERENCES in kinds:
-        raise InvalidInputError(
+        raise ContractError(
             f"no row with references is computed at timestep {timestep}: reference guidance is not running there."
         )
     strength = (
@@ -131,14 +131,14 @@ class RowGuidance:
 
     def __post_init__(self):
         if self.reference_latents.dim() != 4 or self.reference_latents.shape[0] == 0:
-            raise InvalidInputError("FlashFace needs at least one reference face latent [N,4,r,r].")
+            raise ContractError("FlashFace needs at least one reference face latent [N,4,r,r].")
         if self.reference_context.shape[0] != self.reference_latents.shape[0]:
-            raise InvalidInputError(
+            raise ContractError(
                 f"{self.reference_context.shape[0]} reference contexts for "
                 f"{self.reference_latents.shape[0]} references."
             )
         if sum(self.layout.reference_counts) != len(self.reference_latents):
-            raise InvalidInputError(
+            raise ContractError(
                 f"The people have {sum(self.layout.reference_counts)} references between them, "
                 f"but {len(self.reference_latents)} reference latents were given."
             )
@@ -202,7 +202,7 @@ class RowGuidance:
         if len(levels) > 1 and not bool((levels == levels[0]).all()):
             raise InvalidInputError("FlashFace computes the rows of one step together: give them one sigma.")
         if not chunks or x.shape[0] % len(chunks):
-            raise InvalidInputError(f"{x.shape[0]} latent rows do not make {len(chunks)} equal chunks.")
+            raise ContractError(f"{x.shape[0]} latent rows do not make {len(chunks)} equal chunks.")
         device = x.device
         references = unet.encode_references(
             self.reference_latents.to(device),
@@ -282,7 +282,7 @@ class ReferenceGuidedDenoiser:
         people: PeopleLayout | None = None,
     ):
         if positive.shape != negative.shape:
-            raise InvalidInputError(
+            raise ContractError(
                 f"positive {tuple(positive.shape)} and negative {tuple(negative.shape)} "
                 "text embeddings must have the same shape [B,77,C]."
             )
@@ -299,7 +299,7 @@ class ReferenceGuidedDenoiser:
         """The guided x0 of VP latents x [B,4,h,w] at VP noise level `sigma`."""
         batch = x.shape[0]
         if batch != self.positive.shape[0]:
-            raise InvalidInputError(f"{batch} latents for {self.positive.shape[0]} text embeddings.")
+            raise ContractError(f"{batch} latents for {self.positive.shape[0]} text embeddings.")
         alpha = math.sqrt(1 - sigma**2)
         y, level = x / alpha, sigma / alpha  # the VE view RowGuidance works in
         timestep = self.guidance.timestep(level)

@@ -53,6 +53,13 @@ def test_a_latent_that_is_not_numbers_is_refused_at_the_first_step(server):
     )
 
 
+def test_a_latent_of_another_model_is_refused_at_the_first_step(server):
+    prompt = link(model_prompt("latent of 16 channels", denoise=0.5), "KSampler", "latent_image", LATENT)
+    expect_node_error(
+        server, prompt, "KSampler", "latent has shape [1, 16, 8, 8]", "[batch, 4, height/8, width/8]", "Empty Latent"
+    )
+
+
 @pytest.mark.parametrize(
     ("case", "phrases"),
     [

@@ -7,7 +7,7 @@ import open_clip
 import pytest
 import torch
 
-from flashface.errors import InvalidInputError, ModelFileError
+from flashface.errors import ContractError, ModelFileError
 from flashface.models.checkpoint import MODEL_SUFFIXES, StateDictCheckpoint, open_checkpoint
 from flashface.models.clip_text import (
     END_OF_TEXT,
@@ -255,5 +255,5 @@ def test_another_model_is_rejected():
 
 def test_token_ids_of_the_wrong_shape_are_rejected(tokenizer):
     model = load_text_encoder(StateDictCheckpoint(official_clip_state_dict(seed=7)), num_heads=2)
-    with pytest.raises(InvalidInputError, match="77"):
+    with pytest.raises(ContractError, match="77"):
         model(tokenizer(PROMPTS)[:, :76])

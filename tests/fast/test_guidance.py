@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from flashface.errors import InvalidInputError
+from flashface.errors import ContractError, InvalidInputError
 from flashface.models.checkpoint import StateDictCheckpoint
 from flashface.models.unet_loading import load_unet
 from flashface.sampling.guidance import (
@@ -277,7 +277,7 @@ def test_row_guidance_refuses_a_references_row_before_launch_and_mixed_sigmas(ti
     inputs = random_inputs(batch=1)
     guidance = RowGuidance(inputs.references, inputs.negative.expand(len(inputs.references), -1, -1))
     level = vp_to_ve(float(NoiseSchedule().sigmas[950]))
-    with pytest.raises(InvalidInputError, match="no row with references"):
+    with pytest.raises(ContractError, match="no row with references"):
         guidance.denoise(tiny_unet, inputs.x, level, inputs.positive, [POSITIVE_WITH_REFERENCES])
     with pytest.raises(InvalidInputError, match="one sigma"):
         guidance.denoise(

@@ -8,7 +8,7 @@ import torch
 from test_pipeline import QUICK, random_faces
 from test_unet import random_call
 
-from flashface.errors import InvalidInputError
+from flashface.errors import ContractError, InvalidInputError
 from flashface.models.checkpoint import StateDictCheckpoint
 from flashface.models.reference_attention import reference_attention
 from flashface.models.row_plan import RowPlan
@@ -260,13 +260,13 @@ def test_the_unet_with_two_people_equals_the_straightforward_computation(tiny_mo
 def test_regions_that_do_not_fit_the_people_are_refused(tiny_model, regions, owners, message):
     call = random_call(2, references=2)
     features = tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"], owners)
-    with pytest.raises(InvalidInputError, match=message):
+    with pytest.raises(ContractError, match=message):
         tiny_model(call["x"], call["t"], call["context"], call["mask"], features, call["rows"], regions=regions)
 
 
 def test_the_reference_pass_checks_its_owners(tiny_model):
     call = random_call(2, references=3)
-    with pytest.raises(InvalidInputError, match="numbered from 0 without gaps"):
+    with pytest.raises(ContractError, match="numbered from 0 without gaps"):
         tiny_model.encode_references(call["reference_latents"], 500, call["reference_context"], (0, 2, 2))
 
 

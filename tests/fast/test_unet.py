@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from flashface.errors import InvalidInputError, ModelFileError
+from flashface.errors import ContractError, FlashFaceError, InvalidInputError, ModelFileError
 from flashface.models.block_additions import BlockAdditions
 from flashface.models.checkpoint import StateDictCheckpoint
 from flashface.models.ops import CASTING_OPERATIONS, TORCH_OPERATIONS
@@ -213,7 +213,7 @@ def test_references_change_only_weighted_rows(tiny_model):
     batch = 2
     assert not torch.allclose(with_refs[:batch], no_refs[:batch], atol=1e-3)
     torch.testing.assert_close(with_refs[batch:], no_refs[batch:], atol=1e-5, rtol=1e-5)
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(ContractError):
         tiny_model(call["x"], call["t"], call["context"], call["mask"], None, call["rows"])
 
 
@@ -301,13 +301,16 @@ def test_row_spaces_follow_the_plan():
 
 
 def test_a_plan_is_checked(tiny_model):
-    with pytest.raises(InvalidInputError, match="a sample, a text and a weight"):
+    with pytest.raises(ContractError, match="a sample, a text and a weight"):
         RowPlan((0, 1), (0,), (1.0, 1.0))
-    with pytest.raises(InvalidInputError, match="finite"):
+    with pytest.raises(ContractError, match="finite"):
         RowPlan.unshared([float("nan")])
     call = random_call(2)
-    with pytest.raises(InvalidInputError, match="row plan of 3 rows"):
+    with pytest.raises(ContractError, match="row plan of 3 rows") as broken:
         tiny_model(call["x"], call["t"], call["context"], call["mask"], None, RowPlan.unshared([0.0] * 3))
+    # the library's own contracts are reported as bugs, never as the user's invalid input
+    assert not isinstance(broken.value, FlashFaceError)
+    assert "bug in ComfyUI-FlashFace" in str(broken.value) and "/issues" in str(broken.value)
 
 
 @pytest.mark.parametrize("branches", [2, 3])

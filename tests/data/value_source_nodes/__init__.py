@@ -18,6 +18,7 @@ CASES = {  # name -> (MASK, LATENT, CONDITIONING, SIGMAS)
     "latent of 1e30": (_MASK, {"samples": torch.full((1, 4, 8, 8), 1e30)}, _conditioning(768), _SIGMAS),
     "latent of NaN": (_MASK, {"samples": torch.full((1, 4, 8, 8), float("nan"))}, _conditioning(768), _SIGMAS),
     "SDXL conditioning": (_MASK, _LATENT, _conditioning(2048), _SIGMAS),
+    "latent of 16 channels": (_MASK, {"samples": torch.full((1, 16, 8, 8), 0.5)}, _conditioning(768), _SIGMAS),
     "conditioning of NaN": (_MASK, _LATENT, _conditioning(32, float("nan")), _SIGMAS),
     "sigmas with NaN": (_MASK, _LATENT, _conditioning(768), torch.tensor([14.6146, float("nan"), 0.0])),
 }
