@@ -423,24 +423,27 @@ def load_module(
 
 def load_layout(
     build: Callable[[ConfigT], ModuleT],
-    checkpoint: Checkpoint,
-    layout: Layout[ConfigT],
+    source: str | os.PathLike | Checkpoint,
+    infer_layout: Callable[[Checkpoint], Layout[ConfigT]],
     *,
     what: str,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> ModuleT:
-    """What every loader does with the `layout` its `infer_layout` read off `checkpoint`:
-    `build(layout.config)` filled by `load_module` (the keys `layout.unused` may stay unread)."""
-    module = load_module(
-        lambda: build(layout.config),
-        checkpoint,
-        layout.plan,
-        what=what,
-        device=device,
-        dtype=dtype,
-        ignore=layout.unused,
-    )
+    """What every loader does: open `source` (a path, or a `Checkpoint` the caller keeps open),
+    read its layout with `infer_layout`, and fill `build(layout.config)` by `load_module` (the
+    keys `layout.unused` may stay unread)."""
+    with checkpoint_source(source) as checkpoint:
+        layout = infer_layout(checkpoint)
+        module = load_module(
+            lambda: build(layout.config),
+            checkpoint,
+            layout.plan,
+            what=what,
+            device=device,
+            dtype=dtype,
+            ignore=layout.unused,
+        )
     logger.info("loaded %s from %s%s", what, checkpoint.path, "" if layout.config is None else f": {layout.config}")
     return module
 

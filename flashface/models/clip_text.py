@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ContractError, ModelFileError
-from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, count_indexed, load_layout, required_shape
+from .checkpoint import Checkpoint, Layout, TensorPlan, count_indexed, load_layout, required_shape
 from .ops import TORCH_OPERATIONS, norm_at_least_fp32
 
 # How error messages name this network.
@@ -336,33 +336,53 @@ def _shape(checkpoint: Checkpoint, key: str, dims: int) -> tuple[int, ...]:
     return required_shape(checkpoint, key, f"This is not a complete {MODEL_NAME}: select {EXPECTED_FILES}.", dims)
 
 
+def _read_config(
+    checkpoint: Checkpoint,
+    num_heads: int | None,
+    *,
+    token_embedding: str,
+    position_embedding: tuple[str, int],
+    layer_norm: str,
+    first_mlp: str,
+) -> TextEncoderConfig:
+    """The config from one naming's keys: the token embedding, the position embedding with its
+    dimensions ([..., context, width] in both namings), the pattern of a layer's first norm and its
+    first MLP weight."""
+    vocab_size, width = checkpoint.shape(token_embedding)
+    _check_width(checkpoint, width)
+    return TextEncoderConfig(
+        vocab_size=vocab_size,
+        width=width,
+        context_length=_shape(checkpoint, *position_embedding)[-2],
+        layers=count_indexed(checkpoint, layer_norm),
+        num_heads=_num_heads(checkpoint, width, num_heads),
+        mlp_width=_shape(checkpoint, first_mlp, 2)[0],
+    )
+
+
 def infer_layout(checkpoint: Checkpoint, num_heads: int | None = None) -> Layout[TextEncoderConfig]:
     """The layout of either naming (the vision tower and the projection unused); num_heads:
     argument > safetensors metadata "num_heads" > width / 64."""
     if OFFICIAL_PREFIX + "token_embedding.weight" in checkpoint:
-        vocab_size, width = checkpoint.shape(OFFICIAL_PREFIX + "token_embedding.weight")
-        _check_width(checkpoint, width)
-        config = TextEncoderConfig(
-            vocab_size=vocab_size,
-            width=width,
-            context_length=_shape(checkpoint, OFFICIAL_PREFIX + "pos_embedding", 3)[1],
-            layers=count_indexed(checkpoint, OFFICIAL_PREFIX + "transformer.{}.norm1.weight"),
-            num_heads=_num_heads(checkpoint, width, num_heads),
-            mlp_width=_shape(checkpoint, OFFICIAL_PREFIX + "transformer.0.mlp.0.weight", 2)[0],
+        config = _read_config(
+            checkpoint,
+            num_heads,
+            token_embedding=OFFICIAL_PREFIX + "token_embedding.weight",
+            position_embedding=(OFFICIAL_PREFIX + "pos_embedding", 3),
+            layer_norm=OFFICIAL_PREFIX + "transformer.{}.norm1.weight",
+            first_mlp=OFFICIAL_PREFIX + "transformer.0.mlp.0.weight",
         )
         return Layout(config, official_plan(config), lambda key: key.startswith(OFFICIAL_UNUSED))
     prefix = _hf_prefix(checkpoint)
     if prefix is not None:
-        vocab_size, width = checkpoint.shape(prefix + HF_TOKEN_EMBEDDING)
-        _check_width(checkpoint, width)
         layer = prefix + "text_model.encoder.layers.{}."
-        config = TextEncoderConfig(
-            vocab_size=vocab_size,
-            width=width,
-            context_length=_shape(checkpoint, prefix + "text_model.embeddings.position_embedding.weight", 2)[0],
-            layers=count_indexed(checkpoint, layer + "layer_norm1.weight"),
-            num_heads=_num_heads(checkpoint, width, num_heads),
-            mlp_width=_shape(checkpoint, layer.format(0) + "mlp.fc1.weight", 2)[0],
+        config = _read_config(
+            checkpoint,
+            num_heads,
+            token_embedding=prefix + HF_TOKEN_EMBEDDING,
+            position_embedding=(prefix + "text_model.embeddings.position_embedding.weight", 2),
+            layer_norm=layer + "layer_norm1.weight",
+            first_mlp=layer.format(0) + "mlp.fc1.weight",
         )
         unused = tuple(prefix + key for key in HF_UNUSED)
         return Layout(config, hf_plan(config, prefix), lambda key: key.startswith(unused))
@@ -390,12 +410,11 @@ def load_text_encoder(
     LayerNorm parameters stay fp32. The official pipeline runs this model in fp32 (the default).
     """
     ops = operations or TORCH_OPERATIONS
-    with checkpoint_source(source) as checkpoint:
-        return load_layout(
-            lambda config: CLIPTextEncoder(config, ops),
-            checkpoint,
-            infer_layout(checkpoint, num_heads),
-            what=MODEL_NAME,
-            device=device,
-            dtype=dtype,
-        )
+    return load_layout(
+        lambda config: CLIPTextEncoder(config, ops),
+        source,
+        lambda checkpoint: infer_layout(checkpoint, num_heads),
+        what=MODEL_NAME,
+        device=device,
+        dtype=dtype,
+    )

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_layout
+from .checkpoint import Checkpoint, Layout, TensorPlan, load_layout
 from .ops import TORCH_OPERATIONS
 
 # How error messages name this network.
@@ -297,12 +297,11 @@ def load_face_detector(
 
     The official pipeline runs the detector in fp32, the default; other dtypes work too.
     """
-    with checkpoint_source(source) as checkpoint:
-        return load_layout(
-            lambda _: RetinaFace(operations),
-            checkpoint,
-            infer_layout(checkpoint),
-            what=MODEL_NAME,
-            device=device,
-            dtype=dtype,
-        )
+    return load_layout(
+        lambda _: RetinaFace(operations),
+        source,
+        infer_layout,
+        what=MODEL_NAME,
+        device=device,
+        dtype=dtype,
+    )

@@ -286,11 +286,10 @@ def load_unet(
                 dtype_name(stored),
                 dtype_name(dtype),
             )
-        checkpoint = unet_view(opened)
         model = load_layout(
             lambda config: FlashFaceUNet(config, ops, attention),
-            checkpoint,
-            infer_layout(checkpoint, num_heads),
+            unet_view(opened),
+            lambda checkpoint: infer_layout(checkpoint, num_heads),
             what=MODEL_NAME,
             device=device,
             dtype=dtype,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CancelCheck, InvalidInputError, ModelFileError, stop_if_cancelled
-from .checkpoint import Checkpoint, Layout, TensorPlan, checkpoint_source, load_layout, required_shape
+from .checkpoint import Checkpoint, Layout, TensorPlan, load_layout, required_shape
 from .ops import TORCH_OPERATIONS, norm_at_least_fp32, through_layers
 
 LATENT_SCALE = 0.18215
@@ -406,12 +406,11 @@ def load_vae(
     `attention`: one of `VAE_ATTENTIONS` (see the module docstring); `operations`: the layer
     namespace (`ops.TORCH_OPERATIONS` by default).
     """
-    with checkpoint_source(source) as checkpoint:
-        return load_layout(
-            lambda config: AutoencoderKL(config, attention, operations),
-            checkpoint,
-            infer_layout(checkpoint),
-            what=MODEL_NAME,
-            device=device,
-            dtype=dtype,
-        )
+    return load_layout(
+        lambda config: AutoencoderKL(config, attention, operations),
+        source,
+        infer_layout,
+        what=MODEL_NAME,
+        device=device,
+        dtype=dtype,
+    )
