@@ -41,7 +41,7 @@ from .models.vae import VAE_ATTENTIONS
 from .pipeline import FlashFacePipeline
 from .runs import FaceOptions, PersonPhotos, PipelineOptions, load_pipeline, read_image, render
 from .sampling.mask import check_face_box, latent_size
-from .settings import PRESETS, GenerationSettings, describe
+from .settings import PRESETS, GenerationSettings, setting_info
 from .utils.devices import AUTO
 
 # Flags of earlier versions, still accepted.
@@ -58,7 +58,7 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per field of `GenerationSettings`, its name with dashes; unset flags stay None, so
     that only the flags given override the defaults and the --preset."""
     for item in dataclasses.fields(GenerationSettings):
-        info = describe(item.name)
+        info = setting_info(item.name)
         names = [f"--{item.name.replace('_', '-')}", *([OLD_FLAGS[item.name]] if item.name in OLD_FLAGS else [])]
         shown = " ".join(map(str, item.default)) if isinstance(item.default, tuple) else item.default
         options: dict[str, Any] = dict(dest=item.name, default=None, help=f"{info.help} (default: {shown})")

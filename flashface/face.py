@@ -18,6 +18,7 @@ from PIL import ExifTags, Image, ImageOps
 
 from .errors import CancelCheck, FaceDetectionError, InvalidInputError, stop_if_cancelled
 from .models.retinaface import RetinaFace
+from .people import MAX_REFERENCES
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,6 @@ DEFAULT_DETECTION_THRESHOLD = 0.6
 """The official demo's RetinaFace score threshold."""
 MIN_PHOTO_SIDE = 32
 """Smallest photo side (pixels) worth looking for a face in; thinner photos are refused."""
-MAX_REFERENCES = 16
-"""Most reference faces one generation takes (the official demo uses 4; attention cost and memory
-grow with every face)."""
 SEVERAL_FACES = ("largest", "error", "all")
 """What to do with a photo that shows several faces: keep the largest, stop, or keep them all."""
 
@@ -162,19 +160,6 @@ def face_region_mask(found: PhotoFaces) -> torch.Tensor:
         x1, y1, x2, y2 = _crop_box(face)
         mask[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = 1.0
     return mask
-
-
-def check_reference_count(count: int, people: int = 1) -> None:
-    """The limit on reference faces of every entry point (the Generator, FlashFace Apply, the library);
-    with several people, the limit is on all their faces together."""
-    if count > MAX_REFERENCES:
-        given_by = f" by {people} people" if people > 1 else ""
-        raise InvalidInputError(
-            f"{count} reference faces were given{given_by}; FlashFace takes at most {MAX_REFERENCES}"
-            f"{' in all, over every person' if people > 1 else ''} (the official demo uses "
-            f"4, and every face adds attention work and memory). Give fewer faces: in Detect Face, fewer photos or "
-            f"several_faces 'largest'."
-        )
 
 
 def find_reference_faces(

@@ -32,7 +32,6 @@ from typing import cast
 import torch
 
 from .errors import InvalidInputError
-from .face import check_reference_count
 from .sampling.mask import LATENT_FACTOR, box_mask, check_face_box, face_square, latent_size, resize_mask
 
 OFFICIAL_REFERENCE_COUNT = 4
@@ -55,6 +54,24 @@ def _copies(available: int, rng: random.Random) -> tuple[int, ...]:
     """How many times each of `available` faces stands once padded officially (1-3 faces to four)."""
     indices = _padded_indices(available, rng)
     return tuple(indices.count(face) for face in range(available))
+
+
+MAX_REFERENCES = 16
+"""Most reference faces one generation takes (the official demo uses 4; attention cost and memory
+grow with every face)."""
+
+
+def check_reference_count(count: int, people: int = 1) -> None:
+    """The limit on reference faces of every entry point (the Generator, FlashFace Apply, the library);
+    with several people, the limit is on all their faces together."""
+    if count > MAX_REFERENCES:
+        given_by = f" by {people} people" if people > 1 else ""
+        raise InvalidInputError(
+            f"{count} reference faces were given{given_by}; FlashFace takes at most {MAX_REFERENCES}"
+            f"{' in all, over every person' if people > 1 else ''} (the official demo uses "
+            f"4, and every face adds attention work and memory). Give fewer faces: in Detect Face, fewer photos or "
+            f"several_faces 'largest'."
+        )
 
 
 @dataclass(frozen=True)

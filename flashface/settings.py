@@ -3,7 +3,7 @@
 Its defaults are the official FlashFace demo's, stated here once; the Generator node's widgets,
 the command line's flags and `FlashFacePipeline.generate` all read them from here, under the
 same names (the command line spells them with dashes). `with_preset` gives the settings the
-FlashFace authors recommend for a purpose; `describe` gives a setting's help text and range,
+FlashFace authors recommend for a purpose; `setting_info` gives a setting's help text and range,
 used as widget tooltip and ``--help`` line.
 """
 
@@ -180,7 +180,7 @@ def _check(name: str, value, info: SettingInfo) -> None:
             raise InvalidInputError(f"{name} must be {what}{' ' + limits if limits else ''}, got {value!r}.")
 
 
-def describe(name: str) -> SettingInfo:
+def setting_info(name: str) -> SettingInfo:
     """Help text and range of a setting."""
     return GenerationSettings.__dataclass_fields__[name].metadata["info"]
 

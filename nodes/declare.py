@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 
 from ..flashface.prompts import NEGATIVE_POSTFIX, POSITIVE_POSTFIX
-from ..flashface.settings import GenerationSettings, default, describe
+from ..flashface.settings import GenerationSettings, default, setting_info
 
 BOX_CORNERS = (
     ("face_x1", "Left edge of the face box, as a fraction of the image width."),
@@ -41,7 +41,7 @@ def outputs(*declared: tuple[str, str, str]) -> tuple[tuple[str, ...], tuple[str
 
 def setting_input(name: str) -> tuple:
     """A widget for a setting of `GenerationSettings`: its default, range and help."""
-    info, value = describe(name), default(name)
+    info, value = setting_info(name), default(name)
     spec = {"default": value, "tooltip": f"{info.help}{EXTRA_HELP.get(name, '')} Official: {value}."}
     if info.choices is not None:
         return list(info.choices), spec
@@ -52,7 +52,7 @@ def setting_input(name: str) -> tuple:
 
 
 def box_inputs() -> dict:
-    info = describe("face_box")
+    info = setting_info("face_box")
     return {
         name: (
             "FLOAT",

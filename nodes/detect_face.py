@@ -7,13 +7,13 @@ from PIL import ImageDraw
 
 from ..flashface.face import (
     DEFAULT_DETECTION_THRESHOLD,
-    MAX_REFERENCES,
     REFERENCE_SIZE,
     SEVERAL_FACES,
     face_region_mask,
     find_reference_faces,
     pad_to_square,
 )
+from ..flashface.people import MAX_REFERENCES
 from .cancel import comfy_cancel
 from .declare import FlashFaceNode, outputs
 from .images import image_batches_to_pil, pil_to_batch, pil_to_image

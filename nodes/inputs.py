@@ -8,7 +8,8 @@ import torch
 from ..flashface.errors import InvalidInputError
 
 
-def describe(value) -> str:
+def what_was_given(value) -> str:
+    """How a wrong value on a node input is named in its message: "text", "a tensor of shape [...]"..."""
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {list(value.shape)}"
     if isinstance(value, str):
@@ -21,7 +22,7 @@ def describe(value) -> str:
 def expect(value, kind: type, input_name: str, source: str):
     """`value` if it is a `kind`, else an error naming the input and what to connect to it."""
     if not isinstance(value, kind):
-        raise InvalidInputError(f"The {input_name} input got {describe(value)}; connect {source} to it.")
+        raise InvalidInputError(f"The {input_name} input got {what_was_given(value)}; connect {source} to it.")
     return value
 
 
@@ -30,7 +31,7 @@ def expect_image(value, input_name: str) -> torch.Tensor:
     expect(value, torch.Tensor, input_name, "an IMAGE (e.g. from Load Image)")
     if value.dim() not in (3, 4) or value.shape[-1] not in (1, 3, 4) or 0 in value.shape:
         raise InvalidInputError(
-            f"The {input_name} input got {describe(value)}; an IMAGE is [batch, height, width, "
+            f"The {input_name} input got {what_was_given(value)}; an IMAGE is [batch, height, width, "
             "channels] with 1, 3 or 4 channels. Connect an IMAGE (e.g. from Load Image)."
         )
     if not torch.isfinite(value).all():
@@ -47,7 +48,7 @@ def expect_mask(value, input_name: str) -> torch.Tensor:
     expect(value, torch.Tensor, input_name, "a MASK (e.g. from Load Image or Solid Mask)")
     if value.dim() not in (2, 3) or 0 in value.shape:
         raise InvalidInputError(
-            f"The {input_name} input got {describe(value)}; a MASK is [height, width] or "
+            f"The {input_name} input got {what_was_given(value)}; a MASK is [height, width] or "
             "[batch, height, width] with at least one mask (a mask filter may have let none "
             "through)."
         )
@@ -94,7 +95,7 @@ def expect_conditioning(value, input_name: str, width: int) -> torch.Tensor:
         and value[0][0].shape[0] > 0
     ):
         raise InvalidInputError(
-            f"The {input_name} input got {describe(value)}; connect a CONDITIONING output of "
+            f"The {input_name} input got {what_was_given(value)}; connect a CONDITIONING output of "
             "FlashFace CLIP Text Encode to it."
         )
     embedding = value[0][0][:1]
@@ -107,7 +108,7 @@ def expect_latent(value, input_name: str) -> torch.Tensor:
     samples = value.get("samples") if isinstance(value, dict) else None
     if not isinstance(samples, torch.Tensor) or samples.dim() != 4 or samples.shape[1] != 4 or 0 in samples.shape:
         raise InvalidInputError(
-            f"The {input_name} input got {describe(samples if samples is not None else value)}; "
+            f"The {input_name} input got {what_was_given(samples if samples is not None else value)}; "
             "connect an SD1.5 LATENT (4 channels, at least one latent, e.g. from KSampler) to it."
         )
     if not torch.isfinite(samples).all():

@@ -7,7 +7,7 @@ from ..flashface.errors import InvalidInputError
 from ..flashface.people import PeopleLayout, Person
 from .declare import FlashFaceNode, box_inputs, outputs, settings_from_inputs
 from .images import image_batches_to_pil
-from .inputs import describe, expect_mask
+from .inputs import expect_mask, what_was_given
 
 FLASHFACE_PEOPLE = "FLASHFACE_PEOPLE"  # a tuple of flashface.people.Person, in order
 EXPERIMENTAL = (
@@ -20,7 +20,7 @@ def expect_people(value, input_name: str) -> tuple[Person, ...]:
     """The value of a FLASHFACE_PEOPLE link: a non-empty tuple of `Person`s, first listed first."""
     if not (isinstance(value, tuple) and value and all(isinstance(person, Person) for person in value)):
         raise InvalidInputError(
-            f"The {input_name} input got {describe(value)}; connect the people output of FlashFace Person to it."
+            f"The {input_name} input got {what_was_given(value)}; connect the people output of FlashFace Person to it."
         )
     return value
 

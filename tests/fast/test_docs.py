@@ -48,8 +48,8 @@ def test_readme_states_the_limits_and_places_the_code_has():
     import dataclasses
 
     from comfy_workflows import NODE_INPUTS
-    from flashface.face import MAX_REFERENCES
     from flashface.models.model_registry import DETECTOR_FOLDERS
+    from flashface.people import MAX_REFERENCES
     from flashface.settings import GenerationSettings
 
     readme = " ".join((REPO_ROOT / "README.md").read_text().split())

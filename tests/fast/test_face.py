@@ -8,7 +8,6 @@ from PIL import Image
 from flashface.errors import FaceDetectionError, GenerationCancelled, InvalidInputError
 from flashface.face import (
     DETECTOR_SIZE,
-    MAX_REFERENCES,
     MIN_PHOTO_SIDE,
     Face,
     PhotoFaces,
@@ -22,6 +21,7 @@ from flashface.face import (
     pad_to_square,
     prepare_reference,
 )
+from flashface.people import MAX_REFERENCES
 from parity import cases
 from tiny_retinaface import post_nms_scores, session_detector, threshold_for_count
 

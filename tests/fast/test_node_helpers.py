@@ -30,7 +30,7 @@ def test_each_setting_widget_has_the_settings_default_range_and_help(name):
         assert all(spec[1]["min"] == 0.0 and spec[1]["max"] == 1.0 and spec[1]["tooltip"] for spec in corners.values())
         return
     kind, spec = declare.setting_input(name)
-    info = settings.describe(name)
+    info = settings.setting_info(name)
     assert spec["default"] == settings.default(name)
     assert spec["tooltip"].startswith(info.help) and f"Official: {settings.default(name)}." in spec["tooltip"]
     if info.choices is not None:
