@@ -37,23 +37,21 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from safetensors.torch import load_file  # noqa: E402
 
 from bench.memory import PeakMemory, peak_rss  # noqa: E402
 from flashface.models.convert import convert_unet, write_safetensors  # noqa: E402
-from flashface.models.ops import (
-    TORCH_OPERATIONS,  # noqa: E402
-    WEIGHT_DTYPES,  # noqa: E402
-)
+from flashface.models.ops import TORCH_OPERATIONS, WEIGHT_DTYPES  # noqa: E402
 from flashface.models.unet import FlashFaceUNet, UNetConfig, build_middle_block  # noqa: E402
 from flashface.models.unet_loading import (  # noqa: E402
-    checkpoint_key_shapes,
     checkpoint_plan,
     load_unet,
     unused_middle_file_key,
 )
+from tiny_unet import checkpoint_key_shapes  # noqa: E402
 
 PATTERN_VALUES = 1 << 24  # 64 MiB of fp32 values, repeated to fill every tensor
 

@@ -35,7 +35,7 @@ from .batch import MANIFEST, Batch, read_jobs, run_here
 from .errors import FlashFaceError, InvalidInputError
 from .face import DEFAULT_DETECTION_THRESHOLD, SEVERAL_FACES
 from .models.graft import GraftFiles, check_strength
-from .models.model_registry import KINDS, entries_of_kind
+from .models.model_registry import KINDS, entries_of_kind, published_size
 from .models.ops import WEIGHT_DTYPES
 from .models.vae import VAE_ATTENTIONS
 from .pipeline import FlashFacePipeline
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv = commands.add_parser(
         "convert",
         help="write the compact UNet file: each tensor once, in one dtype "
-        "(fp16: about a third of the published 10.6 GB)",
+        f"(fp16: about a third of the published {published_size('flashface')})",
     )
     conv.add_argument("source", type=Path, help="the FlashFace UNet file (flashface.ckpt)")
     conv.add_argument("out", type=Path, help="the new .safetensors file (never overwritten)")

@@ -26,6 +26,8 @@ DETECTOR_SIZE = 640
 REFERENCE_SIZE = 224
 DEFAULT_DETECTION_THRESHOLD = 0.6
 """The official demo's RetinaFace score threshold."""
+DETECTION_THRESHOLD_RANGE = (0.0, 0.99)
+"""The RetinaFace score thresholds taken (the Detect Face widget's range too): scores are probabilities."""
 MIN_PHOTO_SIDE = 32
 """Smallest photo side (pixels) worth looking for a face in; thinner photos are refused."""
 SEVERAL_FACES = ("largest", "error", "all")
@@ -178,8 +180,12 @@ def find_reference_faces(
     as a landscape picture plus that tag); the returned `PhotoFaces.photo` is the upright one."""
     if several_faces not in SEVERAL_FACES:
         raise InvalidInputError(f"several_faces must be one of {', '.join(SEVERAL_FACES)}, not {several_faces!r}.")
-    if not 0 <= threshold < 1:  # also refuses NaN
-        raise InvalidInputError(f"The detection threshold must be a number between 0 and 1, got {threshold}.")
+    low, high = DETECTION_THRESHOLD_RANGE
+    if not low <= threshold <= high:  # also refuses NaN
+        raise InvalidInputError(
+            f"The detection threshold must be a number from {low} to {high} (official: "
+            f"{DEFAULT_DETECTION_THRESHOLD}), got {threshold}."
+        )
     if not photos:
         raise FaceDetectionError("No reference photo was given: give at least one photo of the person.")
     found, kept = [], 0

@@ -38,12 +38,8 @@ OFFICIAL_REFERENCE_COUNT = 4
 NO_REGION = -1  # the region label of a latent cell that reads no person's references
 
 
-def padded_reference_indices(available: int, seed: int, count: int = OFFICIAL_REFERENCE_COUNT) -> list[int]:
+def padded_indices(available: int, rng: random.Random, count: int = OFFICIAL_REFERENCE_COUNT) -> list[int]:
     """The official padding: all faces, then random choices among them until there are `count`."""
-    return _padded_indices(available, random.Random(seed), count)
-
-
-def _padded_indices(available: int, rng: random.Random, count: int = OFFICIAL_REFERENCE_COUNT) -> list[int]:
     indices = list(range(available))
     while len(indices) < count:
         indices.append(rng.choice(range(available)))
@@ -52,7 +48,7 @@ def _padded_indices(available: int, rng: random.Random, count: int = OFFICIAL_RE
 
 def _copies(available: int, rng: random.Random) -> tuple[int, ...]:
     """How many times each of `available` faces stands once padded officially (1-3 faces to four)."""
-    indices = _padded_indices(available, rng)
+    indices = padded_indices(available, rng)
     return tuple(indices.count(face) for face in range(available))
 
 
@@ -124,7 +120,7 @@ class PeopleLayout:
         """The layout of `people`; with a `padding_seed`, each person's 1-3 faces padded to four
         as the official demo pads one person's (as `copies`): one `random.Random(padding_seed)`
         consumed person after person, so the first person's padding is
-        `padded_reference_indices(len(faces), padding_seed)`."""
+        `padded_indices(len(faces), random.Random(padding_seed))`."""
         if not people:
             raise InvalidInputError("Give at least one person.")
         rng = random.Random(padding_seed)

@@ -19,7 +19,7 @@ COMFY_TYPES = {int: "INT", float: "FLOAT", bool: "BOOLEAN"}
 WIDGET_OPTIONS = {"seed": {"control_after_generate": True}}
 EXTRA_HELP = {
     "seed": " Drawn on the CPU, so a seed gives the same image on every device.",
-    "prompt_postfixes": f" Quality words: '{POSITIVE_POSTFIX}'; negative list: '{NEGATIVE_POSTFIX[:48]}...'.",
+    "prompt_postfixes": f" Quality words: '{POSITIVE_POSTFIX}'; negative list: '{NEGATIVE_POSTFIX}'.",
 }
 
 

@@ -7,6 +7,7 @@ from PIL import ImageDraw
 
 from ..flashface.face import (
     DEFAULT_DETECTION_THRESHOLD,
+    DETECTION_THRESHOLD_RANGE,
     REFERENCE_SIZE,
     SEVERAL_FACES,
     face_region_mask,
@@ -78,8 +79,8 @@ class FlashFaceDetectFace(FlashFaceNode):
                     "FLOAT",
                     {
                         "default": DEFAULT_DETECTION_THRESHOLD,
-                        "min": 0.05,
-                        "max": 0.99,
+                        "min": DETECTION_THRESHOLD_RANGE[0],
+                        "max": DETECTION_THRESHOLD_RANGE[1],
                         "step": 0.01,
                         "tooltip": f"Detection confidence needed to count as a face "
                         f"(official: {DEFAULT_DETECTION_THRESHOLD}). "

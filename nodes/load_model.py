@@ -23,7 +23,7 @@ import comfy.ops
 import torch
 
 from ..flashface.models.clip_text import load_text_encoder
-from ..flashface.models.model_registry import DETECTOR_FOLDERS
+from ..flashface.models.model_registry import DETECTOR_FOLDERS, published_size
 from ..flashface.models.ops import WEIGHT_DTYPES
 from ..flashface.models.retinaface import load_face_detector
 from ..flashface.models.unet_loading import load_unet
@@ -170,7 +170,10 @@ class FlashFaceLoadModel(FlashFaceNode):
             "required": {
                 "unet_name": (
                     model_files.choices("unet"),
-                    {"tooltip": "The FlashFace reference UNet (flashface.ckpt, 10.6 GB, from models/flashface)."},
+                    {
+                        "tooltip": f"The FlashFace reference UNet (flashface.ckpt, {published_size('flashface')}, "
+                        "from models/flashface)."
+                    },
                 ),
                 "vae_name": (
                     model_files.choices("vae"),

@@ -7,7 +7,7 @@ from ..flashface.people import PeopleLayout, as_people
 from ..flashface.sampling.guidance import RowGuidance
 from ..flashface.sampling.noise_levels import vp_to_ve
 from ..flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
-from ..flashface.settings import GenerationSettings
+from ..flashface.settings import MAX_SEED, GenerationSettings
 from .comfy_model import guided_model
 from .declare import FlashFaceNode, box_inputs, outputs, setting_input, settings_from_inputs
 from .inputs import expect_conditioning, expect_mask
@@ -56,7 +56,7 @@ class FlashFaceApply(FlashFaceNode):
                     {
                         "default": 0,
                         "min": 0,
-                        "max": 0xFFFFFFFFFFFFFFFF,
+                        "max": MAX_SEED,
                         "tooltip": "Seed of the choice of faces that pads 1-3 faces to four. The Generator uses its "
                         "seed; give the same here for the same references.",
                     },

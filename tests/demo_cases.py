@@ -11,6 +11,7 @@ so a failing route says where the difference starts.
 from __future__ import annotations
 
 import dataclasses
+import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,7 @@ def diagnose(demo: DemoCase, pipeline) -> list[str]:
     order of the flow; one line each, "OK" or what differs."""
     from flashface.face import REFERENCE_SIZE, pad_to_square
     from flashface.models import clip_text
-    from flashface.people import padded_reference_indices
+    from flashface.people import padded_indices
     from flashface.prompts import prompt_text
     from flashface.sampling.mask import box_mask
 
@@ -196,7 +197,7 @@ def diagnose(demo: DemoCase, pipeline) -> list[str]:
     crops = pipeline.crop_reference_faces(demo.read_photos(), c["min_thr"])
     for number, crop in enumerate(crops, 1):
         report(f"detected_face_{number}", levels_of([crop])[0])
-    padded = [crops[i] for i in padded_reference_indices(len(crops), c["seed"])]
+    padded = [crops[i] for i in padded_indices(len(crops), random.Random(c["seed"]))]
     report("references_224", levels_of([pad_to_square(face, REFERENCE_SIZE) for face in padded]))
     tokenizer = clip_text.tokenizer(pipeline.text_encoder.config.context_length)
     for side, text in (("positive", c["prompt"]), ("negative", c["negative_prompt"])):

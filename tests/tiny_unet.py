@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from flashface.models.unet import UNetConfig
-from flashface.models.unet_loading import checkpoint_key_shapes
+from flashface.models.ops import TORCH_OPERATIONS
+from flashface.models.unet import FlashFaceUNet, UNetConfig, build_middle_block
+from flashface.models.unet_loading import CONV_IN_MASK_WEIGHT, CONV_IN_WEIGHT, file_keys, unused_middle_file_key
 from seeded_weights import save_state_dict, seeded_state_dict
 
 
@@ -28,6 +29,23 @@ def tiny_unet_config(
         num_heads=num_heads,
         context_dim=context_dim,
     )
+
+
+def checkpoint_key_shapes(config: UNetConfig) -> dict[str, torch.Size]:
+    """Keys and shapes of a file in the published layout (aliases and `ref_middle` included)."""
+    with torch.device("meta"):
+        model = FlashFaceUNet(config)
+        unused_middle = build_middle_block(TORCH_OPERATIONS, config, reads_references=False)
+    shapes = {
+        file_key: tensor.shape
+        for key, tensor in model.state_dict().items()
+        for file_key in file_keys(key)
+        if key != CONV_IN_MASK_WEIGHT
+    }
+    for file_key in file_keys(CONV_IN_WEIGHT):
+        shapes[file_key] = torch.Size((config.dim, config.in_channels, 3, 3))
+    shapes.update({unused_middle_file_key(key): t.shape for key, t in unused_middle.state_dict().items()})
+    return shapes
 
 
 def tiny_unet_state_dict(seed=0, **sizes) -> dict[str, torch.Tensor]:

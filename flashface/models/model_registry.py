@@ -221,6 +221,12 @@ def model_entry(name: str) -> ModelEntry:
     )
 
 
+def published_size(name: str) -> str:
+    """The size of the registry's file `name` as users read it ("10.6 GB")."""
+    size = model_entry(name).size
+    return f"{size / 1e9:.1f} GB" if size else "unknown size"
+
+
 def entries_of_kind(kind: str) -> list[ModelEntry]:
     """The registered files a Load Model input of that kind offers, the default (official) first."""
     return [model_entry(name) for name, entry in MODEL_REGISTRY.items() if entry.get("kind") == kind]

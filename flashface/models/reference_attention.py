@@ -35,11 +35,6 @@ class ReferenceFeatures:
     copies: tuple[int, ...] | None = None
     owners: tuple[int, ...] | None = None
 
-    @property
-    def num_references(self) -> int:
-        """How many references stand, copies counted."""
-        return sum(self.copies) if self.copies is not None else next(iter(self.tokens.values())).shape[0]
-
 
 def reference_bias(
     own_tokens: int, ref_tokens: int, copies: Sequence[int] | None, like: torch.Tensor

@@ -25,7 +25,7 @@ from .ops import (
     TORCH_OPERATIONS,
     compute_dtype_for,
 )
-from .unet import FlashFaceUNet, UNetConfig, build_middle_block
+from .unet import FlashFaceUNet, UNetConfig
 from .unet_blocks import MODEL_NAME
 
 # Lists stored twice in the published file (the module and its `ori_` alias).
@@ -129,7 +129,9 @@ CONV_IN_WEIGHT = "input_blocks.0.0.weight"
 CONV_IN_MASK_WEIGHT = "input_blocks.0.0.mask_weight"  # the published conv_in's last input channel
 
 
-def _file_keys(module_key: str) -> tuple[str, ...]:
+def file_keys(module_key: str) -> tuple[str, ...]:
+    """The published file's names of a module tensor: its official name, and the `ori_` copy the
+    file also holds where the main and reference paths share it."""
     key = official_key(CONV_IN_WEIGHT if module_key == CONV_IN_MASK_WEIGHT else module_key)
     if key.split(".", 1)[0] in ALIASED_LISTS:
         return (key, "ori_" + key)
@@ -150,31 +152,14 @@ def checkpoint_plan(config: UNetConfig) -> dict[str, TensorPlan]:
         module_keys = list(FlashFaceUNet(config).state_dict())
     plans = {}
     for key in module_keys:
-        file_keys = _file_keys(key)
-        plan = TensorPlan.copy(file_keys[0]) if len(file_keys) == 1 else TensorPlan.aliased(*file_keys)
+        names = file_keys(key)
+        plan = TensorPlan.copy(names[0]) if len(names) == 1 else TensorPlan.aliased(*names)
         if key == CONV_IN_WEIGHT:
             plan = plan.narrowed(1, 0, latent_channels)
         elif key == CONV_IN_MASK_WEIGHT:
             plan = plan.narrowed(1, latent_channels, 1)
         plans[key] = plan
     return plans
-
-
-def checkpoint_key_shapes(config: UNetConfig) -> dict[str, torch.Size]:
-    """Keys and shapes of a file in the published layout (aliases and `ref_middle` included)."""
-    with torch.device("meta"):
-        model = FlashFaceUNet(config)
-        unused_middle = build_middle_block(TORCH_OPERATIONS, config, reads_references=False)
-    shapes = {
-        file_key: tensor.shape
-        for key, tensor in model.state_dict().items()
-        for file_key in _file_keys(key)
-        if key != CONV_IN_MASK_WEIGHT
-    }
-    for file_key in _file_keys(CONV_IN_WEIGHT):
-        shapes[file_key] = torch.Size((config.dim, config.in_channels, 3, 3))
-    shapes.update({unused_middle_file_key(key): t.shape for key, t in unused_middle.state_dict().items()})
-    return shapes
 
 
 COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "")  # ComfyUI's ModelSave, UNet-only files

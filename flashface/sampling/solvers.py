@@ -150,23 +150,14 @@ def euler(
     callback: StepCallback | None = None,
     should_cancel: CancelCheck | None = None,
     generator: torch.Generator | None = None,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = math.inf,
-    s_noise: float = 1.0,
 ) -> torch.Tensor:
-    """Euler (Karras et al. 2022, Alg. 2). Without churn it equals DDIM; churn > 0 re-noises
-    each step with noise from the generator (the VE levels s_tmin…s_tmax get churned)."""
+    """Euler (Karras et al. 2022, Alg. 2, without churn, as ComfyUI's euler by default): equals
+    DDIM. `generator` is taken for the solvers' common signature and not used."""
     denoise_ve, y, s = _in_ve(denoise, x, sigmas)
-    total = len(s) - 1
     for i in _steps(s, should_cancel):
-        gamma = min(s_churn / total, 2**0.5 - 1) if s_tmin <= s[i] <= s_tmax else 0.0
-        s_hat = s[i] * (1 + gamma)
-        if gamma > 0:
-            y = y + _noise(y, generator, "euler") * s_noise * math.sqrt(s_hat**2 - s[i] ** 2)
-        x0 = denoise_ve(y, s_hat)
+        x0 = denoise_ve(y, s[i])
         _report(callback, i, s, x0)
-        y = y + (y - x0) / s_hat * (s[i + 1] - s_hat)
+        y = y + (y - x0) / s[i] * (s[i + 1] - s[i])
     return y
 
 
@@ -313,7 +304,6 @@ SOLVERS = {
     "dpmpp_2m": dpmpp_2m,
     "dpmpp_2m_sde": dpmpp_2m_sde,
 }
-STOCHASTIC_SOLVERS = frozenset({"euler_ancestral", "dpm_2_ancestral", "dpmpp_2m_sde"})
 
 
 def get_solver(name: str):

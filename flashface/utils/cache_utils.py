@@ -11,6 +11,9 @@ a second process waits and then uses the result), transferred and checked by `ht
 then renamed into place: a half-written or unchecked file is never at the final path. A corrupt
 file found at the target is moved aside (``<file>.corrupt``) and deleted only once its
 replacement is verified. ``FLASHFACE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` forbid any network access.
+
+The module is the download layer; it keeps the name ``cache_utils`` because the product's layout
+(and code outside this repository that imports it) fixes that name.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def test_a_corrupt_file_picked_by_mistake_keeps_the_good_model_loaded(server):
         ("FlashFace_Generator", {"face_x1": 0.5, "face_y1": 0.5, "face_x2": 0.5, "face_y2": 0.5}, ["covers no part"]),
         ("FlashFace_Generator", {"face_x1": 1.0, "face_y1": 1.0, "face_x2": 1.0, "face_y2": 1.0}, ["covers no part"]),
         ("FlashFace_Generator", {"face_x1": math.nan}, ["face box"]),
-        ("FlashFace_DetectFace", {"threshold": math.nan}, ["detection threshold must be a number between 0 and 1"]),
+        ("FlashFace_DetectFace", {"threshold": math.nan}, ["detection threshold must be a number from 0.0 to 0.99"]),
     ],
 )
 def test_numbers_that_would_give_a_silently_wrong_image_are_refused(server, node, values, phrases):

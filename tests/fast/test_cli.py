@@ -122,7 +122,7 @@ def test_user_errors_are_one_clear_line(model_arguments, tmp_path, capsys, probl
         photo = tmp_path / "broken.jpg"
         photo.write_bytes(b"this is not a JPEG")
     elif problem == "no_face":
-        arguments[arguments.index("--detection-threshold") + 1] = "0.9999"
+        arguments[arguments.index("--detection-threshold") + 1] = "0.99"
     else:
         size = ["--width", "100", "--height", "64"]
     code = main(

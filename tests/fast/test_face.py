@@ -232,9 +232,10 @@ def test_cancel_is_checked_before_every_photo(detector):
     assert len(asked) == 3
 
 
-@pytest.mark.parametrize("threshold", [float("nan"), 1.0, -0.5, float("inf")])
-def test_a_threshold_that_is_no_probability_is_refused(detector, threshold):
-    with pytest.raises(InvalidInputError, match="between 0 and 1"):
+@pytest.mark.parametrize("threshold", [float("nan"), 1.0, 0.995, -0.01, float("inf")])
+def test_a_threshold_outside_the_range_is_refused(detector, threshold):
+    """The range the Detect Face widget offers (`DETECTION_THRESHOLD_RANGE`) is the one the library takes."""
+    with pytest.raises(InvalidInputError, match=r"from 0\.0 to 0\.99 \(official: 0\.6\)"):
         find_reference_faces(detector, [photo(64, 64)], threshold, "cpu")
 
 

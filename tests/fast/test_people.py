@@ -3,6 +3,8 @@ person being exactly today's computation (library level; the nodes and the CLI h
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from test_pipeline import QUICK, random_faces
@@ -14,7 +16,7 @@ from flashface.models.reference_attention import reference_attention
 from flashface.models.row_plan import RowPlan
 from flashface.models.unet_blocks import Attention
 from flashface.models.unet_loading import load_unet
-from flashface.people import NO_REGION, PeopleLayout, Person, padded_reference_indices
+from flashface.people import NO_REGION, PeopleLayout, Person, padded_indices
 from flashface.sampling.mask import box_mask, resize_mask
 from flashface.settings import GenerationSettings
 from straightforward_unet import straightforward_eps, straightforward_reference_attention
@@ -117,7 +119,7 @@ def test_people_without_a_place_or_faces_are_refused(people, message):
 def test_each_person_is_padded_to_four_the_first_exactly_as_one_person():
     faces, others = random_faces(2), random_faces(3, seed=1)
     layout = PeopleLayout.of([Person(faces, LEFT), Person(others, RIGHT)], padding_seed=11)
-    first = padded_reference_indices(2, 11)
+    first = padded_indices(2, random.Random(11))
     assert layout.copies is not None and layout.copies[:2] == (first.count(0), first.count(1))
     assert sum(layout.copies[2:]) == 4 and min(layout.copies[2:]) == 1
     assert layout.reference_counts == (2, 3) and layout.owners == (0, 0, 1, 1, 1)

@@ -3,6 +3,7 @@ prompts, progress and cancellation, dtypes, and clear errors."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from flashface.errors import GenerationCancelled, InvalidInputError
 from flashface.models.clip_text import encode_texts
 from flashface.models.unet_loading import load_unet
 from flashface.models.vae import LATENT_SCALE
-from flashface.people import padded_reference_indices
+from flashface.people import padded_indices
 from flashface.pipeline import FlashFacePipeline
 from flashface.prompts import (
     NEGATIVE_POSTFIX,
@@ -141,7 +142,7 @@ def test_defaults_are_the_official_demo(pipeline):
     faces = random_faces(2)
     default = pipeline.generate(faces, "a portrait", "hat", GenerationSettings(seed=12, **QUICK))
     spelled_out = pipeline.generate(
-        [faces[i] for i in padded_reference_indices(2, seed=12)],
+        [faces[i] for i in padded_indices(2, random.Random(12))],
         official_positive("a portrait"),
         official_negative("hat"),
         GenerationSettings(seed=12, pad_references=False, prompt_postfixes=False, **QUICK),
@@ -153,17 +154,17 @@ def test_defaults_are_the_official_demo(pipeline):
 
 
 def test_padding_to_four_references_is_seeded_and_keeps_every_face():
-    indices = padded_reference_indices(2, seed=7)
+    indices = padded_indices(2, random.Random(7))
     assert indices[:2] == [0, 1] and len(indices) == 4 and set(indices) <= {0, 1}
-    assert padded_reference_indices(2, seed=7) == indices
-    assert padded_reference_indices(5, seed=7) == [0, 1, 2, 3, 4]
+    assert padded_indices(2, random.Random(7)) == indices
+    assert padded_indices(5, random.Random(7)) == [0, 1, 2, 3, 4]
 
 
 def test_padding_is_an_option_that_changes_the_references(pipeline):
     faces = random_faces(2)
     # a seed whose padding weighs the faces unequally (a balanced [0, 1, 0, 1] attends alike)
-    seed = next(s for s in range(100) if sorted(padded_reference_indices(2, s)) != [0, 0, 1, 1])
-    indices = padded_reference_indices(2, seed)
+    seed = next(s for s in range(100) if sorted(padded_indices(2, random.Random(s))) != [0, 0, 1, 1])
+    indices = padded_indices(2, random.Random(seed))
     plain = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=seed, pad_references=False, **QUICK))
     padded = pipeline.generate(faces, "a portrait", "", GenerationSettings(seed=seed, **QUICK))
     explicit = pipeline.generate(

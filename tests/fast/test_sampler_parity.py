@@ -2,11 +2,12 @@
 
 import pytest
 import torch
+from test_solvers import STOCHASTIC_SOLVERS
 
 from flashface.models.unet_loading import load_unet
 from flashface.sampling.guidance import ReferenceGuidedDenoiser
 from flashface.sampling.schedule import NoiseSchedule, sampling_sigmas
-from flashface.sampling.solvers import STOCHASTIC_SOLVERS, get_solver
+from flashface.sampling.solvers import get_solver
 from flashface.settings import GenerationSettings
 from parity import cases
 
