@@ -6,6 +6,8 @@ nothing: models are loaded by the FlashFace Load Model node when a workflow runs
 
 import importlib.util
 
+WEB_DIRECTORY = "./web"  # the frontend extension: the face box drawn on the nodes that place a face
+
 if importlib.util.find_spec("folder_paths") is None:
     # Imported outside ComfyUI: pytest imports the repository root as a package because of this
     # file. The nodes need ComfyUI's modules, so there is nothing to register.
@@ -20,4 +22,4 @@ else:
         raise ImportError(problem)  # ComfyUI lists the pack as failed to import, with this message
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

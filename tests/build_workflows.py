@@ -2,8 +2,10 @@
 
     python tests/build_workflows.py
 
-Each graph is built node by node in the web UI of a ComfyUI test server (so the UI-format JSON is
-exactly what this frontend saves, widget order included), then written as
+Each graph is built node by node in the web UI of a ComfyUI test server with the newest frontend
+(so the UI-format JSON is exactly what it saves, widget order included; its widgets are the tallest,
+so the layout, made here in its sizes with no node over another, fits the older frontends too),
+then written as
 
 * ``workflows/<name>.json``      UI format, what the template browser lists and a user opens;
 * ``workflows/<name>.jpg``       its thumbnail for the template browser (its photos and title);
@@ -27,7 +29,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from comfy_browser import ComfyPage
-from comfy_installs import EXAMPLE_PHOTOS, REPO_ROOT
+from comfy_installs import EXAMPLE_PHOTOS, REPO_ROOT, browser_installs
 from comfy_server import running_server
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
@@ -471,8 +473,26 @@ JS_BUILD = """async (spec) => {
             if (!widget) throw new Error(n.type + ' has no widget ' + name);
             widget.value = value;
         }
-        if (n.size) node.size = n.size;
+        const needed = node.computeSize();
+        const size = n.size || node.size;
+        node.setSize([Math.max(size[0], needed[0]), Math.max(size[1], needed[1])]);
         byKey[n.key] = node;
+    }
+    // Columns by the specs' x, each as wide as its widest node, nodes stacked in the specs' order of
+    // y with no overlap (title bars included), in this frontend's sizes; notes stay where placed.
+    const title = LiteGraph.NODE_TITLE_HEIGHT, gap = 30;
+    const laid = spec.nodes.filter(n => !n.type.endsWith('Note')).map(n => byKey[n.key]);
+    const columns = [...new Set(laid.map(node => node.pos[0]))].sort((a, b) => a - b);
+    let left = columns[0];
+    for (const column of columns) {
+        const members = laid.filter(node => node.pos[0] === column).sort((a, b) => a.pos[1] - b.pos[1]);
+        let bottom = -Infinity;
+        for (const node of members) {
+            const top = Math.max(node.pos[1], bottom + gap + title);
+            node.pos = [left, top];
+            bottom = top + node.size[1];
+        }
+        left += Math.max(...members.map(node => node.size[0])) + gap;
     }
     for (const [from, output, to, input] of spec.links) {
         const a = byKey[from], b = byKey[to];
@@ -518,9 +538,13 @@ def write_json(path: Path, data) -> None:
 def main() -> int:
     make_example_photos()
     API_DIR.mkdir(parents=True, exist_ok=True)
+    newest = browser_installs()[-1]  # built where widgets are tallest: older frontends then fit too
+    if newest.missing:
+        print(f"cannot build: {newest.missing}", file=sys.stderr)
+        return 1
     with (
         tempfile.TemporaryDirectory(prefix="flashface-build-") as workdir,
-        running_server(Path(workdir)) as server,
+        running_server(Path(workdir), newest) as server,
         ComfyPage(server) as ui,
     ):
         for name, spec in workflow_specs().items():

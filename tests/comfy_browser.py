@@ -4,8 +4,8 @@
 loopback requests, aborts every request to another host (there is no internet here), and offers
 what the browser test and `build_workflows.py` need: load a UI-format workflow exactly like
 opening a file, list node types the frontend does not know, read visible dialogs, export the
-graph to API format with the frontend's own `graphToPrompt`, search nodes in the search box,
-screenshots.
+graph to API format with the frontend's own `graphToPrompt`, search nodes in the search box, read
+node rectangles, pan to a node, drag the mouse and type into a widget as a user does, screenshots.
 """
 
 from __future__ import annotations
@@ -73,6 +73,31 @@ JS_LOAD = """async ([workflow, name]) => {
         known: n.type in window.LiteGraph.registered_node_types}));
 }"""
 JS_EXPORT_API = "async () => (await window.app.graphToPrompt()).output"
+JS_NODE_RECTS = """() => window.app.graph.nodes.map(n => ({id: n.id, type: n.type, title: n.title || n.type,
+    rect: [n.pos[0], n.pos[1] - window.LiteGraph.NODE_TITLE_HEIGHT, n.size[0],
+           n.size[1] + window.LiteGraph.NODE_TITLE_HEIGHT],
+    size: Array.from(n.size), needed: n.computeSize ? Array.from(n.computeSize()) : null}))"""
+JS_SHOW_AT = """([id, local, client]) => {
+    const node = window.app.graph.getNodeById(id);
+    const ds = window.app.canvas.ds;
+    const canvas = window.app.canvas.canvas.getBoundingClientRect();
+    ds.scale = 1;
+    ds.offset[0] = client[0] - canvas.left - node.pos[0] - local[0];
+    ds.offset[1] = client[1] - canvas.top - node.pos[1] - local[1];
+    window.app.canvas.setDirty(true, true);
+}"""
+JS_TO_CLIENT = """([id, local]) => {
+    const node = window.app.graph.getNodeById(id);
+    const ds = window.app.canvas.ds;
+    const canvas = window.app.canvas.canvas.getBoundingClientRect();
+    return [0, 1].map(i => (i ? canvas.top : canvas.left) + (node.pos[i] + local[i] + ds.offset[i]) * ds.scale);
+}"""
+JS_WIDGET_ROW = """([id, name]) => {
+    const node = window.app.graph.getNodeById(id);
+    const widget = node.widgets.find(w => w.name === name);
+    const height = widget.computedHeight ?? window.LiteGraph.NODE_WIDGET_HEIGHT;
+    return [node.size[0] / 2, (widget.last_y ?? widget.y) + height / 2];
+}"""
 JS_SET_WIDGETS = """([type, values]) => {
     const nodes = window.app.graph.nodes.filter(n => n.type === type);
     for (const node of nodes) {
@@ -210,6 +235,39 @@ class ComfyPage:
         """The current graph in API format, by the frontend's own converter (menu: Export (API)),
         without `_meta` (see `without_meta`)."""
         return without_meta(self.page.evaluate(JS_EXPORT_API))
+
+    def node_rects(self) -> list[dict]:
+        """Every node's rectangle on the canvas, title bar included ([x, y, width, height]), its size
+        and the size its widgets need (`computeSize`)."""
+        return self.page.evaluate(JS_NODE_RECTS)
+
+    def show_at(self, node_id: int, local: tuple[float, float], client: tuple[float, float]) -> None:
+        """Pan the canvas at zoom 1 so that the node-local point `local` is at page point `client`,
+        and let it redraw."""
+        self.page.evaluate(JS_SHOW_AT, [node_id, list(local), list(client)])
+        self.page.wait_for_timeout(300)
+
+    def to_client(self, node_id: int, local: tuple[float, float]) -> tuple[float, float]:
+        """The page point of a node-local point, at the canvas' current pan and zoom."""
+        x, y = self.page.evaluate(JS_TO_CLIENT, [node_id, list(local)])
+        return x, y
+
+    def drag(self, start: tuple[float, float], end: tuple[float, float], steps: int = 6) -> None:
+        """Press at page point `start`, move to `end` in steps, release, as a mouse does."""
+        self.page.mouse.move(*start)
+        self.page.mouse.down()
+        self.page.mouse.move(*end, steps=steps)
+        self.page.mouse.up()
+        self.page.wait_for_timeout(300)
+
+    def type_into_widget(self, node_id: int, name: str, text: str) -> None:
+        """Click the middle of a number widget, type `text` into the value prompt, press Enter."""
+        self.show_at(node_id, self.page.evaluate(JS_WIDGET_ROW, [node_id, name]), (400, 300))
+        self.page.mouse.click(400, 300)
+        prompt = self.page.locator(".graphdialog input")
+        prompt.fill(text)
+        prompt.press("Enter")
+        self.page.wait_for_timeout(300)
 
     def set_widgets(self, node_type: str, **values) -> int:
         """Set widget values on every node of a type, as a user editing them; how many nodes."""
