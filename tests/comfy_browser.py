@@ -285,10 +285,20 @@ class ComfyPage:
         """Open the node search box (double click on the empty canvas), type `query`; the results' titles.
 
         Clears the graph first so that the double click cannot land on a node."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
         self.page.evaluate("() => { window.app.graph.clear(); window.app.graph.setDirtyCanvas(true, true); }")
+        self.page.wait_for_timeout(300)
         box = self.page.locator("#graph-canvas").bounding_box()
-        self.page.mouse.dblclick(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.75)
-        self.page.locator(SEARCH_INPUT).first.wait_for(timeout=10_000)
+        search = self.page.locator(SEARCH_INPUT).first
+        for attempt in range(2):  # a double click the canvas took as two clicks is given again, as a user would
+            self.page.mouse.dblclick(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.75)
+            try:
+                search.wait_for(timeout=10_000)
+                break
+            except PlaywrightTimeoutError:
+                if attempt:
+                    raise
         self.page.keyboard.type(query, delay=20)
         options = self.page.locator(SEARCH_RESULTS)
         options.first.wait_for(timeout=10_000)
