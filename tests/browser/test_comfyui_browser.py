@@ -263,6 +263,34 @@ def test_the_apply_frame_is_the_latent_it_samples(ui):
     )
 
 
+JS_CREATE_REFUSING_THE_PICTURE = """(types) => {
+    // a frontend that cannot take this kind of canvas widget: its addCustomWidget throws for it
+    const proto = window.LiteGraph.LGraphNode.prototype;
+    const own = Object.prototype.hasOwnProperty.call(proto, 'addCustomWidget');
+    const saved = proto.addCustomWidget;
+    proto.addCustomWidget = function (widget) {
+        if (widget && widget.type === 'flashface_face_box') throw new TypeError('unknown widget kind');
+        return saved.apply(this, arguments);
+    };
+    try {
+        return types.map(type => (window.LiteGraph.createNode(type).widgets || []).map(w => w.name));
+    } finally {
+        if (own) proto.addCustomWidget = saved; else delete proto.addCustomWidget;
+    }
+}"""
+
+
+def test_a_frontend_refusing_the_picture_keeps_the_plain_widgets(ui):
+    """The nodes are created with all their widgets and no error (one console warning says why)."""
+    placing = ["FlashFace_Generator", "FlashFace_Apply", "FlashFace_Person"]
+    for names in ui.page.evaluate(JS_CREATE_REFUSING_THE_PICTURE, placing):
+        assert set(FACE_BOX) <= set(names) and "face_box_preview" not in names, names
+    with_picture = ui.page.evaluate(
+        "(type) => window.LiteGraph.createNode(type).widgets.map(w => w.name)", "FlashFace_Person"
+    )
+    assert "face_box_preview" in with_picture
+
+
 def test_node_search_finds_every_pack_node(ui):
     ui.phase = "search"
     found = ui.search_nodes("FlashFace")
