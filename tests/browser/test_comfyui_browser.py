@@ -129,7 +129,8 @@ def test_bundled_workflow_opens_with_no_missing_node(ui, workflow, shots):
 def overlapping(rects: list[dict]) -> list[tuple[str, str]]:
     """The pairs of node rectangles (title bars included) that share some area."""
     pairs = []
-    for index, (ax, ay, aw, ah), a in ((i, r["rect"], r) for i, r in enumerate(rects)):
+    for index, a in enumerate(rects):
+        ax, ay, aw, ah = a["rect"]
         for b in rects[index + 1 :]:
             bx, by, bw, bh = b["rect"]
             if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
