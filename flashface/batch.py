@@ -18,6 +18,7 @@ renders it, from the bytes of its files: what a worker on another machine gets.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -261,8 +262,6 @@ def execute(
 ) -> JobResult:
     """One job on a loaded pipeline: its images as PNG bytes, or the failure's message (a user's
     mistake, no face, out of memory); never raises for a job's own problem."""
-    import io
-
     started = time.perf_counter()
     try:
         settings = GenerationSettings(**{**payload["settings"], "face_box": tuple(payload["settings"]["face_box"])})

@@ -106,23 +106,19 @@ class PersonPhotos:
     face_mask: torch.Tensor | None = None
 
 
-def read_image(source: Path | bytes, what: str, name: str | Path) -> Image.Image:
-    """An RGB image from a file or its bytes; unreadable: one message naming it."""
+def read_image(source: Path | bytes, what: str, name: str | Path, mode: str = "RGB") -> Image.Image:
+    """An image of `mode` from a file or its bytes; unreadable: one message naming it."""
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            return image.convert("RGB")
+            return image.convert(mode)
     except (OSError, UnidentifiedImageError) as error:
         raise InvalidInputError(f"Cannot read the {what} {name}: {error}. Give a JPEG, PNG or WebP file.") from error
 
 
 def read_mask(source: Path | bytes, name: str | Path) -> torch.Tensor:
     """A face mask from an image file (white = face): its luminance in [0, 1], [H, W]."""
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as error:
-        raise InvalidInputError(f"Cannot read the face mask {name}: {error}. Give a PNG, JPEG or WebP file.") from error
-    return torch.from_numpy(pixels.copy())
+    pixels = np.asarray(read_image(source, "face mask", name, mode="L"), dtype=np.float32) / 255.0
+    return torch.from_numpy(pixels)
 
 
 def render(

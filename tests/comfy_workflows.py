@@ -80,6 +80,15 @@ def quick_prompt(seed: int = 0, **generator) -> dict:
     )
 
 
+def with_model_node(prompt: dict, class_type: str, **inputs) -> dict:
+    """`prompt` with a node of `class_type` (taking `model`, and `inputs`) between the KSampler and
+    the MODEL it had."""
+    sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
+    prompt["60"] = {"class_type": class_type, "inputs": {"model": sampler["model"], **inputs}}
+    sampler["model"] = ["60", 0]
+    return prompt
+
+
 def cheap_model_workflow(name: str, size: int = 64, steps: int = 4, **ksampler) -> dict:
     """A bundled MODEL workflow (FlashFace Apply + KSampler) on the tiny models at size x size px
     with `steps` steps: an empty latent of that size, or the start picture scaled to it."""

@@ -161,11 +161,11 @@ function drawPreview(ctx, node, width, y) {
     ctx.lineWidth = 1;
     ctx.strokeRect(...frame);
 
-    const earlier = node.type === "FlashFace_Person" ? earlierPeople(node) : [];
-    const people = node.type === "FlashFace_Person" ? [] : earlierPeople(node);
-    const others = node.type === "FlashFace_Person" ? earlier : people;
+    // A Person's chain is the people before it; the Generator's or Apply's, the people connected.
+    const isPerson = node.type === "FlashFace_Person";
+    const chain = earlierPeople(node);
     const shown = [];
-    others.forEach((person, index) => {
+    chain.forEach((person, index) => {
         const box = boxOf(person);
         if (box && box.some((v) => v) && !placedByMask(person)) {
             const colour = COLOURS[index % COLOURS.length];
@@ -174,11 +174,11 @@ function drawPreview(ctx, node, width, y) {
     });
     const box = boxOf(node);
     const byMask = placedByMask(node);
-    const byPeople = people.length > 0;
+    const byPeople = !isPerson && chain.length > 0;
     const hint = box && box.some((v) => v);
     let drawn = { box: null, square: null };
     if (hint) {
-        const colour = COLOURS[earlier.length % COLOURS.length];
+        const colour = COLOURS[(isPerson ? chain.length : 0) % COLOURS.length];
         drawn = drawPlacement(ctx, frame, scale, box, byMask || byPeople ? "#999999" : colour, size, byMask || byPeople);
         if (!byMask && !byPeople) {
             ctx.fillStyle = colour;

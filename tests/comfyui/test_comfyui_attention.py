@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from comfy_workflows import cheap_model_workflow, level_difference, node_id, run_to_levels
+from comfy_workflows import cheap_model_workflow, level_difference, run_to_levels, with_model_node
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +22,7 @@ def with_image_tokens(weight: float | None, identity: bool = False) -> dict:
     branch is sampled too), with TestImageTokens between FlashFace Apply and KSampler."""
     prompt = cheap_model_workflow("flashface_ksampler", 64, steps=4, seed=12)
     if weight is not None:
-        sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
-        prompt["90"] = {
-            "class_type": "TestImageTokens",
-            "inputs": {"model": sampler["model"], "weight": weight, "identity": identity},
-        }
-        sampler["model"] = ["90", 0]
+        with_model_node(prompt, "TestImageTokens", weight=weight, identity=identity)
     return prompt
 
 

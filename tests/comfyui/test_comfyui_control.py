@@ -7,7 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_workflows import PHOTO, cheap_model_workflow, expect_node_error, level_difference, node_id, run_to_levels
+from comfy_workflows import (
+    PHOTO,
+    cheap_model_workflow,
+    expect_node_error,
+    level_difference,
+    node_id,
+    run_to_levels,
+    with_model_node,
+)
 from tiny_flashface_models import ADAPTER_UNET, CONTROLNET_UNET, TINY_CONTROLNETS, TINY_MODELS, TINY_T2I_ADAPTERS
 
 
@@ -40,13 +48,6 @@ def prompt_with(*controlnets: tuple[str, float, float, float], unet: str = CONTR
             },
         }
         sampler["positive"], sampler["negative"] = [apply, 0], [apply, 1]
-    return prompt
-
-
-def with_model_node(prompt: dict, node: str, **widgets) -> dict:
-    sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
-    prompt["60"] = {"class_type": node, "inputs": {"model": sampler["model"], **widgets}}
-    sampler["model"] = ["60", 0]
     return prompt
 
 

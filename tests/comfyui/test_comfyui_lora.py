@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_workflows import cheap_model_workflow, level_difference, node_id, run_to_levels
+from comfy_workflows import cheap_model_workflow, level_difference, node_id, run_to_levels, with_model_node
 from seeded_weights import save_state_dict
 from tiny_flashface_models import TEXT_WIDTH
 from tiny_lora import write_loras, write_merged_unet
@@ -37,12 +37,7 @@ def lora_prompt(lora: str | None = None, strength: float = 1.0, unet: str | None
     if unet is not None:
         prompt[node_id(prompt, "FlashFace_LoadModel")]["inputs"]["unet_name"] = unet
     if lora is not None:
-        sampler = prompt[node_id(prompt, "KSampler")]["inputs"]
-        prompt["90"] = {
-            "class_type": "LoraLoaderModelOnly",
-            "inputs": {"model": sampler["model"], "lora_name": lora, "strength_model": strength},
-        }
-        sampler["model"] = ["90", 0]
+        with_model_node(prompt, "LoraLoaderModelOnly", lora_name=lora, strength_model=strength)
     return prompt
 
 
